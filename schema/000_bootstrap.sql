@@ -1,0 +1,11 @@
+-- pggit-supervisor schema bootstrap: the schema and the table that records which numbered
+-- files have been applied. Always safe to run; install.sql and `pggit-supervisor schema install`
+-- run it before anything else, then only the numbered files not yet recorded.
+CREATE SCHEMA IF NOT EXISTS pggit;
+
+CREATE TABLE IF NOT EXISTS pggit.backup_schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    applied_by text        NOT NULL DEFAULT session_user
+);

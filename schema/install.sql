@@ -1,0 +1,61 @@
+-- pgGit backup automation: install or upgrade in place.
+--   psql -v ON_ERROR_STOP=1 -d your_database -f schema/install.sql
+-- Runs the bootstrap, then each numbered file not yet recorded in
+-- pggit.backup_schema_migrations, each in its own transaction. Running it again changes nothing.
+-- `pggit-supervisor schema install --dsn DSN` applies the same files.
+\set ON_ERROR_STOP 1
+\set QUIET 1
+SET client_min_messages = warning;
+
+\ir 000_bootstrap.sql
+
+SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 1) AS pggit_apply \gset
+\if :pggit_apply
+BEGIN;
+\ir 001_core.sql
+COMMIT;
+\endif
+
+SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 2) AS pggit_apply \gset
+\if :pggit_apply
+BEGIN;
+\ir 002_backups.sql
+COMMIT;
+\endif
+
+SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 3) AS pggit_apply \gset
+\if :pggit_apply
+BEGIN;
+\ir 003_validation.sql
+COMMIT;
+\endif
+
+SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 4) AS pggit_apply \gset
+\if :pggit_apply
+BEGIN;
+\ir 004_scheduling.sql
+COMMIT;
+\endif
+
+SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 5) AS pggit_apply \gset
+\if :pggit_apply
+BEGIN;
+\ir 005_queue.sql
+COMMIT;
+\endif
+
+SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 6) AS pggit_apply \gset
+\if :pggit_apply
+BEGIN;
+\ir 006_metadata.sql
+COMMIT;
+\endif
+
+SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 7) AS pggit_apply \gset
+\if :pggit_apply
+BEGIN;
+\ir 007_roles.sql
+COMMIT;
+\endif
+
+SELECT 'pggit backup schema version ' || max(version) AS installed FROM pggit.backup_schema_migrations;

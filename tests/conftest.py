@@ -1,0 +1,76 @@
+"""Shared fixtures: a fresh database per test, cloned from a template that has the schema.
+
+The template is built once per session by our own installer (the same code as
+`pggit-supervisor schema install`), so every test starts from exactly what a user installs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import psycopg2
+import psycopg2.extras
+import pytest
+from pytest_postgresql import factories
+
+from pggit_supervisor import schema
+
+PG_HOST = os.environ.get("PGGIT_TEST_PGHOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("PGGIT_TEST_PGPORT", "5432"))
+PG_USER = os.environ.get("PGGIT_TEST_PGUSER", "postgres")
+
+
+def make_dsn(host, port, user, dbname, password=None) -> str:
+    parts = [f"host={host}", f"port={port}", f"user={user}", f"dbname={dbname}"]
+    if password:
+        parts.append(f"password={password}")
+    return " ".join(parts)
+
+
+def _install_schema(host, port, user, dbname, password, **_ignored):
+    schema.install(make_dsn(host, port, user, dbname, password), log=lambda *_: None)
+
+
+postgresql_server = factories.postgresql_noproc(
+    host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="pggit_test", load=[_install_schema])
+postgresql = factories.postgresql("postgresql_server")
+
+
+@pytest.fixture
+def dsn(postgresql) -> str:
+    info = postgresql.info
+    return make_dsn(info.host, info.port, info.user, info.dbname)
+
+
+@pytest.fixture
+def connect(dsn):
+    """Opens autocommit psycopg2 connections to the test database; closes them afterwards."""
+    opened = []
+
+    def _connect(**kwargs):
+        conn = psycopg2.connect(dsn, **kwargs)
+        conn.autocommit = True
+        opened.append(conn)
+        return conn
+
+    yield _connect
+    for conn in opened:
+        conn.close()
+
+
+@pytest.fixture
+def db(connect):
+    return connect()
+
+
+def query(conn, sql, params=None):
+    """All rows as dicts."""
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def scalar(conn, sql, params=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchone()[0]
