@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import Callable
 
 from . import __version__, schema
+from .config import Config, ConfigError, config_summary, listener_config, load_config, resolve_config_path
+
+EXIT_CONFIG = 2
 
 
 def _schema_install(args: argparse.Namespace) -> int:
@@ -24,6 +29,39 @@ def _schema_status(args: argparse.Namespace) -> int:
     return 0 if not pending else 3
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    path = resolve_config_path(args.config, os.environ)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{path}: OK {config_summary(config)}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    path = resolve_config_path(args.config, os.environ)
+    return serve(lambda: load_config(path))
+
+
+def serve(load: Callable[[], Config]) -> int:
+    """Loads the config (refusing to start on an invalid one) and runs the supervisor;
+    `load` is called again on SIGHUP."""
+    from . import log
+    from .supervisor import Supervisor
+    from .systemd import Notifier
+
+    try:
+        config = load()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print("pggit-supervisor: not started: the configuration is invalid", file=sys.stderr)
+        return EXIT_CONFIG
+    log.setup(config.log_level)
+    return Supervisor(config, load, Notifier()).run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pggit-supervisor",
@@ -31,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "(pggit.backup_pg_dump(...), backup_pgbackrest(...), ...) with a pool of workers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the supervisor and its workers (systemd's ExecStart)")
+    run.add_argument("-c", "--config", help="YAML config (default: $PGGIT_CONFIG or /etc/pggit/supervisor.yaml)")
+    run.set_defaults(func=_run)
+    check = commands.add_parser("check-config", help="validate a config file; list every problem, exit 2 if any")
+    check.add_argument("-c", "--config", help="YAML config (default: $PGGIT_CONFIG or /etc/pggit/supervisor.yaml)")
+    check.set_defaults(func=_check_config)
 
     schema_parser = commands.add_parser("schema", help="install, upgrade or inspect the SQL schema")
     schema_commands = schema_parser.add_subparsers(dest="schema_command", metavar="ACTION")
@@ -63,5 +108,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def listener_main(argv: list[str] | None = None) -> int:
-    print("pggit-backup-listener: the supervisor arrives in step 2", file=sys.stderr)
-    return 2
+    parser = argparse.ArgumentParser(
+        prog="pggit-backup-listener",
+        description="The guide's backup listener: the supervisor configured from the environment "
+                    "(PGGIT_POLL_INTERVAL, PGGIT_WORKER_ID, PGGIT_LOG_LEVEL, PGGIT_WORKERS, "
+                    "PGGIT_CONFIG for a YAML file) and the DSN argument.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("dsn", help="the queue database, e.g. postgresql://postgres@localhost:5432/mydb")
+    args = parser.parse_args(argv)
+    return serve(lambda: listener_config(args.dsn, os.environ))

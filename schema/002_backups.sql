@@ -106,8 +106,10 @@ SELECT j.job_id,
 -- Status changes by hand (the guide's cancel and reset UPDATEs) are limited to what those
 -- mean; every other transition goes through the queue functions, which mark themselves with
 -- pggit.queue_internal and run as the table owner.
+-- SECURITY INVOKER on purpose: current_user must be the caller's, so that only the queue
+-- functions (which run as the owner) pass as internal; anyone can SET the marker itself.
 CREATE OR REPLACE FUNCTION pggit._backup_jobs_before_update() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pggit, pg_temp AS $$
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pggit, pg_temp AS $$
 DECLARE
     v_internal boolean;
 BEGIN

@@ -107,10 +107,10 @@ BEGIN
     ELSE
         PERFORM pggit._invalid(p_param || '.' || p_key, format('must be an integer, got a JSON %s', jsonb_typeof(v_value)), v_hint);
     END IF;
-    IF v_text !~ '^\s*-?[0-9]{1,18}\s*$' THEN
+    IF v_text !~ '^[ \t\r\n]*-?[0-9]{1,18}[ \t\r\n]*$' THEN
         PERFORM pggit._invalid(p_param || '.' || p_key, format('%s is not an integer', pggit._show(v_text)), v_hint);
     END IF;
-    v_int := trim(v_text)::numeric;
+    v_int := btrim(v_text, E' \t\r\n')::numeric;
     IF v_int < p_min OR v_int > p_max THEN
         PERFORM pggit._invalid(p_param || '.' || p_key, format('%s is out of range', v_int), v_hint);
     END IF;
@@ -196,7 +196,7 @@ BEGIN
     IF v_url IS NOT NULL AND jsonb_typeof(v_url) <> 'null' THEN
         IF jsonb_typeof(v_url) <> 'string'
            OR length(v_url #>> '{}') > 2048
-           OR (v_url #>> '{}') !~ '^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~:/?#@!$&''()*+,;=%-]*)?$' THEN
+           OR (v_url #>> '{}') !~ '^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~:/?#@!$&()*+,;=%-]*)?$' THEN
             PERFORM pggit._invalid(p_param || '.webhook_url', format('%s is not an http(s) URL', pggit._show(v_url #>> '{}')),
                 'an http:// or https:// URL of at most 2048 characters, without spaces or quotes');
         END IF;

@@ -268,8 +268,8 @@ BEGIN
         PERFORM pggit._invalid('p_backup_id', format('backup %s is already %s', p_backup_id, v_status),
             'register a new backup for a new run');
     END IF;
-    PERFORM pggit._require_text('p_command', p_command, '^[^[:cntrl:];|&$`<>\\]+$', 4096,
-        'one executable and its arguments, as on a command line, without a shell: no ; | & $ ` < > \ or '
+    PERFORM pggit._require_text('p_command', p_command, '^[^[:cntrl:];|&$`<>\\*?(){}]+$', 4096,
+        'one executable and its arguments, as on a command line, without a shell: no ; | & $ ` < > \ * ? ( ) { } or '
         || 'line breaks (the executable must be on tools.custom.allowed_commands in the supervisor config)');
     IF btrim(p_command) = '' THEN
         PERFORM pggit._invalid('p_command', 'is empty', 'one executable and its arguments');

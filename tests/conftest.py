@@ -32,7 +32,7 @@ def _install_schema(host, port, user, dbname, password, **_ignored):
 
 
 postgresql_server = factories.postgresql_noproc(
-    host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="pggit_test", load=[_install_schema])
+    host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=f"pggit_test_{os.getpid()}", load=[_install_schema])
 postgresql = factories.postgresql("postgresql_server")
 
 

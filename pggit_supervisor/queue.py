@@ -1,0 +1,120 @@
+"""Every SQL statement a worker runs. The queue's rules live in the SQL functions (schema/005);
+this module only calls them, so a psql user and a worker always see the same behaviour."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import psycopg2
+import psycopg2.extras
+
+READY_CHANNEL = "pggit_backup_job_ready"
+CANCEL_CHANNEL = "pggit_backup_job_cancelled"
+
+# No call a worker makes should take long; one that does is a hang, and the supervisor's
+# watchdog would kill the whole worker. Fail the call instead and let the worker reconnect.
+SESSION_OPTIONS = "-c statement_timeout=20s -c lock_timeout=10s -c idle_in_transaction_session_timeout=60s"
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this worker holds: valid only while (job_id, claim_token) still match in the database."""
+
+    job_id: str
+    backup_id: str
+    tool: str
+    spec: Mapping[str, Any]
+    command: str
+    claim_token: int
+    attempts: int
+    max_attempts: int
+    metadata: Mapping[str, Any]
+    backup_name: str
+    branch_name: str | None
+    commit_hash: str | None
+    database_name: str
+
+    @property
+    def params(self) -> Mapping[str, Any]:
+        return self.spec.get("params", {})
+
+
+def connect(dsn: str, application_name: str):
+    """An autocommit connection with keepalives, so a vanished server is noticed in seconds."""
+    conn = psycopg2.connect(dsn, application_name=application_name[:63], connect_timeout=10,
+                            keepalives=1, keepalives_idle=10, keepalives_interval=5,
+                            keepalives_count=3, options=SESSION_OPTIONS)
+    conn.autocommit = True
+    return conn
+
+
+class Queue:
+    """The queue functions, over one worker's connection."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def _one(self, sql: str, params: Sequence[Any]) -> Any:
+        with self.conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchone()[0]
+
+    def listen(self) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(f"LISTEN {READY_CHANNEL}")
+
+    def claim(self, worker_id: str, tools: Sequence[str], lease_seconds: int) -> ClaimedJob | None:
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute("""SELECT job_id::text, backup_id::text, tool, spec, command, claim_token, attempts,
+                                  max_attempts, metadata, backup_name, branch_name, commit_hash, database_name
+                             FROM pggit.claim_backup_job(%s, %s, %s)""",
+                        (worker_id, list(tools), int(lease_seconds)))
+            row = cur.fetchone()
+        return ClaimedJob(**row) if row else None
+
+    def heartbeat(self, job: ClaimedJob, lease_seconds: int) -> bool:
+        return self._one("SELECT pggit.heartbeat_backup_job(%s, %s, %s)",
+                         (job.job_id, job.claim_token, int(lease_seconds)))
+
+    def finish(self, job: ClaimedJob, output: str, facts: Mapping[str, Any],
+               result: Mapping[str, Any]) -> bool:
+        return self._one("SELECT pggit.finish_backup_job(%s, %s, %s, %s, %s)",
+                         (job.job_id, job.claim_token, output, json.dumps(facts), json.dumps(result)))
+
+    def fail(self, job: ClaimedJob, error: str, retryable: bool, base_delay: int, max_delay: int,
+             result: Mapping[str, Any]) -> str | None:
+        """The job's new state ('will_retry' / 'permanently_failed'), or None if the claim was lost."""
+        return self._one("SELECT pggit.fail_claimed_backup_job(%s, %s, %s, %s, %s, %s, %s)",
+                         (job.job_id, job.claim_token, error, retryable, int(base_delay),
+                          int(max_delay), json.dumps(result)))
+
+    def release(self, job: ClaimedJob, reason: str) -> bool:
+        return self._one("SELECT pggit.release_backup_job(%s, %s, %s)", (job.job_id, job.claim_token, reason))
+
+    def outcome_of(self, job: ClaimedJob) -> str | None:
+        """After a report whose commit we could not see (the connection broke): what the
+        database holds for our claim, or None when the job is no longer ours."""
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT status FROM pggit.backup_jobs WHERE job_id = %s AND claim_token = %s",
+                        (job.job_id, job.claim_token))
+            row = cur.fetchone()
+        return row[0] if row else None
+
+    def rescue_expired(self) -> list[tuple[str, str, str]]:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT job_id::text, worker_id, job_state FROM pggit.rescue_expired_backup_jobs()")
+            return cur.fetchall()
+
+    def release_worker(self, worker_id: str, reason: str) -> list[tuple[str, str]]:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT job_id::text, job_state FROM pggit.release_worker_backup_jobs(%s, %s)",
+                        (worker_id, reason))
+            return cur.fetchall()
+
+    def drain_notifications(self) -> int:
+        self.conn.poll()
+        count = len(self.conn.notifies)
+        self.conn.notifies.clear()
+        return count

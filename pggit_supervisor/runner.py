@@ -1,0 +1,450 @@
+"""Run one backup tool (pg_dump, pgbackrest, ...) as a subprocess, safely and observably.
+
+Every tool the service starts goes through `run_tool`: argv only (never a shell), stdin closed,
+a scrubbed environment, its own session, optionally another user, a parent-death signal, bounded
+output capture, a timeout, and a caller hook to renew a lease or stop the tool. No threads: the
+worker is a single-threaded forked process, so one selector multiplexes output, ticks and the
+deadline, all on the monotonic clock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from pggit_supervisor.linux import PR_SET_PDEATHSIG, prctl_function
+from pggit_supervisor.proctree import KillReport, kill_tree
+
+DEFAULT_OUTPUT_LIMIT = 32 * 1024
+TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+_READ_SIZE = 65536
+# How long output is still read after the tool exited: a descendant may hold the pipes open
+# forever, and the job must not wait for it.
+_DRAIN_AFTER_EXIT_SECONDS = 1.0
+# Without a pidfd the exit is noticed by polling this often.
+_EXIT_POLL_SECONDS = 0.05
+_FINAL_READS = 64
+
+
+class RunnerError(Exception):
+    """A tool could not be run at all; the message says what to fix."""
+
+
+class ToolStartError(RunnerError):
+    """The executable is missing, not absolute, not executable, or exec failed."""
+
+
+class RunAsError(RunnerError):
+    """The tool cannot run as the requested user."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run and within which limits.
+
+    `env` is added to the scrubbed base environment (see `tool_environment`), never replaces it.
+    """
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    timeout: float
+    run_as: str | None = None
+    cwd: str | None = None
+    kill_grace: float = 10.0
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
+
+    def __post_init__(self) -> None:
+        # Copies, so a caller mutating its list or dict later cannot change a running spec.
+        object.__setattr__(self, "argv", tuple(self.argv))
+        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        if not self.argv:
+            raise ToolStartError("empty argv: nothing to run")
+        if not self.timeout > 0:
+            raise ValueError(f"tool {self.tool_name}: timeout must be > 0, got {self.timeout}")
+        if self.kill_grace < 0 or self.output_limit < 0:
+            raise ValueError(f"tool {self.tool_name}: kill_grace and output_limit must be >= 0")
+
+    @property
+    def tool_name(self) -> str:
+        """The executable's base name, for messages ('pg_dump')."""
+        return os.path.basename(self.argv[0])
+
+
+@dataclass(frozen=True)
+class CapturedOutput:
+    """A bounded capture of one stream: the first and last bytes, and how many were in between."""
+
+    head: bytes = b""
+    tail: bytes = b""
+    dropped: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        """How many bytes the tool wrote to this stream."""
+        return len(self.head) + self.dropped + len(self.tail)
+
+    def text(self) -> str:
+        """The capture as text; invalid UTF-8 is replaced, a gap is marked with its size."""
+        if not self.dropped:
+            return (self.head + self.tail).decode("utf-8", errors="replace")
+        return (self.head.decode("utf-8", errors="replace")
+                + f"\n...[{self.dropped} bytes dropped]...\n"
+                + self.tail.decode("utf-8", errors="replace"))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a tool run ended. `exit_code` is None when it died by a signal or was not reaped."""
+
+    argv: tuple[str, ...]
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    stopped_reason: str | None
+    duration: float
+    timeout: float
+    stdout: CapturedOutput = field(default_factory=CapturedOutput)
+    stderr: CapturedOutput = field(default_factory=CapturedOutput)
+    # From wait4's ru_maxrss. Linux carries the pre-exec high-water mark into it, so this is the
+    # larger of the tool's peak and the worker's RSS when it forked: exact for any tool bigger
+    # than the worker, an upper bound otherwise. None if the tool could not be reaped.
+    peak_rss_bytes: int | None = None
+    kill_report: KillReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The tool finished by itself with exit status 0."""
+        return self.exit_code == 0 and not self.timed_out and self.stopped_reason is None
+
+    def summary(self) -> str:
+        """One line for the log: 'exit 2 after 1.3 s', 'timed out after 5 s', ..."""
+        if self.timed_out:
+            return f"timed out after {self.timeout:g} s"
+        if self.stopped_reason is not None:
+            return f"stopped after {self.duration:.1f} s: {self.stopped_reason}"
+        if self.signal is not None:
+            return f"killed by signal {self.signal} ({_signal_name(self.signal)})"
+        if self.exit_code is None:
+            return f"exit status unknown after {self.duration:.1f} s (the tool was not reaped)"
+        return f"exit {self.exit_code} after {self.duration:.1f} s"
+
+
+@dataclass(frozen=True)
+class _Account:
+    """The user a tool runs as; `switch` is False when that is the service's own user."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+    switch: bool
+
+
+def tool_environment(run_as: str | None, extra: Mapping[str, str]) -> dict[str, str]:
+    """The complete environment of a tool: a fixed base, the user's HOME/USER/LOGNAME, `extra`.
+
+    Nothing is inherited from os.environ: systemd's NOTIFY_SOCKET or WATCHDOG_* would let a tool
+    impersonate the service, and a stray PGPASSWORD would reach every tool. `run_as` None means
+    the service's own user. `extra` wins over the base, so a caller can set PATH deliberately.
+    """
+    env = {"PATH": TOOL_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC"}
+    entry = _passwd_entry(run_as)
+    if entry is not None:
+        env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+    env.update(extra)
+    return env
+
+
+def run_tool(spec: RunSpec,
+             on_tick: Callable[[], str | None] | None = None,
+             tick_interval: float = 1.0,
+             on_start: Callable[[int, int], None] | None = None) -> RunResult:
+    """Run `spec` to completion, timeout or stop, and say how it ended.
+
+    `on_start(pid, pgid)` runs once the tool has started. `on_tick()` runs about every
+    `tick_interval` s; a string return stops the tool's tree with that reason. If a hook
+    raises, the tree is killed before the exception propagates. A tool that exits by itself
+    is not followed further: what it left running is not killed, only no longer read from.
+    """
+    if not tick_interval > 0:
+        raise ValueError(f"tool {spec.tool_name}: tick_interval must be > 0")
+    account = _resolve_account(spec)
+    _check_executable(spec)
+    env = tool_environment(account.name if account else None, spec.env)
+    started = time.monotonic()
+    proc = _start(spec, account, env)
+    session = _Session(proc, spec.output_limit)
+    try:
+        if on_start is not None:
+            on_start(proc.pid, proc.pid)  # start_new_session: the tool leads its own group
+        timed_out, stopped_reason = session.watch(started + spec.timeout, on_tick, tick_interval)
+        report = None
+        if timed_out or stopped_reason is not None:
+            report = session.kill(spec.kill_grace)
+        peak_rss = session.reap()
+    except BaseException:
+        session.kill(spec.kill_grace)
+        session.reap()
+        raise
+    finally:
+        session.close()
+    returncode = proc.returncode
+    return RunResult(
+        argv=spec.argv,
+        exit_code=returncode if returncode is not None and returncode >= 0 else None,
+        signal=-returncode if returncode is not None and returncode < 0 else None,
+        timed_out=timed_out,
+        stopped_reason=stopped_reason,
+        duration=time.monotonic() - started,
+        timeout=spec.timeout,
+        stdout=session.stdout.freeze(),
+        stderr=session.stderr.freeze(),
+        peak_rss_bytes=peak_rss,
+        kill_report=report,
+    )
+
+
+def _passwd_entry(name: str | None) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(name) if name is not None else pwd.getpwuid(os.geteuid())
+    except KeyError:
+        return None
+
+
+def _resolve_account(spec: RunSpec) -> _Account | None:
+    """Who the tool runs as; None means as the service itself (no run_as given)."""
+    if spec.run_as is None:
+        return None
+    target = _passwd_entry(spec.run_as)
+    if target is None:
+        raise RunAsError(f"tool {spec.tool_name}: run_as user {spec.run_as!r} does not exist "
+                         "on this host; create it or fix run_as")
+    euid = os.geteuid()
+    account = _Account(name=target.pw_name, uid=target.pw_uid, gid=target.pw_gid,
+                       home=target.pw_dir, switch=target.pw_uid != euid)
+    if account.switch and euid != 0:
+        current = _passwd_entry(None)
+        current_name = current.pw_name if current else f"uid {euid}"
+        raise RunAsError(f"tool {spec.tool_name}: run_as {spec.run_as!r} needs the service to "
+                         f"run as root (it runs as {current_name!r}); remove run_as or run "
+                         "the service as root")
+    return account
+
+
+def _check_executable(spec: RunSpec) -> None:
+    # An absolute path, so PATH (and whatever a caller put in it) never chooses the binary.
+    path = spec.argv[0]
+    if not os.path.isabs(path):
+        raise ToolStartError(f"tool {spec.tool_name}: {path!r} is not an absolute path; "
+                             "configure the tool's full path, e.g. /usr/bin/pg_dump")
+    if not os.path.isfile(path):
+        raise ToolStartError(f"tool {spec.tool_name}: {path} does not exist or is not a file; "
+                             "install the tool or fix its path")
+    if not os.access(path, os.X_OK):
+        raise ToolStartError(f"tool {spec.tool_name}: {path} is not executable")
+
+
+def _start(spec: RunSpec, account: _Account | None,
+           env: dict[str, str]) -> subprocess.Popen[bytes]:
+    user = group = extra_groups = None
+    if account is not None and account.switch:
+        # The full group list (it includes the primary gid), so none of root's groups remain.
+        user, group = account.uid, account.gid
+        extra_groups = os.getgrouplist(account.name, account.gid)
+    who = f" as {account.name}" if account is not None else ""
+    try:
+        return subprocess.Popen(
+            list(spec.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=env, cwd=spec.cwd, close_fds=True,
+            start_new_session=True, user=user, group=group, extra_groups=extra_groups,
+            preexec_fn=_parent_death_signal(os.getpid()))
+    except (OSError, ValueError, subprocess.SubprocessError) as err:
+        raise ToolStartError(f"tool {spec.tool_name}: cannot start {spec.argv[0]}{who}: "
+                             f"{err}") from err
+
+
+def _parent_death_signal(parent_pid: int) -> Callable[[], None]:
+    """A preexec_fn making the tool die with its worker, so no backup outlives its job.
+
+    CPython runs preexec_fn after setgroups/setregid/setreuid (see _posixsubprocess.c); that
+    order matters because a credential change clears the parent-death signal. The pdeathsig
+    fires when the forking *thread* exits, one more reason the worker has no threads.
+    """
+    prctl = prctl_function()  # looked up before fork, not in the child
+    sigkill = int(signal.SIGKILL)
+
+    def set_parent_death_signal() -> None:
+        if prctl(PR_SET_PDEATHSIG, sigkill, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent_pid:
+            os._exit(1)  # the worker died before prctl: the signal will never come
+
+    return set_parent_death_signal
+
+
+class _BoundedBuffer:
+    """Keeps the first and last `limit` bytes of a stream and counts the bytes in between."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._head = bytearray()
+        self._tail = bytearray()
+        self._dropped = 0
+
+    def feed(self, data: bytes) -> None:
+        room = self._limit - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+            data = data[room:]
+        if not data:
+            return
+        self._tail += data
+        excess = len(self._tail) - self._limit
+        if excess > 0:
+            del self._tail[:excess]
+            self._dropped += excess
+
+    def freeze(self) -> CapturedOutput:
+        return CapturedOutput(bytes(self._head), bytes(self._tail), self._dropped)
+
+
+class _Session:
+    """One running tool: its pipes, its exit notification, its reaping."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], output_limit: int) -> None:
+        self.proc = proc
+        self.stdout = _BoundedBuffer(output_limit)
+        self.stderr = _BoundedBuffer(output_limit)
+        self._selector = selectors.DefaultSelector()
+        self._pipes = 0
+        for stream, buffer in ((proc.stdout, self.stdout), (proc.stderr, self.stderr)):
+            assert stream is not None  # both were opened with subprocess.PIPE
+            os.set_blocking(stream.fileno(), False)
+            self._selector.register(stream.fileno(), selectors.EVENT_READ, buffer)
+            self._pipes += 1
+        self._pidfd = _open_pidfd(proc.pid)
+        if self._pidfd is not None:
+            self._selector.register(self._pidfd, selectors.EVENT_READ, None)
+        self._exited = False
+
+    def watch(self, deadline: float, on_tick: Callable[[], str | None] | None,
+              tick_interval: float) -> tuple[bool, str | None]:
+        """Read output until the tool exits (-> False, None), times out or is told to stop."""
+        next_tick = time.monotonic() + tick_interval if on_tick else float("inf")
+        drain_until = float("inf")
+        while True:
+            now = time.monotonic()
+            if self._exited:
+                if now >= drain_until or not self._pipes:
+                    return False, None
+                wake = drain_until
+            else:
+                if now >= deadline:
+                    return True, None
+                if on_tick is not None and now >= next_tick:
+                    reason = on_tick()
+                    if reason is not None:
+                        return False, reason
+                    now = time.monotonic()
+                    next_tick = now + tick_interval
+                wake = min(deadline, next_tick)
+            self.pump(wake - now)
+            if not self._exited and self._has_exited():
+                self._exited = True
+                drain_until = time.monotonic() + _DRAIN_AFTER_EXIT_SECONDS
+
+    def pump(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for output or the tool's exit, reading what arrives.
+
+        Returns whether anything arrived.
+        """
+        timeout = max(0.0, timeout)
+        if self._pidfd is None and not self._exited:
+            timeout = min(timeout, _EXIT_POLL_SECONDS)
+        if not self._selector.get_map():
+            time.sleep(timeout)
+            return False
+        events = self._selector.select(timeout)
+        for key, _ in events:
+            if key.data is None:
+                # The pidfd stays readable once the tool exited; stop watching it.
+                self._selector.unregister(key.fd)
+                continue
+            try:
+                data = os.read(key.fd, _READ_SIZE)
+            except BlockingIOError:
+                continue
+            if data:
+                key.data.feed(data)
+            else:
+                self._selector.unregister(key.fd)
+                self._pipes -= 1
+        return bool(events)
+
+    def kill(self, grace: float) -> KillReport:
+        """Kill the tool's tree, still reading output meanwhile; the tool stays unreaped."""
+        report = kill_tree(self.proc.pid, self.proc.pid, grace, pause=self.pump)
+        # What the tree wrote before dying is still in the pipes; bounded in case a survivor
+        # keeps writing.
+        for _ in range(_FINAL_READS):
+            if not self.pump(0):
+                break
+        return report
+
+    def reap(self) -> int | None:
+        """Reap the exited tool with wait4 for its rusage; returns its peak RSS in bytes.
+
+        Popen never waits for this pid: its returncode is set here, so Popen.poll()/wait()
+        do not try to reap a pid that may already belong to another process.
+        """
+        if not self._has_exited():
+            return None  # it survived SIGKILL (uninterruptible sleep); never block the worker
+        try:
+            _, status, usage = os.wait4(self.proc.pid, 0)
+        except ChildProcessError:
+            return None  # reaped elsewhere (SIGCHLD ignored?): status and rusage are lost
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        return usage.ru_maxrss * 1024  # KiB on Linux
+
+    def close(self) -> None:
+        self._selector.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def _has_exited(self) -> bool:
+        if self.proc.returncode is not None:
+            return True
+        try:
+            # WNOWAIT: look without reaping, so the pid (and the tool's pgid) cannot be reused
+            # while the tree is still being killed.
+            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None
+
+
+def _open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None  # old kernel or seccomp: fall back to polling
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "unknown"

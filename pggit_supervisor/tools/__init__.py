@@ -1,0 +1,20 @@
+"""Tool adapters by name. Adding a tool is adding a module and a line here."""
+
+from __future__ import annotations
+
+from .base import Adapter, Context, InvalidJob, Invocation, Outcome
+from .custom import CustomAdapter
+from .pg_dump import PgDumpAdapter
+
+ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (PgDumpAdapter(), CustomAdapter())}
+
+
+def adapter_for(tool: str) -> Adapter:
+    try:
+        return ADAPTERS[tool]
+    except KeyError:
+        raise InvalidJob(f"no adapter for tool {tool!r} in this version of pggit-supervisor "
+                         f"(available: {', '.join(sorted(ADAPTERS))})") from None
+
+
+__all__ = ["ADAPTERS", "Adapter", "Context", "InvalidJob", "Invocation", "Outcome", "adapter_for"]

@@ -1,0 +1,52 @@
+"""Custom commands from enqueue_backup_job: split like shell words, never run by a shell, and
+only when the executable is on tools.custom.allowed_commands."""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+from ..queue import ClaimedJob
+from ..runner import RunResult
+from .base import Context, InvalidJob, Invocation, Outcome, failure_from, libpq_env, tool_run
+
+
+class CustomAdapter:
+    name = "custom"
+
+    def prepare(self, job: ClaimedJob, ctx: Context) -> Invocation:
+        command = str(job.params.get("command", ""))
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise InvalidJob(f"command cannot be split into words ({exc}): {command!r}") from exc
+        if not argv:
+            raise InvalidJob("command is empty")
+        executable = resolve_allowed(argv[0], ctx.tool.allowed_commands)
+        env = libpq_env(ctx.config.dsn, job.database_name)
+        env.update(PGGIT_JOB_ID=job.job_id, PGGIT_BACKUP_ID=job.backup_id,
+                   PGGIT_BACKUP_NAME=job.backup_name, PGGIT_COMMIT_HASH=job.commit_hash or "",
+                   PGGIT_BRANCH=job.branch_name or "")
+        return Invocation(tool_run(ctx, job, [executable, *argv[1:]], env))
+
+    def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
+        if result.ok:
+            return Outcome.success(f"{os.path.basename(invocation.run.argv[0])} {result.summary()}")
+        return Outcome.failure(failure_from(result, os.path.basename(invocation.run.argv[0])))
+
+    def discard(self, invocation: Invocation) -> None:
+        """A custom command's output is its own business."""
+
+
+def resolve_allowed(word: str, allowed: tuple[str, ...]) -> str:
+    """The allowlisted absolute path `word` names: itself if absolute and listed, or the one
+    listed entry with that base name."""
+    listing = ", ".join(allowed) or "none"
+    if os.path.isabs(word):
+        if os.path.normpath(word) in allowed:
+            return os.path.normpath(word)
+    elif "/" not in word:
+        matches = [path for path in allowed if os.path.basename(path) == word]
+        if len(matches) == 1:
+            return matches[0]
+    raise InvalidJob(f"command not allowed by configuration: {word} (tools.custom.allowed_commands: {listing})")

@@ -1,0 +1,109 @@
+"""pg_dump: a logical backup of the queue's database (or one schema of it).
+
+The dump is written under a temporary name and renamed only once pg_dump succeeded and the
+archive was read back in full, so a file with the final name is always a complete dump.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+
+from ..queue import ClaimedJob
+from ..runner import RunResult
+from .base import (Context, InvalidJob, Invocation, Outcome, allowed_output_dir, backup_stem,
+                   failure_from, libpq_env, prepare_output_dir, run_check, sha256_of, tool_run)
+
+FORMATS = {"custom": ".dump", "directory": "", "tar": ".tar", "plain": ".sql"}
+_PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
+
+
+class PgDumpAdapter:
+    name = "pg_dump"
+
+    def prepare(self, job: ClaimedJob, ctx: Context) -> Invocation:
+        params = job.params
+        fmt = params.get("format")
+        if fmt not in FORMATS:
+            raise InvalidJob(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+        directory = allowed_output_dir(str(params.get("output_dir", "")), ctx.tool)
+        level = params.get("compression_level")
+        suffix = FORMATS[fmt] + (".gz" if fmt == "plain" and level else "")
+        final = os.path.join(directory, backup_stem(job, ctx.now) + suffix)
+        partial = os.path.join(directory, "." + os.path.basename(final) + ".partial")
+        prepare_output_dir(directory, ctx.tool.run_as)
+
+        argv = [ctx.tool.path, f"--format={fmt}", f"--file={partial}", "--no-password"]
+        if params.get("schema"):
+            # quoted: pg_dump takes a pattern, and the quotes make it match this exact name
+            argv.append(f'--schema="{params["schema"]}"')
+        if level is not None:
+            argv.append(f"--compress={int(level)}")
+        if params.get("jobs") and fmt == "directory":
+            argv.append(f"--jobs={int(params['jobs'])}")
+        env = libpq_env(ctx.config.dsn, job.database_name)
+        return Invocation(tool_run(ctx, job, argv, env, cwd=directory),
+                          {"format": fmt, "final": final, "partial": partial, "compression_level": level})
+
+    def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
+        notes = invocation.notes
+        if not result.ok:
+            self.discard(invocation)
+            return Outcome.failure(failure_from(result, "pg_dump"))
+        problem = self._verify(job, invocation, ctx)
+        if problem:
+            self.discard(invocation)
+            return Outcome.failure(f"verification failed: {problem}")
+        os.rename(notes["partial"], notes["final"])
+        checksum, size, files = sha256_of(notes["final"])
+        compression = _compression(notes["format"], notes["compression_level"])
+        metadata = {"file": notes["final"], "format": notes["format"], "verified_by": self._verifier(notes),
+                    "duration_seconds": round(result.duration, 3)}
+        if files:
+            metadata["files"] = files
+        if job.params.get("jobs"):
+            metadata["restore_jobs"] = job.params["jobs"]
+        return Outcome.success(
+            f"pg_dump {result.summary()}, {size} bytes, verified",
+            backup_size=size, compressed_size=size if compression != "none" else None,
+            compression_type=compression, checksum=checksum, location=f"file://{notes['final']}",
+            metadata=metadata)
+
+    def discard(self, invocation: Invocation) -> None:
+        partial = invocation.notes["partial"]
+        if os.path.isdir(partial):
+            shutil.rmtree(partial, ignore_errors=True)
+        elif os.path.lexists(partial):
+            os.unlink(partial)
+
+    @staticmethod
+    def _verifier(notes) -> str:
+        return "plain trailer" if notes["format"] == "plain" else "pg_restore --file=/dev/null"
+
+    def _verify(self, job: ClaimedJob, invocation: Invocation, ctx: Context) -> str | None:
+        """Read the whole archive back: pg_restore --list alone passes a truncated file."""
+        notes = invocation.notes
+        if notes["format"] == "plain":
+            return _check_plain_trailer(notes["partial"])
+        pg_restore = os.path.join(os.path.dirname(ctx.tool.path), "pg_restore")
+        check = run_check(ctx, job, [pg_restore, "--file=/dev/null", notes["partial"]], {})
+        return None if check.ok else failure_from(check, "pg_restore")
+
+
+def _check_plain_trailer(path: str) -> str | None:
+    opener = gzip.open if path.endswith(".gz.partial") else open
+    try:
+        with opener(path, "rb") as handle:
+            tail = b""
+            while chunk := handle.read(1 << 20):
+                tail = (tail + chunk)[-4096:]
+    except (OSError, EOFError) as exc:
+        return f"cannot read {path}: {exc}"
+    return None if _PLAIN_TRAILER in tail else "the dump does not end with pg_dump's completion line"
+
+
+def _compression(fmt: str, level) -> str:
+    if fmt == "tar" or level == 0 or (fmt == "plain" and not level):
+        return "none"
+    return "gzip"
