@@ -19,3 +19,6 @@ test: venv
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+
+demo: venv
+	$(PY) docs/demo.py

@@ -111,11 +111,11 @@ class Supervisor:
             self.reap_workers()
             self.murder_silent_workers()
             if self.stopping:
-                self.advance_shutdown()
+                self.advance_shutdown()  # systemd stops watching after STOPPING=1: nothing more to say
             else:
                 self.manage_workers()
-            self.ping_watchdog()
-            self.update_status()
+                self.ping_watchdog()
+                self.update_status()
         self.reap_orphans()
         log.info("supervisor stopped" + fields(exit_code=self.exit_code, jobs_ok=self.jobs_ok,
                                                jobs_failed=self.jobs_failed))

@@ -50,6 +50,7 @@ class Worker:
         self.stopping = False
         self.aborting = False
         self.connect_failures = 0
+        self.ever_connected = False
         self.next_connect = 0.0
         self.next_rescue = 0.0
 
@@ -108,8 +109,9 @@ class Worker:
             log.warning("cannot connect to the queue database" + fields(
                 worker=self.name, retry_in=f"{delay:g}s", error=_one_line(exc)))
             return False
-        if self.connect_failures:
-            log.info("reconnected to the queue database" + fields(worker=self.name))
+        if self.ever_connected:
+            log.info("reconnected to the queue database" + fields(worker=self.name, failed_attempts=self.connect_failures))
+        self.ever_connected = True
         self.connect_failures = 0
         return True
 
