@@ -34,6 +34,7 @@ SCHEDULE = [
     "SELECT pggit.backup_pg_dump('main', NULL, 'custom', '{dir}')",
     "SELECT pggit.backup_pg_dump('main', 'public', 'directory', '{dir}', '{{\"jobs\": \"2\"}}'::jsonb)",
     "SELECT pggit.backup_pg_dump('main', 'public', 'plain', '{dir}', '{{\"compression_level\": \"9\"}}'::jsonb)",
+    "SELECT pggit.backup_pg_basebackup('main', '{dir}')",
 ]
 
 
@@ -87,6 +88,16 @@ def show(conn, title: str, sql: str) -> list[dict]:
     return rows
 
 
+def wait_for_queue(conn, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pggit.backup_job_queue WHERE job_state IN ('ready', 'in_progress', 'will_retry')")
+            if cur.fetchone()[0] == 0:
+                return
+        time.sleep(0.5)
+
+
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="pggit-demo-"))
     os.chmod(work, 0o755)
@@ -115,8 +126,8 @@ def main() -> int:
         config.write_text(yaml.safe_dump({
             "dsn": dsn, "worker_id": "demo", "workers": 2, "poll_interval": 2, "heartbeat_interval": 1,
             "lease_seconds": 30, "shutdown_timeout": 30, "log_level": "INFO",
-            "tools": {"pg_dump": {"allowed_output_dirs": [str(backups)],
-                                  **({"run_as": "postgres"} if IS_ROOT else {})}},
+            "tools": {tool: {"allowed_output_dirs": [str(backups)], **({"run_as": "postgres"} if IS_ROOT else {})}
+                      for tool in ("pg_dump", "pg_basebackup")},
         }))
         say("starting the supervisor with two workers (its log follows on stderr)")
         supervisor = subprocess.Popen([sys.executable, "-m", "pggit_supervisor", "run", "-c", str(config)],
@@ -128,24 +139,26 @@ def main() -> int:
             print(statement)
             conn.cursor().execute(statement)
 
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with conn.cursor() as cur:
-                cur.execute("SELECT count(*) FROM pggit.backup_job_queue WHERE job_state IN ('ready', 'in_progress', 'will_retry')")
-                if cur.fetchone()[0] == 0:
-                    break
-            time.sleep(0.5)
+        wait_for_queue(conn)
+        say("scheduling a restore drill of every completed backup")
+        statement = ("SELECT pggit.schedule_restore_test(backup_id) "
+                     "FROM pggit.list_backups(p_status := 'completed')")
+        print(statement)
+        conn.cursor().execute(statement)
+        wait_for_queue(conn)
 
         show(conn, "the queue (pggit.backup_job_queue)",
              "SELECT job_id, backup_name, tool, status, job_state, attempts, worker_id, last_error "
              "FROM pggit.backup_job_queue ORDER BY created_at")
-        rows = show(conn, "the backups (pggit.list_backups(p_limit := 20, p_offset := 0))",
-                    "SELECT backup_name, status, backup_size, compression_type, checksum, location "
-                    "FROM pggit.list_backups(p_limit := 20, p_offset := 0) ORDER BY created_at")
+        rows = show(conn, "the backups (pggit.backups)",
+                    "SELECT backup_tool, status, backup_size, left(checksum, 20) AS checksum, "
+                    "verified_at IS NOT NULL AS verified, restore_test_result, location "
+                    "FROM pggit.backups ORDER BY created_at")
         conn.close()
-        completed = sum(1 for row in rows if row["status"] == "completed")
-        say(f"{completed} of {len(SCHEDULE)} backups completed and verified")
-        return 0 if completed == len(SCHEDULE) else 1
+        good = sum(1 for row in rows if row["status"] == "completed" and row["verified"]
+                   and row["restore_test_result"] == "passed")
+        say(f"{good} of {len(SCHEDULE)} backups completed, verified and restore-tested")
+        return 0 if good == len(SCHEDULE) else 1
     finally:
         if supervisor is not None:
             supervisor.send_signal(signal.SIGTERM)

@@ -45,6 +45,57 @@ def _run(args: argparse.Namespace) -> int:
     return serve(lambda: load_config(path))
 
 
+def _restore(args: argparse.Namespace) -> int:
+    """Restores one backup: pg_dump into an empty database, pg_basebackup into an empty
+    directory; for pgBackRest and Barman prints (with --execute runs) the tool's own restore."""
+    from . import restore
+    from .config import default_tool
+    from .runner import run_tool, RunSpec
+    from .tools import barman, pgbackrest
+
+    path = resolve_config_path(args.config, os.environ)
+    config = load_config(path, dsn=args.dsn) if os.path.exists(path) or args.config else None
+    dsn = args.dsn or (config.dsn if config else None)
+    if not dsn:
+        print(f"pggit-supervisor: no queue database: give --dsn or a config ({path} does not exist)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        backup = restore.load_backup(dsn, args.backup_id)
+        tool = (config.tools.get(backup.tool) if config else None) or default_tool(backup.tool)
+        if backup.tool == "pg_dump":
+            if not args.target_dsn:
+                raise restore.RestoreError("a pg_dump backup is restored into a database: give --target-dsn")
+            restore.check_empty_database(args.target_dsn)
+            restore.prepare_target_database(args.target_dsn, backup)
+            result = restore.restore_dump(backup, tool, args.target_dsn, args.jobs)
+        elif backup.tool in ("pg_basebackup", "pgbackrest", "barman"):
+            if not args.target_dir:
+                raise restore.RestoreError(f"a {backup.tool} backup is restored into a directory: give --target-dir")
+            restore.check_empty_dir(args.target_dir)
+            if backup.tool == "pg_basebackup":
+                result = restore.restore_basebackup(backup, tool, args.target_dir)
+            else:
+                module = pgbackrest if backup.tool == "pgbackrest" else barman
+                argv = module.restore_argv(tool, backup.location, args.target_dir)
+                print(restore.describe(argv))
+                if not args.execute:
+                    print(f"(not run: add --execute to run it as {tool.run_as or 'the current user'})")
+                    return 0
+                result = run_tool(RunSpec(tuple(argv), {}, restore.RESTORE_TIMEOUT, run_as=tool.run_as,
+                                          kill_grace=float(tool.kill_grace)))
+        else:
+            raise restore.RestoreError(f"backups made by {backup.tool} are restored by their own tooling")
+    except restore.RestoreError as exc:
+        print(f"pggit-supervisor: restore refused: {exc}", file=sys.stderr)
+        return 1
+    if not result.ok:
+        print(f"pggit-supervisor: restore failed: {result.summary()}\n{result.stderr.text()}", file=sys.stderr)
+        return 1
+    target = args.target_dsn and "the target database" or args.target_dir
+    print(f"restored backup {backup.backup_id} ({backup.tool}) into {target}: {result.summary()}")
+    return 0
+
+
 def serve(load: Callable[[], Config]) -> int:
     """Loads the config (refusing to start on an invalid one) and runs the supervisor;
     `load` is called again on SIGHUP."""
@@ -77,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", help="YAML config (default: $PGGIT_CONFIG or /etc/pggit/supervisor.yaml)")
     check.set_defaults(func=_check_config)
 
+    restore = commands.add_parser("restore", help="restore a backup into an empty database or directory")
+    restore.add_argument("backup_id", help="pggit.backups.backup_id")
+    restore.add_argument("--target-dsn", help="an existing, empty database (pg_dump backups)")
+    restore.add_argument("--target-dir", help="a new or empty directory (pg_basebackup, pgBackRest, Barman)")
+    restore.add_argument("--jobs", type=int, help="parallel pg_restore jobs (custom and directory dumps)")
+    restore.add_argument("--execute", action="store_true", help="run pgBackRest's / Barman's restore, not only print it")
+    restore.add_argument("--dsn", help="the queue database (default: the config's dsn)")
+    restore.add_argument("-c", "--config", help="YAML config for tool paths and run_as users")
+    restore.set_defaults(func=_restore)
+
     schema_parser = commands.add_parser("schema", help="install, upgrade or inspect the SQL schema")
     schema_commands = schema_parser.add_subparsers(dest="schema_command", metavar="ACTION")
     install = schema_commands.add_parser("install", help="apply the schema files not yet applied (idempotent)")
@@ -100,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except schema.SchemaError as exc:
         print(f"pggit-supervisor: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
     except Exception as exc:  # psycopg2.OperationalError and friends: one line, no traceback
         if exc.__class__.__module__.startswith("psycopg2"):
             print(f"pggit-supervisor: database error: {str(exc).strip()}", file=sys.stderr)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import psycopg2
 
 from . import linux, webhooks
-from .config import Config
+from .config import Config, ToolConfig, default_tool
 from .log import fields
 from .queue import ClaimedJob, Queue, connect
 from .runner import RunAsError, RunnerError, RunResult, run_tool
@@ -45,6 +45,8 @@ class Worker:
         self.release_predecessor = release_predecessor
         self.parent_pid = parent_pid
         self.tools = sorted(tool for tool in config.tools if tool in ADAPTERS)
+        if {"pg_dump", "pg_basebackup"} & set(config.tools):
+            self.tools.append("restore_test")  # drills use those tools' sections
         self.conn = None
         self.queue: Queue | None = None
         self.stopping = False
@@ -209,7 +211,7 @@ class Worker:
         log.info("job claimed" + fields(**where, tool=job.tool, attempt=f"{job.attempts}/{job.max_attempts}",
                                         backup=job.backup_name))
         self.tell("busy", job.job_id, 0)
-        ctx = Context(self.config, self.config.tools[job.tool], datetime.now(timezone.utc), self.name,
+        ctx = Context(self.config, self.tool_section(job), datetime.now(timezone.utc), self.name,
                       tick=self._ticker(job))
         try:
             adapter = adapter_for(job.tool)
@@ -245,6 +247,11 @@ class Worker:
             self.hand_back(job)  # a verification cut short by shutdown says nothing about the backup
             return
         self.report(job, outcome, _result_record(result, self.name))
+
+    def tool_section(self, job: ClaimedJob) -> ToolConfig:
+        """The config section a job runs under; a restore drill uses its backup's tool's."""
+        name = str(job.params.get("backup_tool")) if job.tool == "restore_test" else job.tool
+        return self.config.tools.get(name) or default_tool(name, self.config.kill_grace)
 
     def _ticker(self, job: ClaimedJob) -> Callable[[], str | None]:
         next_heartbeat = time.monotonic() + self.config.heartbeat_interval

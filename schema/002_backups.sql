@@ -22,7 +22,12 @@ CREATE TABLE IF NOT EXISTS pggit.backups (
     created_by        text        NOT NULL DEFAULT session_user,
     created_at        timestamptz NOT NULL DEFAULT now(),
     started_at        timestamptz,
-    completed_at      timestamptz
+    completed_at      timestamptz,
+    -- set when the tool's output was read back in full (pg_restore, pg_verifybackup, pgbackrest verify, ...)
+    verified_at       timestamptz,
+    -- set by a restore drill (pggit.schedule_restore_test)
+    restore_tested_at   timestamptz,
+    restore_test_result text CHECK (restore_test_result IN ('passed', 'failed'))
 );
 CREATE INDEX IF NOT EXISTS backups_created_at_idx ON pggit.backups (created_at);
 CREATE INDEX IF NOT EXISTS backups_commit_hash_idx ON pggit.backups (commit_hash);
@@ -31,8 +36,9 @@ CREATE INDEX IF NOT EXISTS backups_branch_name_idx ON pggit.backups (branch_name
 CREATE TABLE IF NOT EXISTS pggit.backup_jobs (
     job_id            uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
     backup_id         uuid        NOT NULL REFERENCES pggit.backups (backup_id) ON DELETE CASCADE,
+    -- restore_test: a restore drill of the job's backup (pggit.schedule_restore_test)
     tool              text        NOT NULL
-        CHECK (tool IN ('pgbackrest', 'barman', 'pg_dump', 'pg_basebackup', 'custom')),
+        CHECK (tool IN ('pgbackrest', 'barman', 'pg_dump', 'pg_basebackup', 'custom', 'restore_test')),
     -- A shell-quoted rendering for people. Workers never run it: they build argv from spec.
     command           text        NOT NULL,
     -- {"tool": ..., "params": {...validated...}, "timeout_seconds": ..., "notify": {...}}
@@ -149,7 +155,16 @@ BEGIN
     IF TG_OP = 'UPDATE' AND NEW.status IS NOT DISTINCT FROM OLD.status THEN
         RETURN NULL;
     END IF;
-    IF NEW.status IN ('queued', 'running') OR (NEW.status = 'failed' AND NEW.attempts < NEW.max_attempts) THEN
+    IF NEW.tool = 'restore_test' THEN
+        -- a drill never changes its backup's status; a drill that fails for good is its finding
+        IF NEW.status = 'failed' AND NEW.attempts >= NEW.max_attempts THEN
+            UPDATE pggit.backups b
+               SET restore_tested_at = now(), restore_test_result = 'failed',
+                   metadata = b.metadata || jsonb_build_object('restore_test', jsonb_build_object(
+                       'outcome', 'failed', 'error', NEW.last_error, 'job_id', NEW.job_id, 'at', now()))
+             WHERE b.backup_id = NEW.backup_id;
+        END IF;
+    ELSIF NEW.status IN ('queued', 'running') OR (NEW.status = 'failed' AND NEW.attempts < NEW.max_attempts) THEN
         UPDATE pggit.backups b
            SET status = 'in_progress', error_message = NULL, completed_at = NULL,
                started_at = CASE WHEN NEW.status = 'running' THEN coalesce(b.started_at, now()) ELSE b.started_at END

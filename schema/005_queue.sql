@@ -56,7 +56,8 @@ BEGIN
     PERFORM pggit._require_lease(p_lease_seconds);
     IF p_tools IS NOT NULL THEN
         FOREACH v_tool IN ARRAY p_tools LOOP
-            PERFORM pggit._require_enum('p_tools', v_tool, ARRAY['pgbackrest', 'barman', 'pg_dump', 'pg_basebackup', 'custom']);
+            PERFORM pggit._require_enum('p_tools', v_tool,
+                ARRAY['pgbackrest', 'barman', 'pg_dump', 'pg_basebackup', 'custom', 'restore_test']);
         END LOOP;
     END IF;
 
@@ -140,7 +141,9 @@ $$;
 
 -- Completes a claimed job and its backup in one transaction, recording what the tool produced.
 -- p_backup: {"backup_size", "compressed_size", "compression_type", "checksum", "location",
--- "metadata": {...}}; p_result: exit code, duration, output tail... as the worker measured them.
+-- "verified": true when the output was read back, "metadata": {...}}; p_result: exit code,
+-- duration, output tail... as the worker measured them. For a restore drill, p_backup's
+-- metadata is the drill's report and the tested backup is marked restore-tested.
 CREATE OR REPLACE FUNCTION pggit.finish_backup_job(
     p_job_id      uuid,
     p_claim_token bigint,
@@ -152,17 +155,26 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'on' AS $$
 DECLARE
     v_backup_id uuid;
+    v_tool      text;
     v_backup    jsonb := coalesce(p_backup, '{}');
 BEGIN
     PERFORM pggit._require_options('p_backup', v_backup,
-        ARRAY['backup_size', 'compressed_size', 'compression_type', 'checksum', 'location', 'metadata']);
+        ARRAY['backup_size', 'compressed_size', 'compression_type', 'checksum', 'location', 'verified', 'metadata']);
     UPDATE pggit.backup_jobs j
        SET status = 'completed', completed_at = now(), lease_expires_at = NULL, last_error = NULL,
            output = left(p_output, 65536), result = coalesce(p_result, '{}')
      WHERE j.job_id = p_job_id AND j.status = 'running' AND j.claim_token = p_claim_token
-    RETURNING j.backup_id INTO v_backup_id;
+    RETURNING j.backup_id, j.tool INTO v_backup_id, v_tool;
     IF v_backup_id IS NULL THEN
         RETURN false;
+    END IF;
+    IF v_tool = 'restore_test' THEN
+        UPDATE pggit.backups b
+           SET restore_tested_at = now(), restore_test_result = 'passed',
+               metadata = b.metadata || jsonb_build_object('restore_test',
+                   coalesce(v_backup -> 'metadata', '{}') || jsonb_build_object('outcome', 'passed', 'job_id', p_job_id, 'at', now()))
+         WHERE b.backup_id = v_backup_id;
+        RETURN true;
     END IF;
     UPDATE pggit.backups b
        SET backup_size      = coalesce(pggit._opt_int('p_backup', v_backup, 'backup_size', 0, 9223372036854775807), b.backup_size),
@@ -170,6 +182,8 @@ BEGIN
            compression_type = coalesce(v_backup ->> 'compression_type', b.compression_type),
            checksum         = coalesce(v_backup ->> 'checksum', b.checksum),
            location         = coalesce(v_backup ->> 'location', b.location),
+           verified_at      = CASE WHEN pggit._opt_bool('p_backup', v_backup, 'verified', false) THEN now()
+                                   ELSE b.verified_at END,
            metadata         = b.metadata || coalesce(v_backup -> 'metadata', '{}')
      WHERE b.backup_id = v_backup_id AND b.status = 'completed';
     RETURN true;

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from .barman import BarmanAdapter
 from .base import Adapter, Context, InvalidJob, Invocation, Outcome
 from .custom import CustomAdapter
+from .pg_basebackup import PgBaseBackupAdapter
 from .pg_dump import PgDumpAdapter
+from .pgbackrest import PgBackRestAdapter
+from .restore_test import RestoreTestAdapter
 
-ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (PgDumpAdapter(), CustomAdapter())}
+ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (
+    PgDumpAdapter(), PgBaseBackupAdapter(), PgBackRestAdapter(), BarmanAdapter(), CustomAdapter(),
+    RestoreTestAdapter())}
 
 
 def adapter_for(tool: str) -> Adapter:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -135,9 +136,13 @@ def prepare_output_dir(path: str, run_as: str | None) -> None:
     if os.path.isdir(path):
         return
     os.makedirs(path, mode=0o750, exist_ok=True)
-    if run_as and os.geteuid() == 0:
-        import pwd
-        entry = pwd.getpwnam(run_as)
+    give_to(path, run_as)
+
+
+def give_to(path: str, user: str | None) -> None:
+    """chown `path` to `user` and its primary group, when we are root and a user is named."""
+    if user and os.geteuid() == 0:
+        entry = pwd.getpwnam(user)
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 

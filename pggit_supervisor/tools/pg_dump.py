@@ -10,12 +10,19 @@ import gzip
 import os
 import shutil
 
+import psycopg2
+from psycopg2 import sql
+
 from ..queue import ClaimedJob
 from ..runner import RunResult
 from .base import (Context, InvalidJob, Invocation, Outcome, allowed_output_dir, backup_stem,
                    failure_from, libpq_env, prepare_output_dir, run_check, sha256_of, tool_run)
 
 FORMATS = {"custom": ".dump", "directory": "", "tar": ".tar", "plain": ".sql"}
+# Row counts for the restore drill are taken only up to this database size: counting is a full
+# scan of every table, which on a large database would double the backup's I/O.
+ROW_COUNT_MAX_BYTES = 2 << 30
+ROW_COUNT_MAX_TABLES = 1000
 _PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
 
 
@@ -42,12 +49,16 @@ class PgDumpAdapter:
             argv.append(f"--compress={int(level)}")
         if params.get("jobs") and fmt == "directory":
             argv.append(f"--jobs={int(params['jobs'])}")
+        snapshot = open_snapshot(ctx.config.dsn, job.database_name, params.get("schema"))
+        argv.append(f"--snapshot={snapshot.snapshot_id}")
         env = libpq_env(ctx.config.dsn, job.database_name)
         return Invocation(tool_run(ctx, job, argv, env, cwd=directory),
-                          {"format": fmt, "final": final, "partial": partial, "compression_level": level})
+                          {"format": fmt, "final": final, "partial": partial, "compression_level": level,
+                           "snapshot": snapshot})
 
     def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
         notes = invocation.notes
+        notes["snapshot"].close()
         if not result.ok:
             self.discard(invocation)
             return Outcome.failure(failure_from(result, "pg_dump"))
@@ -64,13 +75,15 @@ class PgDumpAdapter:
             metadata["files"] = files
         if job.params.get("jobs"):
             metadata["restore_jobs"] = job.params["jobs"]
+        metadata.update(notes["snapshot"].facts())
         return Outcome.success(
             f"pg_dump {result.summary()}, {size} bytes, verified",
             backup_size=size, compressed_size=size if compression != "none" else None,
-            compression_type=compression, checksum=checksum, location=f"file://{notes['final']}",
+            compression_type=compression, checksum=checksum, verified=True, location=f"file://{notes['final']}",
             metadata=metadata)
 
     def discard(self, invocation: Invocation) -> None:
+        invocation.notes["snapshot"].close()
         partial = invocation.notes["partial"]
         if os.path.isdir(partial):
             shutil.rmtree(partial, ignore_errors=True)
@@ -107,3 +120,50 @@ def _compression(fmt: str, level) -> str:
     if fmt == "tar" or level == 0 or (fmt == "plain" and not level):
         return "none"
     return "gzip"
+
+
+class Snapshot:
+    """A transaction whose snapshot pg_dump shares (--snapshot): the row counts recorded for the
+    restore drill are those of exactly the data in the dump. Held open until pg_dump is done."""
+
+    def __init__(self, conn, snapshot_id: str, counts: dict[str, int] | None, skipped: str | None) -> None:
+        self.conn = conn
+        self.snapshot_id = snapshot_id
+        self.counts = counts
+        self.skipped = skipped
+
+    def facts(self) -> dict:
+        if self.counts is not None:
+            return {"row_counts": self.counts}
+        return {"row_counts_skipped": self.skipped}
+
+    def close(self) -> None:
+        if not self.conn.closed:
+            self.conn.close()
+
+
+def open_snapshot(dsn: str, dbname: str, schema: str | None) -> Snapshot:
+    conn = psycopg2.connect(dsn, dbname=dbname, application_name="pggit-supervisor snapshot", connect_timeout=10)
+    try:
+        conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_export_snapshot(), pg_database_size(current_database())")
+            snapshot_id, size = cur.fetchone()
+            if size > ROW_COUNT_MAX_BYTES:
+                return Snapshot(conn, snapshot_id, None, f"database larger than {ROW_COUNT_MAX_BYTES >> 30} GiB")
+            cur.execute("""SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                            WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                              AND n.nspname NOT LIKE 'pg\\_%%' AND (%s::text IS NULL OR n.nspname = %s)
+                              AND has_table_privilege(c.oid, 'SELECT')
+                            ORDER BY 1, 2 LIMIT %s""", (schema, schema, ROW_COUNT_MAX_TABLES + 1))
+            tables = cur.fetchall()
+            if len(tables) > ROW_COUNT_MAX_TABLES:
+                return Snapshot(conn, snapshot_id, None, f"more than {ROW_COUNT_MAX_TABLES} tables")
+            counts = {}
+            for nspname, relname in tables:
+                cur.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(nspname), sql.Identifier(relname)))
+                counts[f"{nspname}.{relname}"] = cur.fetchone()[0]
+        return Snapshot(conn, snapshot_id, counts, None)
+    except BaseException:
+        conn.close()
+        raise

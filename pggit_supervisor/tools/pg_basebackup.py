@@ -1,0 +1,145 @@
+"""pg_basebackup: a physical copy of the cluster of the queue's database, with its WAL streamed
+alongside (-X stream) so the copy is self-contained, and a SHA-256 manifest verified by
+pg_verifybackup before the backup counts.
+
+Like pg_dump, the copy is written under a temporary name and renamed once verified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping
+
+from ..queue import ClaimedJob
+from ..runner import RunResult
+from .base import (Context, Invocation, Outcome, allowed_output_dir, backup_stem, failure_from, give_to,
+                   libpq_env, prepare_output_dir, run_check, sha256_of, tool_run)
+
+TAR = "/bin/tar"
+
+
+def pg_bin_dir(version: str) -> str:
+    """Debian keeps pg_verifybackup, pg_ctl, ... only under /usr/lib/postgresql/VERSION/bin."""
+    return f"/usr/lib/postgresql/{version}/bin"
+
+
+def read_pg_version(data_dir: str) -> str:
+    with open(os.path.join(data_dir, "PG_VERSION")) as handle:
+        return handle.read().strip()
+
+
+def tar_members(directory: str) -> tuple[str | None, str | None]:
+    """(base archive, WAL archive) of a tar-format base backup, whatever their compression."""
+    names = sorted(os.listdir(directory))
+    base = next((n for n in names if n.startswith("base.tar")), None)
+    wal = next((n for n in names if n.startswith("pg_wal.tar")), None)
+    return base, wal
+
+
+def extract_argv(archive: str, target: str) -> list[str]:
+    """GNU tar recognises gzip, lz4 and zstd archives by their content when extracting."""
+    return [TAR, "-x", "-f", archive, "-C", target]
+
+
+class PgBaseBackupAdapter:
+    name = "pg_basebackup"
+
+    def prepare(self, job: ClaimedJob, ctx: Context) -> Invocation:
+        params = job.params
+        directory = allowed_output_dir(str(params.get("output_dir", "")), ctx.tool)
+        final = os.path.join(directory, backup_stem(job, ctx.now))
+        partial = os.path.join(directory, "." + os.path.basename(final) + ".partial")
+        prepare_output_dir(directory, ctx.tool.run_as)
+        fmt = params.get("format", "plain")
+        argv = [ctx.tool.path, f"--pgdata={partial}", f"--format={fmt}", "--wal-method=stream",
+                f"--checkpoint={params.get('checkpoint', 'fast')}", "--manifest-checksums=SHA256",
+                "--no-password", f"--label=pggit {job.backup_name} job {job.job_id}"]
+        compression = params.get("compression", "none")
+        if compression != "none":
+            level = params.get("compression_level")
+            argv.append(f"--compress=client-{compression}" + (f":{int(level)}" if level is not None else ""))
+        env = libpq_env(ctx.config.dsn)
+        env.pop("PGDATABASE", None)  # a replication connection takes no database
+        return Invocation(tool_run(ctx, job, argv, env, cwd=directory),
+                          {"format": fmt, "final": final, "partial": partial, "compression": compression})
+
+    def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
+        notes = invocation.notes
+        if not result.ok:
+            self.discard(invocation)
+            return Outcome.failure(failure_from(result, "pg_basebackup"))
+        verified, how, problem = self._verify(job, notes, ctx)
+        if problem:
+            self.discard(invocation)
+            return Outcome.failure(f"verification failed: {problem}")
+        os.rename(notes["partial"], notes["final"])
+        manifest = os.path.join(notes["final"], "backup_manifest")
+        manifest_sum, _, _ = sha256_of(manifest)
+        _, size, _ = sha256_of(notes["final"])
+        metadata: dict[str, Any] = {
+            "directory": notes["final"], "format": notes["format"], "verified_by": how,
+            "duration_seconds": round(result.duration, 3), **_manifest_facts(manifest)}
+        compressed = notes["compression"] != "none"
+        return Outcome.success(
+            f"pg_basebackup {result.summary()}, {size} bytes, " + ("verified" if verified else how),
+            backup_size=size, compressed_size=size if compressed else None,
+            compression_type=notes["compression"], checksum=manifest_sum, verified=verified,
+            location=f"file://{notes['final']}", metadata=metadata)
+
+    def discard(self, invocation: Invocation) -> None:
+        shutil.rmtree(invocation.notes["partial"], ignore_errors=True)
+
+    def _verify(self, job: ClaimedJob, notes: Mapping[str, Any], ctx: Context) -> tuple[bool, str, str | None]:
+        """(verified, how, problem). A tar backup is extracted to a scratch directory first:
+        pg_verifybackup reads plain directories only."""
+        partial = notes["partial"]
+        if notes["format"] == "plain":
+            return self._verifybackup(job, ctx, partial, read_pg_version(partial), [])
+        base, wal = tar_members(partial)
+        if base is None:
+            return False, "", "no base.tar* in the tar-format backup"
+        scratch = tempfile.mkdtemp(prefix=".verify-", dir=os.path.dirname(partial))
+        try:
+            give_to(scratch, ctx.tool.run_as)
+            steps = [extract_argv(os.path.join(partial, base), scratch)]
+            if wal:
+                os.makedirs(os.path.join(scratch, "pg_wal"), exist_ok=True)
+                give_to(os.path.join(scratch, "pg_wal"), ctx.tool.run_as)
+                steps.append(extract_argv(os.path.join(partial, wal), os.path.join(scratch, "pg_wal")))
+            for argv in steps:
+                extracted = run_check(ctx, job, argv, {})
+                if not extracted.ok:
+                    if "lz4" in extracted.stderr.text() or "zstd" in extracted.stderr.text():
+                        return False, f"not verified: tar cannot extract {base} here ({extracted.summary()})", None
+                    return False, "", failure_from(extracted, "extracting the tar backup:")
+            return self._verifybackup(job, ctx, scratch, read_pg_version(scratch),
+                                      [f"--manifest-path={os.path.join(partial, 'backup_manifest')}"])
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    @staticmethod
+    def _verifybackup(job: ClaimedJob, ctx: Context, directory: str, version: str,
+                      extra: list[str]) -> tuple[bool, str, str | None]:
+        tool = os.path.join(pg_bin_dir(version), "pg_verifybackup")
+        check = run_check(ctx, job, [tool, *extra, directory], {})
+        if check.ok:
+            return True, "pg_verifybackup", None
+        return False, "", failure_from(check, "pg_verifybackup")
+
+
+def _manifest_facts(manifest: str) -> dict[str, Any]:
+    try:
+        with open(manifest) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    ranges = data.get("WAL-Ranges") or []
+    facts: dict[str, Any] = {"files": len(data.get("Files", []))}
+    if ranges:
+        facts.update(timeline=ranges[0].get("Timeline"), start_lsn=ranges[0].get("Start-LSN"),
+                     stop_lsn=ranges[-1].get("End-LSN"))
+    return facts
+
