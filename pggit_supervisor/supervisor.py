@@ -23,6 +23,7 @@ import psutil
 from . import linux
 from .config import Config, ConfigError, config_summary
 from .log import fields
+from .proctree import kill_tree
 from .systemd import Notifier
 from .worker import ABORT_DELIVERY_SECONDS, Worker
 
@@ -224,6 +225,8 @@ class Supervisor:
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 self.handle_worker_exit(worker, os.waitstatus_to_exitcode(status))
+            else:
+                self.kill_orphans()  # an orphan died: its own children are ours now
 
     def handle_worker_exit(self, worker: WorkerHandle, code: int) -> None:
         os.close(worker.pipe)
@@ -259,19 +262,24 @@ class Supervisor:
 
     def kill_orphans(self) -> None:
         """Children that are not workers are orphans of a dead worker's tools (we are their
-        subreaper): tools that left their process group. Nothing else of ours runs."""
+        subreaper): tools that left their process group. Nothing else of ours runs. Each one's
+        whole subtree goes, frozen first so that nothing forks its way out; what was below an
+        orphan that exits later is re-parented to us and found when that orphan is reaped."""
         for child in psutil.Process().children():
             if child.pid not in self.workers:
                 try:
-                    child.kill()
-                    log.warning("killed an orphaned tool process" + fields(pid=child.pid, name=child.name()))
+                    name = child.name()
                 except psutil.Error:
-                    pass
+                    name = "?"
+                report = kill_tree(child.pid, None, 0.0)
+                log.warning("killed an orphaned tool process tree" + fields(pid=child.pid, name=name,
+                                                                          result=report.summary()))
 
     def reap_orphans(self) -> None:
-        self.kill_orphans()
-        deadline = time.monotonic() + 2
+        """At exit: nothing a tool left behind may outlive the service."""
+        deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
+            self.kill_orphans()
             try:
                 if os.waitpid(-1, os.WNOHANG)[0] == 0:
                     time.sleep(0.05)

@@ -34,6 +34,28 @@ from service import (
 LISTENER = "import sys; from pggit_supervisor.cli import listener_main; sys.exit(listener_main())"
 TREE = ("--spawn-child", "--spawn-grandchild-setsid")  # a tool, its child, and a setsid grandchild
 SPAWNED = re.compile(r"worker spawned worker=(\S+) pid=(\d+)")
+# A tool whose helper daemonizes (double fork + setsid), as real tools' helpers do:
+# tool -> child (the tool's group) -> daemon (its own session) -> daemon-child. All sleep.
+DAEMONIZING_TOOL = """#!{python}
+import os, sys, time
+
+def record(role):
+    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.write(fd, f"{{role}} {{os.getpid()}}\\n".encode())
+    os.close(fd)
+
+role = "tool"
+if os.fork() == 0:
+    role = "child"
+    if os.fork() == 0:
+        os.setsid()
+        role = "daemon"
+        if os.fork() == 0:
+            role = "daemon-child"
+record(role)
+while True:
+    time.sleep(3600)
+"""
 
 
 @pytest.fixture
@@ -50,6 +72,9 @@ def make_service(tmp_path, dsn):
     yield _make
     for service in made:
         service.cleanup()
+    for proc in psutil.process_iter(["cmdline"]):  # tools that escaped the supervisor's session
+        if proc.pid != os.getpid() and f"{tmp_path}/" in " ".join(proc.info["cmdline"] or []):
+            proc.kill()
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -86,7 +111,7 @@ def tool_processes(tmp_path: Path) -> list[int]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if FAKE_TOOL in cmdline and str(tmp_path) in cmdline and not gone(proc.pid):
+        if FAKE_TOOL in cmdline and f"{tmp_path}/" in cmdline and not gone(proc.pid):
             found.append(proc.pid)
     return found
 
@@ -127,6 +152,25 @@ def test_killed_busy_worker_job_is_requeued_at_once_and_completed_once(make_serv
     assert len(re.findall(rf"job completed job={job_id}\b", service.log())) == 1
     # nothing of the killed run survives: its tool, the tool's child, nor the setsid grandchild
     wait_gone(first_run, 5, "the killed worker's tool tree (tool, child, grandchild)")
+
+
+def test_killed_worker_leaves_no_daemonized_tool_process_behind(make_service, db, tmp_path):
+    tool = tmp_path / "daemonizing_tool.py"
+    tool.write_text(DAEMONIZING_TOOL.format(python=sys.executable))
+    tool.chmod(0o755)
+    service = make_service(lease_seconds=60, tools={"custom": {"allowed_commands": [str(tool)]}}).start()
+    wait_for_workers_started(service, 2)
+    pid_file = tmp_path / "pids-daemonizing"
+    backup_id = scalar(db, "SELECT pggit.register_backup('daemonizing', 'full', 'custom', %s, "
+                           "p_branch_name := 'main')", (str(tmp_path),))
+    # one attempt: the replacement worker fails the job for good instead of running it again
+    job_id = scalar(db, "SELECT pggit.enqueue_backup_job(%s, %s, 'custom', 1)", (backup_id, f"{tool} {pid_file}"))
+    run = wait_for_run(pid_file, ("tool", "child", "daemon", "daemon-child"))
+    tree = [pids[0] for pids in run.values()]
+
+    os.kill(psutil.Process(run["tool"][0]).ppid(), signal.SIGKILL)
+    assert wait_for_state(db, job_id, {"permanently_failed"}, timeout=5)["attempts"] == 1
+    wait_gone(tree, 5, "every process of the killed worker's tool (tool, child, daemon, daemon-child)")
 
 
 def test_killed_supervisor_takes_workers_and_tools_down_and_job_is_handed_back(make_service, db, tmp_path):
@@ -261,7 +305,8 @@ def test_silent_worker_is_killed_and_replaced(make_service, db, tmp_path):
     os.kill(victim, signal.SIGSTOP)
     stopped_at = time.monotonic()
     service.wait_for_log(rf"worker stopped heartbeating: killing it worker=test/1 pid={victim}\b", timeout=10)
-    assert time.monotonic() - stopped_at >= 2.5, "killed only after worker_timeout (3 s) of silence"
+    # silence counts from the last beat, up to a second before SIGSTOP
+    assert time.monotonic() - stopped_at >= 1.5, "killed only after worker_timeout (3 s) of silence"
     wait_until(lambda: [pid for name, pid in spawned(service) if name == "test/1"][-1] != victim, 10,
                f"a new worker in slot test/1\n{service.log()}")
     replacement = [pid for name, pid in spawned(service) if name == "test/1"][-1]
@@ -305,11 +350,9 @@ def test_listener_takes_worker_id_and_count_from_environment_and_dsn_from_its_ar
     dbname = scalar(db, "SELECT current_database()")
     unusable = f"host=127.0.0.1 port=5432 user=postgres dbname={dbname}_not_this_one"
     service = make_service(config_dsn=unusable, worker_id="from-file", workers=1, poll_interval=30)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGGIT_")}
+    env = {k: "" for k in os.environ if k.startswith("PGGIT_")}  # empty = unset, for the config
     env.update(PGGIT_CONFIG=str(service.config_path), PGGIT_WORKER_ID="guide-01", PGGIT_WORKERS="2",
                PGGIT_POLL_INTERVAL="1", PGGIT_LOG_LEVEL="DEBUG")
-    # Service.start overlays os.environ: clear any PGGIT_* there by passing them empty (= unset)
-    env.update({k: "" for k in os.environ if k.startswith("PGGIT_") and k not in env})
     service.start(env=env, args=[sys.executable, "-c", LISTENER, dsn])
 
     wait_for_workers_started(service, 2, worker_id="guide-01")
@@ -370,7 +413,8 @@ def test_run_refuses_an_invalid_config_and_starts_no_worker(dsn, db, tmp_path):
     *problems, verdict = result.stderr.splitlines()
     assert verdict == "pggit-supervisor: not started: the configuration is invalid"
     assert_lists_every_problem(problems, path)
-    assert "worker" not in result.stdout + "\n".join(problems)
+    output = result.stdout + result.stderr
+    assert "supervisor started" not in output and "worker spawned" not in output
     connections = query(db, "SELECT application_name FROM pg_stat_activity "
-                            "WHERE application_name LIKE 'pggit-supervisor%%'")
+                            "WHERE datname = current_database() AND application_name LIKE 'pggit-supervisor%'")
     assert connections == []
