@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test demo venv clean
+.PHONY: test demo venv clean deb
 
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,3 +22,13 @@ clean:
 
 demo: venv
 	$(PY) docs/demo.py
+
+# The Debian package: packaging/debian becomes build/deb/debian; the .deb lands in dist/.
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' pggit_supervisor/__init__.py)
+deb:
+	rm -rf build/deb && mkdir -p build/deb dist
+	tar cf - --exclude=./.venv --exclude=./build --exclude=./dist --exclude=./.git --exclude='*.egg-info' \
+	    --exclude=__pycache__ --exclude=.pytest_cache . | tar xf - -C build/deb
+	cp -r packaging/debian build/deb/debian
+	cd build/deb && dpkg-buildpackage -us -uc -b
+	mv build/pggit-supervisor_$(VERSION)_all.deb build/pggit-supervisor_$(VERSION)_*.changes build/pggit-supervisor_$(VERSION)_*.buildinfo dist/

@@ -1,0 +1,150 @@
+#!/usr/bin/python3
+"""The installed package, checked the way a DBA uses it (run by .ci/run with the system Python,
+after `apt-get install ./dist/pggit-supervisor_*_all.deb`, before `apt-get purge`):
+
+the programs answer, the shipped config validates, the schema installs from /usr/share, and the
+service started exactly as systemd would (the unit's ExecStart, as the unit's user, with a
+NOTIFY_SOCKET this script listens on and WATCHDOG_USEC set) sends READY and WATCHDOG, runs a
+pg_dump backup scheduled from SQL, and stops cleanly on SIGTERM with STOPPING.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import psycopg2
+
+UNIT = "/lib/systemd/system/pggit-supervisor.service"
+CONFIG = "/etc/pggit/supervisor.yaml"
+DATABASE = "pggit_package_test"
+ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+DSN = f"postgresql://postgres@127.0.0.1:5432/{DATABASE}"
+checks: list[str] = []
+
+
+def check(name: str, condition: bool, detail: str = "") -> None:
+    checks.append(name)
+    print(("ok   " if condition else "FAIL ") + name + (f": {detail}" if detail and not condition else ""), flush=True)
+    if not condition:
+        sys.exit(1)
+
+
+def run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def unit_service_section() -> configparser.SectionProxy:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read(UNIT)
+    return parser["Service"]
+
+
+def main() -> int:
+    import pggit_supervisor
+    check("the package's module comes from the system Python",
+          pggit_supervisor.__file__.startswith("/usr/lib/python3/dist-packages/"), pggit_supervisor.__file__)
+    version = run("/usr/bin/pggit-supervisor", "--version")
+    check("pggit-supervisor --version", version.returncode == 0 and pggit_supervisor.__version__ in version.stdout,
+          version.stdout + version.stderr)
+    listener = run("/usr/bin/pggit-backup-listener", "--help")
+    check("pggit-backup-listener --help", listener.returncode == 0 and "PGGIT_POLL_INTERVAL" in listener.stdout)
+    shipped = run("/usr/bin/pggit-supervisor", "check-config", "-c", CONFIG)
+    check("check-config accepts the shipped /etc/pggit/supervisor.yaml", shipped.returncode == 0, shipped.stderr)
+    mode = os.stat(CONFIG)
+    check("the config is 0640 root:pggit", oct(mode.st_mode & 0o777) == "0o640" and mode.st_uid == 0)
+
+    admin = psycopg2.connect(ADMIN_DSN)
+    admin.autocommit = True
+    admin.cursor().execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    admin.cursor().execute(f"CREATE DATABASE {DATABASE}")
+    try:
+        installed = run("/usr/bin/pggit-supervisor", "schema", "install", "--dsn", DSN)
+        check("schema install from /usr/share/pggit-supervisor/schema", installed.returncode == 0, installed.stderr)
+        status = run("/usr/bin/pggit-supervisor", "schema", "status", "--dsn", DSN)
+        check("schema status reports no pending file", status.returncode == 0, status.stdout)
+        serve_like_systemd()
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        admin.close()
+    print(f"{len(checks)} passed, 0 failed", flush=True)
+    return 0
+
+
+def serve_like_systemd() -> None:
+    service = unit_service_section()
+    check("the unit is Type=notify with a watchdog", service["Type"] == "notify" and service["WatchdogSec"] == "60")
+    with open(CONFIG) as handle:
+        original = handle.read()
+    # point the shipped config at the test database, as a DBA edits it
+    with open(CONFIG, "w") as handle:
+        handle.write(original.replace("dsn: postgresql://postgres@localhost:5432/postgres", f"dsn: {DSN}")
+                     .replace("heartbeat_interval: 10", "heartbeat_interval: 1").replace("poll_interval: 10", "poll_interval: 1"))
+    sock_dir = tempfile.mkdtemp()
+    sock_path = os.path.join(sock_dir, "notify")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(sock_path)
+    listener.settimeout(0.2)
+    messages: list[str] = []
+
+    def receive(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                messages.append(listener.recv(4096).decode())
+            except socket.timeout:
+                pass
+
+    try:
+        for pre in service.get("ExecStartPre", "").splitlines():
+            if pre.strip():
+                check(f"ExecStartPre: {pre.strip()}", run(*shlex.split(pre)).returncode == 0)
+        argv = shlex.split(service["ExecStart"])
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "2000000",
+               "LANG": "C.UTF-8", "TMPDIR": "/var/lib/pggit/tmp"}
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)  # User=root, as the unit
+        receive(2)
+        check("READY=1 is the first message", bool(messages) and messages[0].startswith("READY=1"), repr(messages[:2]))
+        conn = psycopg2.connect(DSN)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT pggit.backup_pg_dump('main', NULL, 'custom', '/var/lib/pggit/backups')")
+            backup_id = cur.fetchone()[0]
+        status = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and status not in ("completed", "failed"):
+            receive(0.5)
+            with conn.cursor() as cur:
+                cur.execute("SELECT status, location, verified_at IS NOT NULL FROM pggit.backups WHERE backup_id = %s",
+                            (backup_id,))
+                status, location, verified = cur.fetchone()
+        conn.close()
+        check("a pg_dump backup scheduled from SQL completes, verified", status == "completed" and verified,
+              f"status={status}")
+        check("its file is under /var/lib/pggit/backups",
+              location.startswith("file:///var/lib/pggit/backups/") and os.path.exists(location[7:]))
+        proc.send_signal(signal.SIGTERM)
+        receive(2)
+        code = proc.wait(60)
+        output = proc.stdout.read()
+        check("SIGTERM stops it with exit code 0", code == 0, output[-2000:])
+        kinds = [m.splitlines()[0].split("=")[0] for m in messages]
+        check("WATCHDOG=1 pings arrive", kinds.count("WATCHDOG") >= 3, repr(kinds))
+        check("STOPPING=1 is the last message", kinds[-1] == "STOPPING", repr(kinds[-3:]))
+    finally:
+        listener.close()
+        with open(CONFIG, "w") as handle:
+            handle.write(original)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
