@@ -7,6 +7,10 @@ The template is built once per session by our own installer (the same code as
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
 
 import psycopg2
 import psycopg2.extras
@@ -74,3 +78,26 @@ def scalar(conn, sql, params=None):
     with conn.cursor() as cur:
         cur.execute(sql, params)
         return cur.fetchone()[0]
+
+
+@pytest.fixture
+def empty_db():
+    """A new, empty database (not from the schema template); dropped afterwards."""
+    name = "pggit_empty_" + uuid.uuid4().hex[:10]
+    admin = psycopg2.connect(make_dsn(PG_HOST, PG_PORT, PG_USER, "postgres"))
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_dsn(PG_HOST, PG_PORT, PG_USER, name)
+    finally:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def backup_dir():
+    """A directory the postgres OS user can write (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="pggit-backups-", dir="/tmp"))
+    shutil.chown(path, "postgres", "postgres")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

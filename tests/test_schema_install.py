@@ -4,31 +4,17 @@ import re
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import psycopg2
-import pytest
 
-from conftest import PG_HOST, PG_PORT, PG_USER, make_dsn, query, scalar
+from conftest import query, scalar
 from pggit_supervisor import __version__, schema
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "pggit_supervisor"]
 
 
-@pytest.fixture
-def empty_db():
-    """A new, empty database (not from the schema template); dropped afterwards."""
-    name = "pggit_empty_" + uuid.uuid4().hex[:10]
-    admin = psycopg2.connect(make_dsn(PG_HOST, PG_PORT, PG_USER, "postgres"))
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_dsn(PG_HOST, PG_PORT, PG_USER, name)
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def _psql_install(dsn):

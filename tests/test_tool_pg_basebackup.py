@@ -2,7 +2,6 @@
 verified with pg_verifybackup, restored with `pggit-supervisor restore --target-dir`, started,
 and compared with the source; and the restore drill that does the same by itself."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -37,12 +36,6 @@ def source():
         cluster.remove()
 
 
-@pytest.fixture
-def backup_dir():
-    path = Path(tempfile.mkdtemp(prefix="pggit-base-", dir="/tmp"))
-    shutil.chown(path, "postgres", "postgres")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,13 +9,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 import psycopg2
 import pytest
 
-from conftest import PG_HOST, PG_PORT, PG_USER, make_dsn, query, scalar
+from conftest import PG_HOST, PG_PORT, PG_USER, query, scalar
 from service import ROOT, Service, wait_for_state
 from pggit_supervisor.config import default_tool
 from pggit_supervisor.tools.pg_dump import _check_plain_trailer
@@ -24,13 +23,6 @@ CLI = [sys.executable, "-m", "pggit_supervisor"]
 TABLE_DIGEST = "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY id)) FROM public.orders t"
 
 
-@pytest.fixture
-def backup_dir():
-    """A directory the postgres OS user can write (pytest's tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="pggit-dumps-", dir="/tmp"))
-    shutil.chown(path, "postgres", "postgres")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -56,15 +48,6 @@ def service(tmp_path, dsn, backup_dir):
         svc.cleanup()
 
 
-@pytest.fixture
-def empty_database():
-    name = "pggit_restore_" + uuid.uuid4().hex[:8]
-    admin = psycopg2.connect(make_dsn(PG_HOST, PG_PORT, PG_USER, "postgres"))
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    yield make_dsn(PG_HOST, PG_PORT, PG_USER, name)
-    admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
 
 
 def _backup(db, backup_id):
@@ -77,7 +60,7 @@ def _job_of(db, backup_id):
 
 @pytest.mark.parametrize("fmt,options", [("custom", '{"compression_level": "9"}'), ("directory", '{"jobs": "2"}'),
                                          ("tar", "{}"), ("plain", '{"compression_level": 5}')])
-def test_dump_is_verified_recorded_and_restores_to_the_same_data(service, db, orders, backup_dir, empty_database,
+def test_dump_is_verified_recorded_and_restores_to_the_same_data(service, db, orders, backup_dir, empty_db,
                                                                  fmt, options):
     service()
     backup_id = scalar(db, "SELECT pggit.backup_pg_dump('main', NULL, %s, %s, %s::jsonb)", (fmt, str(backup_dir), options))
@@ -100,26 +83,26 @@ def test_dump_is_verified_recorded_and_restores_to_the_same_data(service, db, or
     assert counts["pggit.backups"] == 1, "counted in pg_dump's snapshot: the backup row exists, completion comes later"
     assert row["compression_type"] == ("none" if fmt == "tar" else "gzip")
 
-    out = subprocess.run(CLI + ["restore", str(backup_id), "--dsn", db.dsn, "--target-dsn", empty_database,
+    out = subprocess.run(CLI + ["restore", str(backup_id), "--dsn", db.dsn, "--target-dsn", empty_db,
                                 "-c", "/nonexistent.yaml"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "nonexistent.yaml" in out.stderr, "a named config that is missing is an error"
     config = Path(tempfile.mkdtemp()) / "c.yaml"
     config.write_text(f"dsn: '{db.dsn}'\ntools:\n  pg_dump: {{run_as: postgres, allowed_output_dirs: [{backup_dir}]}}\n")
-    out = subprocess.run(CLI + ["restore", str(backup_id), "--target-dsn", empty_database, "-c", str(config)],
+    out = subprocess.run(CLI + ["restore", str(backup_id), "--target-dsn", empty_db, "-c", str(config)],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    restored = psycopg2.connect(empty_database)
+    restored = psycopg2.connect(empty_db)
     try:
         assert query(restored, TABLE_DIGEST)[0] == orders
         assert scalar(restored, "SELECT count(*) FROM sales.refunds") == 7
     finally:
         restored.close()
-    again = subprocess.run(CLI + ["restore", str(backup_id), "--target-dsn", empty_database, "-c", str(config)],
+    again = subprocess.run(CLI + ["restore", str(backup_id), "--target-dsn", empty_db, "-c", str(config)],
                            capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 1 and "is not empty" in again.stderr, "a restore never writes into a used database"
 
 
-def test_schema_dump_restores_into_a_new_database_and_passes_the_drill(service, db, orders, backup_dir, empty_database):
+def test_schema_dump_restores_into_a_new_database_and_passes_the_drill(service, db, orders, backup_dir, empty_db):
     service()
     backup_id = scalar(db, "SELECT pggit.backup_pg_dump('main', 'public', 'custom', %s)", (str(backup_dir),))
     wait_for_state(db, _job_of(db, backup_id), "completed", timeout=60)
