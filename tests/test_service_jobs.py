@@ -1,7 +1,10 @@
 """The service running jobs for real: draining, NOTIFY wake-up, timeouts, cancellation, a
 PostgreSQL restart mid-job, and the systemd notification protocol."""
 
+import http.server
+import json
 import socket
+import threading
 import time
 from collections import Counter
 
@@ -99,18 +102,20 @@ def test_failed_tool_is_retried_with_backoff_and_a_bad_command_fails_for_good(se
     assert row["attempts"] == 1 or row["attempts"] == row["max_attempts"]
 
 
-def test_result_of_a_job_running_across_a_postgresql_restart_is_recorded_once(service_factory, tmp_path):
+def test_result_of_a_job_that_ends_while_postgresql_is_down_is_recorded_once_it_is_back(service_factory, tmp_path):
     cluster = Cluster().start()
     try:
         schema.install(cluster.dsn, log=lambda *_: None)
         conn = psycopg2.connect(cluster.dsn)
         conn.autocommit = True
         service = service_factory(dsn=cluster.dsn, workers=1, lease_seconds=30).start()
-        _, job_id, pid_file = queue_fake(conn, tmp_path, "--sleep", "8", tag="restart")
+        _, job_id, pid_file = queue_fake(conn, tmp_path, "--sleep", "2", tag="restart")
         wait_for_state(conn, job_id, "in_progress")
         conn.close()
-        cluster.stop()  # drops every connection; the tool keeps running
-        time.sleep(2)  # several heartbeats fail
+        cluster.stop()  # drops every connection; the tool keeps running and ends while the server is down
+        tool = wait_until(lambda: pids_of(pid_file).get("tool"), 10, "tool started")[0]
+        wait_until(lambda: gone(tool), 10, "tool finished")
+        time.sleep(1)
         cluster.start()
         conn = psycopg2.connect(cluster.dsn)
         conn.autocommit = True
@@ -119,10 +124,37 @@ def test_result_of_a_job_running_across_a_postgresql_restart_is_recorded_once(se
         assert len(pids_of(pid_file)["tool"]) == 1, "the tool ran once"
         service.wait_for_log("reconnected to the queue database")
         assert len(service.wait_for_log("job completed")) == 1
+        assert "cannot connect to the queue database" in service.log(), "the outage was seen and waited out"
         conn.close()
         assert service.stop() == 0
     finally:
         cluster.remove()
+
+
+def test_webhook_hears_about_a_completed_job(service_factory, db, tmp_path):
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        service_factory(workers=1).start()
+        url = f"http://127.0.0.1:{server.server_port}/hook"
+        _, job_id, _ = queue_fake(db, tmp_path, tag="hook",
+                                  metadata=json.dumps({"webhook_url": url, "notify_on_success": True}))
+        wait_for_state(db, job_id, "completed")
+        wait_until(lambda: received, 10, "the webhook call")
+        assert received[0]["job_id"] == job_id and received[0]["state"] == "completed"
+    finally:
+        server.shutdown()
 
 
 def test_systemd_hears_ready_then_watchdog_pings_then_stopping_last(service_factory, tmp_path):
