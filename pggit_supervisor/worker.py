@@ -219,8 +219,9 @@ class Worker:
         except InvalidJob as exc:
             self.report(job, Outcome.failure(f"invalid job: {exc}", retryable=False), {})
             return
-        except OSError as exc:
-            self.report(job, Outcome.failure(f"cannot prepare {job.tool}: {exc}"), {})
+        except Exception as exc:  # a disk, database or adapter error: this attempt failed, the worker lives
+            log.exception("preparing the job failed" + fields(**where))
+            self.report(job, Outcome.failure(f"cannot prepare {job.tool}: {_one_line(exc)}"), {})
             return
         try:
             result = run_tool(invocation.run, on_tick=ctx.tick, tick_interval=min(1.0, self.config.heartbeat_interval),
