@@ -75,8 +75,11 @@ def _restore(args: argparse.Namespace) -> int:
             if backup.tool == "pg_basebackup":
                 result = restore.restore_basebackup(backup, tool, args.target_dir)
             else:
-                module = pgbackrest if backup.tool == "pgbackrest" else barman
-                argv = module.restore_argv(tool, backup.location, args.target_dir)
+                if backup.tool == "pgbackrest":
+                    argv = pgbackrest.restore_argv(tool, backup.location, args.target_dir,
+                                                   repo=backup.metadata.get("repo"))
+                else:
+                    argv = barman.restore_argv(tool, backup.location, args.target_dir)
                 print(restore.describe(argv))
                 if not args.execute:
                     print(f"(not run: add --execute to run it as {tool.run_as or 'the current user'})")

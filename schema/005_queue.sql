@@ -141,7 +141,8 @@ $$;
 
 -- Completes a claimed job and its backup in one transaction, recording what the tool produced.
 -- p_backup: {"backup_size", "compressed_size", "compression_type", "checksum", "location",
--- "verified": true when the output was read back, "metadata": {...}}; p_result: exit code,
+-- "verified": true when the output was read back, "backup_type" when the tool made another kind
+-- than asked, "metadata": {...}}; p_result: exit code,
 -- duration, output tail... as the worker measured them. For a restore drill, p_backup's
 -- metadata is the drill's report and the tested backup is marked restore-tested.
 CREATE OR REPLACE FUNCTION pggit.finish_backup_job(
@@ -159,7 +160,11 @@ DECLARE
     v_backup    jsonb := coalesce(p_backup, '{}');
 BEGIN
     PERFORM pggit._require_options('p_backup', v_backup,
-        ARRAY['backup_size', 'compressed_size', 'compression_type', 'checksum', 'location', 'verified', 'metadata']);
+        ARRAY['backup_size', 'compressed_size', 'compression_type', 'checksum', 'location', 'verified',
+              'backup_type', 'metadata']);
+    -- the tool may make another kind of backup than asked (pgBackRest turns an incr without a
+    -- prior full into a full): the row records what was made
+    PERFORM pggit._opt_enum('p_backup', v_backup, 'backup_type', ARRAY['full', 'incremental', 'differential', 'snapshot'], NULL);
     UPDATE pggit.backup_jobs j
        SET status = 'completed', completed_at = now(), lease_expires_at = NULL, last_error = NULL,
            output = left(p_output, 65536), result = coalesce(p_result, '{}')
@@ -182,6 +187,7 @@ BEGIN
            compression_type = coalesce(v_backup ->> 'compression_type', b.compression_type),
            checksum         = coalesce(v_backup ->> 'checksum', b.checksum),
            location         = coalesce(v_backup ->> 'location', b.location),
+           backup_type      = coalesce(v_backup ->> 'backup_type', b.backup_type),
            verified_at      = CASE WHEN pggit._opt_bool('p_backup', v_backup, 'verified', false) THEN now()
                                    ELSE b.verified_at END,
            metadata         = b.metadata || coalesce(v_backup -> 'metadata', '{}')

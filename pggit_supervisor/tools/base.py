@@ -7,7 +7,7 @@ import hashlib
 import os
 import pwd
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Protocol
@@ -181,6 +181,11 @@ def failure_from(result: RunResult, what: str) -> str:
     return f"{what} {result.summary()}" + (": " + " | ".join(lines) if lines else "")
 
 
-def run_check(ctx: Context, job: ClaimedJob, argv: list[str], env: Mapping[str, str]) -> RunResult:
-    """Runs a verification command (pg_restore, pg_verifybackup, ...) under the same limits."""
-    return run_tool(tool_run(ctx, job, argv, env), on_tick=ctx.tick)
+def run_check(ctx: Context, job: ClaimedJob, argv: list[str], env: Mapping[str, str],
+              output_limit: int | None = None) -> RunResult:
+    """Runs a verification command (pg_restore, pg_verifybackup, ...) under the same limits;
+    `output_limit` raises the capture for commands whose output is read (JSON listings)."""
+    spec = tool_run(ctx, job, argv, env)
+    if output_limit is not None:
+        spec = replace(spec, output_limit=output_limit)
+    return run_tool(spec, on_tick=ctx.tick)

@@ -1,0 +1,399 @@
+"""pgBackRest: a full, differential or incremental backup of one stanza into its repository.
+
+pgBackRest names and stores the backup itself. The adapter lists the stanza's backup labels
+before and after the run to find the one this job made, reads its details from `info`, and
+checks it with `verify`. Nothing is written outside pgBackRest's repository, so there is
+nothing to discard: pgBackRest resumes or removes its own partial backup on its next run.
+Every command runs as the tool's run_as user (the cluster's owner), with argv built only from
+the validated job spec and the tool config, never through a shell.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+from ..config import ToolConfig
+from ..queue import ClaimedJob
+from ..runner import RunAsError, RunnerError, RunResult, ToolStartError, run_tool
+from .base import Context, InvalidJob, Invocation, Outcome, failure_from, tool_run
+
+TYPES = ("full", "incr", "diff")
+DEFAULT_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
+# `info` lists every backup of the stanza (about 600 bytes each): the runner's default 32 KiB
+# capture would cut the JSON of a stanza with a few dozen backups.
+CHECK_OUTPUT_LIMIT = 16 << 20
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_LABEL = re.compile(r"\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?")
+_REPORTED_LABEL = re.compile(r"new backup label = (\S+)")
+_VERIFY_BACKUP = re.compile(r"^\s*backup: (\S+), status: ([\w-]+)(.*)$")
+_VERIFY_ARCHIVE = re.compile(r"^\s*archiveId: (\S+),(.*)$")
+_VERIFY_COUNTS = re.compile(r"^\s*missing: (\d+), checksum invalid: (\d+), size invalid: (\d+), other: (\d+)")
+_COMPRESSION = {"gz": "gzip", "bz2": "bzip2", "lz4": "lz4", "zst": "zstd", "none": "none"}
+_CHECKSUM_NOTE = ("pgBackRest keeps a SHA-1 of every file in the backup's manifest; the checksum "
+                  "recorded is the manifest's own checksum (backrest-checksum), which covers them all. "
+                  "It changes if the backup is later annotated (pgbackrest annotate).")
+
+
+@dataclass(frozen=True)
+class ExitCode:
+    """What one of pgBackRest's exit codes means for the operator, and whether a retry can help."""
+
+    name: str
+    meaning: str  # may name {stanza}, {config}, {user}
+    retryable: bool
+
+
+# pgBackRest's exit code is its error code (src/build/error/error.yaml).
+EXIT_CODES: Mapping[int, ExitCode] = {
+    28: ExitCode("FileInvalidError", "a repository file is invalid (backup.info / archive.info damaged?)", False),
+    31: ExitCode("OptionInvalidError", "invalid option: pgBackRest rejected an option of the command or of "
+                 "{config}; check the [{stanza}] and [global] sections", False),
+    32: ExitCode("OptionInvalidValueError", "bad option value: check the job's type/repo and the values in "
+                 "{config}", False),
+    37: ExitCode("OptionRequiredError", "a required option is missing: is there a [{stanza}] section with "
+                 "pg1-path in {config}?", False),
+    41: ExitCode("FileOpenError", "cannot open a file: {user} must be able to read {config}, the data "
+                 "directory and write the repository, lock-path and log-path", False),
+    44: ExitCode("ArchiveMismatchError", "the stanza's archive does not match this database (a new initdb or "
+                 "a major upgrade?): run pgbackrest --stanza={stanza} stanza-upgrade, or fix pg1-path", False),
+    46: ExitCode("VersionNotSupportedError", "this PostgreSQL version is not supported by this pgBackRest", False),
+    47: ExitCode("PathCreateError", "cannot create a directory: {user} must be able to write the repository, "
+                 "lock-path and log-path", False),
+    49: ExitCode("HostConnectError", "cannot reach the repository or database host", True),
+    50: ExitCode("LockAcquireError", "another pgBackRest process holds the stanza lock (another backup or "
+                 "expire of stanza '{stanza}' is running); retry later", True),
+    51: ExitCode("BackupMismatchError", "the stanza's backup history does not match this database: run "
+                 "pgbackrest --stanza={stanza} stanza-upgrade, or fix pg1-path", False),
+    55: ExitCode("FileMissingError", "a file pgBackRest needs is missing: {config} itself, or the stanza's "
+                 "archive.info/backup.info (run pgbackrest --stanza={stanza} stanza-create)", False),
+    56: ExitCode("DbConnectError", "cannot connect to PostgreSQL: is the server running, and are pg1-port / "
+                 "pg1-socket-path in {config} right? {user} must be a database superuser role", True),
+    57: ExitCode("DbQueryError", "a query to PostgreSQL failed", True),
+    58: ExitCode("DbMismatchError", "the database does not match the stanza (system id or version): run "
+                 "pgbackrest --stanza={stanza} stanza-upgrade, or fix pg1-path", False),
+    62: ExitCode("StopError", "pgBackRest is stopped for this stanza: run pgbackrest --stanza={stanza} start", True),
+    63: ExitCode("TermError", "pgBackRest was terminated by a signal", True),
+    64: ExitCode("FileWriteError", "cannot write to the repository (disk full?)", True),
+    68: ExitCode("ArchiveCommandInvalidError", "archive_command does not call pgbackrest: set archive_command = "
+                 "'pgbackrest --stanza={stanza} archive-push %p' (plus --config if needed) and reload", False),
+    82: ExitCode("ArchiveTimeoutError", "WAL did not reach the archive in time: check that archive_command "
+                 "works (pg_stat_archiver.failed_count, the server log) and archive-timeout", True),
+    87: ExitCode("ArchiveDisabledError", "archive_mode is off: set archive_mode = on (needs a restart) and "
+                 "archive_command = 'pgbackrest --stanza={stanza} archive-push %p'", False),
+    88: ExitCode("FileOwnerError", "a file has the wrong owner: run pgBackRest as the cluster's owner "
+                 "(tools.pgbackrest.run_as)", False),
+    101: ExitCode("ServiceError", "the repository storage service failed (e.g. an S3 5xx)", True),
+    103: ExitCode("RepoInvalidError", "no valid repository: check repo settings in {config} and the job's repo", False),
+    105: ExitCode("AccessError", "the repository storage refused access: check its credentials in {config}", False),
+}
+
+
+# pgBackRest's backup types as pggit.backups.backup_type names them
+BACKUP_TYPES = {"full": "full", "incr": "incremental", "diff": "differential"}
+
+
+class PgBackRestError(Exception):
+    """A pgBackRest command of this job failed; `retryable` says whether trying again can help."""
+
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class PgBackRestAdapter:
+    name = "pgbackrest"
+
+    def prepare(self, job: ClaimedJob, ctx: Context) -> Invocation:
+        stanza, kind, repo = _validated(job.params)
+        try:
+            entry = self._info(job, ctx, stanza, repo)
+        except PgBackRestError as exc:
+            if not exc.retryable:
+                raise InvalidJob(str(exc)) from None
+            # the worker records an OSError from prepare as a retryable failure
+            raise OSError(str(exc)) from None
+        code = (entry or {}).get("status", {}).get("code")
+        if entry is None or code in (1, 3):  # missing stanza path / missing stanza data
+            shown = _config_shown(ctx.tool)
+            raise InvalidJob(f"pgBackRest stanza '{stanza}' does not exist in {shown}: run stanza-create "
+                             f"(as {ctx.tool.run_as or 'the cluster owner'}: "
+                             f"{' '.join(_command(ctx.tool, stanza, None))} stanza-create)")
+        argv = _command(ctx.tool, stanza, None) + [f"--type={kind}"]
+        argv += [f"--repo={repo}"] if repo is not None else []
+        argv += ["--start-fast", "--log-level-console=info", "backup"]
+        labels = tuple(backup["label"] for backup in entry.get("backup", []))
+        return Invocation(tool_run(ctx, job, argv, {}),
+                          {"stanza": stanza, "type": kind, "repo": repo, "labels_before": labels})
+
+    def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
+        notes = invocation.notes
+        if not result.ok:
+            message, retryable = explain_exit(result, "backup", notes["stanza"], ctx.tool)
+            return Outcome.failure(message, retryable)
+        try:
+            return self._record(job, notes, result, ctx)
+        except PgBackRestError as exc:
+            return Outcome.failure(str(exc), exc.retryable)
+
+    def discard(self, invocation: Invocation) -> None:
+        """Nothing to remove: a stopped backup leaves only pgBackRest's own partial backup in the
+        repository, which the next backup of the stanza resumes or deletes."""
+
+    # -- after a successful run --------------------------------------------------------------
+
+    def _record(self, job: ClaimedJob, notes: Mapping[str, Any], result: RunResult, ctx: Context) -> Outcome:
+        stanza, repo = notes["stanza"], notes["repo"]
+        after = self._info(job, ctx, stanza, repo) or {}
+        label = new_label(notes["labels_before"], [b["label"] for b in after.get("backup", [])],
+                          result.stdout.text())
+        if label is None:
+            return Outcome.failure(f"pgBackRest backup of stanza '{stanza}' reported success but no new label "
+                                   f"appeared in pgbackrest info ({result.summary()})")
+        backup = self._backup(job, ctx, stanza, repo, label)
+        manifest = self._manifest(job, ctx, stanza, repo, label)
+        verification = self._verify(job, ctx, stanza, repo, backup)
+        if not verification["ok"]:
+            return Outcome.failure(f"verification failed: {verification['problem']}")
+
+        info = backup.get("info", {})
+        repository = info.get("repository", {})
+        made = backup.get("type")
+        metadata = {
+            "stanza": stanza, "label": label, "type": made, "requested_type": notes["type"],
+            "prior": backup.get("prior"), "reference": backup.get("reference"),
+            "timestamp_start": _iso(backup.get("timestamp", {}).get("start")),
+            "timestamp_stop": _iso(backup.get("timestamp", {}).get("stop")),
+            "lsn_start": backup.get("lsn", {}).get("start"), "lsn_stop": backup.get("lsn", {}).get("stop"),
+            "wal_start": backup.get("archive", {}).get("start"), "wal_stop": backup.get("archive", {}).get("stop"),
+            "repo": backup.get("database", {}).get("repo-key", repo),
+            "backrest_version": backup.get("backrest", {}).get("version"),
+            # database_*: uncompressed; repository_*: as stored. *_backup_size: this backup's own
+            # files; the others include what it references in earlier backups.
+            "database_size": info.get("size"), "database_backup_size": info.get("delta"),
+            "repository_size": repository.get("size"), "repository_backup_size": repository.get("delta"),
+            "compress_type": manifest.get("compress_type"), "page_checksum_errors": bool(backup.get("error")),
+            "checksum_note": _CHECKSUM_NOTE if manifest.get("checksum") else
+            f"no checksum recorded: {manifest.get('problem', 'the manifest has none')}",
+            "verification": verification["report"], "verified": True,
+            "duration_seconds": round(result.duration, 3),
+        }
+        warnings = [line.strip() for line in result.stderr.text().splitlines() if "WARN:" in line][:10]
+        if warnings:
+            metadata["warnings"] = warnings  # e.g. "incr backup has been changed to full"
+        promoted = f" ({notes['type']} requested; pgBackRest made a {made}: no prior backup to build on)" \
+            if made != notes["type"] else ""
+        return Outcome.success(
+            f"pgBackRest {made} backup {label} of stanza '{stanza}'{promoted}: {info.get('size')} bytes, "
+            f"{repository.get('delta')} stored; {result.summary()}; verified by pgbackrest verify "
+            f"({verification['report']['scope']})",
+            backup_size=info.get("size"), compressed_size=repository.get("size"),
+            compression_type=manifest.get("compression_type"), checksum=manifest.get("checksum"),
+            location=f"pgbackrest://{stanza}/{label}", metadata=metadata, verified=True,
+            backup_type=BACKUP_TYPES.get(made, "full"))
+
+    # -- pgBackRest's read-only commands, run as run_as under the job's limits -----------------
+
+    def _run(self, job: ClaimedJob, ctx: Context, argv: list[str]) -> RunResult:
+        spec = replace(tool_run(ctx, job, argv, {}), output_limit=CHECK_OUTPUT_LIMIT)
+        try:
+            result = run_tool(spec, on_tick=ctx.tick)
+        except RunnerError as exc:
+            fatal = isinstance(exc, (RunAsError, ToolStartError))
+            raise PgBackRestError(f"cannot run pgbackrest {_command_of(argv)}: {exc}", retryable=not fatal) from None
+        if not result.ok:
+            message, retryable = explain_exit(result, _command_of(argv), _stanza_of(argv), ctx.tool)
+            raise PgBackRestError(message, retryable)
+        return result
+
+    def _info(self, job: ClaimedJob, ctx: Context, stanza: str, repo: int | None,
+              label: str | None = None) -> dict[str, Any] | None:
+        """The stanza's `info --output=json` entry (of one backup set if `label`), or None if
+        pgBackRest does not list the stanza at all."""
+        argv = _command(ctx.tool, stanza, repo) + ["--output=json"]
+        argv += [f"--set={label}"] if label else []
+        output = self._run(job, ctx, argv + ["info"]).stdout
+        try:
+            stanzas = json.loads(output.text())
+        except ValueError:
+            raise PgBackRestError(f"pgbackrest info printed no valid JSON ({output.total_bytes} bytes: "
+                                  f"{output.text()[:200]!r})", retryable=True) from None
+        return next((s for s in stanzas if isinstance(s, dict) and s.get("name") == stanza), None)
+
+    def _backup(self, job: ClaimedJob, ctx: Context, stanza: str, repo: int | None, label: str) -> dict[str, Any]:
+        entry = self._info(job, ctx, stanza, repo, label) or {}
+        found = [b for b in entry.get("backup", []) if b.get("label") == label]
+        if not found:
+            status = entry.get("status", {}).get("message", "stanza not listed")
+            raise PgBackRestError(f"pgbackrest info --set={label} found no such backup ({status})", retryable=True)
+        return found[0]
+
+    def _manifest(self, job: ClaimedJob, ctx: Context, stanza: str, repo: int | None,
+                  label: str) -> dict[str, Any]:
+        """Compression and the manifest checksum, read from the backup's manifest. Optional: a
+        repository that cannot serve it leaves both unknown rather than failing the backup."""
+        argv = _command(ctx.tool, stanza, repo) + ["repo-get", f"backup/{stanza}/{label}/backup.manifest"]
+        try:
+            text = self._run(job, ctx, argv).stdout.text()
+        except PgBackRestError as exc:
+            return {"problem": f"the manifest could not be read: {exc}"}
+        values = manifest_values(text, {("backup:option", "option-compress-type"),
+                                        ("backup:option", "option-compress"), ("backrest", "backrest-checksum")})
+        compress = values.get(("backup:option", "option-compress-type"))
+        if compress is None and ("backup:option", "option-compress") in values:  # manifests before 2.27
+            compress = "gz" if values[("backup:option", "option-compress")] else "none"
+        checksum = values.get(("backrest", "backrest-checksum"))
+        return {"compress_type": compress, "compression_type": _COMPRESSION.get(compress) if compress else None,
+                "checksum": f"pgbackrest-manifest-sha1:{checksum}" if checksum else None}
+
+    def _verify(self, job: ClaimedJob, ctx: Context, stanza: str, repo: int | None,
+                backup: Mapping[str, Any]) -> dict[str, Any]:
+        """`pgbackrest verify` of the whole stanza: 2.45's --set is marked internal and ignores an
+        unknown label, and verify exits 0 even when it finds damage, so its text report is read."""
+        argv = _command(ctx.tool, stanza, repo) + ["--output=text", "--verbose", "verify"]
+        try:
+            report = self._run(job, ctx, argv).stdout.text()
+        except PgBackRestError as exc:
+            return {"ok": False, "problem": str(exc)}
+        return judge_verify(report, backup["label"], backup.get("reference") or [])
+
+
+def explain_exit(result: RunResult, command: str, stanza: str, tool: ToolConfig) -> tuple[str, bool]:
+    """(message, retryable) for a pgBackRest command that did not exit 0."""
+    what = f"pgBackRest {command} of stanza '{stanza}'"
+    known = EXIT_CODES.get(result.exit_code) if result.exit_code is not None and not result.timed_out else None
+    if known is None:
+        return f"{what} failed: {failure_from(result, 'pgbackrest')}", True
+    meaning = known.meaning.format(stanza=stanza, config=_config_shown(tool), user=tool.run_as or "the service user")
+    return f"{what} failed: {meaning} [{known.name}, {failure_from(result, 'pgbackrest')}]", known.retryable
+
+
+def new_label(before: Sequence[str], after: Sequence[str], output: str) -> str | None:
+    """The label this run made: one listed after it and not before, preferring the one pgBackRest
+    reported; otherwise the newest (`info` lists oldest first)."""
+    new = [label for label in after if label not in set(before)]
+    reported = _REPORTED_LABEL.findall(output)
+    if reported and reported[-1] in new:
+        return reported[-1]
+    return new[-1] if new else None
+
+
+def manifest_values(text: str, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    """Values of (section, key) pairs of a pgBackRest manifest (an INI file of JSON values)."""
+    found: dict[tuple[str, str], Any] = {}
+    section = None
+    for line in text.splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        key, sep, value = line.partition("=")
+        if sep and (section, key) in wanted:
+            try:
+                found[(section, key)] = json.loads(value)
+            except ValueError:
+                pass
+    return found
+
+
+def judge_verify(report: str, label: str, references: Sequence[str]) -> dict[str, Any]:
+    """Reads `verify --output=text --verbose`. The backup passes when it and every backup it
+    references are valid and no WAL of the stanza is missing or damaged; damage in unrelated
+    older backups is recorded but does not fail this one."""
+    overall = None
+    backups: dict[str, str] = {}
+    details: dict[str, str] = {}
+    wal_problems: list[str] = []
+    current = None  # the backup or archive the next counts line belongs to
+    for line in report.splitlines():
+        if line.startswith("status:"):
+            overall = line.split(":", 1)[1].strip()
+        elif match := _VERIFY_BACKUP.match(line):
+            current = match.group(1)
+            backups[current] = match.group(2)
+            details[current] = match.group(3).strip(", ")
+        elif match := _VERIFY_ARCHIVE.match(line):
+            current = f"archive {match.group(1)}"
+            details[current] = match.group(2).strip(", ")
+        elif (match := _VERIFY_COUNTS.match(line)) and current is not None:
+            counts = line.strip()
+            if any(int(n) for n in match.groups()):
+                details[current] += f"; {counts}"
+                if current.startswith("archive "):
+                    wal_problems.append(f"{current}: {details[current]}")
+    if overall is None:
+        return {"ok": False, "problem": f"pgbackrest verify printed no report: {report.strip()[:300]!r}"}
+    needed = [label] + [ref for ref in references if ref != label]
+    bad = [f"backup {name} is {backups.get(name, 'not reported')}"
+           + (f" ({details[name]})" if name in details else "") for name in needed if backups.get(name) != "valid"]
+    if bad or wal_problems:
+        return {"ok": False, "problem": "pgbackrest verify: " + "; ".join(bad + wal_problems)}
+    others = {name: f"{status} ({details[name]})" for name, status in backups.items()
+              if status != "valid" and name not in needed}
+    return {"ok": True, "report": {"tool": "pgbackrest verify", "scope": "whole stanza",
+                                   "why_whole_stanza": "pgBackRest 2.45 marks verify --set internal and ignores an unknown label",
+                                   "stanza_status": overall, "backup_status": backups[label],
+                                   "backup_detail": details[label], "references_valid": needed[1:],
+                                   "other_invalid_backups": others}}
+
+
+def parse_location(location: str) -> tuple[str, str]:
+    """(stanza, label) of a `pgbackrest://STANZA/LABEL` location; ValueError otherwise."""
+    prefix = "pgbackrest://"
+    stanza, _, label = location[len(prefix):].partition("/") if location.startswith(prefix) else ("", "", "")
+    if not _NAME.fullmatch(stanza) or not _LABEL.fullmatch(label):
+        raise ValueError(f"not a pgBackRest backup location: {location!r} "
+                         "(expected pgbackrest://STANZA/LABEL, e.g. pgbackrest://main/20250101-000000F)")
+    return stanza, label
+
+
+def restore_argv(tool: ToolConfig, location: str, target_dir: str, *, repo: int | None = None) -> list[str]:
+    """The pgBackRest command that restores a backup into `target_dir` (empty or missing), to be
+    run as the tool's run_as user. The copy recovers to the end of the archive and promotes.
+
+    --archive-mode=off: the copy has the source's system id, so pgBackRest would accept its WAL
+    into the source stanza's archive, and a later restore of the source would follow the copy's
+    new timeline. --tablespace-map-all: tablespaces go next to the copy, never onto the source's.
+    """
+    stanza, label = parse_location(location)
+    if not target_dir.startswith("/"):
+        raise ValueError(f"restore target must be an absolute directory, got {target_dir!r}")
+    target = target_dir.rstrip("/") or "/"
+    argv = _command(tool, stanza, repo) + [f"--pg1-path={target}", f"--set={label}", "--archive-mode=off",
+                                           f"--tablespace-map-all={target}.tablespaces"]
+    return argv + ["restore"]
+
+
+def _validated(params: Mapping[str, Any]) -> tuple[str, str, int | None]:
+    stanza, kind, repo = params.get("stanza"), params.get("type"), params.get("repo")
+    if not isinstance(stanza, str) or not _NAME.fullmatch(stanza):
+        raise InvalidJob(f"stanza {stanza!r} is not a pgBackRest stanza name (letters, digits, _ . -)")
+    if kind not in TYPES:
+        raise InvalidJob(f"type {kind!r} is not one of {', '.join(TYPES)}")
+    if repo is not None and (isinstance(repo, bool) or not isinstance(repo, int) or not 1 <= repo <= 256):
+        raise InvalidJob(f"repo {repo!r} is not a repository number from 1 to 256")
+    return stanza, kind, repo
+
+
+def _command(tool: ToolConfig, stanza: str, repo: int | None) -> list[str]:
+    argv = [tool.path] + ([f"--config={tool.config}"] if tool.config else []) + [f"--stanza={stanza}"]
+    return argv + ([f"--repo={repo}"] if repo is not None else [])
+
+
+def _command_of(argv: Sequence[str]) -> str:
+    return next((arg for arg in argv[1:] if not arg.startswith("--")), "?")
+
+
+def _stanza_of(argv: Sequence[str]) -> str:
+    return next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--stanza=")), "?")
+
+
+def _config_shown(tool: ToolConfig) -> str:
+    return tool.config or f"the default configuration ({DEFAULT_CONFIG})"
+
+
+def _iso(epoch: Any) -> str | None:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat() if isinstance(epoch, (int, float)) else None
