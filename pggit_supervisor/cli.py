@@ -86,6 +86,9 @@ def _restore(args: argparse.Namespace) -> int:
                     return 0
                 result = run_tool(RunSpec(tuple(argv), {}, restore.RESTORE_TIMEOUT, run_as=tool.run_as,
                                           kill_grace=float(tool.kill_grace)))
+                if result.ok and backup.tool == "barman":
+                    print(f"note: the files belong to {tool.run_as or 'barman'}: chown -R postgres: "
+                          f"{args.target_dir} before starting it, and set its port")
         else:
             raise restore.RestoreError(f"backups made by {backup.tool} are restored by their own tooling")
     except restore.RestoreError as exc:

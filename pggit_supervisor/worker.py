@@ -143,9 +143,13 @@ class Worker:
                     if uncertain and confirm(self.queue):
                         return True
                     return call(self.queue)
-                except psycopg2.Error as exc:
+                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                     self.lost_connection(exc)
                     uncertain = True
+                except psycopg2.Error as exc:  # the database refused the call itself: retrying cannot help
+                    log.error(f"could not record {what}: {_one_line(exc)}; the job's lease will return it "
+                              "to the queue" + fields(worker=self.name))
+                    return None
             self.beat()
             time.sleep(0.5)
 

@@ -1,0 +1,329 @@
+"""Barman: `barman backup [--wait] SERVER` for one server section of Barman's own configuration.
+
+Barman keeps its own catalogue, so the adapter asks it which backup a run made (list-backups
+before and after), describes that backup (show-backup) and checks it (verify-backup, which runs
+pg_verifybackup on the backup_manifest pg_basebackup wrote). Barman must find pg_verifybackup
+on its PATH: on Debian it is only in /usr/lib/postgresql/15/bin, and tools run with a fixed PATH,
+so the server section needs `path_prefix = /usr/lib/postgresql/15/bin`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import replace
+from typing import Any, Mapping
+
+from ..config import ToolConfig
+from ..queue import ClaimedJob
+from ..runner import RunAsError, RunnerError, RunResult, run_tool
+from .base import Context, InvalidJob, Invocation, Outcome, failure_from, tool_run
+
+SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # as pggit._require_name
+RESERVED_SERVERS = ("all", "barman")  # `barman backup all` backs up every server
+BACKUP_ID = re.compile(r"\d{8}T\d{6}")
+REUSE_MODES = ("off", "copy", "link")
+# Only the rsync executors copy file by file and can hard-link or copy unchanged files from
+# the previous backup; pg_basebackup (backup_method = postgres) always copies everything.
+REUSING_METHODS = ("rsync", "local-rsync")
+# list/show/check/version answer from Barman's catalogue and config: minutes mean a hang
+QUERY_TIMEOUT = 600.0
+# a JSON answer must be read whole: a catalogue of thousands of backups still fits
+QUERY_OUTPUT_LIMIT = 4 << 20
+LOCATION = re.compile(r"barman://(?P<server>[^/]+)/(?P<backup_id>[^/]+)")
+# What `barman backup` prints when it starts copying; names the backup this run made.
+_STARTED = re.compile(r"Starting backup (?:using \S+ method for server \S+ in \S*/base/|copy via \S+ for )"
+                      r"(\d{8}T\d{6})")
+_NO_CHECKSUM = ("Barman records no checksum of a backup; its integrity is checked with "
+                "barman verify-backup (pg_verifybackup against the backup_manifest)")
+
+
+class BarmanAdapter:
+    name = "barman"
+
+    def prepare(self, job: ClaimedJob, ctx: Context) -> Invocation:
+        server, wait, reuse = _checked_params(job.params)
+        before = self._backups(job, ctx, server)
+        settings = self._server_settings(job, ctx, server)
+        if settings.get("active") is False:
+            raise InvalidJob(f"Barman server {server!r} is inactive (active = false in {_config_name(ctx.tool)}): "
+                             "barman backup skips it; set active = true or schedule another server")
+        method = str(settings.get("backup_method") or "rsync")
+        argv = _barman(ctx.tool, "backup")
+        if wait:
+            argv.append("--wait")
+        reuse_note = None
+        if reuse is not None:
+            applied = method in REUSING_METHODS
+            reuse_note = {"requested": reuse, "applied": applied}
+            if applied:
+                argv.append(f"--reuse-backup={reuse}")
+            else:
+                # Barman 3.4 accepts the flag and ignores it (and refuses reuse_backup in the
+                # config file): say so instead of passing an option that does nothing.
+                reuse_note["reason"] = (f"--reuse-backup applies only to backup_method = rsync; server {server!r} "
+                                        f"uses backup_method = {method}, which copies every file (a full backup)")
+        argv.append(server)
+        return Invocation(tool_run(ctx, job, argv, {}, cwd="/"), {
+            "server": server, "wait": wait, "before": tuple(sorted(before)), "backup_method": method,
+            "compression": settings.get("backup_compression"), "path_prefix": settings.get("path_prefix"),
+            "reuse_backup": reuse_note})
+
+    def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
+        notes = invocation.notes
+        server = notes["server"]
+        try:
+            if not result.ok:
+                return self._failure(job, result, ctx, server)
+            return self._collect_backup(job, invocation, result, ctx)
+        except InvalidJob as exc:  # the server vanished from Barman's config during the run
+            return Outcome.failure(str(exc), retryable=False)
+        except OSError as exc:
+            return Outcome.failure(f"barman backup {result.summary()}, then reading Barman's catalogue failed: {exc}")
+
+    def _collect_backup(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
+        notes = invocation.notes
+        server = notes["server"]
+        after = self._backups(job, ctx, server)
+        backup_id = _new_backup(after, notes["before"], result.stdout.text())
+        if backup_id is None:
+            new = sorted(after - set(notes["before"]))
+            return Outcome.failure(
+                f"barman backup {result.summary()} but " + (
+                    f"several new backups of server {server!r} appeared ({', '.join(new)}): cannot tell which "
+                    "is this job's; another Barman process is backing up the same server" if new else
+                    f"no new backup of server {server!r} is in Barman's catalogue "
+                    f"(is the server disabled in {_config_name(ctx.tool)}?)"))
+        info = self._show_backup(job, ctx, server, backup_id)
+        status = info.get("status")
+        if status == "FAILED":
+            return Outcome.failure(f"Barman marked backup {backup_id} of server {server!r} FAILED: "
+                                   f"{info.get('error') or 'no reason recorded'}")
+        if status != "DONE" and (notes["wait"] or status != "WAITING_FOR_WALS"):
+            return Outcome.failure(
+                f"backup {backup_id} of server {server!r} is {status} after barman backup"
+                + (" --wait: Barman is still missing WAL between its begin and end; is receive-wal (barman cron) "
+                   "running?" if notes["wait"] else ""))
+        verified, verification = self._verify(job, ctx, server, backup_id, status, notes)
+        if verified is None:
+            return Outcome.failure(f"verification failed: {verification}", retryable=True)
+        return self._success(job, ctx, notes, result, backup_id, info, verified, verification)
+
+    def discard(self, invocation: Invocation) -> None:
+        """Nothing to remove. Barman marks a run that fails, or is stopped while copying, FAILED
+        in its own catalogue; one stopped while waiting for WAL leaves a complete backup that
+        Barman marks DONE when the WAL arrives. Only Barman (`barman delete`, retention
+        policies) removes backups from its catalogue."""
+
+    # -- Barman's answers -----------------------------------------------------------------
+
+    def _query(self, job: ClaimedJob, ctx: Context, *args: str, timeout: float = QUERY_TIMEOUT) -> RunResult:
+        """`barman [-c CFG] ARGS` as the tool's user, with the worker's lease-renewing tick."""
+        spec = tool_run(ctx, job, _barman(ctx.tool, *args), {}, cwd="/")
+        try:
+            return run_tool(replace(spec, timeout=min(spec.timeout, timeout), output_limit=QUERY_OUTPUT_LIMIT),
+                            on_tick=ctx.tick)
+        except RunAsError as exc:
+            raise InvalidJob(str(exc)) from None
+        except RunnerError as exc:
+            raise OSError(str(exc)) from None  # the worker's "cannot prepare": retryable
+
+    def _json(self, job: ClaimedJob, ctx: Context, server: str, *args: str) -> Mapping[str, Any]:
+        """`barman -f json ARGS`; an unknown server is InvalidJob, other errors are OSError."""
+        result = self._query(job, ctx, "-f", "json", *args)
+        answer = _parsed(result)
+        errors = [str(error) for error in answer.get("_ERROR", [])] if answer is not None else []
+        if any(error.startswith("Unknown server") for error in errors):
+            raise InvalidJob(self._unknown_server(job, ctx, server))
+        if not result.ok or errors or answer is None:
+            detail = " | ".join(errors) if errors else failure_from(result, "barman")
+            raise OSError(f"barman {' '.join(args)} {result.summary()}: {detail}")
+        return answer
+
+    def _unknown_server(self, job: ClaimedJob, ctx: Context, server: str) -> str:
+        listed = _parsed(self._query(job, ctx, "-f", "json", "list-servers")) or {}
+        known = sorted(name for name in listed if not name.startswith("_"))
+        return (f"Barman server {server!r} is not configured in {_config_name(ctx.tool)} "
+                f"(known: {', '.join(known) or 'none'})")
+
+    def _backups(self, job: ClaimedJob, ctx: Context, server: str) -> set[str]:
+        """The server's backup ids, from `barman -f json list-backups --minimal SERVER`."""
+        return {str(backup_id) for backup_id in
+                self._json(job, ctx, server, "list-backups", "--minimal", server).get(server, [])}
+
+    def _server_settings(self, job: ClaimedJob, ctx: Context, server: str) -> Mapping[str, Any]:
+        return self._json(job, ctx, server, "show-servers", server).get(server, {})
+
+    def _show_backup(self, job: ClaimedJob, ctx: Context, server: str, backup_id: str) -> Mapping[str, Any]:
+        return self._json(job, ctx, server, "show-backup", server, backup_id).get(server, {})
+
+    def _version(self, job: ClaimedJob, ctx: Context) -> str | None:
+        """'3.4.0' from `barman --version`; None if it cannot tell (the backup is still good)."""
+        try:
+            result = self._query(job, ctx, "--version")
+        except (OSError, InvalidJob):
+            return None
+        words = (result.stdout.text() or result.stderr.text()).split()
+        return words[0] if result.ok and words else None
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def _failure(self, job: ClaimedJob, result: RunResult, ctx: Context, server: str) -> Outcome:
+        """Barman exits 1 for nearly everything: its message says whether a retry can help."""
+        text = result.stderr.text() + "\n" + result.stdout.text()
+        summary = f"barman backup {result.summary()}"
+        if result.exit_code == 2:
+            return Outcome.failure(f"{summary}: Barman rejected the command line ({_last_lines(text)}); "
+                                   f"check that {ctx.tool.path} is Barman 3.x", retryable=False)
+        if result.exit_code != 1:
+            return Outcome.failure(failure_from(result, "barman backup"))
+        if "Unknown server" in text:
+            return Outcome.failure(self._unknown_server(job, ctx, server), retryable=False)
+        if "Another backup process is running" in text or "holding the backup lock" in text:
+            return Outcome.failure(f"{summary}: another backup of Barman server {server!r} is running "
+                                   "(Barman's server lock); retrying later")
+        if "Impossible to start the backup" in text:
+            return Outcome.failure(f"{summary}: barman check {server} fails: {self._failing_checks(job, ctx, server)}")
+        failed = re.search(r"Backup failed (.*?)(?:\nDETAILS: (.*))?$", text, re.S)
+        if failed:
+            details = " | ".join(line.strip() for line in (failed.group(2) or "").strip().splitlines()[:5])
+            return Outcome.failure(f"{summary}: backup failed {failed.group(1).strip()}"
+                                   + (f": {details}" if details else ""))
+        return Outcome.failure(failure_from(result, "barman backup"))
+
+    def _failing_checks(self, job: ClaimedJob, ctx: Context, server: str) -> str:
+        try:
+            answer = (_parsed(self._query(job, ctx, "-f", "json", "check", server)) or {}).get(server, {})
+        except (OSError, InvalidJob) as exc:
+            return f"(could not run barman check: {exc})"
+        failing = [name.replace("_", " ") + (f" ({check['hint']})" if check.get("hint") else "")
+                   for name, check in sorted(answer.items())
+                   if isinstance(check, dict) and check.get("status") == "FAILED"]
+        return "; ".join(failing) or "no check reports FAILED now (a passing problem?)"
+
+    def _verify(self, job: ClaimedJob, ctx: Context, server: str, backup_id: str, status: str,
+                notes: Mapping[str, Any]) -> tuple[bool | None, str]:
+        """(True, how) verified; (False, why) not verifiable; (None, what failed) failed."""
+        if status != "DONE":
+            return False, (f"not verified: the backup is {status} (wait = false); run barman verify-backup "
+                           f"{server} {backup_id} once Barman has its WAL and marks it DONE")
+        if notes["compression"]:
+            return False, (f"not verified: server {server!r} keeps backups compressed "
+                           f"(backup_compression = {notes['compression']}), and pg_verifybackup reads plain ones only")
+        # verify-backup reads every file: give it the job's whole time, not a query's
+        check = self._query(job, ctx, "-f", "json", "verify-backup", server, backup_id, timeout=float("inf"))
+        errors = [str(error).strip() for error in (_parsed(check) or {}).get("_ERROR", [])]
+        if check.ok and not errors:
+            return True, "barman verify-backup (pg_verifybackup of the backup_manifest)"
+        detail = " | ".join(errors) or failure_from(check, "barman verify-backup")
+        if "pg_verifybackup not found" in detail:
+            return None, (f"Barman cannot find pg_verifybackup (path_prefix = {notes['path_prefix']}); set "
+                          f"path_prefix = /usr/lib/postgresql/<version>/bin in the [{server}] section")
+        if re.search(r'backup_manifest".*No such file', detail):
+            return False, (f"not verified: backup {backup_id} has no backup_manifest for pg_verifybackup "
+                           f"(backup_method = {notes['backup_method']}, compression = {notes['compression']}); "
+                           f"barman generate-manifest {server} {backup_id} can make one")
+        return None, f"barman verify-backup {server} {backup_id} {check.summary()}: {detail}"
+
+    def _success(self, job: ClaimedJob, ctx: Context, notes: Mapping[str, Any], result: RunResult,
+                 backup_id: str, info: Mapping[str, Any], verified: bool, verification: str) -> Outcome:
+        server = notes["server"]
+        base = info.get("base_backup_information", {})
+        size = int(base.get("disk_usage_bytes", 0))
+        compression = notes["compression"]
+        metadata: dict[str, Any] = {
+            "barman_server": server, "backup_id": backup_id, "status": info.get("status"),
+            "begin_lsn": base.get("begin_lsn"), "end_lsn": base.get("end_lsn"),
+            "begin_wal": base.get("begin_wal"), "end_wal": base.get("end_wal"), "timeline": base.get("timeline"),
+            "begin_time": base.get("begin_time"), "end_time": base.get("end_time"),
+            "postgresql_version": info.get("postgresql_version"), "barman_version": self._version(job, ctx),
+            "backup_method": notes["backup_method"], "waited_for_wal": notes["wait"],
+            "disk_usage_with_wals_bytes": base.get("disk_usage_with_wals_bytes"),
+            "checksum_note": _NO_CHECKSUM, "duration_seconds": round(result.duration, 3),
+        }
+        metadata["verified_by" if verified else "verification"] = verification
+        if notes["reuse_backup"] is not None:
+            metadata["reuse_backup"] = dict(notes["reuse_backup"])
+        reuse = notes["reuse_backup"] or {}
+        message = (f"barman backup {result.summary()}: {server}/{backup_id} {info.get('status')}, {size} bytes, "
+                   + ("verified" if verified else verification)
+                   + (f"; reuse-backup={reuse['requested']} ignored: {reuse['reason']}" if reuse.get("reason") else ""))
+        return Outcome.success(
+            message, location=f"barman://{server}/{backup_id}", backup_size=size,
+            # with backup_compression Barman keeps the compressed archive: its size is what it reports
+            compressed_size=size if compression else None, compression_type=compression or "none",
+            checksum=None, verified=verified, metadata=metadata)
+
+
+def restore_argv(tool: ToolConfig, location: str, target_dir: str) -> list[str]:
+    """`barman [-c CFG] recover SERVER BACKUP_ID TARGET_DIR` for a barman://SERVER/BACKUP_ID location.
+
+    A local recovery (no --remote-ssh-command): run it as Barman's user (the tool's run_as), so
+    the files it writes are owned by barman; chown -R them to the PostgreSQL user before starting
+    the cluster. Recovering to the end of the backup (no --target-*), Barman 3.4 also copies the
+    WAL segments from begin_wal to end_wal into TARGET_DIR/pg_wal, so the cluster reaches a
+    consistent state by itself: no --get-wal, restore_command or recovery.signal is needed.
+    The restored postgresql.conf is the source's (its port, unix_socket_directories): override
+    them (`pg_ctl -o "-p PORT -k DIR"`) to start it on the same host. Barman creates TARGET_DIR
+    if missing and writes over what it holds: the caller makes sure it is new or empty.
+    Raises ValueError for a location that is not barman://SERVER/BACKUP_ID or a relative target.
+    """
+    match = LOCATION.fullmatch(location)
+    if not match or not SERVER_NAME.fullmatch(match["server"]) or not BACKUP_ID.fullmatch(match["backup_id"]):
+        raise ValueError(f"{location!r} is not a Barman backup location (barman://SERVER/YYYYMMDDTHHMMSS)")
+    if not os.path.isabs(target_dir):
+        raise ValueError(f"restore target {target_dir!r} is not an absolute path")
+    return _barman(tool, "recover", match["server"], match["backup_id"], target_dir)
+
+
+def _checked_params(params: Mapping[str, Any]) -> tuple[str, bool, str | None]:
+    """(server, wait, reuse_backup) as pggit.backup_barman validated them, checked again: a job
+    may have been written by hand."""
+    server = params.get("server")
+    if not isinstance(server, str) or not SERVER_NAME.fullmatch(server):
+        raise InvalidJob(f"server {server!r} is not a Barman server name (1-63 letters, digits, _ . -)")
+    if server.lower() in RESERVED_SERVERS:
+        raise InvalidJob(f"server {server!r} is reserved by Barman: name one server section")
+    wait = params.get("wait", True)
+    if not isinstance(wait, bool):
+        raise InvalidJob(f"wait must be true or false, got {wait!r}")
+    reuse = params.get("reuse_backup")
+    if reuse is not None and reuse not in REUSE_MODES:
+        raise InvalidJob(f"reuse_backup {reuse!r} is not one of {', '.join(REUSE_MODES)}")
+    return server, wait, reuse
+
+
+def _barman(tool: ToolConfig, *args: str) -> list[str]:
+    """`barman [-c CFG] ARGS`: -c and -f are global options, before the sub-command."""
+    if tool.path is None:
+        raise ValueError("tools.barman.path is not set")  # the config loader always sets it
+    return [tool.path, *(["-c", tool.config] if tool.config else []), *args]
+
+
+def _parsed(result: RunResult) -> dict[str, Any] | None:
+    """The JSON object a `barman -f json` run printed; None if it printed none, or not all of it."""
+    if result.stdout.dropped:
+        return None
+    try:
+        answer = json.loads(result.stdout.text() or "{}")
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def _config_name(tool: ToolConfig) -> str:
+    return tool.config or "Barman's default configuration (~/.barman.conf, /etc/barman.conf)"
+
+
+def _new_backup(after: set[str], before: tuple[str, ...], stdout: str) -> str | None:
+    """The backup this run made: the new id Barman named when it started, else the only new id."""
+    new = set(after) - set(before)
+    named = _STARTED.search(stdout)
+    if named and named.group(1) in new:
+        return named.group(1)
+    return new.pop() if len(new) == 1 else None
+
+
+def _last_lines(text: str, count: int = 3) -> str:
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-count:])
