@@ -37,11 +37,19 @@ class RestoreTestAdapter:
         give_to(scratch, ctx.tool.run_as)
         notes: dict[str, Any] = {"backup": backup, "scratch": scratch, "dsn": ctx.config.dsn,
                                  "run_as": ctx.tool.run_as}
+        try:
+            return self._prepare(job, ctx, backup, notes)
+        except BaseException:
+            self.discard(Invocation(RunSpec(("/bin/true",), {}, 1), notes))  # nothing half-made stays
+            raise
+
+    def _prepare(self, job: ClaimedJob, ctx: Context, backup: "restore.Backup", notes: dict[str, Any]) -> Invocation:
+        scratch = notes["scratch"]
         if backup.tool == "pg_dump":
             database = f"pggit_restore_test_{job.job_id[:8]}"
+            notes["database"] = database
             _admin(ctx.config.dsn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)"), database)
             _admin(ctx.config.dsn, sql.SQL("CREATE DATABASE {}"), database)
-            notes["database"] = database
             restore.prepare_target_database(_with_db(ctx.config.dsn, database), backup)
             spec = restore.dump_restore_spec(backup, ctx.tool, _with_db(ctx.config.dsn, database), None, scratch)
             return Invocation(replace(spec, timeout=job_timeout(job, ctx.tool)), notes)
