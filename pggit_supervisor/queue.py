@@ -93,6 +93,10 @@ class Queue:
     def release(self, job: ClaimedJob, reason: str) -> bool:
         return self._one("SELECT pggit.release_backup_job(%s, %s, %s)", (job.job_id, job.claim_token, reason))
 
+    def abandon(self, job: ClaimedJob) -> bool:
+        """After a cancelled job's tool is stopped: free its target (the lease the cancel kept)."""
+        return self._one("SELECT pggit.abandon_backup_job(%s, %s)", (job.job_id, job.claim_token))
+
     def outcome_of(self, job: ClaimedJob) -> str | None:
         """After a report whose commit we could not see (the connection broke): what the
         database holds for our claim, or None when the job is no longer ours."""

@@ -287,6 +287,8 @@ class Worker:
             self.hand_back(job)
         else:
             log.warning("tool stopped: " + str(result.stopped_reason) + "; nothing reported" + fields(**where))
+            # the tool is gone: let the next job of its target start (a cancel kept the target busy)
+            self.deliver("the cancelled job's release", lambda q: q.abandon(job), lambda q: True)
         self.tell("idle", "stopped")
 
     def hand_back(self, job: ClaimedJob) -> None:

@@ -1,7 +1,15 @@
 -- pggit-supervisor schema bootstrap: the schema and the table that records which numbered
 -- files have been applied. Always safe to run; install.sql and `pggit-supervisor schema install`
 -- run it before anything else, then only the numbered files not yet recorded.
-CREATE SCHEMA IF NOT EXISTS pggit;
+DO $$
+BEGIN
+    IF to_regnamespace('pggit') IS NULL THEN
+        CREATE SCHEMA pggit;
+        -- marks what this module created, so that its grants never touch a real pgGit install
+        COMMENT ON SCHEMA pggit IS 'pgGit (created by pggit-supervisor)';
+    END IF;
+END
+$$;
 
 CREATE TABLE IF NOT EXISTS pggit.backup_schema_migrations (
     version    integer PRIMARY KEY,

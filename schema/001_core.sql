@@ -3,22 +3,31 @@
 -- first example, SELECT pggit.backup_pgbackrest('full', 'main', 'main'), works on a fresh
 -- install (the original left main without a head, and every backup call raised).
 
-CREATE TABLE IF NOT EXISTS pggit.branches (
-    id               serial PRIMARY KEY,
-    name             text        NOT NULL UNIQUE,
-    head_commit_hash text,
-    created_at       timestamptz NOT NULL DEFAULT now()
-);
-
-CREATE TABLE IF NOT EXISTS pggit.commits (
-    id          bigserial PRIMARY KEY,
-    hash        text        NOT NULL UNIQUE,
-    branch_id   integer     REFERENCES pggit.branches (id),
-    parent_hash text,
-    message     text,
-    author      text        NOT NULL DEFAULT session_user,
-    created_at  timestamptz NOT NULL DEFAULT now()
-);
+DO $$
+BEGIN
+    IF to_regclass('pggit.branches') IS NULL THEN
+        CREATE TABLE pggit.branches (
+            id               serial PRIMARY KEY,
+            name             text        NOT NULL UNIQUE,
+            head_commit_hash text,
+            created_at       timestamptz NOT NULL DEFAULT now()
+        );
+        COMMENT ON TABLE pggit.branches IS 'pgGit core (created by pggit-supervisor)';
+    END IF;
+    IF to_regclass('pggit.commits') IS NULL THEN
+        CREATE TABLE pggit.commits (
+            id          bigserial PRIMARY KEY,
+            hash        text        NOT NULL UNIQUE,
+            branch_id   integer     REFERENCES pggit.branches (id),
+            parent_hash text,
+            message     text,
+            author      text        NOT NULL DEFAULT session_user,
+            created_at  timestamptz NOT NULL DEFAULT now()
+        );
+        COMMENT ON TABLE pggit.commits IS 'pgGit core (created by pggit-supervisor)';
+    END IF;
+END
+$$;
 
 DO $$
 DECLARE

@@ -47,9 +47,9 @@ CREATE TABLE IF NOT EXISTS pggit.backup_jobs (
     target            text,
     status            text        NOT NULL DEFAULT 'queued'
         CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
-    priority          integer     NOT NULL DEFAULT 5,
-    attempts          integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
-    max_attempts      integer     NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+    priority          integer     NOT NULL DEFAULT 5 CHECK (priority BETWEEN 0 AND 100),
+    attempts          integer     NOT NULL DEFAULT 0 CHECK (attempts BETWEEN 0 AND 1000),
+    max_attempts      integer     NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 1000),
     next_retry_at     timestamptz,
     last_error        text,
     output            text,
@@ -57,6 +57,11 @@ CREATE TABLE IF NOT EXISTS pggit.backup_jobs (
     metadata          jsonb       NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(metadata) = 'object'),
     locked_by         text,
     claim_token       bigint      NOT NULL DEFAULT 0,
+    -- 'worker' (claim_backup_job, with a token) or 'guide' (get_next_backup_job, without one):
+    -- the guide's token-less complete/fail calls may only act on a claim made the guide's way
+    claimed_via       text        CHECK (claimed_via IN ('worker', 'guide')),
+    -- Set while a worker holds the job: while it runs, and after a cancel until the worker has
+    -- stopped the tool (a cancelled job keeps its target busy until then).
     lease_expires_at  timestamptz,
     heartbeat_at      timestamptz,
     created_by        text        NOT NULL DEFAULT session_user,
@@ -68,13 +73,14 @@ CREATE TABLE IF NOT EXISTS pggit.backup_jobs (
         CHECK (status <> 'running' OR (locked_by IS NOT NULL AND lease_expires_at IS NOT NULL))
 );
 -- The database, not the workers' memory, keeps two jobs of one target apart: a second claim
--- of the same target fails on this index even when both claims race.
-CREATE UNIQUE INDEX IF NOT EXISTS backup_jobs_one_running_per_target
-    ON pggit.backup_jobs (target) WHERE status = 'running' AND target IS NOT NULL;
+-- of the same target fails on this index even when both claims race. A job holds its target
+-- while it holds a lease, so a cancelled job's target stays busy until its tool is stopped.
+CREATE UNIQUE INDEX IF NOT EXISTS backup_jobs_one_holder_per_target
+    ON pggit.backup_jobs (target) WHERE lease_expires_at IS NOT NULL AND target IS NOT NULL;
 CREATE INDEX IF NOT EXISTS backup_jobs_claimable_idx
     ON pggit.backup_jobs (priority, created_at) WHERE status IN ('queued', 'failed');
 CREATE INDEX IF NOT EXISTS backup_jobs_lease_idx
-    ON pggit.backup_jobs (lease_expires_at) WHERE status = 'running';
+    ON pggit.backup_jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS backup_jobs_backup_id_idx ON pggit.backup_jobs (backup_id);
 CREATE INDEX IF NOT EXISTS backup_jobs_created_at_idx ON pggit.backup_jobs (created_at);
 
@@ -120,22 +126,38 @@ DECLARE
     v_internal boolean;
 BEGIN
     NEW.updated_at := now();
-    IF NEW.status IS NOT DISTINCT FROM OLD.status THEN
-        RETURN NEW;
-    END IF;
     v_internal := coalesce(current_setting('pggit.queue_internal', true), '') = 'on'
-        AND current_user = (SELECT c.relowner::regrole::text FROM pg_class c WHERE c.oid = TG_RELID);
+        AND (SELECT c.relowner FROM pg_class c WHERE c.oid = TG_RELID)
+            = (SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user);
     IF v_internal THEN
         RETURN NEW;
     END IF;
+    IF NEW.status IS NOT DISTINCT FROM OLD.status THEN
+        -- by hand, attempts and next_retry_at change only with the reset below: anything else
+        -- would put a job out of step with its backup (e.g. "permanently failed" by attempts alone)
+        IF NEW.attempts IS DISTINCT FROM OLD.attempts OR NEW.next_retry_at IS DISTINCT FROM OLD.next_retry_at THEN
+            RAISE EXCEPTION 'backup job %: attempts and next_retry_at change by hand only when resetting it to queued', OLD.job_id
+                USING ERRCODE = '55000',
+                      HINT = 'UPDATE pggit.backup_jobs SET status = ''queued'', next_retry_at = NULL, attempts = 0 WHERE job_id = ...';
+        END IF;
+        RETURN NEW;
+    END IF;
     IF NEW.status = 'cancelled' AND OLD.status IN ('queued', 'running', 'failed') THEN
+        -- a running job keeps its lease (and its target) until its worker has stopped the tool
         NEW.completed_at := now();
-        NEW.lease_expires_at := NULL;
         NEW.next_retry_at := NULL;
-        NEW.last_error := coalesce(NEW.last_error, 'cancelled by ' || session_user);
+        NEW.attempts := OLD.attempts;
+        NEW.last_error := 'cancelled by ' || session_user;
     ELSIF NEW.status = 'queued' AND OLD.status IN ('failed', 'cancelled') THEN
+        IF OLD.lease_expires_at IS NOT NULL THEN
+            RAISE EXCEPTION 'backup job %: its worker is still stopping the cancelled tool', OLD.job_id
+                USING ERRCODE = '55000', HINT = 'try again in a few seconds (at most until ' || OLD.lease_expires_at || ')';
+        END IF;
+        IF NEW.attempts > OLD.attempts THEN
+            RAISE EXCEPTION 'backup job %: a reset may lower attempts, not raise them', OLD.job_id USING ERRCODE = '55000';
+        END IF;
         NEW.locked_by := NULL;
-        NEW.lease_expires_at := NULL;
+        NEW.next_retry_at := NULL;
         NEW.started_at := NULL;
         NEW.completed_at := NULL;
     ELSE
@@ -165,11 +187,15 @@ BEGIN
              WHERE b.backup_id = NEW.backup_id;
         END IF;
     ELSIF NEW.status IN ('queued', 'running') OR (NEW.status = 'failed' AND NEW.attempts < NEW.max_attempts) THEN
+        -- a job back in play puts a failed or cancelled backup back in progress; a completed
+        -- backup is never touched
         UPDATE pggit.backups b
-           SET status = 'in_progress', error_message = NULL, completed_at = NULL,
-               started_at = CASE WHEN NEW.status = 'running' THEN coalesce(b.started_at, now()) ELSE b.started_at END
-         WHERE b.backup_id = NEW.backup_id
-           AND (b.status IN ('failed', 'cancelled') OR (NEW.status = 'running' AND b.started_at IS NULL));
+           SET status = 'in_progress', error_message = NULL, completed_at = NULL
+         WHERE b.backup_id = NEW.backup_id AND b.status IN ('failed', 'cancelled');
+        IF NEW.status = 'running' THEN
+            UPDATE pggit.backups b SET started_at = now()
+             WHERE b.backup_id = NEW.backup_id AND b.started_at IS NULL AND b.status = 'in_progress';
+        END IF;
     ELSIF NEW.status = 'failed' THEN
         UPDATE pggit.backups b
            SET status = 'failed', error_message = NEW.last_error, completed_at = now()
@@ -193,6 +219,28 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- A job deleted by hand while its backup is in progress ends that backup: cancelled.
+CREATE OR REPLACE FUNCTION pggit._backup_jobs_after_delete() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pggit, pg_temp AS $$
+BEGIN
+    IF OLD.tool <> 'restore_test' THEN
+        UPDATE pggit.backups b
+           SET status = 'cancelled', completed_at = now(), error_message = 'its job was deleted'
+         WHERE b.backup_id = OLD.backup_id AND b.status = 'in_progress'
+           AND NOT EXISTS (SELECT 1 FROM pggit.backup_jobs j
+                            WHERE j.backup_id = b.backup_id AND j.tool <> 'restore_test'
+                              AND (j.status IN ('queued', 'running')
+                                   OR (j.status = 'failed' AND j.attempts < j.max_attempts)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS backup_jobs_after_delete ON pggit.backup_jobs;
+CREATE TRIGGER backup_jobs_after_delete
+    AFTER DELETE ON pggit.backup_jobs
+    FOR EACH ROW EXECUTE FUNCTION pggit._backup_jobs_after_delete();
 
 DROP TRIGGER IF EXISTS backup_jobs_before_update ON pggit.backup_jobs;
 CREATE TRIGGER backup_jobs_before_update

@@ -267,6 +267,10 @@ BEGIN
     ELSIF v_status <> 'in_progress' THEN
         PERFORM pggit._invalid('p_backup_id', format('backup %s is already %s', p_backup_id, v_status),
             'register a new backup for a new run');
+    ELSIF EXISTS (SELECT 1 FROM pggit.backup_jobs j WHERE j.backup_id = p_backup_id AND j.tool <> 'restore_test') THEN
+        -- one job per backup: two would race to decide its outcome
+        PERFORM pggit._invalid('p_backup_id', format('backup %s already has a job', p_backup_id),
+            'register a new backup for another command');
     END IF;
     PERFORM pggit._require_text('p_command', p_command, '^[^[:cntrl:];|&$`<>\\*?(){}]+$', 4096,
         'one executable and its arguments, as on a command line, without a shell: no ; | & $ ` < > \ * ? ( ) { } or '

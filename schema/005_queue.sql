@@ -9,6 +9,16 @@ LANGUAGE sql SET search_path = pg_catalog, pggit, pg_temp AS $$
         'a worker id of 1-128 characters: letters, digits, _ . : @ / - (e.g. worker-01/2)')
 $$;
 
+CREATE OR REPLACE FUNCTION pggit._require_token(p_claim_token bigint) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pggit, pg_temp AS $$
+BEGIN
+    IF p_claim_token IS NULL THEN
+        PERFORM pggit._invalid('p_claim_token', 'must not be NULL', 'the claim_token claim_backup_job returned');
+    END IF;
+    RETURN p_claim_token;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION pggit._require_lease(p_lease_seconds integer) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pggit, pg_temp AS $$
 BEGIN
@@ -21,8 +31,97 @@ END
 $$;
 
 -- Claims the next runnable job: by priority (lower first), then fresh before retries, then age.
--- Skips rows other claimers hold (SKIP LOCKED) and targets that already have a running job; the
--- unique index on running targets settles the race where two claims pass that check at once.
+-- One candidate row is locked at a time (SKIP LOCKED), so concurrent claimers each get a row
+-- instead of one claimer holding a batch. Targets that already have a holder are skipped; the
+-- unique index on held targets settles the race where two claims pass that check at once.
+-- p_via records how the claim was made ('worker' with a token, 'guide' without one).
+CREATE OR REPLACE FUNCTION pggit._claim_job(
+    p_worker_id     text,
+    p_tools         text[],
+    p_lease_seconds integer,
+    p_via           text
+) RETURNS TABLE (
+    job_id           uuid,
+    backup_id        uuid,
+    tool             text,
+    spec             jsonb,
+    command          text,
+    claim_token      bigint,
+    attempts         integer,
+    max_attempts     integer,
+    priority         integer,
+    lease_expires_at timestamptz,
+    metadata         jsonb,
+    backup_name      text,
+    branch_name      text,
+    commit_hash      text,
+    database_name    text
+)
+LANGUAGE plpgsql SET search_path = pg_catalog, pggit, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_candidate uuid;
+    v_tool      text;
+    v_claimed   uuid;
+    v_tried     uuid[] := '{}';
+BEGIN
+    PERFORM pggit._require_worker_id(p_worker_id);
+    PERFORM pggit._require_lease(p_lease_seconds);
+    IF p_tools IS NOT NULL THEN
+        FOREACH v_tool IN ARRAY p_tools LOOP
+            PERFORM pggit._require_enum('p_tools', v_tool,
+                ARRAY['pgbackrest', 'barman', 'pg_dump', 'pg_basebackup', 'custom', 'restore_test']);
+        END LOOP;
+    END IF;
+
+    LOOP
+        v_candidate := NULL;
+        SELECT j.job_id INTO v_candidate
+          FROM pggit.backup_jobs j
+         WHERE (j.status = 'queued' OR (j.status = 'failed' AND j.attempts < j.max_attempts))
+           AND (j.next_retry_at IS NULL OR j.next_retry_at <= now())
+           AND (p_tools IS NULL OR j.tool = ANY (p_tools))
+           AND NOT (j.job_id = ANY (v_tried))
+           AND (j.target IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM pggit.backup_jobs r WHERE r.target = j.target AND r.lease_expires_at IS NOT NULL))
+         ORDER BY j.priority, (j.status <> 'queued'), j.created_at, j.job_id
+         LIMIT 1
+           FOR UPDATE OF j SKIP LOCKED;
+        EXIT WHEN v_candidate IS NULL OR cardinality(v_tried) >= 32;
+        v_tried := v_tried || v_candidate;
+        BEGIN
+            UPDATE pggit.backup_jobs j
+               SET status = 'running',
+                   attempts = j.attempts + 1,
+                   claim_token = j.claim_token + 1,
+                   claimed_via = p_via,
+                   locked_by = p_worker_id,
+                   started_at = now(),
+                   heartbeat_at = now(),
+                   lease_expires_at = now() + make_interval(secs => p_lease_seconds),
+                   next_retry_at = NULL,
+                   completed_at = NULL
+             WHERE j.job_id = v_candidate
+               AND (j.status = 'queued' OR (j.status = 'failed' AND j.attempts < j.max_attempts))
+            RETURNING j.job_id INTO v_claimed;
+        EXCEPTION WHEN unique_violation THEN
+            -- another worker took a job of the same target a moment ago
+            v_claimed := NULL;
+        END;
+        IF v_claimed IS NOT NULL THEN
+            RETURN QUERY
+                SELECT j.job_id, j.backup_id, j.tool, j.spec, j.command, j.claim_token, j.attempts,
+                       j.max_attempts, j.priority, j.lease_expires_at, j.metadata,
+                       b.backup_name, b.branch_name, b.commit_hash, current_database()::text
+                  FROM pggit.backup_jobs j JOIN pggit.backups b ON b.backup_id = j.backup_id
+                 WHERE j.job_id = v_claimed;
+            RETURN;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- The workers' claim: returns the structured spec and the claim token every later call needs.
 CREATE OR REPLACE FUNCTION pggit.claim_backup_job(
     p_worker_id     text,
     p_tools         text[]  DEFAULT NULL,
@@ -44,64 +143,9 @@ CREATE OR REPLACE FUNCTION pggit.claim_backup_job(
     commit_hash      text,
     database_name    text
 )
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'on' AS $$
-#variable_conflict use_column
-DECLARE
-    v_candidate uuid;
-    v_tool      text;
-    v_claimed   uuid;
-BEGIN
-    PERFORM pggit._require_worker_id(p_worker_id);
-    PERFORM pggit._require_lease(p_lease_seconds);
-    IF p_tools IS NOT NULL THEN
-        FOREACH v_tool IN ARRAY p_tools LOOP
-            PERFORM pggit._require_enum('p_tools', v_tool,
-                ARRAY['pgbackrest', 'barman', 'pg_dump', 'pg_basebackup', 'custom', 'restore_test']);
-        END LOOP;
-    END IF;
-
-    FOR v_candidate IN
-        SELECT j.job_id
-          FROM pggit.backup_jobs j
-         WHERE (j.status = 'queued' OR (j.status = 'failed' AND j.attempts < j.max_attempts))
-           AND (j.next_retry_at IS NULL OR j.next_retry_at <= now())
-           AND (p_tools IS NULL OR j.tool = ANY (p_tools))
-           AND (j.target IS NULL OR NOT EXISTS (
-                   SELECT 1 FROM pggit.backup_jobs r WHERE r.target = j.target AND r.status = 'running'))
-         ORDER BY j.priority, (j.status <> 'queued'), j.created_at, j.job_id
-         LIMIT 32
-           FOR UPDATE OF j SKIP LOCKED
-    LOOP
-        BEGIN
-            UPDATE pggit.backup_jobs j
-               SET status = 'running',
-                   attempts = j.attempts + 1,
-                   claim_token = j.claim_token + 1,
-                   locked_by = p_worker_id,
-                   started_at = now(),
-                   heartbeat_at = now(),
-                   lease_expires_at = now() + make_interval(secs => p_lease_seconds),
-                   next_retry_at = NULL,
-                   completed_at = NULL
-             WHERE j.job_id = v_candidate
-               AND (j.status = 'queued' OR (j.status = 'failed' AND j.attempts < j.max_attempts))
-            RETURNING j.job_id INTO v_claimed;
-        EXCEPTION WHEN unique_violation THEN
-            -- another worker started a job of the same target a moment ago
-            v_claimed := NULL;
-        END;
-        IF v_claimed IS NOT NULL THEN
-            RETURN QUERY
-                SELECT j.job_id, j.backup_id, j.tool, j.spec, j.command, j.claim_token, j.attempts,
-                       j.max_attempts, j.priority, j.lease_expires_at, j.metadata,
-                       b.backup_name, b.branch_name, b.commit_hash, current_database()::text
-                  FROM pggit.backup_jobs j JOIN pggit.backups b ON b.backup_id = j.backup_id
-                 WHERE j.job_id = v_claimed;
-            RETURN;
-        END IF;
-    END LOOP;
-END
+    SELECT * FROM pggit._claim_job(p_worker_id, p_tools, p_lease_seconds, 'worker')
 $$;
 
 -- The guide's claim, for psql users and older listeners: same rows, with an hour's lease.
@@ -115,9 +159,10 @@ CREATE OR REPLACE FUNCTION pggit.get_next_backup_job(
     attempts  INTEGER,
     metadata  JSONB
 )
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pggit, pg_temp AS $$
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'on' AS $$
     SELECT c.job_id, c.backup_id, c.command, c.tool, c.attempts, c.metadata
-      FROM pggit.claim_backup_job(p_worker_id, NULL, 3600) c
+      FROM pggit._claim_job(p_worker_id, NULL, 3600, 'guide') c
 $$;
 
 -- Renews the lease. False means the job is no longer this claim's (cancelled, rescued,
@@ -155,16 +200,42 @@ CREATE OR REPLACE FUNCTION pggit.finish_backup_job(
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'on' AS $$
 DECLARE
-    v_backup_id uuid;
-    v_tool      text;
-    v_backup    jsonb := coalesce(p_backup, '{}');
+    v_backup_id  uuid;
+    v_tool       text;
+    v_backup     jsonb := coalesce(p_backup, '{}');
+    v_size       bigint;
+    v_compressed bigint;
+    v_verified   boolean;
+    v_type       text;
 BEGIN
+    -- everything is checked before anything is written
     PERFORM pggit._require_options('p_backup', v_backup,
         ARRAY['backup_size', 'compressed_size', 'compression_type', 'checksum', 'location', 'verified',
               'backup_type', 'metadata']);
+    v_size := pggit._opt_int('p_backup', v_backup, 'backup_size', 0, 9223372036854775807);
+    v_compressed := pggit._opt_int('p_backup', v_backup, 'compressed_size', 0, 9223372036854775807);
+    v_verified := pggit._opt_bool('p_backup', v_backup, 'verified', false);
     -- the tool may make another kind of backup than asked (pgBackRest turns an incr without a
     -- prior full into a full): the row records what was made
-    PERFORM pggit._opt_enum('p_backup', v_backup, 'backup_type', ARRAY['full', 'incremental', 'differential', 'snapshot'], NULL);
+    v_type := pggit._opt_enum('p_backup', v_backup, 'backup_type', ARRAY['full', 'incremental', 'differential', 'snapshot'], NULL);
+    IF v_backup ? 'location' THEN
+        PERFORM pggit._require_text('p_backup.location', v_backup ->> 'location', '^[^[:cntrl:]]+$', 2048,
+            'where the backup lives, without control characters (at most 2048 characters)');
+    END IF;
+    IF v_backup ? 'checksum' AND jsonb_typeof(v_backup -> 'checksum') <> 'null' THEN
+        PERFORM pggit._require_text('p_backup.checksum', v_backup ->> 'checksum', '^[A-Za-z0-9_.:+/=-]+$', 200,
+            'ALGORITHM:HEX, e.g. sha256:...');
+    END IF;
+    IF v_backup ? 'compression_type' AND jsonb_typeof(v_backup -> 'compression_type') <> 'null' THEN
+        PERFORM pggit._require_text('p_backup.compression_type', v_backup ->> 'compression_type', '^[A-Za-z0-9_.:+-]+$', 64,
+            'a compression name such as gzip, lz4, zstd or none');
+    END IF;
+    IF jsonb_typeof(coalesce(v_backup -> 'metadata', '{}')) <> 'object' THEN
+        PERFORM pggit._invalid('p_backup.metadata', 'must be a JSON object', 'e.g. {"label": "..."}');
+    END IF;
+    IF jsonb_typeof(coalesce(p_result, '{}')) <> 'object' THEN
+        PERFORM pggit._invalid('p_result', 'must be a JSON object', 'e.g. {"exit_code": 0}');
+    END IF;
     UPDATE pggit.backup_jobs j
        SET status = 'completed', completed_at = now(), lease_expires_at = NULL, last_error = NULL,
            output = left(p_output, 65536), result = coalesce(p_result, '{}')
@@ -182,14 +253,13 @@ BEGIN
         RETURN true;
     END IF;
     UPDATE pggit.backups b
-       SET backup_size      = coalesce(pggit._opt_int('p_backup', v_backup, 'backup_size', 0, 9223372036854775807), b.backup_size),
-           compressed_size  = coalesce(pggit._opt_int('p_backup', v_backup, 'compressed_size', 0, 9223372036854775807), b.compressed_size),
+       SET backup_size      = coalesce(v_size, b.backup_size),
+           compressed_size  = coalesce(v_compressed, b.compressed_size),
            compression_type = coalesce(v_backup ->> 'compression_type', b.compression_type),
            checksum         = coalesce(v_backup ->> 'checksum', b.checksum),
            location         = coalesce(v_backup ->> 'location', b.location),
-           backup_type      = coalesce(v_backup ->> 'backup_type', b.backup_type),
-           verified_at      = CASE WHEN pggit._opt_bool('p_backup', v_backup, 'verified', false) THEN now()
-                                   ELSE b.verified_at END,
+           backup_type      = coalesce(v_type, b.backup_type),
+           verified_at      = CASE WHEN v_verified THEN now() ELSE b.verified_at END,
            metadata         = b.metadata || coalesce(v_backup -> 'metadata', '{}')
      WHERE b.backup_id = v_backup_id AND b.status = 'completed';
     RETURN true;
@@ -237,7 +307,8 @@ BEGIN
                            END,
            completed_at = CASE WHEN p_retryable AND j.attempts < j.max_attempts THEN NULL ELSE now() END
      WHERE j.job_id = p_job_id AND j.status = 'running'
-       AND (p_claim_token IS NULL OR j.claim_token = p_claim_token)
+       -- without a token (the guide's call) only a claim made the guide's way
+       AND (CASE WHEN p_claim_token IS NULL THEN j.claimed_via = 'guide' ELSE j.claim_token = p_claim_token END)
     RETURNING CASE WHEN j.attempts < j.max_attempts THEN 'will_retry' ELSE 'permanently_failed' END
          INTO v_state;
     RETURN v_state;
@@ -266,7 +337,7 @@ CREATE OR REPLACE FUNCTION pggit.fail_claimed_backup_job(
 ) RETURNS text
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'on' AS $$
-    SELECT pggit._fail_job(p_job_id, p_claim_token, p_error, coalesce(p_retryable, true),
+    SELECT pggit._fail_job(p_job_id, pggit._require_token(p_claim_token), p_error, coalesce(p_retryable, true),
                            p_base_delay, p_max_delay, p_result)
 $$;
 
@@ -281,7 +352,7 @@ BEGIN
     UPDATE pggit.backup_jobs j
        SET status = 'completed', completed_at = now(), lease_expires_at = NULL, last_error = NULL,
            output = left(p_output, 65536)
-     WHERE j.job_id = p_job_id AND j.status = 'running';
+     WHERE j.job_id = p_job_id AND j.status = 'running' AND j.claimed_via = 'guide';
     RETURN FOUND;
 END
 $$;
@@ -330,6 +401,24 @@ BEGIN
      WHERE j.job_id = expired.job_id AND j.status = 'running' AND j.lease_expires_at < clock_timestamp()
     RETURNING j.job_id, expired.locked_by,
               CASE WHEN j.attempts < j.max_attempts THEN 'will_retry' ELSE 'permanently_failed' END;
+    -- a cancelled job whose worker never confirmed its tool stopped frees its target at lease end
+    UPDATE pggit.backup_jobs j SET lease_expires_at = NULL
+     WHERE j.status <> 'running' AND j.lease_expires_at < clock_timestamp();
+END
+$$;
+
+-- After a cancelled job's tool is stopped, its worker frees the job's target (the lease it kept).
+CREATE OR REPLACE FUNCTION pggit.abandon_backup_job(
+    p_job_id      uuid,
+    p_claim_token bigint
+) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'on' AS $$
+BEGIN
+    UPDATE pggit.backup_jobs j SET lease_expires_at = NULL
+     WHERE j.job_id = p_job_id AND j.claim_token = pggit._require_token(p_claim_token)
+       AND j.status <> 'running' AND j.lease_expires_at IS NOT NULL;
+    RETURN FOUND;
 END
 $$;
 
@@ -354,6 +443,8 @@ BEGIN
            completed_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE now() END
      WHERE j.status = 'running' AND j.locked_by = p_worker_id
     RETURNING j.job_id, CASE WHEN j.attempts < j.max_attempts THEN 'will_retry' ELSE 'permanently_failed' END;
+    UPDATE pggit.backup_jobs j SET lease_expires_at = NULL
+     WHERE j.status <> 'running' AND j.locked_by = p_worker_id AND j.lease_expires_at IS NOT NULL;
 END
 $$;
 

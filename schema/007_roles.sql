@@ -38,11 +38,24 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON SCHEMA pggit FROM PUBLIC;
+-- A real pgGit install keeps its own grants on its schema and tables: only what this module
+-- created (marked by a comment in 000/001) is closed to PUBLIC.
+DO $$
+BEGIN
+    IF obj_description('pggit'::regnamespace, 'pg_namespace') = 'pgGit (created by pggit-supervisor)' THEN
+        REVOKE ALL ON SCHEMA pggit FROM PUBLIC;
+    END IF;
+    IF obj_description('pggit.branches'::regclass, 'pg_class') = 'pgGit core (created by pggit-supervisor)' THEN
+        REVOKE ALL ON pggit.branches FROM PUBLIC;
+    END IF;
+    IF obj_description('pggit.commits'::regclass, 'pg_class') = 'pgGit core (created by pggit-supervisor)' THEN
+        REVOKE ALL ON pggit.commits FROM PUBLIC;
+    END IF;
+END
+$$;
 GRANT USAGE ON SCHEMA pggit TO pggit_backup_reader;
 
-REVOKE ALL ON pggit.backups, pggit.backup_jobs, pggit.backup_job_queue, pggit.branches,
-              pggit.commits, pggit.backup_schema_migrations FROM PUBLIC;
+REVOKE ALL ON pggit.backups, pggit.backup_jobs, pggit.backup_job_queue, pggit.backup_schema_migrations FROM PUBLIC;
 GRANT SELECT ON pggit.backups, pggit.backup_jobs, pggit.backup_job_queue, pggit.branches,
                 pggit.commits, pggit.backup_schema_migrations TO pggit_backup_reader;
 -- the guide's cancel / reset UPDATEs (the status trigger limits what they may do)
@@ -62,8 +75,14 @@ BEGIN
                'enqueue_backup_job', 'get_next_backup_job', 'claim_backup_job', 'heartbeat_backup_job',
                'finish_backup_job', 'complete_backup_job', 'fail_backup_job', 'fail_claimed_backup_job',
                'release_backup_job', 'rescue_expired_backup_jobs', 'release_worker_backup_jobs',
-               'register_backup', 'complete_backup', 'fail_backup', 'list_backups', 'get_backup_info'])
-            OR (p.pronamespace = 'pggit'::regnamespace AND p.proname LIKE '\_%')
+               'register_backup', 'complete_backup', 'fail_backup', 'list_backups', 'get_backup_info',
+               'abandon_backup_job',
+               -- internal helpers of this module (a real pgGit's own functions are left alone)
+               '_invalid', '_show', '_require_text', '_require_name', '_require_dir', '_require_options',
+               '_opt_int', '_opt_bool', '_opt_enum', '_require_enum', '_require_branch_head',
+               '_common_options', '_shell_quote', '_render_command', '_job_spec', '_schedule_backup',
+               '_require_worker_id', '_require_token', '_require_lease', '_claim_job', '_fail_job',
+               '_backup_jobs_before_update', '_backup_jobs_after_change', '_backup_jobs_after_delete'])
     LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', v_fn);
     END LOOP;
@@ -94,6 +113,7 @@ GRANT EXECUTE ON FUNCTION pggit.get_next_backup_job(text),
                           pggit.release_backup_job(uuid, bigint, text),
                           pggit.rescue_expired_backup_jobs(),
                           pggit.release_worker_backup_jobs(text, text),
+                          pggit.abandon_backup_job(uuid, bigint),
                           pggit.complete_backup(uuid, bigint, bigint, text),
                           pggit.fail_backup(uuid, text)
     TO pggit_backup_worker;

@@ -6,6 +6,8 @@
 \set ON_ERROR_STOP 1
 \set QUIET 1
 SET client_min_messages = warning;
+-- one installer at a time (the same key as `pggit-supervisor schema install`)
+SELECT pg_advisory_lock(482771167604) \gset
 
 \ir 000_bootstrap.sql
 

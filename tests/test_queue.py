@@ -94,11 +94,31 @@ def test_late_calls_with_a_stale_token_change_nothing(db):
 def test_failure_of_a_completed_job_never_flips_its_backup(db):
     backup_id, job_id = schedule_dump(db)
     claimed = claim(db)
-    assert scalar(db, "SELECT pggit.complete_backup_job(%s, 'done')", (job_id,)) is True
+    assert scalar(db, "SELECT pggit.finish_backup_job(%s, %s)", (job_id, claimed["claim_token"])) is True
     assert scalar(db, "SELECT pggit.fail_backup_job(%s, 'late error')", (job_id,)) is False
     assert scalar(db, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'late', false)", (job_id, claimed["claim_token"])) is None
     assert backup(db, backup_id)["status"] == "completed"
     assert job(db, job_id)["job_state"] == "completed"
+
+
+def test_guide_calls_without_a_token_never_touch_a_workers_claim(db):
+    backup_id, job_id = schedule_dump(db)
+    claimed = claim(db, "worker-new")
+    assert scalar(db, "SELECT pggit.complete_backup_job(%s, 'late output')", (job_id,)) is False
+    assert scalar(db, "SELECT pggit.fail_backup_job(%s, 'late error')", (job_id,)) is False
+    with pytest.raises(psycopg2.Error) as exc:
+        scalar(db, "SELECT pggit.fail_claimed_backup_job(%s, NULL, 'x', false)", (job_id,))
+    assert exc.value.pgcode == "22023" and "p_claim_token" in str(exc.value)
+    assert job(db, job_id)["job_state"] == "in_progress" and backup(db, backup_id)["status"] == "in_progress"
+    assert scalar(db, "SELECT pggit.finish_backup_job(%s, %s)", (job_id, claimed["claim_token"])) is True
+
+
+def test_completing_a_registered_backup_by_hand_is_final(db):
+    backup_id, job_id = schedule_dump(db)
+    assert scalar(db, "SELECT pggit.complete_backup(%s)", (backup_id,)) is True
+    claimed = claim(db)
+    db.cursor().execute("SELECT pggit.fail_claimed_backup_job(%s, %s, 'boom', false)", (job_id, claimed["claim_token"]))
+    assert backup(db, backup_id)["status"] == "completed", "a claim or a failure never reopens a completed backup"
 
 
 def test_retry_delay_doubles_per_attempt_and_is_capped(db):
@@ -117,7 +137,7 @@ def test_retry_delay_doubles_per_attempt_and_is_capped(db):
 
 def test_guide_fail_backup_job_uses_base_delay_times_two_to_attempts_minus_one(db):
     _, job_id = schedule_dump(db)
-    claim(db)
+    db.cursor().execute("SELECT * FROM pggit.get_next_backup_job('psql-user')")
     assert scalar(db, "SELECT pggit.fail_backup_job(%s, 'disk full')", (job_id,)) is True
     row = job(db, job_id)
     assert row["job_state"] == "will_retry" and row["status"] == "failed" and row["last_error"] == "disk full"
@@ -265,3 +285,65 @@ def test_get_next_backup_job_claims_with_the_guides_columns(db):
     assert job(db, job_id)["worker_id"] == "worker-01"
     assert scalar(db, "SELECT pggit.complete_backup_job(%s, 'done')", (job_id,)) is True
     assert scalar(db, "SELECT pggit.complete_backup_job(%s, 'twice')", (job_id,)) is False
+
+
+def test_operator_cannot_change_attempts_or_retry_time_without_a_reset(db):
+    _, job_id = schedule_dump(db)
+    for change in ("attempts = 2147483647", "attempts = 5", "next_retry_at = now() + interval '1 day'"):
+        with pytest.raises(psycopg2.Error) as exc:
+            db.cursor().execute(f"UPDATE pggit.backup_jobs SET {change} WHERE job_id = %s", (job_id,))
+        assert exc.value.pgcode in ("55000", "23514"), change
+    with pytest.raises(psycopg2.errors.CheckViolation):
+        db.cursor().execute("UPDATE pggit.backup_jobs SET priority = -1 WHERE job_id = %s", (job_id,))
+    db.cursor().execute("UPDATE pggit.backup_jobs SET priority = 1 WHERE job_id = %s", (job_id,))
+    assert claim(db)["priority"] == 1, "reprioritising by hand works, and the queue still claims"
+
+
+def test_a_cancelled_running_job_keeps_its_target_until_its_worker_stopped_the_tool(db):
+    _, first = schedule_stanza(db, "shared")
+    _, second = schedule_stanza(db, "shared")
+    held = claim(db, "w-a")
+    db.cursor().execute("UPDATE pggit.backup_jobs SET status = 'cancelled' WHERE job_id = %s", (first,))
+    assert claim(db, "w-b") is None, "the cancelled tool may still be running"
+    with pytest.raises(psycopg2.Error) as exc:
+        db.cursor().execute("UPDATE pggit.backup_jobs SET status = 'queued' WHERE job_id = %s", (first,))
+    assert exc.value.pgcode == "55000" and "still stopping" in str(exc.value)
+    assert scalar(db, "SELECT pggit.heartbeat_backup_job(%s, %s)", (first, held["claim_token"])) is False
+    assert scalar(db, "SELECT pggit.abandon_backup_job(%s, %s)", (first, held["claim_token"])) is True
+    assert claim(db, "w-b")["job_id"] == second
+
+
+def test_rescue_frees_the_target_of_a_cancelled_job_whose_worker_vanished(db):
+    _, first = schedule_stanza(db, "shared")
+    _, second = schedule_stanza(db, "shared")
+    claim(db, "w-gone", lease=1)
+    db.cursor().execute("UPDATE pggit.backup_jobs SET status = 'cancelled' WHERE job_id = %s", (first,))
+    force(db, "UPDATE pggit.backup_jobs SET lease_expires_at = now() - interval '1 second' WHERE job_id = %s", (first,))
+    db.cursor().execute("SELECT * FROM pggit.rescue_expired_backup_jobs()")
+    assert claim(db, "w-b")["job_id"] == second
+
+
+def test_deleting_a_running_job_cancels_its_backup(db):
+    backup_id, job_id = schedule_dump(db)
+    claim(db)
+    db.cursor().execute("DELETE FROM pggit.backup_jobs WHERE job_id = %s", (job_id,))
+    row = backup(db, backup_id)
+    assert (row["status"], row["error_message"]) == ("cancelled", "its job was deleted")
+
+
+def test_a_registered_backup_takes_one_custom_job(db):
+    backup_id = scalar(db, "SELECT pggit.register_backup('b', 'full', 'custom', '/x', p_branch_name := 'main')")
+    db.cursor().execute("SELECT pggit.enqueue_backup_job(%s, '/bin/true', 'custom')", (backup_id,))
+    with pytest.raises(psycopg2.Error) as exc:
+        db.cursor().execute("SELECT pggit.enqueue_backup_job(%s, '/bin/true', 'custom')", (backup_id,))
+    assert exc.value.pgcode == "22023" and "already has a job" in str(exc.value)
+
+
+def test_finish_checks_every_fact_before_writing(db):
+    backup_id, job_id = schedule_dump(db)
+    claimed = claim(db)
+    for facts in ('{"backup_size": "-5"}', '{"verified": "maybe"}', '{"location": "x\\ny"}', '{"metadata": [1]}'):
+        with pytest.raises(psycopg2.Error) as exc:
+            db.cursor().execute("SELECT pggit.finish_backup_job(%s, %s, 'ok', %s)", (job_id, claimed["claim_token"], facts))
+        assert exc.value.pgcode == "22023", facts
+    assert job(db, job_id)["job_state"] == "in_progress" and backup(db, backup_id)["status"] == "in_progress"

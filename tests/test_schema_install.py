@@ -122,3 +122,22 @@ def test_cli_version_help_and_database_errors():
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and bad.stderr.startswith("pggit-supervisor: database error:")
     assert "Traceback" not in bad.stderr
+
+
+def test_a_real_pggit_installs_grants_on_its_own_schema_and_tables_are_kept(empty_db):
+    conn = psycopg2.connect(empty_db)
+    conn.autocommit = True
+    conn.cursor().execute("""
+        CREATE SCHEMA pggit;
+        GRANT USAGE ON SCHEMA pggit TO PUBLIC;
+        CREATE TABLE pggit.branches (id serial PRIMARY KEY, name text UNIQUE NOT NULL, head_commit_hash text);
+        CREATE TABLE pggit.commits (id serial PRIMARY KEY, hash text UNIQUE NOT NULL, branch_id int, message text);
+        GRANT SELECT ON pggit.commits TO PUBLIC;
+        CREATE FUNCTION pggit._core_helper() RETURNS int LANGUAGE sql AS 'SELECT 1';""")
+    schema.install(empty_db, log=lambda *_: None)
+    assert scalar(conn, "SELECT has_schema_privilege('public', 'pggit', 'USAGE')") is True
+    assert scalar(conn, "SELECT has_table_privilege('public', 'pggit.commits', 'SELECT')") is True
+    assert scalar(conn, "SELECT has_function_privilege('public', 'pggit._core_helper()', 'EXECUTE')") is True
+    assert scalar(conn, "SELECT has_table_privilege('public', 'pggit.backup_jobs', 'SELECT')") is False
+    assert scalar(conn, "SELECT has_function_privilege('public', 'pggit.backup_pg_dump(text,text,text,text,jsonb)', 'EXECUTE')") is False
+    conn.close()
