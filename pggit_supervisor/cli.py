@@ -62,6 +62,8 @@ def _restore(args: argparse.Namespace) -> int:
     try:
         backup = restore.load_backup(dsn, args.backup_id)
         tool = (config.tools.get(backup.tool) if config else None) or default_tool(backup.tool)
+        if backup.tool in ("pg_dump", "pg_basebackup"):
+            restore.confine(backup, tool)
         if backup.tool == "pg_dump":
             if not args.target_dsn:
                 raise restore.RestoreError("a pg_dump backup is restored into a database: give --target-dsn")

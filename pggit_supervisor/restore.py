@@ -44,6 +44,16 @@ class Backup:
         return parsed.path
 
 
+def confine(backup: Backup, tool: ToolConfig) -> None:
+    """A file:// backup is restored only from under the tool's allowed_output_dirs (symlinks
+    resolved): the path comes from a table row, and restoring runs it through pg_restore / psql."""
+    from .tools.base import InvalidJob, allowed_output_dir
+    try:
+        allowed_output_dir(os.path.dirname(backup.path.rstrip("/")), tool)
+    except InvalidJob as exc:
+        raise RestoreError(f"backup {backup.backup_id}: {exc}") from None
+
+
 def load_backup(dsn: str, backup_id: str) -> Backup:
     conn = psycopg2.connect(dsn)
     try:

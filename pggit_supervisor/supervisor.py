@@ -124,7 +124,7 @@ class Supervisor:
 
     def sleep(self) -> None:
         timeout = 1.0
-        if self.notifier.watchdog_interval:
+        if self.notifier.watchdog_interval and not self.stopping:
             timeout = max(0.0, min(timeout, self.next_watchdog - time.monotonic()))
         fds = [self.wake_r] + [w.pipe for w in self.workers.values()]
         try:
@@ -358,9 +358,12 @@ class Supervisor:
 
     def ping_watchdog(self) -> None:
         interval = self.notifier.watchdog_interval
-        if interval and time.monotonic() >= self.next_watchdog and self.healthy():
-            self.notifier.watchdog()
-            self.next_watchdog = time.monotonic() + interval
+        if interval and time.monotonic() >= self.next_watchdog:
+            if self.healthy():
+                self.notifier.watchdog()
+                self.next_watchdog = time.monotonic() + interval
+            else:  # no ping while a worker is overdue; look again shortly (never a busy loop)
+                self.next_watchdog = time.monotonic() + min(1.0, interval)
 
     def status_text(self) -> str:
         busy = sum(1 for w in self.workers.values() if w.busy_job)

@@ -18,6 +18,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+import psutil
 import psycopg2
 
 from . import linux, webhooks
@@ -25,7 +26,9 @@ from .config import Config, ToolConfig, default_tool
 from .log import fields
 from .queue import ClaimedJob, Queue, connect
 from .runner import RunAsError, RunnerError, RunResult, run_tool
+from .proctree import kill_tree
 from .tools import ADAPTERS, Context, InvalidJob, Outcome, adapter_for
+from .tools.base import Stopped
 
 SHUTDOWN = "service stopping"
 LOST_CLAIM = "job cancelled or no longer held by this worker"
@@ -51,6 +54,7 @@ class Worker:
         self.queue: Queue | None = None
         self.stopping = False
         self.aborting = False
+        self.claim_lost = False  # set by the running job's heartbeat
         self.connect_failures = 0
         self.ever_connected = False
         self.next_connect = 0.0
@@ -65,6 +69,9 @@ class Worker:
             signal.signal(signum, signal.SIG_IGN)  # the supervisor decides; a terminal's ^C hits us too
         # if the supervisor dies (even by SIGKILL) we are told, and stop like a fast shutdown
         linux.set_parent_death_signal(signal.SIGUSR1)
+        # what a tool leaves running when it exits (a daemon it started) becomes ours, not the
+        # supervisor's: we end it after the job, and no other worker's job is touched
+        linux.set_child_subreaper()
         flags = fcntl.fcntl(self.report_fd, fcntl.F_GETFL)
         fcntl.fcntl(self.report_fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
 
@@ -176,11 +183,16 @@ class Worker:
                 job = self.queue.claim(self.name, self.tools, self.config.lease_seconds)
             except psycopg2.Error as exc:
                 self.lost_connection(exc)
+                # a claim may have committed with its reply lost: return what this id holds
+                self.release_predecessor = True
                 continue
             if job is None:
                 self.wait_for_work()
+            elif self.done:
+                self.hand_back(job)  # told to stop while the claim was on its way
             else:
                 self.run_job(job)
+                self.end_leftovers(job)
         if self.conn is not None:
             self.conn.close()
         log.info("worker stopped" + fields(worker=self.name))
@@ -216,7 +228,7 @@ class Worker:
                                         backup=job.backup_name))
         self.tell("busy", job.job_id, 0)
         ctx = Context(self.config, self.tool_section(job), datetime.now(timezone.utc), self.name,
-                      tick=self._ticker(job))
+                      tick=self._ticker(job), on_start=lambda pid, pgid: self.tell("busy", job.job_id, pgid))
         try:
             adapter = adapter_for(job.tool)
             invocation = adapter.prepare(job, ctx)
@@ -224,12 +236,16 @@ class Worker:
             self.report(job, Outcome.failure(f"invalid job: {exc}", retryable=False), {})
             return
         except Exception as exc:  # a disk, database or adapter error: this attempt failed, the worker lives
+            if self.aborting or self.claim_lost:
+                self.stopped_early(job)
+                return
             log.exception("preparing the job failed" + fields(**where))
             self.report(job, Outcome.failure(f"cannot prepare {job.tool}: {_one_line(exc)}"), {})
             return
         try:
             result = run_tool(invocation.run, on_tick=ctx.tick, tick_interval=min(1.0, self.config.heartbeat_interval),
-                              on_start=lambda pid, pgid: self.tell("busy", job.job_id, pgid))
+                              on_start=ctx.on_start)
+            self.tell("busy", job.job_id, 0)
         except RunnerError as exc:
             adapter.discard(invocation)
             self.report(job, Outcome.failure(str(exc), retryable=not isinstance(exc, RunAsError)), {})
@@ -244,11 +260,15 @@ class Worker:
         else:
             try:
                 outcome = adapter.collect(job, invocation, result, ctx)
+            except Stopped:
+                adapter.discard(invocation)
+                self.stopped_early(job)
+                return
             except Exception as exc:  # a bug or a disk error while collecting: the job failed, the worker lives
                 log.exception("collecting the result failed" + fields(**where))
                 adapter.discard(invocation)
                 outcome = Outcome.failure(f"collecting the result failed: {exc}")
-        if self.aborting:
+        if self.aborting and not outcome.ok:
             self.hand_back(job)  # a verification cut short by shutdown says nothing about the backup
             return
         self.report(job, outcome, _result_record(result, self.name))
@@ -260,12 +280,15 @@ class Worker:
 
     def _ticker(self, job: ClaimedJob) -> Callable[[], str | None]:
         next_heartbeat = time.monotonic() + self.config.heartbeat_interval
+        self.claim_lost = False
 
         def tick() -> str | None:
             nonlocal next_heartbeat
             self.beat()
             if self.aborting:
                 return SHUTDOWN
+            if self.claim_lost:
+                return LOST_CLAIM
             if time.monotonic() < next_heartbeat:
                 return None
             next_heartbeat = time.monotonic() + self.config.heartbeat_interval
@@ -273,6 +296,7 @@ class Worker:
                 return None  # keep the tool running; the result is delivered once the database is back
             try:
                 if not self.queue.heartbeat(job, self.config.lease_seconds):
+                    self.claim_lost = True
                     return LOST_CLAIM
             except psycopg2.Error as exc:
                 self.lost_connection(exc)
@@ -281,15 +305,29 @@ class Worker:
         return tick
 
     def stopped(self, job: ClaimedJob, result: RunResult) -> None:
-        where = dict(job=job.job_id, worker=self.name)
-        if result.stopped_reason == SHUTDOWN:
-            log.warning("tool stopped for shutdown" + fields(**where, run=result.summary()))
+        log.warning(f"tool stopped: {result.stopped_reason}" + fields(job=job.job_id, worker=self.name,
+                                                                      run=result.summary()))
+        self.stopped_early(job)
+
+    def stopped_early(self, job: ClaimedJob) -> None:
+        """The job ended before a result: handed back when the service stops, else (cancelled,
+        claim lost) nothing is reported and the job's target is freed."""
+        if self.aborting:
             self.hand_back(job)
-        else:
-            log.warning("tool stopped: " + str(result.stopped_reason) + "; nothing reported" + fields(**where))
-            # the tool is gone: let the next job of its target start (a cancel kept the target busy)
-            self.deliver("the cancelled job's release", lambda q: q.abandon(job), lambda q: True)
+            return
+        log.warning("job stopped: cancelled or no longer held by this worker; nothing reported"
+                    + fields(job=job.job_id, worker=self.name))
+        self.deliver("the cancelled job's release", lambda q: q.abandon(job), lambda q: True)
         self.tell("idle", "stopped")
+
+    def end_leftovers(self, job: ClaimedJob) -> None:
+        """Processes a tool left behind (re-parented to us, the subreaper) end with its job."""
+        _reap_children()  # those that already exited
+        for child in psutil.Process().children():
+            report = kill_tree(child.pid, None, 0.0)
+            log.warning("ended a process the tool left behind" + fields(
+                job=job.job_id, worker=self.name, pid=child.pid, result=report.summary()))
+        _reap_children()
 
     def hand_back(self, job: ClaimedJob) -> None:
         released = self.deliver("the job's release", lambda q: q.release(job, f"{SHUTDOWN}: handed back by {self.name}"),
@@ -324,6 +362,15 @@ class Worker:
                 "tool": job.tool, "state": state, "message": outcome.message,
                 "commit_hash": job.commit_hash, "branch": job.branch_name, "worker": self.name,
                 "facts": dict(outcome.facts)}, job.job_id, self.name)
+
+
+def _reap_children() -> None:
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
 
 
 def _result_record(result: RunResult, worker: str) -> dict[str, Any]:

@@ -83,7 +83,7 @@ def test_cancelling_a_running_job_with_the_guides_update_stops_its_tool(service_
         wait_until(lambda: gone(pid), 5, f"tool pid {pid} gone")
     # one heartbeat (0.5 s) plus the kill grace (1 s), with room for a slow machine
     assert time.monotonic() - cancelled < 4
-    service.wait_for_log("tool stopped: job cancelled or no longer held by this worker; nothing reported")
+    service.wait_for_log("job stopped: cancelled or no longer held by this worker; nothing reported")
     assert scalar(db, "SELECT status FROM pggit.backups WHERE backup_id = %s", (backup_id,)) == "cancelled"
     assert scalar(db, "SELECT status FROM pggit.backup_jobs WHERE job_id = %s", (job_id,)) == "cancelled"
 
@@ -183,3 +183,49 @@ def test_systemd_hears_ready_then_watchdog_pings_then_stopping_last(service_fact
     assert kinds.count("WATCHDOG") >= 4, "pinged every half of WATCHDOG_USEC"
     assert kinds[-1] == "STOPPING", messages
     assert any("2/2 workers alive" in m for m in messages), "STATUS reports the workers"
+
+
+def test_what_a_finished_tool_left_running_ends_with_its_job(service_factory, db, tmp_path):
+    """A tool that exits leaving a child and a setsid grandchild behind (a daemon it started):
+    the worker, their subreaper, ends them once the job is recorded."""
+    service = service_factory(workers=1).start()
+    _, job_id, pid_file = queue_fake(db, tmp_path, "--sleep", "0.5", "--spawn-child", "--spawn-grandchild-setsid",
+                                     tag="daemon")
+    wait_for_state(db, job_id, "completed")
+    pids = pids_of(pid_file)
+    assert set(pids) == {"tool", "child", "grandchild"}
+    for pid in sum(pids.values(), []):
+        wait_until(lambda: gone(pid), 5, f"pid {pid} gone")
+    service.wait_for_log("ended a process the tool left behind")
+
+
+def test_supervisor_idles_while_it_waits_for_a_job_during_shutdown(service_factory, db, tmp_path):
+    import psutil
+    service = service_factory(workers=1, shutdown_timeout=30).start(env={"WATCHDOG_USEC": "1000000",
+                                                                         "NOTIFY_SOCKET": str(tmp_path / "none")})
+    _, job_id, _ = queue_fake(db, tmp_path, "--sleep", "600", tag="long")
+    wait_for_state(db, job_id, "in_progress")
+    service.signal(15)
+    time.sleep(0.5)
+    supervisor = psutil.Process(service.proc.pid)
+    before = sum(supervisor.cpu_times()[:2])
+    time.sleep(2)
+    assert sum(supervisor.cpu_times()[:2]) - before < 0.5, "no busy loop while running jobs finish"
+
+
+def test_a_webhook_endpoint_that_speaks_garbage_is_only_logged():
+    from pggit_supervisor import webhooks
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def answer():
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(b"NOT-HTTP garbage\r\n\r\n")
+        conn.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    assert webhooks.post(f"http://127.0.0.1:{server.getsockname()[1]}/", {"x": 1}, "job", "worker") is False
+    server.close()

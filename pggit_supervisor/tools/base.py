@@ -34,6 +34,11 @@ class InvalidJob(Exception):
     """The job cannot run as specified (parameters, paths, allowlist): retrying cannot help."""
 
 
+class Stopped(Exception):
+    """The worker's tick asked to stop (job cancelled, service stopping) during long work of
+    the adapter's own (hashing, reading an archive): the reason is the tick's."""
+
+
 @dataclass(frozen=True)
 class Context:
     """What an adapter may use besides the job: the service config, its tool section, the time."""
@@ -42,8 +47,16 @@ class Context:
     tool: ToolConfig
     now: datetime
     worker_id: str
-    # the worker's lease renewal; every run of a job (the tool, its verification) must call it
+    # the worker's lease renewal; every run of a job (the tool, its verification) and every long
+    # piece of work of the adapter's own must call it (see `checkpoint`)
     tick: Callable[[], str | None] | None = None
+    # tells the supervisor which process group a tool runs in (pgid 0: none now)
+    on_start: Callable[[int, int], None] | None = None
+
+    def checkpoint(self) -> None:
+        """Renews the lease between chunks of long work; raises Stopped when told to stop."""
+        if self.tick is not None and (reason := self.tick()) is not None:
+            raise Stopped(reason)
 
 
 @dataclass(frozen=True)
@@ -146,31 +159,41 @@ def give_to(path: str, user: str | None) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
-def sha256_of(path: str) -> tuple[str, int, Mapping[str, str]]:
+def sha256_of(path: str, ctx: Context | None = None) -> tuple[str, int, Mapping[str, str]]:
     """('sha256:HEX', total bytes, per-file digests). A directory's digest is over the sorted
-    list of its files' names and digests, so any changed, added or removed file changes it."""
+    list of its files' names and digests, so any changed, added or removed file changes it.
+    Hashing a large backup takes minutes: `ctx.checkpoint()` keeps the lease meanwhile."""
     if os.path.isfile(path):
-        digest, size = _file_sha256(path)
+        digest, size = _file_sha256(path, ctx)
         return f"sha256:{digest}", size, {}
     files: dict[str, str] = {}
     total = 0
     for root, _dirs, names in os.walk(path):
         for name in names:
             full = os.path.join(root, name)
-            digest, size = _file_sha256(full)
+            digest, size = _file_sha256(full, ctx)
             files[os.path.relpath(full, path)] = digest
             total += size
     tree = hashlib.sha256("".join(f"{name}\0{files[name]}\n" for name in sorted(files)).encode())
     return f"sha256-tree:{tree.hexdigest()}", total, files
 
 
-def _file_sha256(path: str) -> tuple[str, int]:
+def tree_size(path: str) -> int:
+    """Bytes of a file, or of every file below a directory (without following links)."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.lstat(os.path.join(root, name)).st_size for root, _dirs, names in os.walk(path) for name in names)
+
+
+def _file_sha256(path: str, ctx: Context | None) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
             size += len(chunk)
+            if ctx is not None and size % (256 << 20) < (1 << 20):
+                ctx.checkpoint()
     return digest.hexdigest(), size
 
 
@@ -188,4 +211,8 @@ def run_check(ctx: Context, job: ClaimedJob, argv: list[str], env: Mapping[str, 
     spec = tool_run(ctx, job, argv, env)
     if output_limit is not None:
         spec = replace(spec, output_limit=output_limit)
-    return run_tool(spec, on_tick=ctx.tick)
+    try:
+        return run_tool(spec, on_tick=ctx.tick, on_start=ctx.on_start)
+    finally:
+        if ctx.on_start is not None:
+            ctx.on_start(0, 0)  # that process group is gone: never kill it by a stale id

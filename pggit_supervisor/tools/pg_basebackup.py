@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from ..queue import ClaimedJob
 from ..runner import RunResult
 from .base import (Context, Invocation, Outcome, allowed_output_dir, backup_stem, failure_from, give_to,
-                   libpq_env, prepare_output_dir, run_check, sha256_of, tool_run)
+                   libpq_env, prepare_output_dir, run_check, sha256_of, tool_run, tree_size)
 
 TAR = "/bin/tar"
 
@@ -27,8 +27,14 @@ def pg_bin_dir(version: str) -> str:
 
 
 def read_pg_version(data_dir: str) -> str:
-    with open(os.path.join(data_dir, "PG_VERSION")) as handle:
-        return handle.read().strip()
+    """The major version a data directory says it is. Read as root in a directory the tool's
+    user owns: a symlink is refused (it could name any file) and so is anything but digits."""
+    fd = os.open(os.path.join(data_dir, "PG_VERSION"), os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd) as handle:
+        version = handle.read(16).strip()
+    if not version.isdigit():
+        raise ValueError(f"{data_dir}/PG_VERSION does not hold a PostgreSQL major version")
+    return version
 
 
 def tar_members(directory: str) -> tuple[str | None, str | None]:
@@ -75,10 +81,11 @@ class PgBaseBackupAdapter:
         if problem:
             self.discard(invocation)
             return Outcome.failure(f"verification failed: {problem}")
+        # the manifest holds a SHA-256 of every file: its own hash stands for the whole backup
+        manifest_sum, _, _ = sha256_of(os.path.join(notes["partial"], "backup_manifest"), ctx)
+        size = tree_size(notes["partial"])
         os.rename(notes["partial"], notes["final"])
         manifest = os.path.join(notes["final"], "backup_manifest")
-        manifest_sum, _, _ = sha256_of(manifest)
-        _, size, _ = sha256_of(notes["final"])
         metadata: dict[str, Any] = {
             "directory": notes["final"], "format": notes["format"], "verified_by": how,
             "duration_seconds": round(result.duration, 3), **_manifest_facts(manifest)}

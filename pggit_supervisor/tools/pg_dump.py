@@ -66,8 +66,9 @@ class PgDumpAdapter:
         if problem:
             self.discard(invocation)
             return Outcome.failure(f"verification failed: {problem}")
+        # hashed under the temporary name: a stop while hashing leaves no file with the final name
+        checksum, size, files = sha256_of(notes["partial"], ctx)
         os.rename(notes["partial"], notes["final"])
-        checksum, size, files = sha256_of(notes["final"])
         compression = _compression(notes["format"], notes["compression_level"])
         metadata = {"file": notes["final"], "format": notes["format"], "verified_by": self._verifier(notes),
                     "duration_seconds": round(result.duration, 3)}
@@ -98,19 +99,21 @@ class PgDumpAdapter:
         """Read the whole archive back: pg_restore --list alone passes a truncated file."""
         notes = invocation.notes
         if notes["format"] == "plain":
-            return _check_plain_trailer(notes["partial"])
+            return _check_plain_trailer(notes["partial"], ctx)
         pg_restore = os.path.join(os.path.dirname(ctx.tool.path), "pg_restore")
         check = run_check(ctx, job, [pg_restore, "--file=/dev/null", notes["partial"]], {})
         return None if check.ok else failure_from(check, "pg_restore")
 
 
-def _check_plain_trailer(path: str) -> str | None:
+def _check_plain_trailer(path: str, ctx: Context | None = None) -> str | None:
     opener = gzip.open if path.endswith(".gz.partial") else open
     try:
         with opener(path, "rb") as handle:
             tail = b""
             while chunk := handle.read(1 << 20):
                 tail = (tail + chunk)[-4096:]
+                if ctx is not None:
+                    ctx.checkpoint()
     except (OSError, EOFError) as exc:
         return f"cannot read {path}: {exc}"
     return None if _PLAIN_TRAILER in tail else "the dump does not end with pg_dump's completion line"
@@ -143,7 +146,8 @@ class Snapshot:
 
 
 def open_snapshot(dsn: str, dbname: str, schema: str | None) -> Snapshot:
-    conn = psycopg2.connect(dsn, dbname=dbname, application_name="pggit-supervisor snapshot", connect_timeout=10)
+    conn = psycopg2.connect(dsn, dbname=dbname, application_name="pggit-supervisor snapshot", connect_timeout=10,
+                            options="-c statement_timeout=120s -c lock_timeout=10s")
     try:
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         with conn.cursor() as cur:

@@ -19,7 +19,7 @@ from ..queue import ClaimedJob
 # restore imports the tools package too: bind the module, use its names at call time
 from .. import restore
 from ..runner import RunResult, RunSpec, run_tool
-from .base import Context, Invocation, Outcome, failure_from, give_to, job_timeout, run_check, tool_run
+from .base import Context, InvalidJob, Invocation, Outcome, failure_from, give_to, job_timeout, run_check, tool_run
 from .pg_basebackup import pg_bin_dir, read_pg_version
 
 START_TIMEOUT_SECONDS = 300
@@ -32,6 +32,11 @@ class RestoreTestAdapter:
         params = job.params
         backup = restore.Backup(str(params["backup_id"]), params["backup_tool"], "completed", params["location"],
                         params.get("backup_metadata") or {})
+        # the row could name any file: only what lies where this tool may write is restored
+        try:
+            restore.confine(backup, ctx.tool)
+        except restore.RestoreError as exc:
+            raise InvalidJob(str(exc)) from None
         scratch = tempfile.mkdtemp(prefix="pggit-restore-test-")
         os.chmod(scratch, 0o700)
         give_to(scratch, ctx.tool.run_as)
@@ -98,7 +103,8 @@ class RestoreTestAdapter:
             if os.path.exists(os.path.join(data_dir, leftover)):
                 os.unlink(os.path.join(data_dir, leftover))
         # settings that keep the scratch copy private and quiet, whatever the source had
-        with open(os.path.join(data_dir, "postgresql.auto.conf"), "a") as conf:
+        fd = os.open(os.path.join(data_dir, "postgresql.auto.conf"), os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        with os.fdopen(fd, "a") as conf:
             conf.write(f"\n# pggit-supervisor restore drill\nport = {port}\nlisten_addresses = ''\n"
                        f"unix_socket_directories = '{notes['scratch']}'\narchive_mode = off\n"
                        "shared_buffers = '32MB'\nmax_wal_senders = 0\nhot_standby = off\n")
