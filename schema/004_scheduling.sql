@@ -3,6 +3,14 @@
 -- carries a structured spec (tool + validated parameters). Workers build argv from the spec and
 -- their own config; the `command` column is only a rendering for people.
 
+-- Options as stored for people to read: a webhook URL may carry a secret token (Slack's do), so
+-- it is kept only in the job's spec, which readers cannot select.
+CREATE OR REPLACE FUNCTION pggit._visible_options(p_options jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pggit, pg_temp AS $$
+    SELECT CASE WHEN p_options ? 'webhook_url' THEN jsonb_set(p_options, '{webhook_url}', '"(set)"')
+                ELSE p_options END
+$$;
+
 -- The spec a worker runs: {"tool", "params", "timeout_seconds", "notify": {...}}.
 CREATE OR REPLACE FUNCTION pggit._job_spec(p_tool text, p_params jsonb, p_common jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pggit, pg_temp AS $$
@@ -33,13 +41,13 @@ BEGIN
     VALUES (format('%s-%s-%s-%s', p_tool, p_branch_name, left(p_commit_hash, 8),
                    to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD"T"HH24MISS"Z"')),
             p_backup_type, p_tool, p_location, p_commit_hash, p_branch_name,
-            jsonb_build_object('options', p_options, 'params', p_params))
+            jsonb_build_object('options', pggit._visible_options(p_options), 'params', p_params))
     RETURNING backup_id INTO v_backup_id;
 
     INSERT INTO pggit.backup_jobs (backup_id, tool, command, spec, target, priority, max_attempts, metadata)
     VALUES (v_backup_id, p_tool, pggit._render_command(p_argv),
             pggit._job_spec(p_tool, p_params, p_common), p_target, (p_common ->> 'priority')::integer, (p_common ->> 'max_attempts')::integer,
-            p_options);
+            pggit._visible_options(p_options));
     RETURN v_backup_id;
 END
 $$;
@@ -292,7 +300,8 @@ BEGIN
 
     INSERT INTO pggit.backup_jobs (backup_id, tool, command, spec, target, priority, max_attempts, metadata)
     VALUES (p_backup_id, 'custom', p_command,
-            pggit._job_spec('custom', jsonb_build_object('command', p_command), v_common), NULL, (v_common ->> 'priority')::integer, p_max_attempts, v_metadata)
+            pggit._job_spec('custom', jsonb_build_object('command', p_command), v_common), NULL, (v_common ->> 'priority')::integer, p_max_attempts,
+            pggit._visible_options(v_metadata))
     RETURNING job_id INTO v_job_id;
     RETURN v_job_id;
 END

@@ -56,8 +56,13 @@ $$;
 GRANT USAGE ON SCHEMA pggit TO pggit_backup_reader;
 
 REVOKE ALL ON pggit.backups, pggit.backup_jobs, pggit.backup_job_queue, pggit.backup_schema_migrations FROM PUBLIC;
-GRANT SELECT ON pggit.backups, pggit.backup_jobs, pggit.backup_job_queue, pggit.branches,
+GRANT SELECT ON pggit.backups, pggit.backup_job_queue, pggit.branches,
                 pggit.commits, pggit.backup_schema_migrations TO pggit_backup_reader;
+-- every column but spec, which holds the webhook URL (possibly a secret) workers get by claiming
+GRANT SELECT (job_id, backup_id, tool, command, target, status, priority, attempts, max_attempts,
+              next_retry_at, last_error, output, result, metadata, locked_by, claim_token, claimed_via,
+              lease_expires_at, heartbeat_at, created_by, created_at, started_at, completed_at, updated_at)
+    ON pggit.backup_jobs TO pggit_backup_reader;
 -- the guide's cancel / reset UPDATEs (the status trigger limits what they may do)
 GRANT UPDATE (status, next_retry_at, attempts, priority) ON pggit.backup_jobs TO pggit_backup_operator;
 GRANT SELECT, INSERT, UPDATE, DELETE ON pggit.backups, pggit.backup_jobs TO pggit_backup_admin;
@@ -81,6 +86,7 @@ BEGIN
                '_invalid', '_show', '_require_text', '_require_name', '_require_dir', '_require_options',
                '_opt_int', '_opt_bool', '_opt_enum', '_require_enum', '_require_branch_head',
                '_common_options', '_shell_quote', '_render_command', '_job_spec', '_schedule_backup',
+               '_visible_options',
                '_require_worker_id', '_require_token', '_require_lease', '_claim_job', '_fail_job',
                '_backup_jobs_before_update', '_backup_jobs_after_change', '_backup_jobs_after_delete'])
     LOOP

@@ -451,3 +451,17 @@ def test_admin_holds_operator_worker_and_reader_rights(db, login_as):
     assert scalar(conn, "SELECT pggit.finish_backup_job(%s, %s)", (job_id, claimed[0]["claim_token"])) is True
     statuses = {r["job_id"]: r["status"] for r in query(conn, "SELECT job_id, status FROM pggit.backup_job_queue")}
     assert statuses == {job_id: "completed", cancelled: "cancelled"}
+
+
+def test_a_reader_never_sees_a_webhook_url(db, login_as):
+    backup_id = scalar(db, """SELECT pggit.backup_pgbackrest('full', 'main', 'main',
+                                 '{"webhook_url": "https://hooks.example/T000/SECRET", "notify_on_success": true}')""")
+    conn, _ = login_as(READER)
+    with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        scalar(conn, "SELECT spec FROM pggit.backup_jobs LIMIT 1")
+    conn.rollback()
+    seen = scalar(conn, """SELECT (SELECT metadata::text FROM pggit.backups WHERE backup_id = %s)
+                                  || (SELECT string_agg(metadata::text || command, '') FROM pggit.backup_jobs)""",
+                  (backup_id,))
+    assert "SECRET" not in seen and '"webhook_url": "(set)"' in seen
+    assert "SECRET" in scalar(db, "SELECT spec::text FROM pggit.backup_jobs"), "the worker's spec keeps it"

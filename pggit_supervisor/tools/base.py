@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import shutil
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -129,6 +130,17 @@ def backup_stem(job: ClaimedJob, now: datetime) -> str:
     branch = re.sub(r"[^A-Za-z0-9_.-]", "_", job.branch_name or "nobranch")[:40]
     commit = (job.commit_hash or "nocommit")[:8]
     return f"{job.tool}-{branch}-{commit}-{now:%Y%m%dT%H%M%SZ}-{job.job_id[:8]}"
+
+
+def partial_path(directory: str, job: ClaimedJob, suffix: str) -> str:
+    """The temporary name a backup is written under: one per job, so that the retry of an
+    attempt whose worker was killed mid-write finds and removes what that attempt left."""
+    path = os.path.join(directory, f".pggit-{job.job_id}{suffix}.partial")
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+    return path
 
 
 def allowed_output_dir(directory: str, tool: ToolConfig) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from ..queue import ClaimedJob
 from ..runner import RunResult
 from .base import (Context, Invocation, Outcome, allowed_output_dir, backup_stem, failure_from, give_to,
-                   libpq_env, prepare_output_dir, run_check, sha256_of, tool_run, tree_size)
+                   libpq_env, partial_path, prepare_output_dir, run_check, sha256_of, tool_run, tree_size)
 
 TAR = "/bin/tar"
 
@@ -57,7 +57,7 @@ class PgBaseBackupAdapter:
         params = job.params
         directory = allowed_output_dir(str(params.get("output_dir", "")), ctx.tool)
         final = os.path.join(directory, backup_stem(job, ctx.now))
-        partial = os.path.join(directory, "." + os.path.basename(final) + ".partial")
+        partial = partial_path(directory, job, "")
         prepare_output_dir(directory, ctx.tool.run_as)
         fmt = params.get("format", "plain")
         argv = [ctx.tool.path, f"--pgdata={partial}", f"--format={fmt}", "--wal-method=stream",

@@ -16,7 +16,7 @@ from psycopg2 import sql
 from ..queue import ClaimedJob
 from ..runner import RunResult
 from .base import (Context, InvalidJob, Invocation, Outcome, allowed_output_dir, backup_stem,
-                   failure_from, libpq_env, prepare_output_dir, run_check, sha256_of, tool_run)
+                   failure_from, libpq_env, partial_path, prepare_output_dir, run_check, sha256_of, tool_run)
 
 FORMATS = {"custom": ".dump", "directory": "", "tar": ".tar", "plain": ".sql"}
 # Row counts for the restore drill are taken only up to this database size: counting is a full
@@ -38,7 +38,7 @@ class PgDumpAdapter:
         level = params.get("compression_level")
         suffix = FORMATS[fmt] + (".gz" if fmt == "plain" and level else "")
         final = os.path.join(directory, backup_stem(job, ctx.now) + suffix)
-        partial = os.path.join(directory, "." + os.path.basename(final) + ".partial")
+        partial = partial_path(directory, job, suffix)
         prepare_output_dir(directory, ctx.tool.run_as)
 
         argv = [ctx.tool.path, f"--format={fmt}", f"--file={partial}", "--no-password"]
