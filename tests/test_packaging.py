@@ -1,0 +1,39 @@
+"""The Debian packaging agrees with the code: one version, the unit's promises. (Building,
+installing and purging the package is done by .ci/run; see packaging/test_installed.py.)"""
+
+import configparser
+import re
+from pathlib import Path
+
+from pggit_supervisor import __version__
+
+DEBIAN = Path(__file__).resolve().parent.parent / "packaging" / "debian"
+
+
+def test_debian_changelog_and_the_python_package_have_one_version():
+    first = (DEBIAN / "changelog").read_text().splitlines()[0]
+    assert re.match(r"^pggit-supervisor \(([^)]+)\) ", first).group(1) == __version__
+
+
+def _service(name):
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read(DEBIAN / name)
+    return parser
+
+
+def test_unit_stops_gently_and_outlasts_the_shutdown_timeout():
+    unit = _service("pggit-supervisor.service")
+    service = unit["Service"]
+    assert (service["Type"], service["NotifyAccess"], service["KillMode"]) == ("notify", "main", "mixed")
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    shipped = (DEBIAN / "supervisor.yaml").read_text()
+    shutdown = int(re.search(r"^shutdown_timeout: (\d+)", shipped, re.M).group(1))
+    assert int(service["TimeoutStopSec"]) > shutdown + 60, "systemd must not kill backups still finishing"
+    assert "PrivateTmp" not in service, "pgBackRest's locks in /tmp must be shared with archive_command"
+    assert "Requires" not in unit["Unit"] and "postgresql.service" in unit["Unit"]["After"]
+
+
+def test_template_unit_runs_one_config_per_instance():
+    service = _service("pggit-supervisor@.service")["Service"]
+    assert service["ExecStart"] == "/usr/bin/pggit-supervisor run -c /etc/pggit/%i.yaml"
