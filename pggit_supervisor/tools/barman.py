@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import replace
 from typing import Any, Mapping
 
 from ..config import ToolConfig
 from ..queue import ClaimedJob
-from ..runner import RunAsError, RunnerError, RunResult, run_tool
-from .base import Context, InvalidJob, Invocation, Outcome, failure_from, tool_run
+from ..runner import RunAsError, RunnerError, RunResult
+from .base import Context, InvalidJob, Invocation, Outcome, failure_from, job_timeout, run_check, tool_run
 
 SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # as pggit._require_name
 RESERVED_SERVERS = ("all", "barman")  # `barman backup all` backs up every server
@@ -120,10 +119,9 @@ class BarmanAdapter:
 
     def _query(self, job: ClaimedJob, ctx: Context, *args: str, timeout: float = QUERY_TIMEOUT) -> RunResult:
         """`barman [-c CFG] ARGS` as the tool's user, with the worker's lease-renewing tick."""
-        spec = tool_run(ctx, job, _barman(ctx.tool, *args), {}, cwd="/")
         try:
-            return run_tool(replace(spec, timeout=min(spec.timeout, timeout), output_limit=QUERY_OUTPUT_LIMIT),
-                            on_tick=ctx.tick)
+            return run_check(ctx, job, _barman(ctx.tool, *args), {}, cwd="/",
+                             timeout=min(job_timeout(job, ctx.tool), timeout), output_limit=QUERY_OUTPUT_LIMIT)
         except RunAsError as exc:
             raise InvalidJob(str(exc)) from None
         except RunnerError as exc:

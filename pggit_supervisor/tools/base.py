@@ -217,12 +217,12 @@ def failure_from(result: RunResult, what: str) -> str:
 
 
 def run_check(ctx: Context, job: ClaimedJob, argv: list[str], env: Mapping[str, str],
-              output_limit: int | None = None) -> RunResult:
-    """Runs a verification command (pg_restore, pg_verifybackup, ...) under the same limits;
-    `output_limit` raises the capture for commands whose output is read (JSON listings)."""
-    spec = tool_run(ctx, job, argv, env)
-    if output_limit is not None:
-        spec = replace(spec, output_limit=output_limit)
+              **changes: Any) -> RunResult:
+    """Runs a helper command of a job (pg_restore, pg_verifybackup, `pgbackrest info`, ...) as
+    the tool's user, under the job's limits, renewing the lease and telling the supervisor its
+    process group. `changes` adjust the RunSpec (e.g. a larger output_limit for JSON listings,
+    a shorter timeout, a cwd)."""
+    spec = replace(tool_run(ctx, job, argv, env), **changes)
     try:
         return run_tool(spec, on_tick=ctx.tick, on_start=ctx.on_start)
     finally:

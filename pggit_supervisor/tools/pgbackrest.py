@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
 from ..config import ToolConfig
 from ..queue import ClaimedJob
-from ..runner import RunAsError, RunnerError, RunResult, ToolStartError, run_tool
-from .base import Context, InvalidJob, Invocation, Outcome, failure_from, tool_run
+from ..runner import RunAsError, RunnerError, RunResult, ToolStartError
+from .base import Context, InvalidJob, Invocation, Outcome, failure_from, run_check, tool_run
 
 TYPES = ("full", "incr", "diff")
 DEFAULT_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
@@ -199,9 +199,8 @@ class PgBackRestAdapter:
     # -- pgBackRest's read-only commands, run as run_as under the job's limits -----------------
 
     def _run(self, job: ClaimedJob, ctx: Context, argv: list[str]) -> RunResult:
-        spec = replace(tool_run(ctx, job, argv, {}), output_limit=CHECK_OUTPUT_LIMIT)
         try:
-            result = run_tool(spec, on_tick=ctx.tick)
+            result = run_check(ctx, job, argv, {}, output_limit=CHECK_OUTPUT_LIMIT)
         except RunnerError as exc:
             fatal = isinstance(exc, (RunAsError, ToolStartError))
             raise PgBackRestError(f"cannot run pgbackrest {_command_of(argv)}: {exc}", retryable=not fatal) from None
