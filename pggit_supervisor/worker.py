@@ -268,8 +268,9 @@ class Worker:
                 log.exception("collecting the result failed" + fields(**where))
                 adapter.discard(invocation)
                 outcome = Outcome.failure(f"collecting the result failed: {exc}")
-        if self.aborting and not outcome.ok:
-            self.hand_back(job)  # a verification cut short by shutdown says nothing about the backup
+        if (self.aborting or self.claim_lost) and not outcome.ok:
+            # a verification cut short by a shutdown or a cancel says nothing about the backup
+            self.stopped_early(job)
             return
         self.report(job, outcome, _result_record(result, self.name))
 
