@@ -133,7 +133,8 @@ class Worker:
                 pass
         self.conn = self.queue = None
 
-    def deliver(self, what: str, call: Callable[[Queue], Any], confirm: Callable[[Queue], bool]) -> Any:
+    def deliver(self, job: ClaimedJob, what: str, call: Callable[[Queue], Any],
+                confirm: Callable[[Queue], bool]) -> Any:
         """Runs `call` until the database answers: a result must not be dropped because the
         server restarted. If an earlier attempt may have committed unseen, `confirm` tells."""
         uncertain = False
@@ -143,7 +144,7 @@ class Worker:
                 give_up = time.monotonic() + ABORT_DELIVERY_SECONDS
             if give_up is not None and time.monotonic() > give_up:
                 log.error(f"could not record {what}: the database is unreachable and the service is "
-                          "stopping; the job's lease will return it to the queue" + fields(worker=self.name))
+                          "stopping; the job's lease will return it to the queue" + fields(job=job.job_id, worker=self.name))
                 return None
             if self.ensure_connected():
                 try:
@@ -155,7 +156,7 @@ class Worker:
                     uncertain = True
                 except psycopg2.Error as exc:  # the database refused the call itself: retrying cannot help
                     log.error(f"could not record {what}: {_one_line(exc)}; the job's lease will return it "
-                              "to the queue" + fields(worker=self.name))
+                              "to the queue" + fields(job=job.job_id, worker=self.name))
                     return None
             self.beat()
             time.sleep(0.5)
@@ -318,7 +319,7 @@ class Worker:
             return
         log.warning("job stopped: cancelled or no longer held by this worker; nothing reported"
                     + fields(job=job.job_id, worker=self.name))
-        self.deliver("the cancelled job's release", lambda q: q.abandon(job), lambda q: True)
+        self.deliver(job, "the cancelled job's release", lambda q: q.abandon(job), lambda q: True)
         self.tell("idle", "stopped")
 
     def end_leftovers(self, job: ClaimedJob) -> None:
@@ -331,7 +332,7 @@ class Worker:
         _reap_children()
 
     def hand_back(self, job: ClaimedJob) -> None:
-        released = self.deliver("the job's release", lambda q: q.release(job, f"{SHUTDOWN}: handed back by {self.name}"),
+        released = self.deliver(job, "the job's release", lambda q: q.release(job, f"{SHUTDOWN}: handed back by {self.name}"),
                                 lambda q: q.outcome_of(job) == "queued")
         log.info("job handed back to the queue" + fields(job=job.job_id, worker=self.name, released=bool(released)))
         self.tell("idle", "stopped")
@@ -340,11 +341,11 @@ class Worker:
         where = dict(job=job.job_id, worker=self.name)
         retry = self.config.retry
         if outcome.ok:
-            recorded = self.deliver("the job's result", lambda q: q.finish(job, outcome.message, outcome.facts, record),
+            recorded = self.deliver(job, "the job's result", lambda q: q.finish(job, outcome.message, outcome.facts, record),
                                     lambda q: q.outcome_of(job) == "completed")
             state = "completed" if recorded else None
         else:
-            state = self.deliver("the job's failure", lambda q: q.fail(job, outcome.message, outcome.retryable,
+            state = self.deliver(job, "the job's failure", lambda q: q.fail(job, outcome.message, outcome.retryable,
                                                                       retry.base_delay, retry.max_delay, record),
                                  lambda q: q.outcome_of(job) == "failed")
             state = "failed" if state is True else state
