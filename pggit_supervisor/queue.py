@@ -11,7 +11,6 @@ import psycopg2
 import psycopg2.extras
 
 READY_CHANNEL = "pggit_backup_job_ready"
-CANCEL_CHANNEL = "pggit_backup_job_cancelled"
 
 # No call a worker makes should take long; one that does is a hang, and the supervisor's
 # watchdog would kill the whole worker. Fail the call instead and let the worker reconnect.

@@ -30,6 +30,32 @@ BEGIN
 END
 $$;
 
+-- What a claim returns: the job, its structured spec, the claim token every later call needs,
+-- and what the worker needs to name the backup. One type for both claim functions.
+DO $$
+BEGIN
+    IF to_regtype('pggit.claimed_job') IS NULL THEN
+        CREATE TYPE pggit.claimed_job AS (
+            job_id           uuid,
+            backup_id        uuid,
+            tool             text,
+            spec             jsonb,
+            command          text,
+            claim_token      bigint,
+            attempts         integer,
+            max_attempts     integer,
+            priority         integer,
+            lease_expires_at timestamptz,
+            metadata         jsonb,
+            backup_name      text,
+            branch_name      text,
+            commit_hash      text,
+            database_name    text
+        );
+    END IF;
+END
+$$;
+
 -- Claims the next runnable job: by priority (lower first), then fresh before retries, then age.
 -- One candidate row is locked at a time (SKIP LOCKED), so concurrent claimers each get a row
 -- instead of one claimer holding a batch. Targets that already have a holder are skipped; the
@@ -40,25 +66,8 @@ CREATE OR REPLACE FUNCTION pggit._claim_job(
     p_tools         text[],
     p_lease_seconds integer,
     p_via           text
-) RETURNS TABLE (
-    job_id           uuid,
-    backup_id        uuid,
-    tool             text,
-    spec             jsonb,
-    command          text,
-    claim_token      bigint,
-    attempts         integer,
-    max_attempts     integer,
-    priority         integer,
-    lease_expires_at timestamptz,
-    metadata         jsonb,
-    backup_name      text,
-    branch_name      text,
-    commit_hash      text,
-    database_name    text
-)
+) RETURNS SETOF pggit.claimed_job
 LANGUAGE plpgsql SET search_path = pg_catalog, pggit, pg_temp AS $$
-#variable_conflict use_column
 DECLARE
     v_candidate uuid;
     v_tool      text;
@@ -126,23 +135,7 @@ CREATE OR REPLACE FUNCTION pggit.claim_backup_job(
     p_worker_id     text,
     p_tools         text[]  DEFAULT NULL,
     p_lease_seconds integer DEFAULT 60
-) RETURNS TABLE (
-    job_id           uuid,
-    backup_id        uuid,
-    tool             text,
-    spec             jsonb,
-    command          text,
-    claim_token      bigint,
-    attempts         integer,
-    max_attempts     integer,
-    priority         integer,
-    lease_expires_at timestamptz,
-    metadata         jsonb,
-    backup_name      text,
-    branch_name      text,
-    commit_hash      text,
-    database_name    text
-)
+) RETURNS SETOF pggit.claimed_job
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'on' AS $$
     SELECT * FROM pggit._claim_job(p_worker_id, p_tools, p_lease_seconds, 'worker')
