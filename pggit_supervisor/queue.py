@@ -1,10 +1,10 @@
-"""Every SQL statement a worker runs. The queue's rules live in the SQL functions (schema/005);
-this module only calls them, so a psql user and a worker always see the same behaviour."""
+"""Every SQL statement a worker runs. The queue's rules live in the SQL functions (schema/005,
+009); this module only calls them, so a psql user and a worker always see the same behaviour."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import psycopg2
@@ -16,17 +16,22 @@ READY_CHANNEL = "pggit_backup_job_ready"
 # watchdog would kill the whole worker. Fail the call instead and let the worker reconnect.
 SESSION_OPTIONS = "-c statement_timeout=20s -c lock_timeout=10s -c idle_in_transaction_session_timeout=60s"
 
+# What the queue functions accept (schema/009): a report over these limits is refused with 22023.
+MAX_TEXT_BYTES = 64 * 1024
+MAX_JSON_BYTES = 256 * 1024
+
 
 @dataclass(frozen=True)
 class ClaimedJob:
-    """A job this worker holds: valid only while (job_id, claim_token) still match in the database."""
+    """A job this worker holds: valid only while (job_id, claim_token, our login) still match in
+    the database. claim_token is the claim's secret: it is never logged or shown."""
 
     job_id: str
     backup_id: str
     tool: str
     spec: Mapping[str, Any]
     command: str
-    claim_token: int
+    claim_token: str = field(repr=False)
     attempts: int
     max_attempts: int
     metadata: Mapping[str, Any]
@@ -80,14 +85,14 @@ class Queue:
     def finish(self, job: ClaimedJob, output: str, facts: Mapping[str, Any],
                result: Mapping[str, Any]) -> bool:
         return self._one("SELECT pggit.finish_backup_job(%s, %s, %s, %s, %s)",
-                         (job.job_id, job.claim_token, output, json.dumps(facts), json.dumps(result)))
+                         (job.job_id, job.claim_token, fit_text(output), fit_facts(facts), fit_result(result)))
 
     def fail(self, job: ClaimedJob, error: str, retryable: bool, base_delay: int, max_delay: int,
              result: Mapping[str, Any]) -> str | None:
         """The job's new state ('will_retry' / 'permanently_failed'), or None if the claim was lost."""
         return self._one("SELECT pggit.fail_claimed_backup_job(%s, %s, %s, %s, %s, %s, %s)",
-                         (job.job_id, job.claim_token, error, retryable, int(base_delay),
-                          int(max_delay), json.dumps(result)))
+                         (job.job_id, job.claim_token, fit_text(error), retryable, int(base_delay),
+                          int(max_delay), fit_result(result)))
 
     def release(self, job: ClaimedJob, reason: str) -> bool:
         return self._one("SELECT pggit.release_backup_job(%s, %s, %s)", (job.job_id, job.claim_token, reason))
@@ -99,11 +104,7 @@ class Queue:
     def outcome_of(self, job: ClaimedJob) -> str | None:
         """After a report whose commit we could not see (the connection broke): what the
         database holds for our claim, or None when the job is no longer ours."""
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT status FROM pggit.backup_jobs WHERE job_id = %s AND claim_token = %s",
-                        (job.job_id, job.claim_token))
-            row = cur.fetchone()
-        return row[0] if row else None
+        return self._one("SELECT pggit.claimed_job_status(%s, %s)", (job.job_id, job.claim_token))
 
     def rescue_expired(self) -> list[tuple[str, str, str]]:
         with self.conn.cursor() as cur:
@@ -121,3 +122,49 @@ class Queue:
         count = len(self.conn.notifies)
         self.conn.notifies.clear()
         return count
+
+
+def fit_text(text: str | None, limit: int = MAX_TEXT_BYTES) -> str | None:
+    """`text` cut to its last `limit` bytes of UTF-8 (the end of a tool's output says most), without
+    NUL characters (PostgreSQL text cannot hold them; a tool may well print them)."""
+    if text is None:
+        return None
+    text = text.replace("\x00", "\ufffd")
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= limit:
+        return text
+    marker = "[...] "
+    return marker + data[len(data) - limit + len(marker):].decode("utf-8", errors="ignore")
+
+
+def _without_nul(value: Any) -> Any:
+    """The same JSON value with NUL characters replaced: jsonb refuses \\u0000."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, Mapping):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+def fit_result(result: Mapping[str, Any]) -> str:
+    """The result record as JSON; the output tails give way if it would exceed the limit."""
+    encoded = json.dumps(_without_nul(result))
+    if len(encoded.encode()) <= MAX_JSON_BYTES:
+        return encoded
+    trimmed = {k: v for k, v in _without_nul(result).items() if not k.endswith("_tail")}
+    trimmed["tails_dropped"] = f"the result record exceeded {MAX_JSON_BYTES} bytes"
+    return json.dumps(trimmed)
+
+
+def fit_facts(facts: Mapping[str, Any]) -> str:
+    """The backup's facts as JSON; its metadata gives way if it would exceed the limit (the sizes,
+    checksum, location and verification still reach the backup row)."""
+    encoded = json.dumps(_without_nul(facts))
+    if len(encoded.encode()) <= MAX_JSON_BYTES:
+        return encoded
+    trimmed = _without_nul(facts)
+    trimmed["metadata"] = {"metadata_dropped": f"{len(encoded.encode())} bytes of facts exceeded the "
+                                               f"{MAX_JSON_BYTES}-byte limit"}
+    return json.dumps(trimmed)

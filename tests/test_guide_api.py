@@ -24,7 +24,8 @@ GUIDE_SIGNATURES = {
     "get_next_backup_job": (
         "p_worker_id text DEFAULT 'default-worker'::text",
         "TABLE(job_id uuid, backup_id uuid, command text, tool text, attempts integer, metadata jsonb)"),
-    "complete_backup_job": ("p_job_id uuid, p_output text", "boolean"),
+    # the guide gives no default; the original defaults p_output to NULL (issue 13): a superset
+    "complete_backup_job": ("p_job_id uuid, p_output text DEFAULT NULL::text", "boolean"),
     "fail_backup_job": (
         "p_job_id uuid, p_error text, p_retry_delay_seconds integer DEFAULT 300", "boolean"),
     "register_backup": (
@@ -222,3 +223,13 @@ def test_complete_backup_and_fail_backup_follow_the_guide(db):
     assert scalar(db, "SELECT pggit.fail_backup(%s, 'disk full')", (second,)) is True
     assert query(db, "SELECT status, error_message FROM pggit.backups WHERE backup_id = %s", (second,))[0] == \
         {"status": "failed", "error_message": "disk full"}
+
+
+def test_complete_backup_job_with_the_job_id_alone_completes_the_guides_claim(db):
+    # the original defaults p_output to NULL; its listener calls complete_backup_job(job_id)
+    backup_id = scalar(db, "SELECT pggit.backup_pg_dump('main')")
+    job = query(db, "SELECT * FROM pggit.get_next_backup_job('worker-01')")[0]
+    assert scalar(db, "SELECT pggit.complete_backup_job(%s)", (job["job_id"],)) is True
+    assert query(db, "SELECT status, output FROM pggit.backup_jobs WHERE job_id = %s", (job["job_id"],))[0] == \
+        {"status": "completed", "output": None}
+    assert scalar(db, "SELECT status FROM pggit.backups WHERE backup_id = %s", (backup_id,)) == "completed"

@@ -1,5 +1,7 @@
 """The queue's state machine and its guards, as the SQL functions implement them."""
 
+import hashlib
+import re
 import select
 
 import psycopg2
@@ -12,7 +14,13 @@ from queue_helpers import backup, claim, force, job, schedule_dump, schedule_sta
 def test_claim_marks_running_with_lease_token_and_attempt(db):
     backup_id, job_id = schedule_dump(db)
     claimed = claim(db, "worker-01/1", lease=60)
-    assert claimed["job_id"] == job_id and claimed["claim_token"] == 1 and claimed["attempts"] == 1
+    assert claimed["job_id"] == job_id and claimed["attempts"] == 1
+    assert re.fullmatch("[0-9a-f]{64}", claimed["claim_token"]), "a 256-bit secret, as hex"
+    stored = query(db, "SELECT claim_token, claimed_by, claim_secret_sha256 FROM pggit.backup_jobs")[0]
+    assert stored["claim_token"] == 1, "the claim counter"
+    assert stored["claimed_by"] == scalar(db, "SELECT session_user")
+    assert bytes(stored["claim_secret_sha256"]) == hashlib.sha256(claimed["claim_token"].encode()).digest(), \
+        "only the token's hash is kept"
     assert claimed["spec"]["tool"] == "pg_dump" and claimed["database_name"] == scalar(db, "SELECT current_database()")
     row = job(db, job_id)
     assert row["job_state"] == "in_progress" and row["worker_id"] == "worker-01/1"
@@ -80,7 +88,8 @@ def test_late_calls_with_a_stale_token_change_nothing(db):
     stale = claim(db)
     db.cursor().execute("SELECT pggit.release_backup_job(%s, %s, 'shutdown')", (job_id, stale["claim_token"]))
     fresh = claim(db, "w2")
-    assert fresh["claim_token"] == stale["claim_token"] + 1
+    assert fresh["claim_token"] != stale["claim_token"]
+    assert scalar(db, "SELECT claim_token FROM pggit.backup_jobs WHERE job_id = %s", (job_id,)) == 2
     token = stale["claim_token"]
     assert scalar(db, "SELECT pggit.heartbeat_backup_job(%s, %s)", (job_id, token)) is False
     assert scalar(db, "SELECT pggit.finish_backup_job(%s, %s)", (job_id, token)) is False
@@ -347,3 +356,55 @@ def test_finish_checks_every_fact_before_writing(db):
             db.cursor().execute("SELECT pggit.finish_backup_job(%s, %s, 'ok', %s)", (job_id, claimed["claim_token"], facts))
         assert exc.value.pgcode == "22023", facts
     assert job(db, job_id)["job_state"] == "in_progress" and backup(db, backup_id)["status"] == "in_progress"
+
+
+LIMIT_CALLS = {
+    "p_output": "SELECT pggit.finish_backup_job(%(job)s, %(token)s, repeat('x', 65537))",
+    "p_backup": """SELECT pggit.finish_backup_job(%(job)s, %(token)s, 'ok',
+                       jsonb_build_object('metadata', jsonb_build_object('log', repeat('x', 262144))))""",
+    "p_result": "SELECT pggit.finish_backup_job(%(job)s, %(token)s, 'ok', '{}', jsonb_build_object('tail', repeat('x', 262144)))",
+    "p_error": "SELECT pggit.fail_claimed_backup_job(%(job)s, %(token)s, repeat('é', 32769))",
+    "p_result of a failure": """SELECT pggit.fail_claimed_backup_job(%(job)s, %(token)s, 'boom', true, 300, 21600,
+                                    jsonb_build_object('tail', repeat('x', 262144)))""",
+}
+
+
+@pytest.mark.parametrize("param", LIMIT_CALLS)
+def test_results_over_the_size_limits_are_refused_with_22023_naming_the_parameter(db, param):
+    backup_id, job_id = schedule_dump(db)
+    claimed = claim(db)
+    before = query(db, "SELECT * FROM pggit.backup_jobs")
+    with pytest.raises(psycopg2.Error) as exc:
+        scalar(db, LIMIT_CALLS[param], {"job": job_id, "token": claimed["claim_token"]})
+    assert exc.value.pgcode == "22023"
+    assert exc.value.diag.column_name == param.split()[0] and "limit of" in str(exc.value)
+    assert query(db, "SELECT * FROM pggit.backup_jobs") == before
+    assert backup(db, backup_id)["status"] == "in_progress"
+
+
+def test_the_guides_completion_refuses_output_over_64_kib_and_accepts_64_kib(db):
+    _, job_id = schedule_dump(db)
+    query(db, "SELECT * FROM pggit.get_next_backup_job('w1')")
+    with pytest.raises(psycopg2.Error) as exc:
+        scalar(db, "SELECT pggit.complete_backup_job(%s, repeat('x', 65537))", (job_id,))
+    assert exc.value.pgcode == "22023" and "p_output" in str(exc.value)
+    assert scalar(db, "SELECT pggit.complete_backup_job(%s, repeat('x', 65536))", (job_id,)) is True
+    assert scalar(db, "SELECT octet_length(output) FROM pggit.backup_jobs") == 65536
+
+
+def test_a_workers_report_is_trimmed_to_what_the_queue_accepts(db):
+    from pggit_supervisor.queue import MAX_TEXT_BYTES, Queue
+
+    backup_id, job_id = schedule_dump(db)
+    queue = Queue(db)
+    held = queue.claim("w1", ["pg_dump"], 60)
+    output = "a tool that prints NUL\x00 and é " * 20000 + "the end"
+    facts = {"backup_size": 7, "metadata": {"listing": ["t" * 100] * 5000}}
+    result = {"exit_code": 0, "stdout_tail": "\x00" * 4000, "stderr_tail": "é" * 300000}
+    assert queue.finish(held, output, facts, result) is True
+    row = query(db, "SELECT output, result FROM pggit.backup_jobs WHERE job_id = %s", (job_id,))[0]
+    assert len(row["output"].encode()) <= MAX_TEXT_BYTES and row["output"].endswith("the end")
+    assert "\x00" not in row["output"] and row["result"]["exit_code"] == 0 and "tails_dropped" in row["result"]
+    stored = backup(db, backup_id)
+    assert stored["backup_size"] == 7 and "metadata_dropped" in stored["metadata"]
+    assert queue.outcome_of(held) == "completed"

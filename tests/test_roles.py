@@ -36,14 +36,16 @@ API_CALLS = {
     **CUSTOM_CALLS,
     "get_next_backup_job": "SELECT * FROM pggit.get_next_backup_job('w1')",
     "claim_backup_job": "SELECT * FROM pggit.claim_backup_job('w1')",
-    "heartbeat_backup_job": "SELECT pggit.heartbeat_backup_job(gen_random_uuid(), 1)",
-    "finish_backup_job": "SELECT pggit.finish_backup_job(gen_random_uuid(), 1)",
-    "fail_claimed_backup_job": "SELECT pggit.fail_claimed_backup_job(gen_random_uuid(), 1, 'x')",
+    "heartbeat_backup_job": "SELECT pggit.heartbeat_backup_job(gen_random_uuid(), '0000000000000000000000000000000000000000000000000000000000000000')",
+    "finish_backup_job": "SELECT pggit.finish_backup_job(gen_random_uuid(), '0000000000000000000000000000000000000000000000000000000000000000')",
+    "fail_claimed_backup_job": "SELECT pggit.fail_claimed_backup_job(gen_random_uuid(), '0000000000000000000000000000000000000000000000000000000000000000', 'x')",
     "complete_backup_job": "SELECT pggit.complete_backup_job(gen_random_uuid(), 'ok')",
     "fail_backup_job": "SELECT pggit.fail_backup_job(gen_random_uuid(), 'x')",
-    "release_backup_job": "SELECT pggit.release_backup_job(gen_random_uuid(), 1)",
+    "release_backup_job": "SELECT pggit.release_backup_job(gen_random_uuid(), '0000000000000000000000000000000000000000000000000000000000000000')",
     "rescue_expired_backup_jobs": "SELECT * FROM pggit.rescue_expired_backup_jobs()",
     "release_worker_backup_jobs": "SELECT * FROM pggit.release_worker_backup_jobs('w1')",
+    "abandon_backup_job": "SELECT pggit.abandon_backup_job(gen_random_uuid(), '0000000000000000000000000000000000000000000000000000000000000000')",
+    "claimed_job_status": "SELECT pggit.claimed_job_status(gen_random_uuid(), '0000000000000000000000000000000000000000000000000000000000000000')",
     "complete_backup": "SELECT pggit.complete_backup(gen_random_uuid())",
     "fail_backup": "SELECT pggit.fail_backup(gen_random_uuid(), 'x')",
     "list_backups": "SELECT * FROM pggit.list_backups()",
@@ -239,6 +241,16 @@ def test_reader_cannot_schedule_backups_or_queue_work(db, login_as):
     assert counts(db) == [0, 0]
 
 
+def test_reader_cannot_select_the_claim_counter_or_the_claims_token_hash(db, login_as):
+    schedule_dump(db)
+    query(db, "SELECT * FROM pggit.claim_backup_job('w1')")
+    conn, _ = login_as(READER)
+    reads = {column: f"SELECT {column} FROM pggit.backup_jobs" for column in ["claim_token", "claim_secret_sha256"]}
+    assert outcomes(conn, reads) == all_denied(reads)
+    assert run(conn, "SELECT claimed_by, locked_by FROM pggit.backup_jobs") == [(scalar(db, "SELECT session_user"), "w1")], \
+        "who holds a job stays visible"
+
+
 def test_reader_cannot_update_backup_jobs(db, login_as):
     _, job_id = schedule_dump(db)
     conn, _ = login_as(READER)
@@ -363,9 +375,10 @@ def test_worker_can_rescue_expired_leases_and_release_a_dead_workers_jobs(db, lo
     _, expired = schedule_stanza(db, "s-expired")
     _, orphaned = schedule_stanza(db, "s-orphaned")
     assert len(query(db, "SELECT * FROM pggit.claim_backup_job('w-old')")) == 1
-    assert len(query(db, "SELECT * FROM pggit.claim_backup_job('w-dead')")) == 1
-    run(db, "UPDATE pggit.backup_jobs SET lease_expires_at = now() - interval '1 minute' WHERE locked_by = 'w-old'")
     conn, _ = login_as(WORKER)
+    # a dead worker's jobs are released by its successor, which logs in as the same login
+    assert len(query(conn, "SELECT * FROM pggit.claim_backup_job('w-dead')")) == 1
+    run(db, "UPDATE pggit.backup_jobs SET lease_expires_at = now() - interval '1 minute' WHERE locked_by = 'w-old'")
     rescued = query(conn, "SELECT * FROM pggit.rescue_expired_backup_jobs()")
     assert [(r["job_id"], r["job_state"]) for r in rescued] == [(expired, "will_retry")]
     released = query(conn, "SELECT * FROM pggit.release_worker_backup_jobs('w-dead')")
@@ -400,6 +413,18 @@ def test_worker_cannot_update_jobs_except_through_the_queue_functions(db, login_
 
 
 # --- admin ---------------------------------------------------------------------------------------
+
+def test_admin_can_release_a_dead_workers_jobs_whichever_login_claimed_them(db, login_as):
+    _, job_id = schedule_dump(db)
+    worker, _ = login_as(WORKER)
+    assert len(query(worker, "SELECT * FROM pggit.claim_backup_job('host-a/1')")) == 1
+    other, _ = login_as(WORKER)
+    assert query(other, "SELECT * FROM pggit.release_worker_backup_jobs('host-a/1')") == []
+    admin, _ = login_as(ADMIN)
+    assert query(admin, "SELECT * FROM pggit.release_worker_backup_jobs('host-a/1')") == \
+        [{"job_id": job_id, "job_state": "will_retry"}]
+    assert job_status(db, job_id) == "failed"
+
 
 def test_admin_can_register_a_backup_and_queue_the_guides_custom_command(db, login_as):
     conn, _ = login_as(ADMIN)
