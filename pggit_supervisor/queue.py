@@ -117,9 +117,10 @@ class Queue:
                         (worker_id, reason))
             return cur.fetchall()
 
-    def drain_notifications(self) -> int:
+    def drain_notifications(self, tools: Sequence[str]) -> int:
+        """Reads every pending NOTIFY; returns how many name one of `tools` (others are noise)."""
         self.conn.poll()
-        count = len(self.conn.notifies)
+        count = sum(1 for n in self.conn.notifies if n.payload in tools)
         self.conn.notifies.clear()
         return count
 

@@ -35,6 +35,8 @@ LOST_CLAIM = "job cancelled or no longer held by this worker"
 MAX_CONNECT_DELAY = 30.0
 # while shutting down, a result that cannot be delivered in this time is left to the lease
 ABORT_DELIVERY_SECONDS = 5.0
+# at most one claim per this many seconds however many ready NOTIFYs arrive (see wait_for_work)
+NOTIFY_MIN_GAP = 0.5
 
 log = logging.getLogger("pggit.worker")
 
@@ -208,15 +210,24 @@ class Worker:
                 job=job_id, worker=self.name, lost_by=worker, state=state))
 
     def wait_for_work(self) -> None:
-        """Sleeps until a NOTIFY or the poll interval, beating every second."""
-        deadline = time.monotonic() + self.config.poll_interval
-        while not self.done and (left := deadline - time.monotonic()) > 0:
+        """Sleeps until a NOTIFY naming one of our tools or the poll interval, beating every second.
+
+        Any login that can connect may NOTIFY the ready channel, so a notification is only a hint:
+        all that arrive within NOTIFY_MIN_GAP of the claim that just found nothing make one
+        wake-up, and a flood costs at most one cheap claim per NOTIFY_MIN_GAP."""
+        now = time.monotonic()
+        deadline, earliest = now + self.config.poll_interval, now + NOTIFY_MIN_GAP
+        woken = False
+        while not self.done:
+            now = time.monotonic()
+            wake_at = min(deadline, earliest) if woken else deadline
+            if now >= wake_at:
+                return
             self.beat()
-            readable, _, _ = select.select([self.conn], [], [], min(1.0, left))
+            readable, _, _ = select.select([self.conn], [], [], min(1.0, wake_at - now))
             if readable:
                 try:
-                    if self.queue.drain_notifications():
-                        return
+                    woken = self.queue.drain_notifications(self.tools) > 0 or woken
                 except psycopg2.Error as exc:
                     self.lost_connection(exc)
                     return
