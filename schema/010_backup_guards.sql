@@ -46,11 +46,11 @@ $$;
 CREATE OR REPLACE FUNCTION pggit._backup_jobs_before_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pggit, pg_temp AS $$
 DECLARE
-    c_fixed constant text[] := ARRAY['job_id', 'backup_id', 'tool', 'command', 'spec', 'target', 'metadata',
-                                     'created_by', 'created_at'];
-    c_claim constant text[] := ARRAY['claim_token', 'claimed_by', 'claim_secret_sha256', 'claimed_via', 'locked_by',
-                                     'lease_expires_at', 'heartbeat_at', 'started_at', 'completed_at', 'output',
-                                     'result', 'last_error'];
+    -- what may change by hand (updated_at is set here); every other column, including any a
+    -- later file adds, is either what the job is or what its claim and run recorded
+    c_by_hand constant text[] := ARRAY['status', 'priority', 'attempts', 'next_retry_at', 'max_attempts', 'updated_at'];
+    c_fixed   constant text[] := ARRAY['job_id', 'backup_id', 'tool', 'command', 'spec', 'target', 'metadata',
+                                       'created_by', 'created_at'];
     v_internal boolean;
     v_old      jsonb;
     v_new      jsonb;
@@ -65,13 +65,12 @@ BEGIN
     END IF;
     v_old := to_jsonb(OLD);
     v_new := to_jsonb(NEW);
-    v_changed := pggit._changed_columns(v_old, v_new, c_fixed, NULL);
-    IF cardinality(v_changed) > 0 THEN
+    v_changed := pggit._changed_columns(v_old, v_new, NULL, c_by_hand);
+    IF v_changed && c_fixed THEN
         RAISE EXCEPTION 'backup job %: % cannot change after it is enqueued', OLD.job_id, array_to_string(v_changed, ', ')
             USING ERRCODE = '55000',
                   HINT = 'cancel it (UPDATE pggit.backup_jobs SET status = ''cancelled'' WHERE job_id = ...) and schedule a new backup';
     END IF;
-    v_changed := pggit._changed_columns(v_old, v_new, c_claim, NULL);
     IF cardinality(v_changed) > 0 THEN
         RAISE EXCEPTION 'backup job %: % are written by the queue functions, not by hand', OLD.job_id, array_to_string(v_changed, ', ')
             USING ERRCODE = '55000',
@@ -187,6 +186,9 @@ $$;
 -- A job that holds a lease (running, or cancelled while its worker still stops the tool) holds
 -- its target: deleting it would let a second backup of the same stanza or server start beside
 -- the first. Cancel first; delete once the worker let go (or rescue_expired_backup_jobs freed it).
+-- A restore drill's target is its own backup, which nothing else backs up: a drill may go (its
+-- worker stops at the next heartbeat and removes its scratch copy), so the guide's retention
+-- DELETE of completed backups works even while one of them is being restore-tested.
 CREATE OR REPLACE FUNCTION pggit._backup_jobs_before_delete() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pggit, pg_temp AS $$
 BEGIN
@@ -195,7 +197,7 @@ BEGIN
            = (SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user) THEN
         RETURN OLD;
     END IF;
-    IF OLD.lease_expires_at IS NOT NULL THEN
+    IF OLD.lease_expires_at IS NOT NULL AND OLD.tool <> 'restore_test' THEN
         RAISE EXCEPTION 'backup job % of backup % is % and its worker % still holds it: it cannot be deleted now',
                 OLD.job_id, OLD.backup_id, OLD.status, coalesce(OLD.locked_by, '?')
             USING ERRCODE = '55000',
@@ -262,7 +264,8 @@ BEGIN
     IF cardinality(v_changed) = 0 THEN
         RETURN NEW;
     END IF;
-    SELECT j.job_id, j.status INTO v_job
+    SELECT j.job_id, j.status, (j.status IN ('queued', 'running') OR j.status = 'failed' AND j.attempts < j.max_attempts) AS in_play
+      INTO v_job
       FROM pggit.backup_jobs j
      WHERE j.backup_id = OLD.backup_id AND j.tool <> 'restore_test'
      ORDER BY j.created_at DESC LIMIT 1;
@@ -270,8 +273,11 @@ BEGIN
         RAISE EXCEPTION 'backup %: % changes only through its job % (%), not by hand',
                 OLD.backup_id, array_to_string(v_changed, ', '), v_job.job_id, v_job.status
             USING ERRCODE = '55000',
-                  HINT = 'workers record a backup with pggit.finish_backup_job or complete_backup_job; to stop it: '
-                      || 'UPDATE pggit.backup_jobs SET status = ''cancelled'' WHERE job_id = ''' || v_job.job_id || '''';
+                  HINT = CASE WHEN v_job.in_play
+                              THEN 'workers record a backup with pggit.finish_backup_job or complete_backup_job; to stop it: '
+                                   || 'UPDATE pggit.backup_jobs SET status = ''cancelled'' WHERE job_id = ''' || v_job.job_id || ''''
+                              ELSE 'its job has ended and recorded the outcome (see pggit.backup_jobs); by hand only backup_name '
+                                   || 'may change, and DELETE removes the backup' END;
     END IF;
     RAISE EXCEPTION 'backup %: % is a recorded fact and does not change by hand', OLD.backup_id, array_to_string(v_changed, ', ')
         USING ERRCODE = '55000',

@@ -373,3 +373,19 @@ def test_finish_checks_every_fact_before_writing(db):
             db.cursor().execute("SELECT pggit.finish_backup_job(%s, %s, 'ok', %s)", (job_id, claimed["claim_token"], facts))
         assert exc.value.pgcode == "22023", facts
     assert job(db, job_id)["job_state"] == "in_progress" and backup(db, backup_id)["status"] == "in_progress"
+
+
+def test_retention_delete_of_a_completed_backup_takes_its_running_drill_along(db):
+    backup_id, job_id = schedule_dump(db)
+    assert scalar(db, "SELECT pggit.finish_backup_job(%s, %s)", (job_id, claim(db)["claim_token"])) is True
+    drill = scalar(db, "SELECT pggit.schedule_restore_test(%s)", (backup_id,))
+    held = claim(db, tools=["restore_test"])
+    assert held["job_id"] == drill
+    force(db, "UPDATE pggit.backups SET created_at = now() - interval '31 days' WHERE backup_id = %s", (backup_id,))
+    with db.cursor() as cur:
+        cur.execute("""DELETE FROM pggit.backups
+                       WHERE created_at < CURRENT_TIMESTAMP - INTERVAL '30 days'
+                         AND status = 'completed'""")
+        assert cur.rowcount == 1
+    assert scalar(db, "SELECT pggit.heartbeat_backup_job(%s, %s)", (drill, held["claim_token"])) is False, \
+        "the drill's worker stops at its next heartbeat"
