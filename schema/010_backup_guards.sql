@@ -147,7 +147,7 @@ BEGIN
         RETURN NEW;
     END IF;
     v_set := pggit._set_columns(v_new, c_unclaimed);
-    IF coalesce(v_new ->> 'claim_token', '0') <> '0' THEN
+    IF coalesce(v_new ->> 'claim_token', '0') NOT IN ('0', '') THEN
         v_set := v_set || 'claim_token'::text;
     END IF;
     IF NEW.result IS DISTINCT FROM '{}'::jsonb THEN
