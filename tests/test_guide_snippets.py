@@ -152,11 +152,14 @@ def test_backups_by_branch_snippet(db):
 
 
 def test_retention_snippets_delete_old_backups_and_keep_five_per_commit(db):
-    ids = [schedule_dump(db)[0] for _ in range(8)]
-    for backup_id in ids[:2]:
-        db.cursor().execute("SELECT pggit.complete_backup(%s)", (backup_id,))
-    db.cursor().execute("UPDATE pggit.backups SET created_at = now() - interval '31 days' WHERE backup_id = ANY(%s::uuid[])",
-                        (ids[:3],))
+    scheduled = [schedule_dump(db) for _ in range(8)]
+    ids = [backup_id for backup_id, _ in scheduled]
+    for _, job_id in scheduled[:2]:
+        claimed = claim(db)
+        assert claimed["job_id"] == job_id
+        db.cursor().execute("SELECT pggit.finish_backup_job(%s, %s)", (job_id, claimed["claim_token"]))
+    force(db, "UPDATE pggit.backups SET created_at = now() - interval '31 days' WHERE backup_id = ANY(%s::uuid[])",
+          (ids[:3],))
     with db.cursor() as cur:
         cur.execute("""
             -- Delete old backups (keep last 30 days)
@@ -164,7 +167,7 @@ def test_retention_snippets_delete_old_backups_and_keep_five_per_commit(db):
             WHERE created_at < CURRENT_TIMESTAMP - INTERVAL '30 days'
               AND status = 'completed';""")
         assert cur.rowcount == 2, "only completed backups older than 30 days"
-    db.cursor().execute("UPDATE pggit.backups SET created_at = created_at + (random() * interval '1 second')")
+    force(db, "UPDATE pggit.backups SET created_at = created_at + (random() * interval '1 second')")
     with db.cursor() as cur:
         cur.execute("""
             -- Keep minimum number of backups per branch

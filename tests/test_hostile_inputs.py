@@ -241,7 +241,6 @@ CASES = [
     case("register-location-null", register(location=None), "p_location"),
     case("register-location-3000-chars", register(location="s3://bucket/" + "a" * 3000), "p_location"),
     case("register-commit-unknown", register(commit="deadbeef", branch=None), "p_commit_hash"),
-    case("register-commit-and-branch-null", register(commit=None, branch=None), "p_commit_hash"),
     case("register-branch-unknown", register(branch="nope"), "p_branch_name"),
     case("register-metadata-array", register(metadata="[1, 2]"), "p_metadata"),
     # --- claim_backup_job ---

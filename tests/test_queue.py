@@ -123,11 +123,23 @@ def test_guide_calls_without_a_token_never_touch_a_workers_claim(db):
 
 
 def test_completing_a_registered_backup_by_hand_is_final(db):
-    backup_id, job_id = schedule_dump(db)
+    backup_id = scalar(db, "SELECT pggit.register_backup('b', 'full', 'custom', '/x', p_branch_name := 'main')")
     assert scalar(db, "SELECT pggit.complete_backup(%s)", (backup_id,)) is True
+    with pytest.raises(psycopg2.Error) as exc:
+        db.cursor().execute("SELECT pggit.enqueue_backup_job(%s, '/bin/true', 'custom')", (backup_id,))
+    assert exc.value.pgcode == "22023" and "already completed" in str(exc.value)
+    assert scalar(db, "SELECT pggit.fail_backup(%s, 'boom')", (backup_id,)) is False
+    assert backup(db, backup_id)["status"] == "completed", "nothing reopens or fails a completed backup"
+
+
+def test_a_backup_with_a_job_is_not_completed_by_hand(db):
+    backup_id, job_id = schedule_dump(db)
+    with pytest.raises(psycopg2.Error) as exc:
+        db.cursor().execute("SELECT pggit.complete_backup(%s)", (backup_id,))
+    assert exc.value.pgcode == "55000" and str(job_id) in exc.value.diag.message_primary
     claimed = claim(db)
     db.cursor().execute("SELECT pggit.fail_claimed_backup_job(%s, %s, 'boom', false)", (job_id, claimed["claim_token"]))
-    assert backup(db, backup_id)["status"] == "completed", "a claim or a failure never reopens a completed backup"
+    assert backup(db, backup_id)["status"] == "failed", "its job decided the outcome"
 
 
 def test_retry_delay_doubles_per_attempt_and_is_capped(db):
@@ -332,12 +344,26 @@ def test_rescue_frees_the_target_of_a_cancelled_job_whose_worker_vanished(db):
     assert claim(db, "w-b")["job_id"] == second
 
 
-def test_deleting_a_running_job_cancels_its_backup(db):
+def test_deleting_a_queued_job_cancels_its_backup(db):
     backup_id, job_id = schedule_dump(db)
-    claim(db)
     db.cursor().execute("DELETE FROM pggit.backup_jobs WHERE job_id = %s", (job_id,))
     row = backup(db, backup_id)
     assert (row["status"], row["error_message"]) == ("cancelled", "its job was deleted")
+
+
+def test_a_running_job_is_deleted_only_after_it_was_cancelled_and_its_worker_let_go(db):
+    backup_id, job_id = schedule_dump(db)
+    held = claim(db)
+    with pytest.raises(psycopg2.Error) as exc:
+        db.cursor().execute("DELETE FROM pggit.backup_jobs WHERE job_id = %s", (job_id,))
+    assert exc.value.pgcode == "55000" and "status = 'cancelled'" in exc.value.diag.message_hint
+    db.cursor().execute("UPDATE pggit.backup_jobs SET status = 'cancelled' WHERE job_id = %s", (job_id,))
+    with pytest.raises(psycopg2.Error) as exc:
+        db.cursor().execute("DELETE FROM pggit.backup_jobs WHERE job_id = %s", (job_id,))
+    assert exc.value.pgcode == "55000", "its worker is still stopping the tool"
+    assert scalar(db, "SELECT pggit.abandon_backup_job(%s, %s)", (job_id, held["claim_token"])) is True
+    db.cursor().execute("DELETE FROM pggit.backup_jobs WHERE job_id = %s", (job_id,))
+    assert backup(db, backup_id)["status"] == "cancelled"
 
 
 def test_a_registered_backup_takes_one_custom_job(db):
@@ -408,3 +434,19 @@ def test_a_workers_report_is_trimmed_to_what_the_queue_accepts(db):
     stored = backup(db, backup_id)
     assert stored["backup_size"] == 7 and "metadata_dropped" in stored["metadata"]
     assert queue.outcome_of(held) == "completed"
+
+
+def test_retention_delete_of_a_completed_backup_takes_its_running_drill_along(db):
+    backup_id, job_id = schedule_dump(db)
+    assert scalar(db, "SELECT pggit.finish_backup_job(%s, %s)", (job_id, claim(db)["claim_token"])) is True
+    drill = scalar(db, "SELECT pggit.schedule_restore_test(%s)", (backup_id,))
+    held = claim(db, tools=["restore_test"])
+    assert held["job_id"] == drill
+    force(db, "UPDATE pggit.backups SET created_at = now() - interval '31 days' WHERE backup_id = %s", (backup_id,))
+    with db.cursor() as cur:
+        cur.execute("""DELETE FROM pggit.backups
+                       WHERE created_at < CURRENT_TIMESTAMP - INTERVAL '30 days'
+                         AND status = 'completed'""")
+        assert cur.rowcount == 1
+    assert scalar(db, "SELECT pggit.heartbeat_backup_job(%s, %s)", (drill, held["claim_token"])) is False, \
+        "the drill's worker stops at its next heartbeat"

@@ -14,6 +14,7 @@ import pytest
 from psycopg2 import sql
 
 from conftest import query, scalar
+from queue_helpers import force
 
 READER = "pggit_backup_reader"
 OPERATOR = "pggit_backup_operator"
@@ -378,7 +379,7 @@ def test_worker_can_rescue_expired_leases_and_release_a_dead_workers_jobs(db, lo
     conn, _ = login_as(WORKER)
     # a dead worker's jobs are released by its successor, which logs in as the same login
     assert len(query(conn, "SELECT * FROM pggit.claim_backup_job('w-dead')")) == 1
-    run(db, "UPDATE pggit.backup_jobs SET lease_expires_at = now() - interval '1 minute' WHERE locked_by = 'w-old'")
+    force(db, "UPDATE pggit.backup_jobs SET lease_expires_at = now() - interval '1 minute' WHERE locked_by = 'w-old'")
     rescued = query(conn, "SELECT * FROM pggit.rescue_expired_backup_jobs()")
     assert [(r["job_id"], r["job_state"]) for r in rescued] == [(expired, "will_retry")]
     released = query(conn, "SELECT * FROM pggit.release_worker_backup_jobs('w-dead')")
@@ -443,10 +444,11 @@ def test_admin_can_register_a_backup_and_queue_the_guides_custom_command(db, log
 
 
 def test_admin_can_delete_old_backups_with_the_guides_retention_query(db, login_as):
-    old_id, _ = schedule_dump(db)
+    old_id, old_job = schedule_dump(db)
     new_id, _ = schedule_stanza(db, "main")
-    run(db, "UPDATE pggit.backups SET status = 'completed', created_at = now() - interval '40 days' "
-            "WHERE backup_id = %s", (old_id,))
+    claimed = query(db, "SELECT * FROM pggit.claim_backup_job('w1', ARRAY['pg_dump'])")[0]
+    assert scalar(db, "SELECT pggit.finish_backup_job(%s, %s)", (old_job, claimed["claim_token"])) is True
+    force(db, "UPDATE pggit.backups SET created_at = now() - interval '40 days' WHERE backup_id = %s", (old_id,))
     conn, _ = login_as(ADMIN)
     assert run(conn, """DELETE FROM pggit.backups
                          WHERE created_at < CURRENT_TIMESTAMP - INTERVAL '30 days'
@@ -459,7 +461,7 @@ def test_admin_can_clear_old_completed_jobs_with_the_guides_cleanup(db, login_as
     _, job_id = schedule_dump(db)
     claimed = query(db, "SELECT * FROM pggit.claim_backup_job('w1')")[0]
     assert scalar(db, "SELECT pggit.finish_backup_job(%s, %s)", (job_id, claimed["claim_token"])) is True
-    run(db, "UPDATE pggit.backup_jobs SET completed_at = now() - interval '8 days' WHERE job_id = %s", (job_id,))
+    force(db, "UPDATE pggit.backup_jobs SET completed_at = now() - interval '8 days' WHERE job_id = %s", (job_id,))
     conn, _ = login_as(ADMIN)
     assert run(conn, """DELETE FROM pggit.backup_jobs
                          WHERE status = 'completed'

@@ -15,6 +15,7 @@ import psycopg2
 import pytest
 
 from conftest import PG_HOST, PG_PORT, PG_USER, query, scalar
+from queue_helpers import force
 from service import ROOT, Service, wait_for_state
 from pggit_supervisor.config import default_tool
 from pggit_supervisor.tools.pg_dump import _check_plain_trailer
@@ -121,8 +122,8 @@ def test_drill_finds_a_backup_whose_data_does_not_match_what_was_recorded(servic
     backup_id = scalar(db, "SELECT pggit.backup_pg_dump('main', NULL, 'custom', %s)", (str(backup_dir),))
     wait_for_state(db, _job_of(db, backup_id), "completed", timeout=60)
     # the recorded counts say more rows than the file holds, as if rows had been lost
-    db.cursor().execute("""UPDATE pggit.backups SET metadata = jsonb_set(metadata, '{row_counts,public.orders}', '5001')
-                           WHERE backup_id = %s""", (backup_id,))
+    force(db, """UPDATE pggit.backups SET metadata = jsonb_set(metadata, '{row_counts,public.orders}', '5001')
+                 WHERE backup_id = %s""", (backup_id,))
     drill = str(scalar(db, "SELECT pggit.schedule_restore_test(%s)", (backup_id,)))
     row = wait_for_state(db, drill, "permanently_failed", timeout=60)
     assert "public.orders: 5001 rows at dump time, 5000 restored" in row["last_error"]
