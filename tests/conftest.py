@@ -61,6 +61,17 @@ def drill_user():
 
 
 @pytest.fixture
+def drill_tmpdir():
+    """A TMPDIR of the test's own for a supervisor's drill sandboxes (the drill user must be
+    able to enter it: pytest's tmp_path is private to root), so that what a test finds there
+    is its own drills' leftovers and nobody else's."""
+    path = Path(tempfile.mkdtemp(prefix="pggit-drilltmp-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def dsn(postgresql) -> str:
     info = postgresql.info
     return make_dsn(info.host, info.port, info.user, info.dbname)
