@@ -27,8 +27,10 @@ import fcntl
 import glob
 import os
 import pwd
+import shlex
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -45,6 +47,8 @@ SUPERUSER = "pggit_drill"
 READY_TIMEOUT_SECONDS = 300.0
 STOP_TIMEOUT_SECONDS = 60.0
 _READY_POLL_SECONDS = 0.25
+# a new sandbox is locked within microseconds of being made: one older than this was abandoned
+_STAGING_GRACE_SECONDS = 600
 USERADD = "useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin"
 
 # Settings every sandbox runs with, whatever the copied cluster had. The ones that decide who
@@ -124,12 +128,11 @@ class Sandbox:
                 "-E", "UTF8", "--locale=C.UTF-8", "--no-sync", "--no-instructions"]
 
     def start_argv(self) -> list[str]:
-        options = " ".join([f"-c config_file={self._file('postgresql.conf')}",
-                            f"-c hba_file={self._file('pg_hba.conf')}",
-                            f"-c ident_file={self._file('pg_ident.conf')}",
-                            "-c listen_addresses=''", f"-c port={self.port}",
-                            f"-c unix_socket_directories={self.run_dir}",
-                            "-c unix_socket_permissions=0700"])
+        settings = {"config_file": self._file("postgresql.conf"), "hba_file": self._file("pg_hba.conf"),
+                    "ident_file": self._file("pg_ident.conf"), "listen_addresses": "", "port": str(self.port),
+                    "unix_socket_directories": self.run_dir, "unix_socket_permissions": "0700"}
+        # pg_ctl hands -o to /bin/sh: every value is quoted for it
+        options = " ".join(f"-c {shlex.quote(f'{key}={value}')}" for key, value in settings.items())
         return [os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data, "-l", self.log, "-o", options,
                 "-w", "-t", str(int(READY_TIMEOUT_SECONDS)), "start"]
 
@@ -261,7 +264,15 @@ def sweep_stale(user: str) -> list[str]:
     """Removes the sandboxes of drills whose worker died (their directory is no longer
     locked), stopping a server that may still run there. Returns what was removed."""
     removed = []
-    for root in glob.glob(os.path.join(tempfile.gettempdir(), PREFIX + "*")):
+    parent = tempfile.gettempdir()
+    # a worker killed between making a sandbox and locking it leaves an unlocked new one
+    for staging in glob.glob(os.path.join(parent, _NEW_PREFIX + "*")):
+        try:
+            if time.time() - os.lstat(staging).st_mtime > _STAGING_GRACE_SECONDS:
+                os.rename(staging, staging.replace(_NEW_PREFIX, PREFIX, 1))
+        except OSError:
+            pass
+    for root in glob.glob(os.path.join(parent, PREFIX + "*")):
         try:
             fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError:
@@ -295,23 +306,27 @@ def _stop(root: str, user: str, bin_dir: str | None) -> None:
 
 
 def _bin_dir_of(data: str) -> str | None:
-    try:
-        fd = os.open(os.path.join(data, "PG_VERSION"), os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    with os.fdopen(fd) as handle:
-        version = handle.read(16).strip()
+    version = _read_own_file(os.path.join(data, "PG_VERSION"), 16).strip()
     path = f"/usr/lib/postgresql/{version}/bin"
     return path if version.isdigit() and os.path.isdir(path) else None
 
 
 def log_tail(sandbox: Sandbox, lines: int = 5) -> str:
+    text = _read_own_file(sandbox.log, 1 << 20)
+    return " | log: " + " | ".join(text[-8192:].splitlines()[-lines:]) if text else ""
+
+
+def _read_own_file(path: str, limit: int) -> str:
+    """Reads (as root) a file the drill user could have replaced: never through a link, never
+    a FIFO or device that would block or feed us forever; '' when it is anything else."""
     try:
-        fd = os.open(sandbox.log, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, errors="replace") as handle:
-            return " | log: " + " | ".join(handle.read()[-8192:].splitlines()[-lines:])
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return ""
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return ""
+        return handle.read(limit).decode("utf-8", errors="replace")
 
 
 def free_port() -> int:
