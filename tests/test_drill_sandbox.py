@@ -146,3 +146,26 @@ def test_wait_ready_waits_for_the_end_of_recovery(drill_tmpdir, monkeypatch):
         sandbox.remove(box)
     assert not list(drill_tmpdir.iterdir())
     assert not subprocess.run(["pgrep", "-u", DRILL_USER, "-f", str(drill_tmpdir)]).returncode == 0
+
+
+def test_drill_whose_restore_fails_leaves_no_server_and_no_file(service, db, backup_dir, drill_tmpdir):
+    service()
+    here = scalar(db, "SELECT current_database()")
+    # rows that load here but refuse to load anywhere else: pg_restore fails in the sandbox
+    db.cursor().execute(f"""
+        CREATE FUNCTION public.only_here(x integer) RETURNS boolean LANGUAGE plpgsql AS $$
+        BEGIN
+            IF current_database() <> '{here}' THEN RAISE EXCEPTION 'refusing to load elsewhere'; END IF;
+            RETURN true;
+        END $$;
+        CREATE TABLE public.picky (x integer CHECK (public.only_here(x)));
+        INSERT INTO public.picky VALUES (1)""")
+    backup_id = scalar(db, "SELECT pggit.backup_pg_dump('main', 'public', 'custom', %s)", (str(backup_dir),))
+    job = str(scalar(db, "SELECT job_id FROM pggit.backup_jobs WHERE backup_id = %s", (backup_id,)))
+    wait_for_state(db, job, "completed", timeout=90)
+    drill = str(scalar(db, "SELECT pggit.schedule_restore_test(%s)", (backup_id,)))
+    row = wait_for_state(db, drill, {"completed", "permanently_failed"}, timeout=60)
+    assert row["job_state"] == "permanently_failed"
+    assert row["last_error"].startswith("restore exit 1") and "refusing to load elsewhere" in row["last_error"]
+    assert scalar(db, "SELECT restore_test_result FROM pggit.backups WHERE backup_id = %s", (backup_id,)) == "failed"
+    _assert_nothing_left(drill_tmpdir)
