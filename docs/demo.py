@@ -29,6 +29,9 @@ from pggit_supervisor import schema  # noqa: E402
 
 IS_ROOT = os.geteuid() == 0
 DB_USER = "postgres" if IS_ROOT else pwd.getpwuid(os.getuid()).pw_name
+# restore drills run their throwaway cluster as this unprivileged user (the package creates it);
+# a normal user's demo runs them as that user itself
+DRILL_USER = "pggit-drill" if IS_ROOT else DB_USER
 
 SCHEDULE = [
     "SELECT pggit.backup_pg_dump('main', NULL, 'custom', '{dir}')",
@@ -71,6 +74,17 @@ def start_cluster(work: Path) -> tuple[str, Path]:
     return f"host=127.0.0.1 port={port} user={DB_USER} dbname=postgres", data
 
 
+def ensure_drill_user() -> bool:
+    """Creates the drill user as the Debian package does, if missing; True if it was made."""
+    try:
+        pwd.getpwnam(DRILL_USER)
+        return False
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", DRILL_USER], check=True)
+        return True
+
+
 def show(conn, title: str, sql: str) -> list[dict]:
     with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
         cur.execute(sql)
@@ -106,7 +120,9 @@ def main() -> int:
     backups = work / "backups"
     data = None
     supervisor = None
+    made_user = False
     try:
+        made_user = ensure_drill_user()
         dsn = os.environ.get("PGGIT_DEMO_DSN")
         if dsn:
             say("using PGGIT_DEMO_DSN")
@@ -125,7 +141,7 @@ def main() -> int:
         config = work / "supervisor.yaml"
         config.write_text(yaml.safe_dump({
             "dsn": dsn, "worker_id": "demo", "workers": 2, "poll_interval": 2, "heartbeat_interval": 1,
-            "lease_seconds": 30, "shutdown_timeout": 30, "log_level": "INFO",
+            "lease_seconds": 30, "shutdown_timeout": 30, "log_level": "INFO", "drill_user": DRILL_USER,
             "tools": {tool: {"allowed_output_dirs": [str(backups)], **({"run_as": "postgres"} if IS_ROOT else {})}
                       for tool in ("pg_dump", "pg_basebackup")},
         }))
@@ -168,6 +184,8 @@ def main() -> int:
                            + [str(pg_bin() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shutil.rmtree(work, ignore_errors=True)
+        if made_user:
+            subprocess.run(["userdel", DRILL_USER], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         say("stopped everything the demo started")
 
 

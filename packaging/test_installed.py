@@ -2,16 +2,19 @@
 """The installed package, checked the way a DBA uses it (run by .ci/run with the system Python,
 after `apt-get install ./dist/pggit-supervisor_*_all.deb`, before `apt-get purge`):
 
-the programs answer, the shipped config validates, the schema installs from /usr/share, and the
-service started exactly as systemd would (the unit's ExecStart, as the unit's user, with a
-NOTIFY_SOCKET this script listens on and WATCHDOG_USEC set) sends READY and WATCHDOG, runs a
-pg_dump backup scheduled from SQL, and stops cleanly on SIGTERM with STOPPING.
+the programs answer, the shipped config validates, the drill user exists as an unprivileged
+system user, the schema installs from /usr/share, and the service started exactly as systemd
+would (the unit's ExecStart, as the unit's user, with a NOTIFY_SOCKET this script listens on and
+WATCHDOG_USEC set) sends READY and WATCHDOG, runs a pg_dump backup scheduled from SQL and its
+restore drill (in a sandbox that is gone afterwards), and stops cleanly on SIGTERM with STOPPING.
 """
 
 from __future__ import annotations
 
 import configparser
+import grp
 import os
+import pwd
 import shlex
 import signal
 import socket
@@ -61,6 +64,7 @@ def main() -> int:
     check("check-config accepts the shipped /etc/pggit/supervisor.yaml", shipped.returncode == 0, shipped.stderr)
     mode = os.stat(CONFIG)
     check("the config is 0640 root:pggit", oct(mode.st_mode & 0o777) == "0o640" and mode.st_uid == 0)
+    check_drill_user()
 
     admin = psycopg2.connect(ADMIN_DSN)
     admin.autocommit = True
@@ -79,6 +83,20 @@ def main() -> int:
     return 0
 
 
+def check_drill_user() -> None:
+    try:
+        entry = pwd.getpwnam("pggit-drill")
+    except KeyError:
+        check("the package created the drill user pggit-drill", False, "no such user")
+    check("the package created the drill user pggit-drill", True)
+    check("pggit-drill is a system user without a login shell or a home",
+          entry.pw_uid < 1000 and entry.pw_uid != 0 and entry.pw_shell.endswith("nologin")
+          and entry.pw_dir == "/nonexistent" and not os.path.exists(entry.pw_dir), repr(entry))
+    groups = {g.gr_name for g in grp.getgrall() if "pggit-drill" in g.gr_mem} | {grp.getgrgid(entry.pw_gid).gr_name}
+    check("pggit-drill is in no group of the service or the server", not groups & {"pggit", "postgres", "barman"},
+          repr(groups))
+
+
 def serve_like_systemd() -> None:
     service = unit_service_section()
     check("the unit is Type=notify with a watchdog", service["Type"] == "notify" and service["WatchdogSec"] == "60")
@@ -86,7 +104,7 @@ def serve_like_systemd() -> None:
         original = handle.read()
     # point the shipped config at the test database, as a DBA edits it
     with open(CONFIG, "w") as handle:
-        handle.write(original.replace("dsn: postgresql://postgres@localhost:5432/postgres", f"dsn: {DSN}")
+        handle.write(original.replace("dsn: postgresql://pggit_backup@localhost:5432/postgres", f"dsn: {DSN}")
                      .replace("heartbeat_interval: 10", "heartbeat_interval: 1").replace("poll_interval: 10", "poll_interval: 1"))
     sock_dir = tempfile.mkdtemp()
     sock_path = os.path.join(sock_dir, "notify")
@@ -104,6 +122,9 @@ def serve_like_systemd() -> None:
                 pass
 
     try:
+        warned = run("/usr/bin/pggit-supervisor", "check-config", "-c", CONFIG)
+        check("check-config warns about a superuser queue login", warned.returncode == 0
+              and "is a superuser" in warned.stderr, warned.stdout + warned.stderr)
         for pre in service.get("ExecStartPre", "").splitlines():
             if pre.strip():
                 check(f"ExecStartPre: {pre.strip()}", run(*shlex.split(pre)).returncode == 0)
@@ -127,9 +148,21 @@ def serve_like_systemd() -> None:
                 cur.execute("SELECT status, location, verified_at IS NOT NULL FROM pggit.backups WHERE backup_id = %s",
                             (backup_id,))
                 status, location, verified = cur.fetchone()
-        conn.close()
         check("a pg_dump backup scheduled from SQL completes, verified", status == "completed" and verified,
               f"status={status}")
+        with conn.cursor() as cur:
+            cur.execute("SELECT pggit.schedule_restore_test(%s)", (backup_id,))
+        drilled = None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and drilled is None:
+            receive(0.5)
+            with conn.cursor() as cur:
+                cur.execute("SELECT restore_test_result FROM pggit.backups WHERE backup_id = %s", (backup_id,))
+                drilled = cur.fetchone()[0]
+        conn.close()
+        check("its restore drill passes in the sandbox", drilled == "passed", f"restore_test_result={drilled}")
+        check("the drill's sandbox is gone from /var/lib/pggit/tmp", not os.listdir("/var/lib/pggit/tmp"),
+              repr(os.listdir("/var/lib/pggit/tmp")))
         check("its file is under /var/lib/pggit/backups",
               location.startswith("file:///var/lib/pggit/backups/") and os.path.exists(location[7:]))
         proc.send_signal(signal.SIGTERM)

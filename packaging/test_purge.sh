@@ -21,6 +21,17 @@ if [ ${#left[@]} -gt 0 ]; then
     exit 1
 fi
 echo "ok   purge removed every file of the package"
+# Debian removes no system user on purge (a later user given the same uid would own whatever
+# files were left): the drill user stays, still without a login shell, and owns nothing here.
+entry=$(getent passwd pggit-drill) || { echo "FAIL purge removed the system user pggit-drill"; exit 1; }
+case "$entry" in
+    */usr/sbin/nologin) ;;
+    *) echo "FAIL pggit-drill has a login shell after purge: $entry"; exit 1 ;;
+esac
+if [ -e /var/lib/pggit/tmp ] || { [ -d /var/lib/pggit ] && [ -n "$(find /var/lib/pggit -user pggit-drill -print -quit)" ]; }; then
+    echo "FAIL files of pggit-drill remain under /var/lib/pggit"; exit 1
+fi
+echo "ok   the system user pggit-drill stays after purge, as Debian keeps system users, and owns no file of the package"
 if [ "$backups" -gt 0 ]; then
     [ "$(find /var/lib/pggit/backups -mindepth 1 -maxdepth 1 | wc -l)" -eq "$backups" ] \
         || { echo "FAIL purge deleted backups"; exit 1; }

@@ -37,7 +37,31 @@ def _check_config(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     print(f"{path}: OK {config_summary(config)}")
+    if not args.offline:
+        for warning in queue_login_warnings(config.dsn):
+            print(f"{path}: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def queue_login_warnings(dsn: str) -> list[str]:
+    """What check-config says about the queue login's rights (it connects for that, briefly;
+    an unreachable database is a note, not a failure: the file itself is valid)."""
+    import psycopg2
+    try:
+        conn = psycopg2.connect(dsn, connect_timeout=5, application_name="pggit-supervisor check-config")
+    except psycopg2.Error as exc:
+        return [f"could not connect to check the queue login's rights ({' '.join(str(exc).split())[:200]}); "
+                "add --offline to skip this check"]
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT session_user, rolsuper FROM pg_roles WHERE rolname = session_user")
+            user, superuser = cur.fetchone()
+    finally:
+        conn.close()
+    if not superuser:
+        return []
+    return [f"dsn: the queue login {user!r} is a superuser; the service needs only pggit_backup_worker "
+            "(plus pg_read_all_data for pg_dump, REPLICATION for pg_basebackup): see README, Roles"]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -67,6 +91,7 @@ def _restore(args: argparse.Namespace) -> int:
         if backup.tool == "pg_dump":
             if not args.target_dsn:
                 raise restore.RestoreError("a pg_dump backup is restored into a database: give --target-dsn")
+            restore.check_target_login(args.target_dsn, args.trust_backup_contents)
             restore.check_empty_database(args.target_dsn)
             restore.prepare_target_database(args.target_dsn, backup)
             result = restore.restore_dump(backup, tool, args.target_dsn, args.jobs)
@@ -134,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
     check = commands.add_parser("check-config", help="validate a config file; list every problem, exit 2 if any")
     check.add_argument("-c", "--config", help="YAML config (default: $PGGIT_CONFIG or /etc/pggit/supervisor.yaml)")
+    check.add_argument("--offline", action="store_true",
+                       help="do not connect to the queue database (which checks that its login is not a superuser)")
     check.set_defaults(func=_check_config)
 
     restore = commands.add_parser("restore", help="restore a backup into an empty database or directory")
@@ -141,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--target-dsn", help="an existing, empty database (pg_dump backups)")
     restore.add_argument("--target-dir", help="a new or empty directory (pg_basebackup, pgBackRest, Barman)")
     restore.add_argument("--jobs", type=int, help="parallel pg_restore jobs (custom and directory dumps)")
+    restore.add_argument("--trust-backup-contents", action="store_true",
+                         help="allow --target-dsn to name a superuser or CREATEROLE login: the dump's functions "
+                              "run with its rights, so only when you trust everyone who could write into the "
+                              "backed-up database")
     restore.add_argument("--execute", action="store_true", help="run pgBackRest's / Barman's restore, not only print it")
     restore.add_argument("--dsn", help="the queue database (default: the config's dsn)")
     restore.add_argument("-c", "--config", help="YAML config for tool paths and run_as users")

@@ -34,6 +34,8 @@ DEFAULT_BASE_DELAY = 300
 DEFAULT_MAX_DELAY = 21600
 DEFAULT_KILL_GRACE = 10
 DEFAULT_WORKER_TIMEOUT = 60.0
+# the unprivileged OS user restore drills run their throwaway cluster as (see sandbox.py)
+DEFAULT_DRILL_USER = "pggit-drill"
 
 TOOL_NAMES = ("barman", "custom", "pg_basebackup", "pg_dump", "pgbackrest")
 BUILTIN_TOOLS = ("pg_dump", "pg_basebackup", "pgbackrest", "barman")
@@ -49,7 +51,7 @@ ENV_OVERRIDES: Mapping[str, str] = MappingProxyType({
     "PGGIT_LOG_LEVEL": "log_level",
 })
 
-_TOP_KEYS = ("dsn", "heartbeat_interval", "kill_grace", "lease_seconds", "log_level",
+_TOP_KEYS = ("drill_user", "dsn", "heartbeat_interval", "kill_grace", "lease_seconds", "log_level",
              "poll_interval", "retry", "shutdown_timeout", "tools", "worker_id", "worker_timeout",
              "workers")
 _RETRY_KEYS = ("base_delay", "max_delay")
@@ -153,6 +155,9 @@ class Config:
     # a worker silent this long (hung in a call) is killed and replaced; a running tool is not
     # silence: the worker keeps heartbeating to the supervisor while it waits for the tool
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT
+    # restore drills run as this user; its existence is checked when a drill runs (a missing
+    # user fails that drill, not the service)
+    drill_user: str = DEFAULT_DRILL_USER
     source: str = "<defaults>"
 
 
@@ -406,6 +411,7 @@ def _validate(raw: Mapping[Any, Any], report: _Report, *, check_paths: bool,
                          lambda k, v: report.integer(k, v, 1, 600))
     worker_timeout = setting("worker_timeout", DEFAULT_WORKER_TIMEOUT,
                              lambda k, v: report.number(k, v, 1, 3600))
+    drill_user = setting("drill_user", DEFAULT_DRILL_USER, lambda k, v: _check_drill_user(report, v))
     retry = _check_retry(report, raw.get("retry", _MISSING))
     if tools is None:
         tools = _check_tools(report, raw.get("tools", _MISSING),
@@ -424,7 +430,7 @@ def _validate(raw: Mapping[Any, Any], report: _Report, *, check_paths: bool,
     return Config(dsn=dsn, worker_id=worker_id, workers=workers, poll_interval=poll,
                   heartbeat_interval=heartbeat, lease_seconds=lease, shutdown_timeout=shutdown,
                   log_level=log_level, retry=retry, tools=tools, kill_grace=kill_grace,
-                  worker_timeout=worker_timeout, source=report.source)
+                  worker_timeout=worker_timeout, drill_user=drill_user, source=report.source)
 
 
 def _check_dsn(report: _Report, value: Any) -> str | None:
@@ -456,6 +462,14 @@ def _check_worker_id(report: _Report, value: Any) -> str | None:
     if not isinstance(value, str) or not _WORKER_ID.fullmatch(value):
         report.add("worker_id", "must be 1-63 letters, digits or _.:@- starting with a letter "
                    f"or digit, got {_show(value)}", allowed)
+        return None
+    return value
+
+
+def _check_drill_user(report: _Report, value: Any) -> str | None:
+    if not isinstance(value, str) or not _USER_NAME.fullmatch(value) or value == "root":
+        report.add("drill_user", f"must be the name of an unprivileged user, got {_show(value)}",
+                   f"^{_USER_NAME.pattern}$ but not root; default {DEFAULT_DRILL_USER}")
         return None
     return value
 

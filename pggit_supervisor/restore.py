@@ -20,6 +20,7 @@ from .tools.base import give_to, libpq_env
 from .tools.pg_basebackup import TAR, extract_argv, tar_members
 
 RESTORE_TIMEOUT = 86400.0
+DUMP_FORMATS = ("custom", "directory", "tar", "plain")
 
 
 class RestoreError(Exception):
@@ -38,20 +39,56 @@ class Backup:
 
     @property
     def path(self) -> str:
+        """The backup's absolute, normalised path. The location is a table row's text: a
+        relative path (`file:--role=postgres`) would resolve against the current directory
+        and reach a tool's argv as an option, so only an absolute file:// path is accepted."""
         parsed = urlparse(self.location)
-        if parsed.scheme != "file":
-            raise RestoreError(f"backup {self.backup_id}: location {self.location} is not a file:// path")
-        return parsed.path
+        shown = self.location if len(self.location) <= 200 else self.location[:197] + "..."
+        if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+            raise RestoreError(f"backup {self.backup_id}: location {shown!r} is not a file:// path on this host")
+        path = parsed.path
+        if not path.startswith("/") or "\0" in path or ".." in path.split("/") or parsed.query or parsed.fragment:
+            raise RestoreError(f"backup {self.backup_id}: location {shown!r} is not an absolute file:// path "
+                               "(allowed: file:///absolute/path, without '..', ? or #)")
+        return os.path.normpath(path)
 
 
-def confine(backup: Backup, tool: ToolConfig) -> None:
-    """A file:// backup is restored only from under the tool's allowed_output_dirs (symlinks
-    resolved): the path comes from a table row, and restoring runs it through pg_restore / psql."""
-    from .tools.base import InvalidJob, allowed_output_dir
+def confine(backup: Backup, tool: ToolConfig) -> str:
+    """The real path of a file:// backup, which must lie below one of the tool's
+    allowed_output_dirs (symlinks resolved, whatever the current directory): the path comes
+    from a table row, and restoring hands it to pg_restore, psql, cp or tar."""
+    path = backup.path
+    real = os.path.realpath(path)
+    for allowed in tool.allowed_output_dirs:
+        root = os.path.realpath(allowed)
+        if os.path.isabs(allowed) and real.startswith(root.rstrip("/") + "/"):
+            return real
+    shown = path if real == path else f"{path} (resolves to {real})"
+    raise RestoreError(f"backup {backup.backup_id}: {shown} is not under tools.{tool.name}.allowed_output_dirs "
+                       f"(allowed: {', '.join(tool.allowed_output_dirs) or 'none'})")
+
+
+def dump_format(backup: Backup) -> str:
+    """The dump's format as recorded; anything else is refused before an argv is built."""
+    fmt = backup.metadata.get("format") or "custom"
+    if fmt not in DUMP_FORMATS:
+        raise RestoreError(f"backup {backup.backup_id}: metadata.format {str(fmt)[:40]!r} is not one of "
+                           f"{', '.join(DUMP_FORMATS)}")
+    return fmt
+
+
+def restore_jobs(backup: Backup, jobs: int | None) -> int | None:
+    value = jobs if jobs is not None else backup.metadata.get("restore_jobs")
+    if value is None:
+        return None
     try:
-        allowed_output_dir(os.path.dirname(backup.path.rstrip("/")), tool)
-    except InvalidJob as exc:
-        raise RestoreError(f"backup {backup.backup_id}: {exc}") from None
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 64:
+        raise RestoreError(f"backup {backup.backup_id}: restore jobs {str(value)[:20]!r} is not a number of "
+                           "parallel jobs (allowed: 1-64)")
+    return number
 
 
 def load_backup(dsn: str, backup_id: str) -> Backup:
@@ -112,46 +149,106 @@ def check_empty_dir(path: str) -> None:
         raise RestoreError(f"target directory {path} is not empty: restore into a new or empty directory")
 
 
-def dump_restore_spec(backup: Backup, tool: ToolConfig, target_dsn: str, jobs: int | None,
-                      scratch: str) -> RunSpec:
-    """pg_restore (or psql for a plain dump) of a pg_dump backup into the target database."""
-    bin_dir = os.path.dirname(tool.path or "/usr/bin/pg_dump")
-    fmt = backup.metadata.get("format")
-    env = libpq_env(target_dsn)
+# Roles whose rights a restored function could use to take more than the target database:
+# superuser and CREATEROLE (make itself anything), and the roles that run programs or write
+# files on the server as its OS user.
+_POWERFUL_ROLES = ("pg_execute_server_program", "pg_write_server_files")
+TRUST_FLAG = "--trust-backup-contents"
+
+
+def powerful_rights(dsn: str) -> list[str]:
+    """What the target login could hand to code inside a dump: its own or inherited
+    SUPERUSER or CREATEROLE, membership in roles that run programs or write server files."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("""SELECT r.rolname, r.rolsuper, r.rolcreaterole, r.rolname = session_user
+                             FROM pg_roles r
+                            WHERE pg_has_role(session_user, r.oid, 'MEMBER')
+                              AND (r.rolsuper OR r.rolcreaterole OR r.rolname = ANY(%s))
+                            ORDER BY 1""", (list(_POWERFUL_ROLES),))
+            rows = cur.fetchall()
+    finally:
+        conn.close()
+    if any(superuser and itself for _name, superuser, _createrole, itself in rows):
+        return ["SUPERUSER (the login itself)"]  # a superuser is a member of every role: say only that
+    found = []
+    for name, superuser, createrole, itself in rows:
+        what = "SUPERUSER" if superuser else "CREATEROLE" if createrole else "member"
+        found.append(f"{what} (the login itself)" if itself else f"{what} through role {name}")
+    return found
+
+
+def check_target_login(dsn: str, trust_contents: bool) -> None:
+    """pg_restore runs the dump's functions (CHECK constraints, defaults, index expressions)
+    with the target login's rights: a powerful login is refused unless the operator says the
+    backup's contents are trusted."""
+    rights = powerful_rights(dsn)
+    if rights and not trust_contents:
+        raise RestoreError(
+            "the target login has rights a restored function could take over: " + "; ".join(rights)
+            + ". A dump carries functions written by any user who could create objects in the backed-up "
+            "database, and pg_restore runs them as this login. Restore as a login without SUPERUSER or "
+            f"CREATEROLE (the owner of the new database), or pass {TRUST_FLAG} if you trust everyone who "
+            "could write into that database")
+
+
+def plain_script(source: str, scratch: str, run_as: str | None) -> str:
+    """psql reads plain SQL only: a gzip'd plain dump is decompressed into scratch first."""
+    if not source.endswith(".gz"):
+        return source
+    script = os.path.join(scratch, "dump.sql")
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    with gzip.open(os.fdopen(fd, "rb"), "rb") as compressed, open(script, "xb") as target:
+        shutil.copyfileobj(compressed, target)
+    give_to(script, run_as)
+    return script
+
+
+def dump_restore_argv(backup: Backup, bin_dir: str, source: str, dbname: str, jobs: int | None) -> list[str]:
+    """pg_restore (or psql for a plain dump, given its decompressed script) into `dbname`."""
+    fmt = dump_format(backup)
+    if not os.path.isabs(source):
+        raise RestoreError(f"backup {backup.backup_id}: {source!r} is not an absolute path")
     if fmt == "plain":
-        script = backup.path
-        if script.endswith(".gz"):
-            script = os.path.join(scratch, "dump.sql")
-            with gzip.open(backup.path, "rb") as source, open(script, "wb") as target:
-                shutil.copyfileobj(source, target)
-            give_to(script, tool.run_as)
-        argv = [os.path.join(bin_dir, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
-                "-f", script]
-    else:
-        jobs = jobs or backup.metadata.get("restore_jobs")
-        argv = [os.path.join(bin_dir, "pg_restore"), "--exit-on-error", "--no-owner",
-                f"--dbname={env.pop('PGDATABASE')}"]
-        if jobs and fmt in ("custom", "directory"):
-            argv.append(f"--jobs={int(jobs)}")
-        argv.append(backup.path)
-    return RunSpec(argv=tuple(argv), env=env, timeout=RESTORE_TIMEOUT, run_as=tool.run_as,
-                   kill_grace=float(tool.kill_grace))
+        return [os.path.join(bin_dir, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+                "-d", dbname, "-f", source]
+    argv = [os.path.join(bin_dir, "pg_restore"), "--exit-on-error", "--no-owner", f"--dbname={dbname}"]
+    jobs = restore_jobs(backup, jobs)
+    if jobs and fmt in ("custom", "directory"):
+        argv.append(f"--jobs={jobs}")
+    argv.append(source)
+    return argv
 
 
 def restore_dump(backup: Backup, tool: ToolConfig, target_dsn: str, jobs: int | None = None,
                  on_tick: Callable[[], str | None] | None = None) -> RunResult:
+    """`pggit-supervisor restore --target-dsn`: the dump as the tool's user into the target."""
+    source = confine(backup, tool)
+    bin_dir = os.path.dirname(tool.path or "/usr/bin/pg_dump")
+    env = libpq_env(target_dsn)
+    dbname = env.pop("PGDATABASE", None) or "postgres"
     scratch = tempfile.mkdtemp(prefix="pggit-restore-")
     try:
         give_to(scratch, tool.run_as)
-        return run_tool(dump_restore_spec(backup, tool, target_dsn, jobs, scratch), on_tick=on_tick)
+        if dump_format(backup) == "plain":
+            source = plain_script(source, scratch, tool.run_as)
+        argv = dump_restore_argv(backup, bin_dir, source, dbname, jobs)
+        return run_tool(RunSpec(argv=tuple(argv), env=env, timeout=RESTORE_TIMEOUT, run_as=tool.run_as,
+                                kill_grace=float(tool.kill_grace)), on_tick=on_tick)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def copy_basebackup_steps(backup: Backup, target_dir: str) -> list[list[str]]:
-    """argv lists that lay a pg_basebackup backup out as a data directory in target_dir."""
-    source = backup.path
-    if backup.metadata.get("format", "plain") == "plain":
+def copy_basebackup_steps(backup: Backup, source: str, target_dir: str) -> list[list[str]]:
+    """argv lists that lay a pg_basebackup backup (at its confined path `source`) out as a
+    data directory in target_dir."""
+    if not os.path.isabs(source) or not os.path.isabs(target_dir):
+        raise RestoreError(f"backup {backup.backup_id}: paths must be absolute ({source!r}, {target_dir!r})")
+    fmt = backup.metadata.get("format", "plain")
+    if fmt not in ("plain", "tar"):
+        raise RestoreError(f"backup {backup.backup_id}: metadata.format {str(fmt)[:40]!r} is not one of plain, tar")
+    if fmt == "plain":
         return [["/bin/cp", "-a", "--", source + "/.", target_dir]]
     base, wal = tar_members(source)
     if base is None:
@@ -166,11 +263,14 @@ def copy_basebackup_steps(backup: Backup, target_dir: str) -> list[list[str]]:
 def restore_basebackup(backup: Backup, tool: ToolConfig, target_dir: str,
                        on_tick: Callable[[], str | None] | None = None) -> RunResult:
     """Copies the backup into target_dir (created, mode 0700, owned by the tool's user)."""
+    source = confine(backup, tool)
+    target_dir = os.path.abspath(target_dir)
+    steps = copy_basebackup_steps(backup, source, target_dir)
     os.makedirs(target_dir, mode=0o700, exist_ok=True)
     os.chmod(target_dir, 0o700)
     give_to(target_dir, tool.run_as)
     result = None
-    for argv in copy_basebackup_steps(backup, target_dir):
+    for argv in steps:
         result = run_tool(RunSpec(argv=tuple(argv), env={}, timeout=RESTORE_TIMEOUT, run_as=tool.run_as,
                                   kill_grace=float(tool.kill_grace)), on_tick=on_tick)
         if not result.ok:
@@ -182,6 +282,7 @@ def describe(argv: list[str]) -> str:
     return shlex.join(argv)
 
 
-__all__ = ["Backup", "RestoreError", "check_empty_database", "check_empty_dir", "copy_basebackup_steps",
-           "describe", "dump_restore_spec", "load_backup", "prepare_target_database", "restore_basebackup",
-           "restore_dump", "TAR"]
+__all__ = ["Backup", "RestoreError", "TRUST_FLAG", "check_empty_database", "check_empty_dir", "check_target_login",
+           "confine", "copy_basebackup_steps", "describe", "dump_format", "dump_restore_argv", "load_backup",
+           "plain_script", "powerful_rights", "prepare_target_database", "restore_basebackup", "restore_dump",
+           "TAR"]

@@ -7,7 +7,9 @@ The template is built once per session by our own installer (the same code as
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
+import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -22,6 +24,7 @@ from pggit_supervisor import schema
 PG_HOST = os.environ.get("PGGIT_TEST_PGHOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("PGGIT_TEST_PGPORT", "5432"))
 PG_USER = os.environ.get("PGGIT_TEST_PGUSER", "postgres")
+DRILL_USER = "pggit-drill"  # the default drill_user, which the Debian package creates
 
 
 def make_dsn(host, port, user, dbname, password=None) -> str:
@@ -38,6 +41,34 @@ def _install_schema(host, port, user, dbname, password, **_ignored):
 postgresql_server = factories.postgresql_noproc(
     host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=f"pggit_test_{os.getpid()}", load=[_install_schema])
 postgresql = factories.postgresql("postgresql_server")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def drill_user():
+    """Restore drills run their sandbox as an unprivileged OS user of their own: created here
+    as the package creates it when this machine lacks it, and removed again if we made it."""
+    try:
+        pwd.getpwnam(DRILL_USER)
+        created = False
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", "--comment", "pgGit restore drills", DRILL_USER],
+                       check=True, capture_output=True)
+        created = True
+    yield DRILL_USER
+    if created:
+        subprocess.run(["userdel", DRILL_USER], capture_output=True)
+
+
+@pytest.fixture
+def drill_tmpdir():
+    """A TMPDIR of the test's own for a supervisor's drill sandboxes (the drill user must be
+    able to enter it: pytest's tmp_path is private to root), so that what a test finds there
+    is its own drills' leftovers and nobody else's."""
+    path = Path(tempfile.mkdtemp(prefix="pggit-drilltmp-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from pggit_supervisor.config import (
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "conf" / "supervisor.yaml"
 DSN = "postgresql://pggit_backup@localhost:5432/mydb"
-TOP_KEYS = ("dsn, heartbeat_interval, kill_grace, lease_seconds, log_level, poll_interval, "
+TOP_KEYS = ("drill_user, dsn, heartbeat_interval, kill_grace, lease_seconds, log_level, poll_interval, "
             "retry, shutdown_timeout, tools, worker_id, worker_timeout, workers")
 TOOLS = "barman, custom, pg_basebackup, pg_dump, pgbackrest"
 BASE: dict[str, Any] = {"dsn": DSN, "worker_id": "w1", "tools": {"pg_dump": {}}}
@@ -95,6 +95,16 @@ def test_documented_example_comments_every_key() -> None:
             continue  # blank, comment, or a section whose comment sits above it
         assert "#" in line or lines[number - 2].strip().startswith("#"), (
             f"{EXAMPLE}:{number} has no comment: {line}")
+
+
+def test_drill_user_defaults_to_the_packages_user_and_refuses_root_or_a_bad_name(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, BASE), {}, check_paths=False).drill_user == "pggit-drill"
+    assert load_config(str(EXAMPLE), {}, check_paths=False).drill_user == "pggit-drill"
+    for bad in ("root", "Bad User", 7):
+        with pytest.raises(ConfigError) as raised:
+            load_config(write(tmp_path, {**BASE, "drill_user": bad}), {}, check_paths=False)
+        assert "drill_user: must be the name of an unprivileged user" in str(raised.value)
+        assert "default pggit-drill" in str(raised.value)
 
 
 def test_omitted_keys_take_documented_defaults(tmp_path: Path,

@@ -37,3 +37,21 @@ def test_unit_stops_gently_and_outlasts_the_shutdown_timeout():
 def test_template_unit_runs_one_config_per_instance():
     service = _service("pggit-supervisor@.service")["Service"]
     assert service["ExecStart"] == "/usr/bin/pggit-supervisor run -c /etc/pggit/%i.yaml"
+
+
+def test_shipped_config_uses_no_superuser_login_and_the_packages_drill_user():
+    shipped = (DEBIAN / "supervisor.yaml").read_text()
+    dsn = re.search(r"^dsn: (\S+)", shipped, re.M).group(1)
+    assert dsn.startswith("postgresql://pggit_backup@"), "the queue login is not postgres"
+    assert re.search(r"^drill_user: pggit-drill$", shipped, re.M)
+    example = (DEBIAN.parent.parent / "conf" / "supervisor.yaml").read_text()
+    assert re.search(r"^dsn: postgresql://pggit_backup@", example, re.M)
+
+
+def test_package_creates_the_drill_user_as_an_unprivileged_system_user():
+    lines = [line.split() for line in (DEBIAN / "pggit-supervisor.sysusers").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    users = [line for line in lines if line[0] == "u"]
+    assert [line[1] for line in users] == ["pggit-drill"]
+    assert users[0][-2:] == ["/nonexistent", "/usr/sbin/nologin"], "no home, no login shell"
+    assert not [line for line in lines if line[0] == "m"], "the drill user joins no group (not pggit, not postgres)"

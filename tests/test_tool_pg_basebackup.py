@@ -39,10 +39,10 @@ def source():
 
 
 @pytest.fixture
-def running(source, tmp_path, backup_dir):
+def running(source, tmp_path, backup_dir, drill_tmpdir):
     cluster, _ = source
     config = {"pg_basebackup": {"run_as": "postgres", "allowed_output_dirs": [str(backup_dir)]}}
-    service = Service(tmp_path, cluster.dsn, workers=2, tools=config).start()
+    service = Service(tmp_path, cluster.dsn, workers=2, tools=config).start(env={"TMPDIR": str(drill_tmpdir)})
     yield service
     service.cleanup()
 
@@ -62,7 +62,8 @@ def _start_restored(data_dir: Path) -> tuple[int, Path]:
 
 @pytest.mark.parametrize("options", ['{}', '{"format": "tar", "compression": "gzip", "compression_level": 6}'],
                          ids=["plain", "tar-gzip"])
-def test_base_backup_is_verified_restored_started_and_equal_to_the_source(source, running, backup_dir, options):
+def test_base_backup_is_verified_restored_started_and_equal_to_the_source(source, running, backup_dir, options,
+                                                                         drill_tmpdir):
     cluster, conn = source
     expected = query(conn, TABLE_DIGEST)[0]
     backup_id = scalar(conn, "SELECT pggit.backup_pg_basebackup('main', %s, %s::jsonb)", (str(backup_dir), options))
@@ -105,7 +106,7 @@ def test_base_backup_is_verified_restored_started_and_equal_to_the_source(source
     assert row["restore_test_result"] == "passed"
     assert row["metadata"]["restore_test"]["kind"] == "start-and-query"
     assert row["metadata"]["restore_test"]["databases"] >= 2
-    assert not list(Path("/tmp").glob("pggit-restore-test-*")), "the drill's scratch copy is removed"
+    assert not list(drill_tmpdir.iterdir()), "the drill's sandbox is removed"
 
 
 def test_restore_drill_of_a_pgbackrest_backup_is_refused_with_a_hint(source):

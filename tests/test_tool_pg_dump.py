@@ -89,7 +89,8 @@ def test_dump_is_verified_recorded_and_restores_to_the_same_data(service, db, or
     assert out.returncode == 2 and "nonexistent.yaml" in out.stderr, "a named config that is missing is an error"
     config = Path(tempfile.mkdtemp()) / "c.yaml"
     config.write_text(f"dsn: '{db.dsn}'\ntools:\n  pg_dump: {{run_as: postgres, allowed_output_dirs: [{backup_dir}]}}\n")
-    out = subprocess.run(CLI + ["restore", str(backup_id), "--target-dsn", empty_db, "-c", str(config)],
+    out = subprocess.run(CLI + ["restore", str(backup_id), "--target-dsn", empty_db, "-c", str(config),
+                                "--trust-backup-contents"],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     restored = psycopg2.connect(empty_db)
@@ -98,8 +99,8 @@ def test_dump_is_verified_recorded_and_restores_to_the_same_data(service, db, or
         assert scalar(restored, "SELECT count(*) FROM sales.refunds") == 7
     finally:
         restored.close()
-    again = subprocess.run(CLI + ["restore", str(backup_id), "--target-dsn", empty_db, "-c", str(config)],
-                           capture_output=True, text=True, cwd=ROOT)
+    again = subprocess.run(CLI + ["restore", str(backup_id), "--target-dsn", empty_db, "-c", str(config),
+                                  "--trust-backup-contents"], capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 1 and "is not empty" in again.stderr, "a restore never writes into a used database"
 
 

@@ -1,14 +1,13 @@
-"""Restore drills (pggit.schedule_restore_test): restore a pg_dump backup into a scratch database
-and compare every table's row count with the counts recorded at dump time, or lay a
-pg_basebackup backup out in a scratch directory, start it on a free port and query it. The
-scratch copy is always removed. A drill that fails is a finding about the backup: permanent."""
+"""Restore drills (pggit.schedule_restore_test), run in a sandbox (see `sandbox`): a pg_dump
+backup is restored with pg_restore into a throwaway cluster made by initdb and every table's row
+count compared with the counts recorded at dump time; a pg_basebackup backup is laid out as the
+throwaway cluster's data directory, started and queried once it has finished recovery. Both run
+as the unprivileged drill user, reachable only over a private Unix socket, and are stopped and
+deleted whatever happens. A drill that fails is a finding about the backup: permanent."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import tempfile
 from dataclasses import replace
 from typing import Any
 
@@ -16,13 +15,14 @@ import psycopg2
 from psycopg2 import sql
 
 from ..queue import ClaimedJob
-# restore imports the tools package too: bind the module, use its names at call time
-from .. import restore
-from ..runner import RunResult, RunSpec, run_tool
-from .base import Context, InvalidJob, Invocation, Outcome, failure_from, give_to, job_timeout, run_check, tool_run
-from .pg_basebackup import pg_bin_dir, read_pg_version
+# restore imports the tools package too: bind the modules, use their names at call time
+from .. import restore, sandbox
+from ..runner import RunResult
+from .base import Context, InvalidJob, Invocation, Outcome, failure_from, give_to, run_check, tool_run
 
-START_TIMEOUT_SECONDS = 300
+DRILL_DATABASE = "drill"
+# a restored table is counted by the sandbox's superuser; a hostile table must not hang the drill
+COUNT_TIMEOUT = "300s"
 
 
 class RestoreTestAdapter:
@@ -30,117 +30,167 @@ class RestoreTestAdapter:
 
     def prepare(self, job: ClaimedJob, ctx: Context) -> Invocation:
         params = job.params
-        backup = restore.Backup(str(params["backup_id"]), params["backup_tool"], "completed", params["location"],
-                        params.get("backup_metadata") or {})
-        # the row could name any file: only what lies where this tool may write is restored
+        metadata = params.get("backup_metadata")
+        backup = restore.Backup(str(params.get("backup_id")), str(params.get("backup_tool")), "completed",
+                                str(params.get("location", "")), metadata if isinstance(metadata, dict) else {})
+        if backup.tool not in ("pg_dump", "pg_basebackup"):
+            raise InvalidJob(f"backup_tool {backup.tool[:40]!r} has no restore drill (allowed: pg_dump, pg_basebackup)")
         try:
-            restore.confine(backup, ctx.tool)
-        except restore.RestoreError as exc:
+            # the row could name any file: only what lies where this tool may write is restored
+            source = restore.confine(backup, ctx.tool)
+            if backup.tool == "pg_dump":
+                restore.dump_format(backup)
+            box = sandbox.create(ctx.config.drill_user, sandbox.server_bin_dir(ctx.tool.path))
+        except (restore.RestoreError, sandbox.SandboxError) as exc:
             raise InvalidJob(str(exc)) from None
-        scratch = tempfile.mkdtemp(prefix="pggit-restore-test-")
-        os.chmod(scratch, 0o700)
-        give_to(scratch, ctx.tool.run_as)
-        notes: dict[str, Any] = {"backup": backup, "scratch": scratch, "dsn": ctx.config.dsn,
-                                 "run_as": ctx.tool.run_as}
+        notes: dict[str, Any] = {"backup": backup, "source": source, "sandbox": box}
         try:
-            return self._prepare(job, ctx, backup, notes)
+            return self._prepare(job, ctx, backup, source, box, notes)
         except BaseException:
-            self.discard(Invocation(RunSpec(("/bin/true",), {}, 1), notes))  # nothing half-made stays
+            sandbox.remove(box)  # nothing half-made stays
             raise
 
-    def _prepare(self, job: ClaimedJob, ctx: Context, backup: "restore.Backup", notes: dict[str, Any]) -> Invocation:
-        scratch = notes["scratch"]
+    def _prepare(self, job: ClaimedJob, ctx: Context, backup: "restore.Backup", source: str,
+                 box: "sandbox.Sandbox", notes: dict[str, Any]) -> Invocation:
+        # The first step copies the backup as the tool's user (who may read it) into the sandbox;
+        # the drill user gets that copy and nothing else of the backup directories.
         if backup.tool == "pg_dump":
-            database = f"pggit_restore_test_{job.job_id[:8]}"
-            notes["database"] = database
-            _admin(ctx.config.dsn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)"), database)
-            _admin(ctx.config.dsn, sql.SQL("CREATE DATABASE {}"), database)
-            restore.prepare_target_database(_with_db(ctx.config.dsn, database), backup)
-            spec = restore.dump_restore_spec(backup, ctx.tool, _with_db(ctx.config.dsn, database), None, scratch)
-            return Invocation(replace(spec, timeout=job_timeout(job, ctx.tool)), notes)
-        data_dir = os.path.join(scratch, "data")
-        os.mkdir(data_dir, 0o700)
-        give_to(data_dir, ctx.tool.run_as)
-        steps = restore.copy_basebackup_steps(backup, data_dir)
-        notes.update(data_dir=data_dir, steps=steps[1:])
+            if restore.dump_format(backup) == "plain" and source.endswith(".gz"):
+                # decompressed by us from the confined file, then handed over: nothing to copy
+                notes["script"] = restore.plain_script(source, box.input, None)
+                return Invocation(tool_run(ctx, job, ["/bin/true"], {}), notes)
+            argv = ["/bin/cp", "-R", "-P", "--", source, box.input + "/"]
+            give_to(box.input, ctx.tool.run_as)  # written by the tool's user, then given to the drill user
+            return Invocation(tool_run(ctx, job, argv, {}), notes)
+        try:
+            steps = restore.copy_basebackup_steps(backup, source, box.data)
+        except restore.RestoreError as exc:
+            raise InvalidJob(str(exc)) from None
+        notes["steps"] = steps[1:]
+        give_to(box.data, ctx.tool.run_as)
         return Invocation(tool_run(ctx, job, steps[0], {}), notes)
 
     def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
         try:
             if not result.ok:
-                return Outcome.failure(failure_from(result, "restore"), retryable=False)
-            if "database" in invocation.notes:
-                return _check_dump(invocation.notes)
-            return self._start_and_query(job, invocation, ctx)
+                return Outcome.failure(failure_from(result, "copying the backup into the drill's sandbox:"),
+                                       retryable=False)
+            notes = invocation.notes
+            backup: restore.Backup = notes["backup"]
+            try:
+                if backup.tool == "pg_dump":
+                    return self._restore_and_count(job, notes, ctx)
+                return self._start_and_query(job, notes, ctx)
+            except (sandbox.SandboxError, restore.RestoreError) as exc:
+                return Outcome.failure(str(exc), retryable=False)
+            except psycopg2.Error as exc:
+                return Outcome.failure("the drill's sandbox refused a query: " + " ".join(str(exc).split()),
+                                       retryable=False)
         finally:
             self.discard(invocation)
 
     def discard(self, invocation: Invocation) -> None:
-        notes = invocation.notes
-        if "database" in notes:
-            try:
-                _admin(notes["dsn"], sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)"), notes["database"])
-            except psycopg2.Error:
-                pass
-        data_dir = notes.get("data_dir")
-        if data_dir and os.path.exists(os.path.join(data_dir, "postmaster.pid")):
-            pg_ctl = os.path.join(pg_bin_dir(read_pg_version(data_dir)), "pg_ctl")
-            run_tool(RunSpec((pg_ctl, "-D", data_dir, "-m", "immediate", "-w", "stop"), {}, 60,
-                             run_as=notes["run_as"], kill_grace=5))
-        shutil.rmtree(notes["scratch"], ignore_errors=True)
+        sandbox.remove(invocation.notes["sandbox"])
 
-    def _start_and_query(self, job: ClaimedJob, invocation: Invocation, ctx: Context) -> Outcome:
-        notes = invocation.notes
-        data_dir = notes["data_dir"]
+    # -- pg_dump: restore into a fresh cluster, count rows -----------------------------------
+
+    def _restore_and_count(self, job: ClaimedJob, notes: Any, ctx: Context) -> Outcome:
+        box: sandbox.Sandbox = notes["sandbox"]
+        backup: restore.Backup = notes["backup"]
+        as_drill = dict(run_as=box.user, cwd=box.root)
+        sandbox.give_tree(box.input, box.user, mode_files=0o400, mode_dirs=0o500)
+        made = run_check(ctx, job, box.initdb_argv(), {}, **as_drill)
+        if not made.ok:
+            return Outcome.failure(failure_from(made, "initdb of the drill's sandbox:"), retryable=False)
+        started = run_check(ctx, job, box.start_argv(), {}, **as_drill)
+        if not started.ok:
+            return Outcome.failure(failure_from(started, "starting the drill's sandbox:") + sandbox.log_tail(box),
+                                   retryable=False)
+        sandbox.wait_ready(box, sandbox.SUPERUSER, checkpoint=ctx.checkpoint)
+        _prepare_drill_database(box, ctx.config.dsn, backup)
+        if "script" in notes:
+            dump = notes["script"]
+        else:
+            dump = os.path.join(box.input, os.path.basename(notes["source"]))
+        argv = restore.dump_restore_argv(backup, box.bin_dir, dump, DRILL_DATABASE, None)
+        restored = run_check(ctx, job, argv, box.libpq_env(sandbox.SUPERUSER, DRILL_DATABASE), **as_drill)
+        if not restored.ok:
+            return Outcome.failure(failure_from(restored, "restore"), retryable=False)
+        return _check_dump(box, backup)
+
+    # -- pg_basebackup: start the copy, wait for the end of recovery, query it ---------------
+
+    def _start_and_query(self, job: ClaimedJob, notes: Any, ctx: Context) -> Outcome:
+        box: sandbox.Sandbox = notes["sandbox"]
         for argv in notes["steps"]:
             step = run_check(ctx, job, argv, {})
             if not step.ok:
-                return Outcome.failure(failure_from(step, "restore"), retryable=False)
-        version = read_pg_version(data_dir)
-        bin_dir = pg_bin_dir(version)
-        port = _free_port()
-        for leftover in ("standby.signal", "recovery.signal"):
-            if os.path.exists(os.path.join(data_dir, leftover)):
-                os.unlink(os.path.join(data_dir, leftover))
-        # settings that keep the scratch copy private and quiet, whatever the source had
-        fd = os.open(os.path.join(data_dir, "postgresql.auto.conf"), os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
-        with os.fdopen(fd, "a") as conf:
-            conf.write(f"\n# pggit-supervisor restore drill\nport = {port}\nlisten_addresses = ''\n"
-                       f"unix_socket_directories = '{notes['scratch']}'\narchive_mode = off\n"
-                       "shared_buffers = '32MB'\nmax_wal_senders = 0\nhot_standby = off\n")
-        log_file = os.path.join(notes["scratch"], "postgres.log")
-        started = run_check(ctx, job, [os.path.join(bin_dir, "pg_ctl"), "-D", data_dir, "-l", log_file, "-w",
-                                       "-t", str(START_TIMEOUT_SECONDS), "start"], {})
+                return Outcome.failure(failure_from(step, "copying the backup into the drill's sandbox:"),
+                                       retryable=False)
+        version = _pg_version(box.data)
+        box = replace(box, bin_dir=f"/usr/lib/postgresql/{version}/bin")
+        sandbox.forget_copied_settings(box.data)
+        sandbox.give_tree(box.data, box.user)
+        os.chmod(box.data, 0o700)
+        superuser = _bootstrap_superuser(ctx.config.dsn)
+        started = run_check(ctx, job, box.start_argv(), {}, run_as=box.user, cwd=box.root)
         if not started.ok:
-            return Outcome.failure(failure_from(started, "starting the restored copy:") + _tail(log_file), retryable=False)
-        query = run_check(ctx, job, [os.path.join(bin_dir, "psql"), "-X", "-A", "-t", "-h", notes["scratch"],
-                                     "-p", str(port), "-d", "postgres", "-c",
-                                     "SELECT count(*) FROM pg_database WHERE datallowconn"], {})
-        if not query.ok:
-            return Outcome.failure(failure_from(query, "querying the restored copy:"), retryable=False)
-        databases = int(query.stdout.text().strip() or 0)
-        return Outcome.success(f"restored copy started on port {port} and answered: {databases} databases",
+            return Outcome.failure(failure_from(started, "starting the restored copy:") + sandbox.log_tail(box),
+                                   retryable=False)
+        sandbox.wait_ready(box, superuser, checkpoint=ctx.checkpoint)
+        conn = psycopg2.connect(box.dsn(superuser, "postgres"))
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_database WHERE datallowconn")
+                databases = cur.fetchone()[0]
+        finally:
+            conn.close()
+        return Outcome.success(f"restored copy started in the drill's sandbox and answered: {databases} databases",
                                metadata={"kind": "start-and-query", "pg_version": version, "databases": databases})
 
 
-def _check_dump(notes: dict[str, Any]) -> Outcome:
-    backup: restore.Backup = notes["backup"]
+def _prepare_drill_database(box: "sandbox.Sandbox", source_dsn: str, backup: "restore.Backup") -> None:
+    """The drill's database, and every role of the source server as a NOLOGIN role with no
+    rights, so that the dump's GRANTs, policies and (plain dumps) OWNER TOs restore."""
+    source = psycopg2.connect(source_dsn, connect_timeout=10)
+    try:
+        with source.cursor() as cur:
+            cur.execute("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' AND rolname <> %s ORDER BY 1",
+                        (sandbox.SUPERUSER,))
+            roles = [row[0] for row in cur.fetchall()]
+    finally:
+        source.close()
+    conn = psycopg2.connect(box.dsn(sandbox.SUPERUSER, "postgres"))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for role in roles:
+                cur.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(DRILL_DATABASE)))
+    finally:
+        conn.close()
+    restore.prepare_target_database(box.dsn(sandbox.SUPERUSER, DRILL_DATABASE), backup)
+
+
+def _check_dump(box: "sandbox.Sandbox", backup: "restore.Backup") -> Outcome:
     expected = backup.metadata.get("row_counts")
-    conn = psycopg2.connect(_with_db(notes["dsn"], notes["database"]))
+    conn = psycopg2.connect(box.dsn(sandbox.SUPERUSER, DRILL_DATABASE),
+                            options=f"-c statement_timeout={COUNT_TIMEOUT}")
     try:
         with conn.cursor() as cur:
             cur.execute("""SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')""")
             tables = cur.fetchone()[0]
-            if not expected:
-                return Outcome.success(f"restored into a scratch database: {tables} tables (no row counts recorded: "
+            if not expected or not isinstance(expected, dict):
+                return Outcome.success(f"restored into the drill's sandbox: {tables} tables (no row counts recorded: "
                                        f"{backup.metadata.get('row_counts_skipped', 'none')})",
                                        metadata={"kind": "restore", "tables": tables})
             differences = []
             for name, count in sorted(expected.items()):
-                schema, table = name.split(".", 1)
-                cur.execute("SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(schema, table).as_string(conn),))
-                if not cur.fetchone()[0]:
+                schema, _, table = str(name).partition(".")
+                cur.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                            "WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'", (schema, table))
+                if cur.fetchone() is None:
                     differences.append(f"{name}: missing")
                     continue
                 cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table)))
@@ -151,33 +201,28 @@ def _check_dump(notes: dict[str, Any]) -> Outcome:
         conn.close()
     if differences:
         return Outcome.failure("restored data differs from the dump: " + "; ".join(differences[:10]), retryable=False)
-    return Outcome.success(f"restored into a scratch database; row counts of {len(expected)} tables match",
+    return Outcome.success(f"restored into the drill's sandbox; row counts of {len(expected)} tables match",
                            metadata={"kind": "restore-and-count", "tables": tables, "tables_compared": len(expected)})
 
 
-def _admin(dsn: str, statement: sql.Composable, database: str) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
+def _bootstrap_superuser(dsn: str) -> str:
+    """The superuser initdb made on the backed-up server (oid 10): a base backup copy has it."""
+    conn = psycopg2.connect(dsn, connect_timeout=10)
     try:
         with conn.cursor() as cur:
-            cur.execute(statement.format(sql.Identifier(database)))
+            cur.execute("SELECT rolname FROM pg_roles WHERE oid = 10")
+            return cur.fetchone()[0]
     finally:
         conn.close()
 
 
-def _with_db(dsn: str, database: str) -> str:
-    return psycopg2.extensions.make_dsn(dsn, dbname=database)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: str) -> str:
+def _pg_version(data_dir: str) -> str:
+    from .pg_basebackup import read_pg_version
     try:
-        with open(path, errors="replace") as handle:
-            return " | log: " + " | ".join(handle.read().splitlines()[-5:])
-    except OSError:
-        return ""
+        version = read_pg_version(data_dir)
+    except (OSError, ValueError) as exc:
+        raise sandbox.SandboxError(f"the copied backup has no usable PG_VERSION: {exc}") from None
+    if not os.path.isdir(f"/usr/lib/postgresql/{version}/bin"):
+        raise sandbox.SandboxError(f"the backup is of PostgreSQL {version}, whose server binaries "
+                                   f"(/usr/lib/postgresql/{version}/bin) are not installed here")
+    return version
