@@ -19,7 +19,8 @@ from psycopg2 import sql
 from conftest import query, scalar
 from service import Service, wait_for_state
 from pggit_supervisor.config import default_tool
-from pggit_supervisor.tools.base import InvalidJob, allowed_output_dir, make_scratch_dir, prepare_output_dir
+from pggit_supervisor.tools.base import (InvalidJob, allowed_output_dir, make_scratch_dir, prepare_output_dir,
+                                        sha256_of)
 from pggit_supervisor.tools.pg_dump import open_snapshot
 
 ENDED = {"completed", "will_retry", "permanently_failed"}
@@ -229,6 +230,20 @@ def test_symlink_planted_in_the_output_path_before_the_job_runs_is_refused(db, d
     row = wait_for_state(db, _job_of(db, backup_id), ENDED, timeout=60)
     assert row["job_state"] == "permanently_failed" and "allowed_output_dirs" in row["last_error"]
     assert os.listdir(outside) == []
+
+
+def test_symlink_planted_in_a_finished_directory_dump_is_never_read_as_root(backup_dir, outside):
+    """The tool's user owns what it wrote: a link to a file only root may read, put into the
+    dump before root hashes it, must not be read (its digest and size would be recorded)."""
+    secret = outside / "shadow"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    dump = backup_dir / ".pggit-job.partial"
+    dump.mkdir()
+    (dump / "toc.dat").write_bytes(b"toc")
+    os.symlink(secret, dump / "3001.dat")
+    with pytest.raises(OSError, match="3001.dat"):
+        sha256_of(str(dump))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, BinaryIO, Callable, Mapping, Protocol
 
 from psycopg2.extensions import parse_dsn
 
@@ -373,10 +373,20 @@ def tree_size(path: str) -> int:
     return sum(os.lstat(os.path.join(root, name)).st_size for root, _dirs, names in os.walk(path) for name in names)
 
 
+def open_regular(path: str) -> BinaryIO:
+    """A regular file the tool's user wrote, opened for reading as root: a symlink (to
+    /etc/shadow, /dev/zero, ...) or any other kind of file put in its place is refused."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return os.fdopen(fd, "rb")
+
+
 def _file_sha256(path: str, ctx: Context | None) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
             size += len(chunk)

@@ -17,8 +17,9 @@ from typing import Any, Mapping
 from ..queue import ClaimedJob
 from ..runner import RunResult
 from .base import (Context, InvalidJob, Invocation, Outcome, allowed_output_dir, backup_stem, failure_from,
-                   libpq_env, make_scratch_dir, open_real_dir, param_choice, param_dir, param_int, partial_path,
-                   prepare_output_dir, run_check, safe_component, sha256_of, spec_params, tool_run, tree_size)
+                   libpq_env, make_scratch_dir, open_real_dir, open_regular, param_choice, param_dir, param_int,
+                   partial_path, prepare_output_dir, run_check, safe_component, sha256_of, spec_params, tool_run,
+                   tree_size)
 
 TAR = "/bin/tar"
 FORMATS = ("plain", "tar")
@@ -173,7 +174,7 @@ class PgBaseBackupAdapter:
 
 def _manifest_facts(manifest: str) -> dict[str, Any]:
     try:
-        with open(manifest) as handle:
+        with open_regular(manifest) as handle:
             data = json.load(handle)
     except (OSError, ValueError):
         return {}

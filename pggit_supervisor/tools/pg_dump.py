@@ -19,8 +19,8 @@ from psycopg2 import sql
 from ..queue import ClaimedJob
 from ..runner import RunResult
 from .base import (Context, InvalidJob, Invocation, Outcome, allowed_output_dir, backup_stem,
-                   failure_from, libpq_env, param_choice, param_dir, param_int, param_text, partial_path,
-                   prepare_output_dir, run_check, sha256_of, spec_params, tool_run)
+                   failure_from, libpq_env, open_regular, param_choice, param_dir, param_int, param_text,
+                   partial_path, prepare_output_dir, run_check, sha256_of, spec_params, tool_run)
 
 FORMATS = {"custom": ".dump", "directory": "", "tar": ".tar", "plain": ".sql"}
 SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # as pggit.backup_pg_dump's p_schema
@@ -143,9 +143,9 @@ class PgDumpAdapter:
 
 
 def _check_plain_trailer(path: str, ctx: Context | None = None) -> str | None:
-    opener = gzip.open if path.endswith(".gz.partial") else open
     try:
-        with opener(path, "rb") as handle:
+        with open_regular(path) as raw, \
+                (gzip.open(raw, "rb") if path.endswith(".gz.partial") else raw) as handle:
             tail = b""
             while chunk := handle.read(1 << 20):
                 tail = (tail + chunk)[-4096:]
