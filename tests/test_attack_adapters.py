@@ -1,6 +1,8 @@
 """Attacks on what the tool adapters run and trust, each performed the way an attacker would:
 real roles and logins, a real supervisor, real pg_dump runs, and job rows forged by the table
-owner (what the queue's functions would have refused). Each failed against 0.1.0."""
+owner (what the queue's functions would have refused). Each attack succeeded against 0.1.0;
+the BYPASSRLS dump, the symlink planted before the check and pass_credentials: true are guards
+of what must keep working (or was already refused)."""
 
 from __future__ import annotations
 
