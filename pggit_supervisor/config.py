@@ -112,6 +112,9 @@ class ToolConfig:
     allowed_output_dirs: tuple[str, ...]  # pg_dump / pg_basebackup only
     allowed_commands: tuple[str, ...]     # custom only
     kill_grace: int
+    # custom only: the allowed commands whose entry says pass_credentials: true, the only ones
+    # that get the DSN's password, PGPASSFILE, PGSERVICEFILE, ...
+    pass_credentials: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -562,15 +565,49 @@ def _check_tool(report: _Report, name: str, settings: Any, kill_grace: int,
                                        section["allowed_output_dirs"], executables=False,
                                        check_paths=check_paths)
     commands: tuple[str, ...] | None = ()
+    credentials: tuple[str, ...] = ()
     if "allowed_commands" in spec.keys:
-        commands = _check_path_list(report, f"{prefix}.allowed_commands",
-                                    section.get("allowed_commands", _MISSING), executables=True,
+        entries, credentials = _command_entries(report, f"{prefix}.allowed_commands",
+                                                section.get("allowed_commands", _MISSING))
+        commands = _check_path_list(report, f"{prefix}.allowed_commands", entries, executables=True,
                                     check_paths=check_paths)
     if len(report.problems) > problems_before:
         return None
     return ToolConfig(name=name, path=path, run_as=run_as, timeout=timeout, config=config,
                       allowed_output_dirs=output_dirs, allowed_commands=commands,
-                      kill_grace=kill_grace)
+                      kill_grace=kill_grace, pass_credentials=credentials)
+
+
+_COMMAND_ENTRY_KEYS = ("path", "pass_credentials")
+
+
+def _command_entries(report: _Report, key_path: str, value: Any) -> tuple[Any, tuple[str, ...]]:
+    """allowed_commands with each `{path: ..., pass_credentials: true}` entry turned into its
+    path, and the normalised paths whose entry passes the database credentials."""
+    if not isinstance(value, list):
+        return value, ()
+    paths: list[Any] = []
+    credentials: list[str] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            paths.append(item)
+            continue
+        item_path = f"{key_path}[{index}]"
+        for key in item:
+            if key not in _COMMAND_ENTRY_KEYS:
+                report.add(f"{item_path}.{key}", "unknown key", ", ".join(_COMMAND_ENTRY_KEYS))
+        passes = item.get("pass_credentials", False)
+        if not isinstance(passes, bool):
+            report.add(f"{item_path}.pass_credentials", f"must be true or false, got {_show(passes)}",
+                       "true, false (default false)")
+        command = item.get("path", _MISSING)
+        if command is _MISSING:
+            report.add(f"{item_path}.path", "required", "an absolute path to an executable file")
+            continue
+        paths.append(command)
+        if passes is True and isinstance(command, str):
+            credentials.append(os.path.normpath(command))
+    return paths, tuple(credentials)
 
 
 def _check_absolute(report: _Report, key_path: str, value: Any, allowed: str) -> str | None:

@@ -240,6 +240,13 @@ BAD_VALUES = [
     ({"tools.custom.allowed_commands": ["backup.sh"]},
      "tools.custom.allowed_commands[0]: must be an absolute path, got 'backup.sh' "
      "(allowed: an absolute path to an executable file)"),
+    ({"tools.custom.allowed_commands": [{"path": "/opt/backup.sh", "pass_credentials": "yes please"}]},
+     "tools.custom.allowed_commands[0].pass_credentials: must be true or false, got 'yes please' "
+     "(allowed: true, false (default false))"),
+    ({"tools.custom.allowed_commands": [{"path": "/opt/backup.sh", "password": True}]},
+     "tools.custom.allowed_commands[0].password: unknown key (allowed: path, pass_credentials)"),
+    ({"tools.custom.allowed_commands": ["/opt/a.sh", {"pass_credentials": True}]},
+     "tools.custom.allowed_commands[1].path: required (allowed: an absolute path to an executable file)"),
 ]
 
 
@@ -250,6 +257,17 @@ def test_bad_value_is_reported_as_one_exact_line(tmp_path: Path, changes: dict[s
     path = write(tmp_path, merged(BASE, changes))
 
     assert problems_of(path) == [f"{path}: {expected}"]
+
+
+def test_only_custom_commands_whose_entry_says_pass_credentials_get_the_credentials(tmp_path: Path) -> None:
+    path = write(tmp_path, merged(BASE, {"tools.custom.allowed_commands": [
+        "/opt/plain.sh", {"path": "/opt/trusted.sh", "pass_credentials": True},
+        {"path": "/opt/other.sh", "pass_credentials": False}]}))
+
+    custom = load_config(path, {}, check_paths=False).tools["custom"]
+
+    assert custom.allowed_commands == ("/opt/plain.sh", "/opt/trusted.sh", "/opt/other.sh")
+    assert custom.pass_credentials == ("/opt/trusted.sh",)
 
 
 def test_missing_dsn_is_required(tmp_path: Path) -> None:

@@ -366,8 +366,9 @@ def test_backup_without_wait_completes_and_is_verified_only_once_done(stack):
 
 
 def test_invalid_params_are_refused_before_barman_runs(stack):
-    for params, words in ((dict(server="all"), "reserved"), (dict(server="-v"), "not a Barman server name"),
-                          (dict(server="pg", wait="yes"), "wait must be"),
+    for params, words in ((dict(server="all"), "reserved"),
+                          (dict(server="-v"), "parameter server: '-v' is not allowed .*a Barman server name"),
+                          (dict(server="pg", wait="yes"), r"parameter wait: 'yes' is not allowed \(allowed: true, false\)"),
                           (dict(server="pg", reuse_backup="incremental"), "reuse_backup")):
         adapter, job, ctx = direct(stack, **params)
         with pytest.raises(InvalidJob, match=words):

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..config import ToolConfig
 from ..queue import ClaimedJob
 from ..runner import RunAsError, RunnerError, RunResult
-from .base import Context, InvalidJob, Invocation, Outcome, failure_from, job_timeout, run_check, tool_run
+from .base import (Context, InvalidJob, Invocation, Outcome, failure_from, job_timeout, param_bool, param_choice,
+                   param_text, run_check, spec_params, tool_run)
 
 SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # as pggit._require_name
 RESERVED_SERVERS = ("all", "barman")  # `barman backup all` backs up every server
@@ -42,7 +44,8 @@ class BarmanAdapter:
     name = "barman"
 
     def prepare(self, job: ClaimedJob, ctx: Context) -> Invocation:
-        server, wait, reuse = _checked_params(job.params)
+        params = BarmanParams.parse(spec_params(job))
+        server, wait, reuse = params.server, params.wait, params.reuse_backup
         before = self._backups(job, ctx, server)
         settings = self._server_settings(job, ctx, server)
         if settings.get("active") is False:
@@ -275,21 +278,25 @@ def restore_argv(tool: ToolConfig, location: str, target_dir: str) -> list[str]:
     return _barman(tool, "recover", match["server"], match["backup_id"], target_dir)
 
 
-def _checked_params(params: Mapping[str, Any]) -> tuple[str, bool, str | None]:
-    """(server, wait, reuse_backup) as pggit.backup_barman validated them, checked again: a job
-    may have been written by hand."""
-    server = params.get("server")
-    if not isinstance(server, str) or not SERVER_NAME.fullmatch(server):
-        raise InvalidJob(f"server {server!r} is not a Barman server name (1-63 letters, digits, _ . -)")
-    if server.lower() in RESERVED_SERVERS:
-        raise InvalidJob(f"server {server!r} is reserved by Barman: name one server section")
-    wait = params.get("wait", True)
-    if not isinstance(wait, bool):
-        raise InvalidJob(f"wait must be true or false, got {wait!r}")
-    reuse = params.get("reuse_backup")
-    if reuse is not None and reuse not in REUSE_MODES:
-        raise InvalidJob(f"reuse_backup {reuse!r} is not one of {', '.join(REUSE_MODES)}")
-    return server, wait, reuse
+@dataclass(frozen=True)
+class BarmanParams:
+    """A Barman job's parameters as pggit.backup_barman validated them, checked again here (the
+    spec is a row another login may have written): the adapter's only re-check."""
+
+    server: str
+    wait: bool
+    reuse_backup: str | None
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Any]) -> "BarmanParams":
+        server = param_text(params, "server", SERVER_NAME, "a Barman server name: 1-63 letters, digits, _ . -")
+        if server.lower() in RESERVED_SERVERS:
+            raise InvalidJob(f"parameter server: {server!r} is reserved by Barman "
+                             f"(allowed: the name of one server section, not {' or '.join(RESERVED_SERVERS)})")
+        reuse = params.get("reuse_backup")
+        if reuse is not None:
+            reuse = param_choice(params, "reuse_backup", REUSE_MODES)
+        return cls(server, param_bool(params, "wait", True), reuse)
 
 
 def _barman(tool: ToolConfig, *args: str) -> list[str]:

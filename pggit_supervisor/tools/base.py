@@ -3,15 +3,18 @@ connection settings, output paths and checksums. Adding a tool is adding one mod
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pwd
-import shutil
 import re
+import secrets
+import shutil
+import stat
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, BinaryIO, Callable, Mapping, Protocol
 
 from psycopg2.extensions import parse_dsn
 
@@ -29,6 +32,12 @@ _LIBPQ_ENV = {
     "target_session_attrs": "PGTARGETSESSIONATTRS", "gssencmode": "PGGSSENCMODE",
     "channel_binding": "PGCHANNELBINDING", "application_name": "PGAPPNAME",
 }
+# What proves who the service is, as opposed to where it connects: a custom command gets these
+# only when its allowed_commands entry says pass_credentials (a service file can hold a password).
+CREDENTIAL_ENV = ("PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "PGSSLCERT", "PGSSLKEY")
+# A file name component taken from the database: letters, digits and _ . - only
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
+_MAX_TIMEOUT_SECONDS = 604800  # as pggit._common_options allows
 
 
 class InvalidJob(Exception):
@@ -102,9 +111,12 @@ class Adapter(Protocol):
         """Remove what a stopped or failed run left behind (partial files)."""
 
 
-def libpq_env(dsn: str, dbname: str | None = None) -> dict[str, str]:
-    """The service DSN as PG* variables for a tool (and PGDATABASE = dbname if given)."""
+def libpq_env(dsn: str, dbname: str | None = None, *, credentials: bool = True) -> dict[str, str]:
+    """The service DSN as PG* variables for a tool (and PGDATABASE = dbname if given);
+    credentials=False leaves out everything in CREDENTIAL_ENV."""
     env = {_LIBPQ_ENV[key]: value for key, value in parse_dsn(dsn).items() if key in _LIBPQ_ENV}
+    if not credentials:
+        env = {name: value for name, value in env.items() if name not in CREDENTIAL_ENV}
     if dbname is None:
         dbname = parse_dsn(dsn).get("dbname")
     if dbname:
@@ -113,9 +125,70 @@ def libpq_env(dsn: str, dbname: str | None = None) -> dict[str, str]:
 
 
 def job_timeout(job: ClaimedJob, tool: ToolConfig) -> float:
-    """The job's own timeout_seconds, never above the tool's configured maximum."""
-    requested = job.spec.get("timeout_seconds")
-    return float(min(int(requested), tool.timeout)) if requested else float(tool.timeout)
+    """The job's own timeout_seconds, never above the tool's configured maximum. A spec is a
+    row another login may have written: a value the SQL would have refused is InvalidJob."""
+    requested = job.spec.get("timeout_seconds") if isinstance(job.spec, Mapping) else None
+    if requested is None:
+        return float(tool.timeout)
+    if isinstance(requested, bool) or not isinstance(requested, int) or not 1 <= requested <= _MAX_TIMEOUT_SECONDS:
+        raise InvalidJob(f"timeout_seconds {requested!r} is not allowed "
+                         f"(allowed: an integer from 1 to {_MAX_TIMEOUT_SECONDS})")
+    return float(min(requested, tool.timeout))
+
+
+# -- a job's parameters, re-checked: the spec is a row, and rows can be written by hand --------
+
+def spec_params(job: ClaimedJob) -> Mapping[str, Any]:
+    """The spec's params object; InvalidJob if the spec or its params are not JSON objects."""
+    params = job.spec.get("params", {}) if isinstance(job.spec, Mapping) else None
+    if not isinstance(params, Mapping):
+        raise InvalidJob(f"the job's spec.params must be a JSON object, got {type(params).__name__}")
+    return params
+
+
+def param_choice(params: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str | None = None) -> str:
+    value = params.get(key, default)
+    if not isinstance(value, str) or value not in allowed:
+        raise InvalidJob(f"parameter {key}: {value!r} is not allowed (allowed: {', '.join(allowed)})")
+    return value
+
+
+def param_int(params: Mapping[str, Any], key: str, low: int, high: int) -> int | None:
+    """An optional integer parameter in [low, high]; a JSON integer only, as the SQL stores it."""
+    value = params.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidJob(f"parameter {key}: {value!r} is not allowed (allowed: an integer from {low} to {high})")
+    return value
+
+
+def param_bool(params: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidJob(f"parameter {key}: {value!r} is not allowed (allowed: true, false)")
+    return value
+
+
+def param_text(params: Mapping[str, Any], key: str, pattern: re.Pattern[str], allowed: str,
+               required: bool = True) -> str | None:
+    value = params.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise InvalidJob(f"parameter {key}: {value!r} is not allowed (allowed: {allowed})")
+    return value
+
+
+def param_dir(params: Mapping[str, Any], key: str = "output_dir") -> str:
+    """An absolute directory as pggit._require_dir leaves it: normalised, no '..', no control
+    characters. Whether it is allowed is the config's business (allowed_output_dir)."""
+    value = params.get(key)
+    allowed = "an absolute directory path without '..' or control characters"
+    if (not isinstance(value, str) or not value.startswith("/") or len(value) > 4096
+            or ".." in value.split("/") or any(ord(char) < 32 or ord(char) == 127 for char in value)):
+        raise InvalidJob(f"parameter {key}: {value!r} is not allowed (allowed: {allowed})")
+    return os.path.normpath(value)
 
 
 def tool_run(ctx: Context, job: ClaimedJob, argv: list[str], env: Mapping[str, str],
@@ -124,23 +197,41 @@ def tool_run(ctx: Context, job: ClaimedJob, argv: list[str], env: Mapping[str, s
                    cwd=cwd, kill_grace=float(ctx.tool.kill_grace))
 
 
+def safe_component(value: Any, limit: int) -> str:
+    """A piece of a file name taken from the database (branch, commit, job id, ...): only
+    letters, digits and _ . -, so no value can add a directory or climb out of one."""
+    return _UNSAFE_NAME_CHARS.sub("_", str(value))[:limit]
+
+
 def backup_stem(job: ClaimedJob, now: datetime) -> str:
     """File name stem of a backup: tool, branch, short commit, UTC time and job id, so that
-    two backups started in the same second never collide."""
-    branch = re.sub(r"[^A-Za-z0-9_.-]", "_", job.branch_name or "nobranch")[:40]
-    commit = (job.commit_hash or "nocommit")[:8]
-    return f"{job.tool}-{branch}-{commit}-{now:%Y%m%dT%H%M%SZ}-{job.job_id[:8]}"
+    two backups started in the same second never collide. Every piece but the time comes
+    from the database and is sanitised."""
+    parts = (safe_component(job.tool, 40), safe_component(job.branch_name or "nobranch", 40),
+             safe_component(job.commit_hash or "nocommit", 8), f"{now:%Y%m%dT%H%M%SZ}",
+             safe_component(job.job_id, 8))
+    return "-".join(parts)
 
 
 def partial_path(directory: str, job: ClaimedJob, suffix: str) -> str:
     """The temporary name a backup is written under: one per job, so that the retry of an
-    attempt whose worker was killed mid-write finds and removes what that attempt left."""
-    path = os.path.join(directory, f".pggit-{job.job_id}{suffix}.partial")
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
-    return path
+    attempt whose worker was killed mid-write finds and removes what that attempt left.
+    `directory` is a real path (allowed_output_dir); the leftover is removed relative to the
+    directory opened without following any symlink."""
+    name = f".pggit-{safe_component(job.job_id, 64)}{safe_component(suffix, 16)}.partial"
+    fd = open_real_dir(directory)
+    try:
+        try:
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            info = None
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(name, dir_fd=fd)
+        elif info is not None:
+            os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    return os.path.join(directory, name)
 
 
 def allowed_output_dir(directory: str, tool: ToolConfig) -> str:
@@ -156,19 +247,104 @@ def allowed_output_dir(directory: str, tool: ToolConfig) -> str:
                      f"(allowed: {', '.join(tool.allowed_output_dirs) or 'none'})")
 
 
-def prepare_output_dir(path: str, run_as: str | None) -> None:
-    """Create the output directory if missing, owned by the tool's user when we are root."""
-    if os.path.isdir(path):
-        return
-    os.makedirs(path, mode=0o750, exist_ok=True)
-    give_to(path, run_as)
+def prepare_output_dir(path: str, tool: ToolConfig) -> None:
+    """Create the checked output directory `path` (a real path from allowed_output_dir) and
+    any missing parents below its allowed root, each owned by the tool's user when we are root.
+
+    The tool's user owns directories on the way: between the check and this call it could swap
+    one for a symlink, and root would create and chown a directory wherever it points. So the
+    walk goes from / one opened directory at a time, never following a symlink (the checked
+    path has none), and creates and chowns each new directory through its descriptor."""
+    root = next((real for real in map(os.path.realpath, tool.allowed_output_dirs)
+                 if path == real or path.startswith(real.rstrip("/") + "/")), None)
+    if root is None:
+        raise InvalidJob(f"output directory {path} is not under tools.{tool.name}.allowed_output_dirs "
+                         f"(allowed: {', '.join(tool.allowed_output_dirs) or 'none'})")
+    may_create_from = len(_components(os.path.dirname(root)))
+    os.close(open_real_dir(path, create_below=may_create_from, owner=tool.run_as))
+
+
+def make_scratch_dir(parent: str, prefix: str, run_as: str | None) -> str:
+    """A new directory with a random name under the real directory `parent`, made and given to
+    `run_as` through descriptors, as prepare_output_dir does (tempfile.mkdtemp plus a chown by
+    name would chown whatever a swapped-in symlink names)."""
+    fd = open_real_dir(parent)
+    try:
+        for _attempt in range(100):
+            name = f"{prefix}{secrets.token_hex(6)}"
+            try:
+                os.mkdir(name, 0o700, dir_fd=fd)
+            except FileExistsError:
+                continue
+            os.close(_open_created(fd, name, run_as))
+            return os.path.join(parent, name)
+        raise FileExistsError(errno.EEXIST, f"no free scratch name under {parent}")
+    finally:
+        os.close(fd)
+
+
+def open_real_dir(path: str, *, create_below: int | None = None, owner: str | None = None) -> int:
+    """A descriptor of the directory `path`, opened from / one component at a time with
+    O_NOFOLLOW: a symlink anywhere on the way is refused (InvalidJob), so what is opened is the
+    path as checked. Components after the first `create_below` are made if missing, given to
+    `owner`."""
+    parts = _components(path)
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for index, name in enumerate(parts):
+            try:
+                next_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                if create_below is None or index < create_below:
+                    raise
+                try:
+                    os.mkdir(name, 0o750, dir_fd=fd)
+                    made_by = owner
+                except FileExistsError:
+                    made_by = None  # made meanwhile by someone else: opened, never chowned
+                next_fd = _open_created(fd, name, made_by)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise InvalidJob(f"{path}: {'/' + '/'.join(parts[:index + 1])} is not a directory "
+                                 "(a symlink or file put there after the path was checked?)") from None
+            os.close(fd)
+            fd = next_fd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_created(dir_fd: int, name: str, owner: str | None) -> int:
+    """Open the directory just made as `name` (refusing a symlink swapped in meanwhile) and
+    chown that very directory, through its descriptor."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        raise InvalidJob(f"the directory {name} just created was replaced by a symlink or file") from None
+    try:
+        if owner and os.geteuid() == 0:
+            entry = pwd.getpwnam(owner)
+            os.chown(fd, entry.pw_uid, entry.pw_gid)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _components(path: str) -> list[str]:
+    return [part for part in path.split("/") if part]
 
 
 def give_to(path: str, user: str | None) -> None:
-    """chown `path` to `user` and its primary group, when we are root and a user is named."""
+    """chown `path` to `user` and its primary group, when we are root and a user is named.
+    A symlink at `path` is chowned itself, never what it points to."""
     if user and os.geteuid() == 0:
         entry = pwd.getpwnam(user)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+        os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
 
 
 def sha256_of(path: str, ctx: Context | None = None) -> tuple[str, int, Mapping[str, str]]:
@@ -197,10 +373,20 @@ def tree_size(path: str) -> int:
     return sum(os.lstat(os.path.join(root, name)).st_size for root, _dirs, names in os.walk(path) for name in names)
 
 
+def open_regular(path: str) -> BinaryIO:
+    """A regular file the tool's user wrote, opened for reading as root: a symlink (to
+    /etc/shadow, /dev/zero, ...) or any other kind of file put in its place is refused."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return os.fdopen(fd, "rb")
+
+
 def _file_sha256(path: str, ctx: Context | None) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
             size += len(chunk)

@@ -1,29 +1,55 @@
 """Custom commands from enqueue_backup_job: split like shell words, never run by a shell, and
-only when the executable is on tools.custom.allowed_commands."""
+only when the executable is on tools.custom.allowed_commands. The service's database
+credentials reach a command only when its allowed_commands entry says pass_credentials."""
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 from ..queue import ClaimedJob
 from ..runner import RunResult
-from .base import Context, InvalidJob, Invocation, Outcome, failure_from, libpq_env, tool_run
+from .base import Context, InvalidJob, Invocation, Outcome, failure_from, libpq_env, spec_params, tool_run
+
+# as pggit.enqueue_backup_job checks p_command
+_COMMAND = re.compile(r"[^\x00-\x1f\x7f;|&$`<>\\*?(){}]{1,4096}")
+_COMMAND_ALLOWED = ("one executable and its arguments, at most 4096 characters, without control characters "
+                    "or ; | & $ ` < > \\ * ? ( ) { }")
+
+
+@dataclass(frozen=True)
+class CustomParams:
+    """A custom job's argv, split from the command pggit.enqueue_backup_job checked, checked
+    again here (the spec is a row another login may have written)."""
+
+    argv: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Any]) -> "CustomParams":
+        command = params.get("command")
+        if not isinstance(command, str) or not _COMMAND.fullmatch(command):
+            raise InvalidJob(f"parameter command: {command!r} is not allowed (allowed: {_COMMAND_ALLOWED})")
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise InvalidJob(f"command cannot be split into words ({exc}): {command!r}") from exc
+        if not argv:
+            raise InvalidJob(f"parameter command: is empty (allowed: {_COMMAND_ALLOWED})")
+        return cls(tuple(argv))
 
 
 class CustomAdapter:
     name = "custom"
 
     def prepare(self, job: ClaimedJob, ctx: Context) -> Invocation:
-        command = str(job.params.get("command", ""))
-        try:
-            argv = shlex.split(command)
-        except ValueError as exc:
-            raise InvalidJob(f"command cannot be split into words ({exc}): {command!r}") from exc
-        if not argv:
-            raise InvalidJob("command is empty")
+        argv = CustomParams.parse(spec_params(job)).argv
         executable = resolve_allowed(argv[0], ctx.tool.allowed_commands)
-        env = libpq_env(ctx.config.dsn, job.database_name)
+        # the DSN's password, a passfile or service file, client certificates: only when asked
+        env = libpq_env(ctx.config.dsn, job.database_name,
+                        credentials=executable in ctx.tool.pass_credentials)
         env.update(PGGIT_JOB_ID=job.job_id, PGGIT_BACKUP_ID=job.backup_id,
                    PGGIT_BACKUP_NAME=job.backup_name, PGGIT_COMMIT_HASH=job.commit_hash or "",
                    PGGIT_BRANCH=job.branch_name or "")

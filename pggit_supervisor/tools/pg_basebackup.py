@@ -9,16 +9,51 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import tempfile
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..queue import ClaimedJob
 from ..runner import RunResult
-from .base import (Context, Invocation, Outcome, allowed_output_dir, backup_stem, failure_from, give_to,
-                   libpq_env, partial_path, prepare_output_dir, run_check, sha256_of, tool_run, tree_size)
+from .base import (Context, InvalidJob, Invocation, Outcome, allowed_output_dir, backup_stem, failure_from,
+                   libpq_env, make_scratch_dir, open_real_dir, open_regular, param_choice, param_dir, param_int,
+                   partial_path, prepare_output_dir, run_check, safe_component, sha256_of, spec_params, tool_run,
+                   tree_size)
 
 TAR = "/bin/tar"
+FORMATS = ("plain", "tar")
+COMPRESSIONS = ("none", "gzip", "lz4", "zstd")
+# the levels pg_basebackup 15 accepts per method (as pggit.backup_pg_basebackup checks them)
+COMPRESSION_LEVELS = {"gzip": 9, "lz4": 12, "zstd": 22}
+CHECKPOINTS = ("fast", "spread")
+_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+@dataclass(frozen=True)
+class BaseBackupParams:
+    """A pg_basebackup job's parameters as pggit.backup_pg_basebackup validated them, checked
+    again here (the spec is a row another login may have written): the adapter's only re-check."""
+
+    output_dir: str
+    format: str
+    compression: str
+    compression_level: int | None
+    checkpoint: str
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Any]) -> "BaseBackupParams":
+        fmt = param_choice(params, "format", FORMATS, "plain")
+        compression = param_choice(params, "compression", COMPRESSIONS, "none")
+        if compression != "none" and fmt != "tar":
+            raise InvalidJob(f"parameter compression: {compression!r} needs the tar format "
+                             "(allowed with format plain: none)")
+        level = param_int(params, "compression_level", 1, COMPRESSION_LEVELS.get(compression, 22))
+        if level is not None and compression == "none":
+            raise InvalidJob("parameter compression_level: needs a compression method "
+                             "(allowed: gzip, lz4 or zstd with the tar format)")
+        checkpoint = param_choice(params, "checkpoint", CHECKPOINTS, "fast")
+        return cls(param_dir(params), fmt, compression, level, checkpoint)
 
 
 def pg_bin_dir(version: str) -> str:
@@ -54,19 +89,20 @@ class PgBaseBackupAdapter:
     name = "pg_basebackup"
 
     def prepare(self, job: ClaimedJob, ctx: Context) -> Invocation:
-        params = job.params
-        directory = allowed_output_dir(str(params.get("output_dir", "")), ctx.tool)
+        params = BaseBackupParams.parse(spec_params(job))
+        directory = allowed_output_dir(params.output_dir, ctx.tool)
+        prepare_output_dir(directory, ctx.tool)
         final = os.path.join(directory, backup_stem(job, ctx.now))
         partial = partial_path(directory, job, "")
-        prepare_output_dir(directory, ctx.tool.run_as)
-        fmt = params.get("format", "plain")
+        fmt, compression, level = params.format, params.compression, params.compression_level
+        # the label lands in backup_label, a line-based file the server parses: names from the
+        # database are kept to one line of plain characters
+        label = f"pggit {_LABEL_UNSAFE.sub('_', str(job.backup_name))[:200]} job {safe_component(job.job_id, 64)}"
         argv = [ctx.tool.path, f"--pgdata={partial}", f"--format={fmt}", "--wal-method=stream",
-                f"--checkpoint={params.get('checkpoint', 'fast')}", "--manifest-checksums=SHA256",
-                "--no-password", f"--label=pggit {job.backup_name} job {job.job_id}"]
-        compression = params.get("compression", "none")
+                f"--checkpoint={params.checkpoint}", "--manifest-checksums=SHA256",
+                "--no-password", f"--label={label}"]
         if compression != "none":
-            level = params.get("compression_level")
-            argv.append(f"--compress=client-{compression}" + (f":{int(level)}" if level is not None else ""))
+            argv.append(f"--compress=client-{compression}" + (f":{level}" if level is not None else ""))
         env = libpq_env(ctx.config.dsn)
         env.pop("PGDATABASE", None)  # a replication connection takes no database
         return Invocation(tool_run(ctx, job, argv, env, cwd=directory),
@@ -108,13 +144,12 @@ class PgBaseBackupAdapter:
         base, wal = tar_members(partial)
         if base is None:
             return False, "", "no base.tar* in the tar-format backup"
-        scratch = tempfile.mkdtemp(prefix=".verify-", dir=os.path.dirname(partial))
+        scratch = make_scratch_dir(os.path.dirname(partial), ".verify-", ctx.tool.run_as)
         try:
-            give_to(scratch, ctx.tool.run_as)
             steps = [extract_argv(os.path.join(partial, base), scratch)]
             if wal:
-                os.makedirs(os.path.join(scratch, "pg_wal"), exist_ok=True)
-                give_to(os.path.join(scratch, "pg_wal"), ctx.tool.run_as)
+                os.close(open_real_dir(os.path.join(scratch, "pg_wal"), create_below=len(scratch.split("/")) - 1,
+                                       owner=ctx.tool.run_as))
                 steps.append(extract_argv(os.path.join(partial, wal), os.path.join(scratch, "pg_wal")))
             for argv in steps:
                 extracted = run_check(ctx, job, argv, {})
@@ -139,7 +174,7 @@ class PgBaseBackupAdapter:
 
 def _manifest_facts(manifest: str) -> dict[str, Any]:
     try:
-        with open(manifest) as handle:
+        with open_regular(manifest) as handle:
             data = json.load(handle)
     except (OSError, ValueError):
         return {}

@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 from ..config import ToolConfig
 from ..queue import ClaimedJob
 from ..runner import RunAsError, RunnerError, RunResult, ToolStartError
-from .base import Context, InvalidJob, Invocation, Outcome, failure_from, run_check, tool_run
+from .base import (Context, InvalidJob, Invocation, Outcome, failure_from, param_choice, param_int, param_text,
+                   run_check, spec_params, tool_run)
 
 TYPES = ("full", "incr", "diff")
 DEFAULT_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
@@ -109,7 +110,8 @@ class PgBackRestAdapter:
     name = "pgbackrest"
 
     def prepare(self, job: ClaimedJob, ctx: Context) -> Invocation:
-        stanza, kind, repo = _validated(job.params)
+        params = BackRestParams.parse(spec_params(job))
+        stanza, kind, repo = params.stanza, params.type, params.repo
         try:
             entry = self._info(job, ctx, stanza, repo)
         except PgBackRestError as exc:
@@ -366,15 +368,19 @@ def restore_argv(tool: ToolConfig, location: str, target_dir: str, *, repo: int 
     return argv + ["restore"]
 
 
-def _validated(params: Mapping[str, Any]) -> tuple[str, str, int | None]:
-    stanza, kind, repo = params.get("stanza"), params.get("type"), params.get("repo")
-    if not isinstance(stanza, str) or not _NAME.fullmatch(stanza):
-        raise InvalidJob(f"stanza {stanza!r} is not a pgBackRest stanza name (letters, digits, _ . -)")
-    if kind not in TYPES:
-        raise InvalidJob(f"type {kind!r} is not one of {', '.join(TYPES)}")
-    if repo is not None and (isinstance(repo, bool) or not isinstance(repo, int) or not 1 <= repo <= 256):
-        raise InvalidJob(f"repo {repo!r} is not a repository number from 1 to 256")
-    return stanza, kind, repo
+@dataclass(frozen=True)
+class BackRestParams:
+    """A pgBackRest job's parameters as pggit.backup_pgbackrest validated them, checked again
+    here (the spec is a row another login may have written): the adapter's only re-check."""
+
+    stanza: str
+    type: str
+    repo: int | None
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Any]) -> "BackRestParams":
+        stanza = param_text(params, "stanza", _NAME, "a pgBackRest stanza name: 1-63 letters, digits, _ . -")
+        return cls(stanza, param_choice(params, "type", TYPES), param_int(params, "repo", 1, 256))
 
 
 def _command(tool: ToolConfig, stanza: str, repo: int | None) -> list[str]:
