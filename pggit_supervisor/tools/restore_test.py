@@ -174,8 +174,10 @@ def _prepare_drill_database(box: "sandbox.Sandbox", source_dsn: str, backup: "re
 
 def _check_dump(box: "sandbox.Sandbox", backup: "restore.Backup") -> Outcome:
     expected = backup.metadata.get("row_counts")
+    # the restored database is the dump's: a pinned search_path keeps its operators and functions
+    # out of our queries (pg_temp is never searched for those), as in the row counts at dump time
     conn = psycopg2.connect(box.dsn(sandbox.SUPERUSER, DRILL_DATABASE),
-                            options=f"-c statement_timeout={COUNT_TIMEOUT}")
+                            options=f"-c statement_timeout={COUNT_TIMEOUT} -c search_path=pg_catalog,pg_temp")
     try:
         with conn.cursor() as cur:
             cur.execute("""SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -193,7 +195,7 @@ def _check_dump(box: "sandbox.Sandbox", backup: "restore.Backup") -> Outcome:
                 if cur.fetchone() is None:
                     differences.append(f"{name}: missing")
                     continue
-                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table)))
+                cur.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {}").format(sql.Identifier(schema, table)))
                 restored = cur.fetchone()[0]
                 if restored != count:
                     differences.append(f"{name}: {count} rows at dump time, {restored} restored")
