@@ -16,10 +16,9 @@ from typing import Any, Callable
 import psutil
 import yaml
 
-from conftest import query, scalar
+from conftest import FAKE_TOOL, query, scalar
 
 ROOT = Path(__file__).resolve().parent.parent
-FAKE_TOOL = str(Path(__file__).resolve().parent / "fake_tool.py")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
