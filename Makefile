@@ -1,24 +1,45 @@
-# The two commands a newcomer needs: `make test` and `make demo` (see README.md).
+# The commands a newcomer needs: `sh packaging/install-deps.sh` (as root), `make test` and
+# `make demo` (see README.md). `make check` is the quick subset, `make lint` the code checks.
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PYTEST_ARGS ?=
+# The fast tests: SQL, config, runner and supervisor processes with a fake tool; no real
+# pgBackRest, Barman, pg_basebackup or clusters of their own (those are marked slow).
+CHECK_FILES = tests/test_smoke.py tests/test_config.py tests/test_prerequisites.py \
+              tests/test_queue.py tests/test_roles.py tests/test_hostile_inputs.py \
+              tests/test_guide_api.py tests/test_schema_install.py tests/test_migration.py \
+              tests/test_runner.py tests/test_packaging.py
 
-.PHONY: test demo venv clean deb
+.PHONY: test check lint demo venv deps clean deb
 
+# A venv without a working pip (python3-venv was missing on the first try) is made again.
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || \
+	    { rm -rf $(VENV); echo "make: cannot create $(VENV); as root run: sh packaging/install-deps.sh" >&2; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
 
+# Installs every Debian package the tests, the tools, the demo and `make deb` need (needs root).
+deps:
+	sh packaging/install-deps.sh
+
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+check: venv
+	$(PY) -m pytest -m 'not slow' $(CHECK_FILES) $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check pggit_supervisor tests docs packaging bench
+	$(VENV)/bin/ruff format --check pggit_supervisor tests docs packaging bench
+	$(VENV)/bin/mypy pggit_supervisor
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
 demo: venv
 	$(PY) docs/demo.py
@@ -26,9 +47,11 @@ demo: venv
 # The Debian package: packaging/debian becomes build/deb/debian; the .deb lands in dist/.
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' pggit_supervisor/__init__.py)
 deb:
+	sh packaging/install-deps.sh --check deb
 	rm -rf build/deb && mkdir -p build/deb dist
 	tar cf - --exclude=./.venv --exclude=./build --exclude=./dist --exclude=./.git --exclude='*.egg-info' \
-	    --exclude=__pycache__ --exclude=.pytest_cache . | tar xf - -C build/deb
+	    --exclude=__pycache__ --exclude=.pytest_cache --exclude=.mypy_cache --exclude=.ruff_cache . \
+	    | tar xf - -C build/deb
 	cp -r packaging/debian build/deb/debian
 	cd build/deb && dpkg-buildpackage -us -uc -b
 	mv build/pggit-supervisor_$(VERSION)_all.deb build/pggit-supervisor_$(VERSION)_*.changes build/pggit-supervisor_$(VERSION)_*.buildinfo dist/
