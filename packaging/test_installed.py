@@ -94,8 +94,9 @@ def serve_like_systemd(dsn: str) -> None:
         original = handle.read()
     # point the shipped config at the test database, as a DBA edits it
     with open(CONFIG, "w") as handle:
-        handle.write(re.sub(r"^dsn: .*$", f"dsn: {dsn}", original, count=1, flags=re.M)
-                     .replace("heartbeat_interval: 10", "heartbeat_interval: 1").replace("poll_interval: 10", "poll_interval: 1"))
+        edited = re.sub(r"^dsn: .*$", f"dsn: {dsn}", original, count=1, flags=re.M)
+        handle.write(edited.replace("heartbeat_interval: 10", "heartbeat_interval: 1")
+                     .replace("poll_interval: 10", "poll_interval: 1"))
     sock_dir = tempfile.mkdtemp()
     sock_path = os.path.join(sock_dir, "notify")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -108,7 +109,7 @@ def serve_like_systemd(dsn: str) -> None:
         while time.monotonic() < deadline:
             try:
                 messages.append(listener.recv(4096).decode())
-            except socket.timeout:
+            except TimeoutError:
                 pass
 
     try:

@@ -73,7 +73,7 @@ class Cluster:
     def pg_ctl(self, *args: str) -> None:
         as_postgres([str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "pg.log"), "-w", *args])
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         self.pg_ctl("start")
         return self
 

@@ -90,7 +90,8 @@ QUERIES: dict[str, str] = {
         FROM pg_auth_members am JOIN pg_roles r ON r.oid = am.roleid JOIN pg_roles m ON m.oid = am.member
         WHERE r.rolname LIKE 'pggit%' OR m.rolname LIKE 'pggit%'""",
     "extensions": "SELECT extname, extversion FROM pg_extension",
-    "event triggers": "SELECT evtname, evtevent, evtenabled, evtfoid::regproc::text, evttags::text FROM pg_event_trigger",
+    "event triggers": """
+        SELECT evtname, evtevent, evtenabled, evtfoid::regproc::text, evttags::text FROM pg_event_trigger""",
     "recorded migrations": "SELECT version, name FROM pggit.backup_schema_migrations",
 }
 
