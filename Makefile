@@ -13,6 +13,13 @@ CHECK_FILES = tests/test_smoke.py tests/test_config.py tests/test_prerequisites.
 
 .PHONY: test check lint demo venv deps clean deb
 
+# The tests need root (each tool runs as its own OS user, as in production): an ordinary user's
+# run goes through sudo, writing nothing as root into the checkout.
+AS_ROOT = $(if $(filter 0,$(shell id -u)),,sudo env PYTHONDONTWRITEBYTECODE=1 \
+          PGGIT_TEST_PGHOST="$$PGGIT_TEST_PGHOST" PGGIT_TEST_PGPORT="$$PGGIT_TEST_PGPORT" \
+          PGGIT_TEST_PGUSER="$$PGGIT_TEST_PGUSER" PGPASSWORD="$$PGPASSWORD")
+PYTEST = $(AS_ROOT) $(PY) -m pytest $(if $(AS_ROOT),-p no:cacheprovider)
+
 # A venv without a working pip (python3-venv was missing on the first try) is made again.
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || \
@@ -28,10 +35,10 @@ deps:
 	sh packaging/install-deps.sh
 
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 check: venv
-	$(PY) -m pytest -m 'not slow' $(CHECK_FILES) $(PYTEST_ARGS)
+	$(PYTEST) -m 'not slow' $(CHECK_FILES) $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check pggit_supervisor tests docs packaging bench
