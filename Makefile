@@ -15,9 +15,8 @@ CHECK_FILES = tests/test_smoke.py tests/test_config.py tests/test_prerequisites.
 
 # The tests need root (each tool runs as its own OS user, as in production): an ordinary user's
 # run goes through sudo, writing nothing as root into the checkout.
-AS_ROOT = $(if $(filter 0,$(shell id -u)),,sudo env PYTHONDONTWRITEBYTECODE=1 \
-          PGGIT_TEST_PGHOST="$$PGGIT_TEST_PGHOST" PGGIT_TEST_PGPORT="$$PGGIT_TEST_PGPORT" \
-          PGGIT_TEST_PGUSER="$$PGGIT_TEST_PGUSER" PGPASSWORD="$$PGPASSWORD")
+AS_ROOT = $(if $(filter 0,$(shell id -u)),,sudo --preserve-env=PGGIT_TEST_PGHOST,PGGIT_TEST_PGPORT,PGGIT_TEST_PGUSER,PGPASSWORD \
+          env PYTHONDONTWRITEBYTECODE=1)
 PYTEST = $(AS_ROOT) $(PY) -m pytest $(if $(AS_ROOT),-p no:cacheprovider)
 
 # A venv without a working pip (python3-venv was missing on the first try) is made again.
