@@ -38,7 +38,7 @@ SESSION_SERVER_CONF = "max_connections = 200\n"
 
 # What a test runs as another OS user must be readable by that user, wherever the checkout is
 # (a checkout under /root, mode 0700, is not): a copy in a directory everyone can read.
-_SHARED_DIR = Path(tempfile.mkdtemp(prefix="pggit-test-shared-"))
+_SHARED_DIR = Path(tempfile.mkdtemp(prefix="pggit-test-shared-", dir="/tmp"))
 os.chmod(_SHARED_DIR, 0o755)
 atexit.register(shutil.rmtree, _SHARED_DIR, ignore_errors=True)
 FAKE_TOOL = str(_SHARED_DIR / "fake_tool.py")
