@@ -39,10 +39,14 @@ test: venv
 check: venv
 	$(PYTEST) -m 'not slow' $(CHECK_FILES) $(PYTEST_ARGS)
 
+# All three run, so one look shows every finding; the target fails if any of them does.
+LINTED = pggit_supervisor tests docs packaging bench
 lint: venv
-	$(VENV)/bin/ruff check pggit_supervisor tests docs packaging bench
-	$(VENV)/bin/ruff format --check pggit_supervisor tests docs packaging bench
-	$(VENV)/bin/mypy pggit_supervisor
+	@status=0; \
+	echo "ruff check $(LINTED)"; $(VENV)/bin/ruff check $(LINTED) || status=1; \
+	echo "ruff format --check $(LINTED)"; $(VENV)/bin/ruff format --check $(LINTED) || status=1; \
+	echo "mypy pggit_supervisor"; $(VENV)/bin/mypy pggit_supervisor || status=1; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
