@@ -57,7 +57,9 @@ class Cluster:
         self._reaper: subprocess.Popen | None = None
         self._reaper_pipe: int | None = None
         as_postgres(["mkdir", "-p", str(self.socket_dir)])
-        as_postgres([str(BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"])
+        # C.UTF-8 always exists on Debian; the caller's LANG may name a locale that is not installed
+        as_postgres([str(BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
+                     "--locale=C.UTF-8", "--encoding=UTF8"])
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write(f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
                        f"unix_socket_directories = '{self.socket_dir}'\nwal_level = replica\n"
