@@ -43,3 +43,16 @@ def test_a_run_without_pgbackrest_stops_at_session_start_naming_it(tmp_path):
     assert "missing for the tests: pgbackrest (command)" in output
     assert "sh packaging/install-deps.sh" in output
     assert run.stdout.count("pgbackrest") == 1, "named once in the report, not once per test"
+
+
+def test_readme_ci_and_the_missing_tool_report_name_one_install_script():
+    readme = (ROOT / "README.md").read_text()
+    newcomer = readme[readme.index("## For a newcomer"):readme.index("## Installing the Debian package")]
+    ci = (ROOT / ".ci" / "run").read_text()
+
+    assert "sh packaging/install-deps.sh" in newcomer
+    assert "\nsh packaging/install-deps.sh\n" in ci, ".ci/run installs with the README's script"
+    assert "apt-get install" not in ci.split("make deb")[0], "and with nothing else before the build"
+    assert (ROOT / "packaging" / "install-deps.sh").is_file()
+    check = subprocess.run(["sh", "packaging/install-deps.sh", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr  # this machine has everything: the script agrees
