@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PYTEST_ARGS ?=
-# The fast tests: SQL, config, runner and supervisor processes with a fake tool; no real
-# pgBackRest, Barman, pg_basebackup or clusters of their own (those are marked slow).
+# The fast tests (about 40 s): SQL, config, schema and migration, the runner with a fake tool;
+# no supervisor processes and no real pgBackRest, Barman or pg_basebackup (the slow marker).
 CHECK_FILES = tests/test_smoke.py tests/test_config.py tests/test_prerequisites.py \
               tests/test_queue.py tests/test_roles.py tests/test_hostile_inputs.py \
               tests/test_guide_api.py tests/test_schema_install.py tests/test_migration.py \
