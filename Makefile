@@ -1,24 +1,55 @@
-# The two commands a newcomer needs: `make test` and `make demo` (see README.md).
+# The commands a newcomer needs: `sh packaging/install-deps.sh` (as root), `make test` and
+# `make demo` (see README.md). `make check` is the quick subset, `make lint` the code checks.
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PYTEST_ARGS ?=
+# The fast tests (about 40 s): SQL, config, schema and migration, the runner with a fake tool;
+# no supervisor processes and no real pgBackRest, Barman or pg_basebackup (the slow marker).
+CHECK_FILES = tests/test_smoke.py tests/test_config.py tests/test_prerequisites.py \
+              tests/test_queue.py tests/test_roles.py tests/test_hostile_inputs.py \
+              tests/test_guide_api.py tests/test_schema_install.py tests/test_migration.py \
+              tests/test_runner.py tests/test_packaging.py tests/test_session_cluster.py
 
-.PHONY: test demo venv clean deb
+.PHONY: test check lint demo venv deps clean deb
 
+# The tests need root (each tool runs as its own OS user, as in production): an ordinary user's
+# run goes through sudo, writing nothing as root into the checkout.
+AS_ROOT = $(if $(filter 0,$(shell id -u)),,sudo --preserve-env=PGGIT_TEST_PGHOST,PGGIT_TEST_PGPORT,PGGIT_TEST_PGUSER,PGPASSWORD \
+          env PYTHONDONTWRITEBYTECODE=1)
+PYTEST = $(AS_ROOT) $(PY) -m pytest $(if $(AS_ROOT),-p no:cacheprovider)
+
+# A venv without a working pip (python3-venv was missing on the first try) is made again.
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || \
+	    { rm -rf $(VENV); echo "make: cannot create $(VENV); as root run: sh packaging/install-deps.sh" >&2; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
 
+# Installs every Debian package the tests, the tools, the demo and `make deb` need (needs root).
+deps:
+	sh packaging/install-deps.sh
+
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
+
+check: venv
+	$(PYTEST) -m 'not slow' $(CHECK_FILES) $(PYTEST_ARGS)
+
+# All three run, so one look shows every finding; the target fails if any of them does.
+LINTED = pggit_supervisor tests docs packaging bench
+lint: venv
+	@status=0; \
+	echo "ruff check $(LINTED)"; $(VENV)/bin/ruff check $(LINTED) || status=1; \
+	echo "ruff format --check $(LINTED)"; $(VENV)/bin/ruff format --check $(LINTED) || status=1; \
+	echo "mypy pggit_supervisor"; $(VENV)/bin/mypy pggit_supervisor || status=1; \
+	exit $$status
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
 demo: venv
 	$(PY) docs/demo.py
@@ -26,9 +57,11 @@ demo: venv
 # The Debian package: packaging/debian becomes build/deb/debian; the .deb lands in dist/.
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' pggit_supervisor/__init__.py)
 deb:
+	sh packaging/install-deps.sh --check deb
 	rm -rf build/deb && mkdir -p build/deb dist
 	tar cf - --exclude=./.venv --exclude=./build --exclude=./dist --exclude=./.git --exclude='*.egg-info' \
-	    --exclude=__pycache__ --exclude=.pytest_cache . | tar xf - -C build/deb
+	    --exclude=__pycache__ --exclude=.pytest_cache --exclude=.mypy_cache --exclude=.ruff_cache . \
+	    | tar xf - -C build/deb
 	cp -r packaging/debian build/deb/debian
 	cd build/deb && dpkg-buildpackage -us -uc -b
 	mv build/pggit-supervisor_$(VERSION)_all.deb build/pggit-supervisor_$(VERSION)_*.changes build/pggit-supervisor_$(VERSION)_*.buildinfo dist/

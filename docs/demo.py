@@ -67,7 +67,9 @@ def free_port() -> int:
 def start_cluster(work: Path) -> tuple[str, Path]:
     bin_dir, port = pg_bin(), free_port()
     data = work / "data"
-    run_as_db_user([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", DB_USER, "--no-sync"])
+    # C.UTF-8 always exists on Debian; LANG (often forwarded by ssh) may name a missing locale
+    run_as_db_user([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", DB_USER, "--no-sync",
+                    "--locale=C.UTF-8", "--encoding=UTF8"])
     with open(data / "postgresql.conf", "a") as conf:
         conf.write(f"\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{work}'\n")
     run_as_db_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(work / "postgres.log"), "-w", "start"])

@@ -7,6 +7,9 @@ system user, the schema installs from /usr/share, and the service started exactl
 would (the unit's ExecStart, as the unit's user, with a NOTIFY_SOCKET this script listens on and
 WATCHDOG_USEC set) sends READY and WATCHDOG, runs a pg_dump backup scheduled from SQL and its
 restore drill (in a sandbox that is gone afterwards), and stops cleanly on SIGTERM with STOPPING.
+
+The database is on a throwaway cluster of its own (tests/cluster.py), not the machine's server,
+whose configuration (port, authentication) is the machine's business.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import configparser
 import grp
 import os
 import pwd
+import re
 import shlex
 import signal
 import socket
@@ -22,14 +26,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import psycopg2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from cluster import Cluster  # noqa: E402
 
 UNIT = "/lib/systemd/system/pggit-supervisor.service"
 CONFIG = "/etc/pggit/supervisor.yaml"
 DATABASE = "pggit_package_test"
-ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-DSN = f"postgresql://postgres@127.0.0.1:5432/{DATABASE}"
 checks: list[str] = []
 
 
@@ -66,19 +72,21 @@ def main() -> int:
     check("the config is 0640 root:pggit", oct(mode.st_mode & 0o777) == "0o640" and mode.st_uid == 0)
     check_drill_user()
 
-    admin = psycopg2.connect(ADMIN_DSN)
-    admin.autocommit = True
-    admin.cursor().execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-    admin.cursor().execute(f"CREATE DATABASE {DATABASE}")
+    cluster = Cluster()
     try:
-        installed = run("/usr/bin/pggit-supervisor", "schema", "install", "--dsn", DSN)
-        check("schema install from /usr/share/pggit-supervisor/schema", installed.returncode == 0, installed.stderr)
-        status = run("/usr/bin/pggit-supervisor", "schema", "status", "--dsn", DSN)
-        check("schema status reports no pending file", status.returncode == 0, status.stdout)
-        serve_like_systemd()
-    finally:
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        cluster.start()
+        admin = psycopg2.connect(cluster.dsn)
+        admin.autocommit = True
+        admin.cursor().execute(f"CREATE DATABASE {DATABASE}")
         admin.close()
+        dsn = f"postgresql://postgres@127.0.0.1:{cluster.port}/{DATABASE}"
+        installed = run("/usr/bin/pggit-supervisor", "schema", "install", "--dsn", dsn)
+        check("schema install from /usr/share/pggit-supervisor/schema", installed.returncode == 0, installed.stderr)
+        status = run("/usr/bin/pggit-supervisor", "schema", "status", "--dsn", dsn)
+        check("schema status reports no pending file", status.returncode == 0, status.stdout)
+        serve_like_systemd(dsn)
+    finally:
+        cluster.remove()
     print(f"{len(checks)} passed, 0 failed", flush=True)
     return 0
 
@@ -97,15 +105,16 @@ def check_drill_user() -> None:
           repr(groups))
 
 
-def serve_like_systemd() -> None:
+def serve_like_systemd(dsn: str) -> None:
     service = unit_service_section()
     check("the unit is Type=notify with a watchdog", service["Type"] == "notify" and service["WatchdogSec"] == "60")
     with open(CONFIG) as handle:
         original = handle.read()
     # point the shipped config at the test database, as a DBA edits it
     with open(CONFIG, "w") as handle:
-        handle.write(original.replace("dsn: postgresql://pggit_backup@localhost:5432/postgres", f"dsn: {DSN}")
-                     .replace("heartbeat_interval: 10", "heartbeat_interval: 1").replace("poll_interval: 10", "poll_interval: 1"))
+        edited = re.sub(r"^dsn: .*$", f"dsn: {dsn}", original, count=1, flags=re.M)
+        handle.write(edited.replace("heartbeat_interval: 10", "heartbeat_interval: 1")
+                     .replace("poll_interval: 10", "poll_interval: 1"))
     sock_dir = tempfile.mkdtemp()
     sock_path = os.path.join(sock_dir, "notify")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -118,7 +127,7 @@ def serve_like_systemd() -> None:
         while time.monotonic() < deadline:
             try:
                 messages.append(listener.recv(4096).decode())
-            except socket.timeout:
+            except TimeoutError:
                 pass
 
     try:
@@ -135,7 +144,7 @@ def serve_like_systemd() -> None:
                                 stderr=subprocess.STDOUT, text=True)  # User=root, as the unit
         receive(2)
         check("READY=1 is the first message", bool(messages) and messages[0].startswith("READY=1"), repr(messages[:2]))
-        conn = psycopg2.connect(DSN)
+        conn = psycopg2.connect(dsn)
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT pggit.backup_pg_dump('main', NULL, 'custom', '/var/lib/pggit/backups')")

@@ -2,10 +2,15 @@
 
 The template is built once per session by our own installer (the same code as
 `pggit-supervisor schema install`), so every test starts from exactly what a user installs.
+
+The server is a throwaway cluster of the run's own (trust auth on a free port, removed at the
+end, even after a crash), so the tests do not depend on how the machine's PostgreSQL is set up.
+PGGIT_TEST_PGHOST / PGGIT_TEST_PGPORT / PGGIT_TEST_PGUSER point the run at a server instead.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -19,12 +24,40 @@ import psycopg2.extras
 import pytest
 from pytest_postgresql import factories
 
+import prerequisites
+from cluster import BIN, IS_ROOT, Cluster, free_port
 from pggit_supervisor import schema
 
-PG_HOST = os.environ.get("PGGIT_TEST_PGHOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("PGGIT_TEST_PGPORT", "5432"))
-PG_USER = os.environ.get("PGGIT_TEST_PGUSER", "postgres")
+_SERVER_VARIABLES = ("PGGIT_TEST_PGHOST", "PGGIT_TEST_PGPORT", "PGGIT_TEST_PGUSER")
+OWN_SERVER = not any(os.environ.get(name) for name in _SERVER_VARIABLES)
+PG_HOST = os.environ.get("PGGIT_TEST_PGHOST") or "127.0.0.1"
+# The session cluster's port is chosen now, so modules can import it; the cluster starts at
+# session start (pytest_sessionstart), after the check for missing tools.
+PG_PORT = free_port() if OWN_SERVER else int(os.environ.get("PGGIT_TEST_PGPORT") or "5432")
+PG_USER = os.environ.get("PGGIT_TEST_PGUSER") or "postgres"
 DRILL_USER = "pggit-drill"  # the default drill_user, which the Debian package creates
+# Enough for the concurrency tests; wal_level and wal senders (in Cluster) for pg_basebackup.
+SESSION_SERVER_CONF = "max_connections = 200\n"
+
+# What a test runs as another OS user must be readable by that user, wherever the checkout is
+# (a checkout under /root, mode 0700, is not): a copy in a directory everyone can read.
+_SHARED_DIR = Path(tempfile.mkdtemp(prefix="pggit-test-shared-", dir="/tmp"))
+os.chmod(_SHARED_DIR, 0o755)
+atexit.register(shutil.rmtree, _SHARED_DIR, ignore_errors=True)
+FAKE_TOOL = str(_SHARED_DIR / "fake_tool.py")
+shutil.copy(Path(__file__).with_name("fake_tool.py"), FAKE_TOOL)
+os.chmod(FAKE_TOOL, 0o755)
+
+
+def pytest_sessionstart(session) -> None:
+    absent = prerequisites.missing(BIN)
+    if absent:
+        pytest.exit(prerequisites.report(absent), returncode=pytest.ExitCode.USAGE_ERROR)
+    if OWN_SERVER:
+        cluster = Cluster(extra_conf=SESSION_SERVER_CONF, port=PG_PORT)
+        cluster.remove_when_this_process_ends()
+        atexit.register(cluster.remove)
+        cluster.start()
 
 
 def make_dsn(host, port, user, dbname, password=None) -> str:
@@ -129,6 +162,7 @@ def empty_db():
 def backup_dir():
     """A directory the postgres OS user can write (pytest's tmp_path is private to root)."""
     path = Path(tempfile.mkdtemp(prefix="pggit-backups-", dir="/tmp"))
-    shutil.chown(path, "postgres", "postgres")
+    if IS_ROOT:
+        shutil.chown(path, "postgres", "postgres")
     yield path
     shutil.rmtree(path, ignore_errors=True)

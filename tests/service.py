@@ -16,10 +16,9 @@ from typing import Any, Callable
 import psutil
 import yaml
 
-from conftest import query, scalar
+from conftest import FAKE_TOOL, query, scalar
 
 ROOT = Path(__file__).resolve().parent.parent
-FAKE_TOOL = str(Path(__file__).resolve().parent / "fake_tool.py")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -123,8 +122,12 @@ def job_row(conn, job_id: str) -> dict:
 
 def wait_for_state(conn, job_id: str, states: set[str] | str, timeout: float = 20) -> dict:
     wanted = {states} if isinstance(states, str) else states
-    return wait_until(lambda: (row := job_row(conn, job_id))["job_state"] in wanted and row, timeout,
-                      f"job {job_id} in {wanted} (now {job_row(conn, job_id)['job_state']})")
+    try:
+        return wait_until(lambda: (row := job_row(conn, job_id))["job_state"] in wanted and row, timeout,
+                          f"job {job_id} in {wanted}")
+    except AssertionError as timed_out:  # say the state at the deadline, not the one at the start
+        row = job_row(conn, job_id)
+        raise AssertionError(f"{timed_out}: it is {row['job_state']}, last_error={row['last_error']!r}") from None
 
 
 def pids_of(pid_file: Path) -> dict[str, list[int]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import FAKE_TOOL
 from pggit_supervisor.proctree import kill_tree
 from pggit_supervisor.runner import (
     TOOL_PATH,
@@ -29,7 +30,6 @@ from pggit_supervisor.runner import (
     tool_environment,
 )
 
-FAKE_TOOL = str(Path(__file__).with_name("fake_tool.py").resolve())
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 # The venv's python lives under /root (mode 0700); a tool run as another user needs this one.
 SYSTEM_PYTHON = "/usr/bin/python3"

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import query, scalar
+from conftest import PG_HOST, PG_PORT, PG_USER, query, scalar
 from service import (
     FAKE_TOOL,
     ROOT,
@@ -348,7 +348,7 @@ def test_workers_dying_in_a_loop_make_the_supervisor_give_up_with_exit_1(make_se
 def test_listener_takes_worker_id_and_count_from_environment_and_dsn_from_its_argument(
         make_service, dsn, db, tmp_path):
     dbname = scalar(db, "SELECT current_database()")
-    unusable = f"host=127.0.0.1 port=5432 user=postgres dbname={dbname}_not_this_one"
+    unusable = f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={dbname}_not_this_one"
     service = make_service(config_dsn=unusable, worker_id="from-file", workers=1, poll_interval=30)
     env = {k: "" for k in os.environ if k.startswith("PGGIT_")}  # empty = unset, for the config
     env.update(PGGIT_CONFIG=str(service.config_path), PGGIT_WORKER_ID="guide-01", PGGIT_WORKERS="2",
@@ -359,7 +359,7 @@ def test_listener_takes_worker_id_and_count_from_environment_and_dsn_from_its_ar
     started = service.wait_for_log(r"supervisor started")[0]
     assert "worker_id=guide-01 workers=2 " in started
     assert "poll_interval=1s" in started and "log_level=DEBUG" in started
-    assert f"db=postgres@127.0.0.1:5432/{dbname} " in started, "the DSN argument beats the file's dsn"
+    assert f"db={PG_USER}@{PG_HOST}:{PG_PORT}/{dbname} " in started, "the DSN argument beats the file's dsn"
     assert "tools=custom" in started, "the file's tools are used"
 
     job_ids = [queue_fake(db, tmp_path, "--sleep", "0.1", tag=f"listener-{n}")[1] for n in range(2)]

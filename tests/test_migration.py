@@ -1,0 +1,127 @@
+"""Upgrading a 0.1.0 database gives exactly what a fresh install of today's files gives, and the
+files released in 0.1.0 are never edited (numbered files are append-only from 0.1.0 on).
+
+0.1.0 is read from git (its numbered files and its installer, pggit_supervisor/schema.py), not
+from today's tree: a copy of today's files could not show drift. Each install gets a cluster
+of its own, because roles and their memberships belong to the cluster, not to a database.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from cluster import Cluster
+from pggit_supervisor import schema
+from schema_snapshot import differences, read, snapshot
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINE = "9f8134b6de8f0402b0ccf6a79434cb165c6e2d76"  # tag v0.1.0 (a clone may lack the tag)
+_NUMBERED = re.compile(r"^\d{3}_[a-z0-9_]+\.sql$")
+
+
+def git(*args: str) -> bytes:
+    done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True)
+    if done.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed: {done.stderr.decode().strip()}\n"
+                             f"this test needs a git checkout holding 0.1.0 ({BASELINE}); "
+                             "in a shallow clone run: git fetch --unshallow")
+    return done.stdout
+
+
+def released_files() -> dict[str, bytes]:
+    """0.1.0's numbered schema files (000_bootstrap included), name -> bytes."""
+    names = git("ls-tree", "--name-only", f"{BASELINE}:schema").decode().split()
+    return {name: git("show", f"{BASELINE}:schema/{name}") for name in names if _NUMBERED.match(name)}
+
+
+def installer_of_0_1_0():
+    """0.1.0's own pggit_supervisor/schema.py, loaded from git under a name of its own."""
+    source = git("show", f"{BASELINE}:pggit_supervisor/schema.py").decode()
+    spec = importlib.util.spec_from_loader("pggit_schema_0_1_0", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    exec(compile(source, f"{BASELINE}:pggit_supervisor/schema.py", "exec"), module.__dict__)
+    return module
+
+
+def new_database(cluster: Cluster, name: str) -> str:
+    admin = psycopg2.connect(cluster.dsn)
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    admin.close()
+    return cluster.dsn_for(name)
+
+
+@pytest.fixture(scope="module")
+def upgraded_and_fresh(tmp_path_factory) -> Iterator[tuple[str, str]]:
+    """(a 0.1.0 database upgraded by today's installer, a fresh install), on two clusters."""
+    clusters = [Cluster(), Cluster()]
+    try:
+        for cluster in clusters:
+            cluster.start()
+        old_dir = tmp_path_factory.mktemp("schema-0.1.0")
+        for name, content in released_files().items():
+            (old_dir / name).write_bytes(content)
+        upgraded = new_database(clusters[0], "pggit")
+        applied_by_0_1_0 = installer_of_0_1_0().install(upgraded, directory=old_dir, log=lambda *_: None)
+        assert [m.version for m in applied_by_0_1_0] == list(range(1, 9)), "0.1.0 had files 001..008"
+        schema.install(upgraded, log=lambda *_: None)
+        fresh = new_database(clusters[1], "pggit")
+        schema.install(fresh, log=lambda *_: None)
+        yield upgraded, fresh
+    finally:
+        for cluster in clusters:
+            cluster.remove()
+
+
+def test_every_file_released_in_0_1_0_is_byte_identical_today():
+    released = released_files()
+    assert len(released) == 9, sorted(released)
+    edited = [name for name, content in released.items()
+              if not (ROOT / "schema" / name).is_file() or (ROOT / "schema" / name).read_bytes() != content]
+    assert not edited, (f"released schema files changed since 0.1.0: {edited}; numbered files are append-only: "
+                        "put the change in a new numbered file")
+
+
+def test_upgrade_from_0_1_0_gives_the_schema_of_a_fresh_install(upgraded_and_fresh):
+    upgraded, fresh = (snapshot(dsn) for dsn in upgraded_and_fresh)
+
+    assert any("backup_pg_dump" in line for line in fresh["functions"]), "the snapshot sees the schema"
+    assert fresh["recorded migrations"][-1].startswith(str(schema.migrations()[-1].version)), \
+        "the fresh install has today's newest file"
+    differ = differences(fresh, upgraded)
+    assert not differ, "the upgraded 0.1.0 database differs from a fresh install:\n" + differ
+
+
+def test_schema_comparison_names_a_changed_grant_default_and_function(upgraded_and_fresh):
+    _, fresh = upgraded_and_fresh
+    before = snapshot(fresh)
+    conn = psycopg2.connect(fresh)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT format('%s(%s)', oid::regproc, pg_get_function_identity_arguments(oid)) "
+                    "FROM pg_proc WHERE proname = 'backup_pg_dump' AND pronamespace = 'pggit'::regnamespace")
+        function = cur.fetchone()[0]
+        cur.execute("BEGIN")
+        cur.execute(f"REVOKE EXECUTE ON FUNCTION {function} FROM pggit_backup_operator")
+        cur.execute("ALTER TABLE pggit.backup_jobs ALTER COLUMN priority SET DEFAULT 42")
+        cur.execute(f"ALTER FUNCTION {function} SET work_mem = '1MB'")
+        try:
+            changed = read(conn)
+        finally:
+            cur.execute("ROLLBACK")
+    conn.close()
+
+    report = differences(before, changed)
+    assert "functions: fresh install" in report and "work_mem=1MB" in report
+    assert "pggit_backup_operator" in report, "the revoked grant is named"
+    assert "columns: fresh install" in report and "42" in report
+
