@@ -105,8 +105,15 @@ def main() -> int:
     base, ours = bench_runner(200)
     rows.append(("start and reap /bin/true", f"{base * 1e3:.2f} ms", f"{ours * 1e3:.2f} ms", ours / base, 6.0))
     size, growth = bench_capture(200)
-    rows.append(("capture 200 MB of output", f"{size >> 20} MB output", f"{growth / 1e6:.1f} MB RSS growth",
-                 growth / size, 0.01))
+    rows.append(
+        (
+            "capture 200 MB of output",
+            f"{size >> 20} MB output",
+            f"{growth / 1e6:.1f} MB RSS growth",
+            growth / size,
+            0.01,
+        )
+    )
     print(f"{'what':28} {'baseline':>16} {'pggit-supervisor':>20} {'ratio':>8} {'target':>8}  ok")
     failed = 0
     for what, base_text, ours_text, ratio, target in rows:

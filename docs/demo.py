@@ -68,8 +68,20 @@ def start_cluster(work: Path) -> tuple[str, Path]:
     bin_dir, port = pg_bin(), free_port()
     data = work / "data"
     # C.UTF-8 always exists on Debian; LANG (often forwarded by ssh) may name a missing locale
-    run_as_db_user([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", DB_USER, "--no-sync",
-                    "--locale=C.UTF-8", "--encoding=UTF8"])
+    run_as_db_user(
+        [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            DB_USER,
+            "--no-sync",
+            "--locale=C.UTF-8",
+            "--encoding=UTF8",
+        ]
+    )
     with open(data / "postgresql.conf", "a") as conf:
         conf.write(f"\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{work}'\n")
     run_as_db_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(work / "postgres.log"), "-w", "start"])
@@ -82,8 +94,20 @@ def ensure_drill_user() -> bool:
         pwd.getpwnam(DRILL_USER)
         return False
     except KeyError:
-        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-                        "--shell", "/usr/sbin/nologin", DRILL_USER], check=True)
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                DRILL_USER,
+            ],
+            check=True,
+        )
         return True
 
 
@@ -108,7 +132,9 @@ def wait_for_queue(conn, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM pggit.backup_job_queue WHERE job_state IN ('ready', 'in_progress', 'will_retry')")
+            cur.execute(
+                "SELECT count(*) FROM pggit.backup_job_queue WHERE job_state IN ('ready', 'in_progress', 'will_retry')"
+            )
             if cur.fetchone()[0] == 0:
                 return
         time.sleep(0.5)
@@ -141,15 +167,29 @@ def main() -> int:
                                  SELECT g AS id, 'order ' || g AS label FROM generate_series(1, 10000) g""")
 
         config = work / "supervisor.yaml"
-        config.write_text(yaml.safe_dump({
-            "dsn": dsn, "worker_id": "demo", "workers": 2, "poll_interval": 2, "heartbeat_interval": 1,
-            "lease_seconds": 30, "shutdown_timeout": 30, "log_level": "INFO", "drill_user": DRILL_USER,
-            "tools": {tool: {"allowed_output_dirs": [str(backups)], **({"run_as": "postgres"} if IS_ROOT else {})}
-                      for tool in ("pg_dump", "pg_basebackup")},
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "dsn": dsn,
+                    "worker_id": "demo",
+                    "workers": 2,
+                    "poll_interval": 2,
+                    "heartbeat_interval": 1,
+                    "lease_seconds": 30,
+                    "shutdown_timeout": 30,
+                    "log_level": "INFO",
+                    "drill_user": DRILL_USER,
+                    "tools": {
+                        tool: {"allowed_output_dirs": [str(backups)], **({"run_as": "postgres"} if IS_ROOT else {})}
+                        for tool in ("pg_dump", "pg_basebackup")
+                    },
+                }
+            )
+        )
         say("starting the supervisor with two workers (its log follows on stderr)")
-        supervisor = subprocess.Popen([sys.executable, "-m", "pggit_supervisor", "run", "-c", str(config)],
-                                      cwd=ROOT, stdin=subprocess.DEVNULL)
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "pggit_supervisor", "run", "-c", str(config)], cwd=ROOT, stdin=subprocess.DEVNULL
+        )
 
         say("scheduling backups from SQL, as the guide does")
         for sql in SCHEDULE:
@@ -159,22 +199,30 @@ def main() -> int:
 
         wait_for_queue(conn)
         say("scheduling a restore drill of every completed backup")
-        statement = ("SELECT pggit.schedule_restore_test(backup_id) "
-                     "FROM pggit.list_backups(p_status := 'completed')")
+        statement = "SELECT pggit.schedule_restore_test(backup_id) FROM pggit.list_backups(p_status := 'completed')"
         print(statement)
         conn.cursor().execute(statement)
         wait_for_queue(conn)
 
-        show(conn, "the queue (pggit.backup_job_queue)",
-             "SELECT job_id, backup_name, tool, status, job_state, attempts, worker_id, last_error "
-             "FROM pggit.backup_job_queue ORDER BY created_at")
-        rows = show(conn, "the backups (pggit.backups)",
-                    "SELECT backup_tool, status, backup_size, left(checksum, 20) AS checksum, "
-                    "verified_at IS NOT NULL AS verified, restore_test_result, location "
-                    "FROM pggit.backups ORDER BY created_at")
+        show(
+            conn,
+            "the queue (pggit.backup_job_queue)",
+            "SELECT job_id, backup_name, tool, status, job_state, attempts, worker_id, last_error "
+            "FROM pggit.backup_job_queue ORDER BY created_at",
+        )
+        rows = show(
+            conn,
+            "the backups (pggit.backups)",
+            "SELECT backup_tool, status, backup_size, left(checksum, 20) AS checksum, "
+            "verified_at IS NOT NULL AS verified, restore_test_result, location "
+            "FROM pggit.backups ORDER BY created_at",
+        )
         conn.close()
-        good = sum(1 for row in rows if row["status"] == "completed" and row["verified"]
-                   and row["restore_test_result"] == "passed")
+        good = sum(
+            1
+            for row in rows
+            if row["status"] == "completed" and row["verified"] and row["restore_test_result"] == "passed"
+        )
         say(f"{good} of {len(SCHEDULE)} backups completed, verified and restore-tested")
         return 0 if good == len(SCHEDULE) else 1
     finally:
@@ -182,9 +230,12 @@ def main() -> int:
             supervisor.send_signal(signal.SIGTERM)
             supervisor.wait(60)
         if data is not None:
-            subprocess.run((["runuser", "-u", "postgres", "--"] if IS_ROOT else [])
-                           + [str(pg_bin() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                (["runuser", "-u", "postgres", "--"] if IS_ROOT else [])
+                + [str(pg_bin() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         shutil.rmtree(work, ignore_errors=True)
         if made_user:
             subprocess.run(["userdel", DRILL_USER], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -59,11 +59,18 @@ def unit_service_section() -> configparser.SectionProxy:
 
 def main() -> int:
     import pggit_supervisor
-    check("the package's module comes from the system Python",
-          pggit_supervisor.__file__.startswith("/usr/lib/python3/dist-packages/"), pggit_supervisor.__file__)
+
+    check(
+        "the package's module comes from the system Python",
+        pggit_supervisor.__file__.startswith("/usr/lib/python3/dist-packages/"),
+        pggit_supervisor.__file__,
+    )
     version = run("/usr/bin/pggit-supervisor", "--version")
-    check("pggit-supervisor --version", version.returncode == 0 and pggit_supervisor.__version__ in version.stdout,
-          version.stdout + version.stderr)
+    check(
+        "pggit-supervisor --version",
+        version.returncode == 0 and pggit_supervisor.__version__ in version.stdout,
+        version.stdout + version.stderr,
+    )
     listener = run("/usr/bin/pggit-backup-listener", "--help")
     check("pggit-backup-listener --help", listener.returncode == 0 and "PGGIT_POLL_INTERVAL" in listener.stdout)
     shipped = run("/usr/bin/pggit-supervisor", "check-config", "-c", CONFIG)
@@ -97,12 +104,21 @@ def check_drill_user() -> None:
     except KeyError:
         check("the package created the drill user pggit-drill", False, "no such user")
     check("the package created the drill user pggit-drill", True)
-    check("pggit-drill is a system user without a login shell or a home",
-          entry.pw_uid < 1000 and entry.pw_uid != 0 and entry.pw_shell.endswith("nologin")
-          and entry.pw_dir == "/nonexistent" and not os.path.exists(entry.pw_dir), repr(entry))
+    check(
+        "pggit-drill is a system user without a login shell or a home",
+        entry.pw_uid < 1000
+        and entry.pw_uid != 0
+        and entry.pw_shell.endswith("nologin")
+        and entry.pw_dir == "/nonexistent"
+        and not os.path.exists(entry.pw_dir),
+        repr(entry),
+    )
     groups = {g.gr_name for g in grp.getgrall() if "pggit-drill" in g.gr_mem} | {grp.getgrgid(entry.pw_gid).gr_name}
-    check("pggit-drill is in no group of the service or the server", not groups & {"pggit", "postgres", "barman"},
-          repr(groups))
+    check(
+        "pggit-drill is in no group of the service or the server",
+        not groups & {"pggit", "postgres", "barman"},
+        repr(groups),
+    )
 
 
 def serve_like_systemd(dsn: str) -> None:
@@ -113,8 +129,11 @@ def serve_like_systemd(dsn: str) -> None:
     # point the shipped config at the test database, as a DBA edits it
     with open(CONFIG, "w") as handle:
         edited = re.sub(r"^dsn: .*$", f"dsn: {dsn}", original, count=1, flags=re.M)
-        handle.write(edited.replace("heartbeat_interval: 10", "heartbeat_interval: 1")
-                     .replace("poll_interval: 10", "poll_interval: 1"))
+        handle.write(
+            edited.replace("heartbeat_interval: 10", "heartbeat_interval: 1").replace(
+                "poll_interval: 10", "poll_interval: 1"
+            )
+        )
     sock_dir = tempfile.mkdtemp()
     sock_path = os.path.join(sock_dir, "notify")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -132,16 +151,25 @@ def serve_like_systemd(dsn: str) -> None:
 
     try:
         warned = run("/usr/bin/pggit-supervisor", "check-config", "-c", CONFIG)
-        check("check-config warns about a superuser queue login", warned.returncode == 0
-              and "is a superuser" in warned.stderr, warned.stdout + warned.stderr)
+        check(
+            "check-config warns about a superuser queue login",
+            warned.returncode == 0 and "is a superuser" in warned.stderr,
+            warned.stdout + warned.stderr,
+        )
         for pre in service.get("ExecStartPre", "").splitlines():
             if pre.strip():
                 check(f"ExecStartPre: {pre.strip()}", run(*shlex.split(pre)).returncode == 0)
         argv = shlex.split(service["ExecStart"])
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "2000000",
-               "LANG": "C.UTF-8", "TMPDIR": "/var/lib/pggit/tmp"}
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)  # User=root, as the unit
+        env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "NOTIFY_SOCKET": sock_path,
+            "WATCHDOG_USEC": "2000000",
+            "LANG": "C.UTF-8",
+            "TMPDIR": "/var/lib/pggit/tmp",
+        }
+        proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )  # User=root, as the unit
         receive(2)
         check("READY=1 is the first message", bool(messages) and messages[0].startswith("READY=1"), repr(messages[:2]))
         conn = psycopg2.connect(dsn)
@@ -154,11 +182,16 @@ def serve_like_systemd(dsn: str) -> None:
         while time.monotonic() < deadline and status not in ("completed", "failed"):
             receive(0.5)
             with conn.cursor() as cur:
-                cur.execute("SELECT status, location, verified_at IS NOT NULL FROM pggit.backups WHERE backup_id = %s",
-                            (backup_id,))
+                cur.execute(
+                    "SELECT status, location, verified_at IS NOT NULL FROM pggit.backups WHERE backup_id = %s",
+                    (backup_id,),
+                )
                 status, location, verified = cur.fetchone()
-        check("a pg_dump backup scheduled from SQL completes, verified", status == "completed" and verified,
-              f"status={status}")
+        check(
+            "a pg_dump backup scheduled from SQL completes, verified",
+            status == "completed" and verified,
+            f"status={status}",
+        )
         with conn.cursor() as cur:
             cur.execute("SELECT pggit.schedule_restore_test(%s)", (backup_id,))
         drilled = None
@@ -170,10 +203,15 @@ def serve_like_systemd(dsn: str) -> None:
                 drilled = cur.fetchone()[0]
         conn.close()
         check("its restore drill passes in the sandbox", drilled == "passed", f"restore_test_result={drilled}")
-        check("the drill's sandbox is gone from /var/lib/pggit/tmp", not os.listdir("/var/lib/pggit/tmp"),
-              repr(os.listdir("/var/lib/pggit/tmp")))
-        check("its file is under /var/lib/pggit/backups",
-              location.startswith("file:///var/lib/pggit/backups/") and os.path.exists(location[7:]))
+        check(
+            "the drill's sandbox is gone from /var/lib/pggit/tmp",
+            not os.listdir("/var/lib/pggit/tmp"),
+            repr(os.listdir("/var/lib/pggit/tmp")),
+        )
+        check(
+            "its file is under /var/lib/pggit/backups",
+            location.startswith("file:///var/lib/pggit/backups/") and os.path.exists(location[7:]),
+        )
         proc.send_signal(signal.SIGTERM)
         receive(2)
         code = proc.wait(60)

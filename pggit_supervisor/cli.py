@@ -47,11 +47,14 @@ def queue_login_warnings(dsn: str) -> list[str]:
     """What check-config says about the queue login's rights (it connects for that, briefly;
     an unreachable database is a note, not a failure: the file itself is valid)."""
     import psycopg2
+
     try:
         conn = psycopg2.connect(dsn, connect_timeout=5, application_name="pggit-supervisor check-config")
     except psycopg2.Error as exc:
-        return [f"could not connect to check the queue login's rights ({' '.join(str(exc).split())[:200]}); "
-                "add --offline to skip this check"]
+        return [
+            f"could not connect to check the queue login's rights ({' '.join(str(exc).split())[:200]}); "
+            "add --offline to skip this check"
+        ]
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT session_user, rolsuper FROM pg_roles WHERE rolname = session_user")
@@ -60,8 +63,10 @@ def queue_login_warnings(dsn: str) -> list[str]:
         conn.close()
     if not superuser:
         return []
-    return [f"dsn: the queue login {user!r} is a superuser; the service needs only pggit_backup_worker "
-            "(plus pg_read_all_data for pg_dump, REPLICATION for pg_basebackup): see README, Roles"]
+    return [
+        f"dsn: the queue login {user!r} is a superuser; the service needs only pggit_backup_worker "
+        "(plus pg_read_all_data for pg_dump, REPLICATION for pg_basebackup): see README, Roles"
+    ]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -103,19 +108,25 @@ def _restore(args: argparse.Namespace) -> int:
                 result = restore.restore_basebackup(backup, tool, args.target_dir)
             else:
                 if backup.tool == "pgbackrest":
-                    argv = pgbackrest.restore_argv(tool, backup.location, args.target_dir,
-                                                   repo=backup.metadata.get("repo"))
+                    argv = pgbackrest.restore_argv(
+                        tool, backup.location, args.target_dir, repo=backup.metadata.get("repo")
+                    )
                 else:
                     argv = barman.restore_argv(tool, backup.location, args.target_dir)
                 print(restore.describe(argv))
                 if not args.execute:
                     print(f"(not run: add --execute to run it as {tool.run_as or 'the current user'})")
                     return 0
-                result = run_tool(RunSpec(tuple(argv), {}, restore.RESTORE_TIMEOUT, run_as=tool.run_as,
-                                          kill_grace=float(tool.kill_grace)))
+                result = run_tool(
+                    RunSpec(
+                        tuple(argv), {}, restore.RESTORE_TIMEOUT, run_as=tool.run_as, kill_grace=float(tool.kill_grace)
+                    )
+                )
                 if result.ok and backup.tool == "barman":
-                    print(f"note: the files belong to {tool.run_as or 'barman'}: chown -R postgres: "
-                          f"{args.target_dir} before starting it, and set its port")
+                    print(
+                        f"note: the files belong to {tool.run_as or 'barman'}: chown -R postgres: "
+                        f"{args.target_dir} before starting it, and set its port"
+                    )
         else:
             raise restore.RestoreError(f"backups made by {backup.tool} are restored by their own tooling")
     except restore.RestoreError as exc:
@@ -150,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pggit-supervisor",
         description="Backup automation for pgGit: runs the backups scheduled from SQL "
-                    "(pggit.backup_pg_dump(...), backup_pgbackrest(...), ...) with a pool of workers.")
+        "(pggit.backup_pg_dump(...), backup_pgbackrest(...), ...) with a pool of workers.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -159,8 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
     check = commands.add_parser("check-config", help="validate a config file; list every problem, exit 2 if any")
     check.add_argument("-c", "--config", help="YAML config (default: $PGGIT_CONFIG or /etc/pggit/supervisor.yaml)")
-    check.add_argument("--offline", action="store_true",
-                       help="do not connect to the queue database (which checks that its login is not a superuser)")
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not connect to the queue database (which checks that its login is not a superuser)",
+    )
     check.set_defaults(func=_check_config)
 
     restore = commands.add_parser("restore", help="restore a backup into an empty database or directory")
@@ -168,11 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--target-dsn", help="an existing, empty database (pg_dump backups)")
     restore.add_argument("--target-dir", help="a new or empty directory (pg_basebackup, pgBackRest, Barman)")
     restore.add_argument("--jobs", type=int, help="parallel pg_restore jobs (custom and directory dumps)")
-    restore.add_argument("--trust-backup-contents", action="store_true",
-                         help="allow --target-dsn to name a superuser or CREATEROLE login: the dump's functions "
-                              "run with its rights, so only when you trust everyone who could write into the "
-                              "backed-up database")
-    restore.add_argument("--execute", action="store_true", help="run pgBackRest's / Barman's restore, not only print it")
+    restore.add_argument(
+        "--trust-backup-contents",
+        action="store_true",
+        help="allow --target-dsn to name a superuser or CREATEROLE login: the dump's functions "
+        "run with its rights, so only when you trust everyone who could write into the "
+        "backed-up database",
+    )
+    restore.add_argument(
+        "--execute", action="store_true", help="run pgBackRest's / Barman's restore, not only print it"
+    )
     restore.add_argument("--dsn", help="the queue database (default: the config's dsn)")
     restore.add_argument("-c", "--config", help="YAML config for tool paths and run_as users")
     restore.set_defaults(func=_restore)
@@ -214,8 +234,9 @@ def listener_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pggit-backup-listener",
         description="The guide's backup listener: the supervisor configured from the environment "
-                    "(PGGIT_POLL_INTERVAL, PGGIT_WORKER_ID, PGGIT_LOG_LEVEL, PGGIT_WORKERS, "
-                    "PGGIT_CONFIG for a YAML file) and the DSN argument.")
+        "(PGGIT_POLL_INTERVAL, PGGIT_WORKER_ID, PGGIT_LOG_LEVEL, PGGIT_WORKERS, "
+        "PGGIT_CONFIG for a YAML file) and the DSN argument.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("dsn", help="the queue database, e.g. postgresql://postgres@localhost:5432/mydb")
     args = parser.parse_args(argv)

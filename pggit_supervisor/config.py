@@ -42,18 +42,32 @@ BUILTIN_TOOLS = ("pg_dump", "pg_basebackup", "pgbackrest", "barman")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # Variable -> top-level key. The DSN is not here: the listener takes it as an argument.
-ENV_OVERRIDES: Mapping[str, str] = MappingProxyType({
-    "PGGIT_WORKER_ID": "worker_id",
-    "PGGIT_WORKERS": "workers",
-    "PGGIT_POLL_INTERVAL": "poll_interval",
-    "PGGIT_HEARTBEAT_INTERVAL": "heartbeat_interval",
-    "PGGIT_LEASE_SECONDS": "lease_seconds",
-    "PGGIT_LOG_LEVEL": "log_level",
-})
+ENV_OVERRIDES: Mapping[str, str] = MappingProxyType(
+    {
+        "PGGIT_WORKER_ID": "worker_id",
+        "PGGIT_WORKERS": "workers",
+        "PGGIT_POLL_INTERVAL": "poll_interval",
+        "PGGIT_HEARTBEAT_INTERVAL": "heartbeat_interval",
+        "PGGIT_LEASE_SECONDS": "lease_seconds",
+        "PGGIT_LOG_LEVEL": "log_level",
+    }
+)
 
-_TOP_KEYS = ("drill_user", "dsn", "heartbeat_interval", "kill_grace", "lease_seconds", "log_level",
-             "poll_interval", "retry", "shutdown_timeout", "tools", "worker_id", "worker_timeout",
-             "workers")
+_TOP_KEYS = (
+    "drill_user",
+    "dsn",
+    "heartbeat_interval",
+    "kill_grace",
+    "lease_seconds",
+    "log_level",
+    "poll_interval",
+    "retry",
+    "shutdown_timeout",
+    "tools",
+    "worker_id",
+    "worker_timeout",
+    "workers",
+)
 _RETRY_KEYS = ("base_delay", "max_delay")
 _WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,62}")
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
@@ -72,13 +86,15 @@ class _ToolSpec:
 
 _DUMP_KEYS = ("allowed_output_dirs", "kill_grace", "path", "run_as", "timeout")
 _REPO_KEYS = ("config", "kill_grace", "path", "run_as", "timeout")
-_TOOL_SPECS: Mapping[str, _ToolSpec] = MappingProxyType({
-    "pg_dump": _ToolSpec("/usr/bin/pg_dump", 21600, _DUMP_KEYS),
-    "pg_basebackup": _ToolSpec("/usr/bin/pg_basebackup", 21600, _DUMP_KEYS),
-    "pgbackrest": _ToolSpec("/usr/bin/pgbackrest", 86400, _REPO_KEYS),
-    "barman": _ToolSpec("/usr/bin/barman", 86400, _REPO_KEYS),
-    "custom": _ToolSpec(None, 3600, ("allowed_commands", "kill_grace", "run_as", "timeout")),
-})
+_TOOL_SPECS: Mapping[str, _ToolSpec] = MappingProxyType(
+    {
+        "pg_dump": _ToolSpec("/usr/bin/pg_dump", 21600, _DUMP_KEYS),
+        "pg_basebackup": _ToolSpec("/usr/bin/pg_basebackup", 21600, _DUMP_KEYS),
+        "pgbackrest": _ToolSpec("/usr/bin/pgbackrest", 86400, _REPO_KEYS),
+        "barman": _ToolSpec("/usr/bin/barman", 86400, _REPO_KEYS),
+        "custom": _ToolSpec(None, 3600, ("allowed_commands", "kill_grace", "run_as", "timeout")),
+    }
+)
 
 
 class ConfigError(Exception):
@@ -105,12 +121,12 @@ class ToolConfig:
     """One backup tool as the operator allowed it; `default_tool` gives the per-tool defaults."""
 
     name: str
-    path: str | None            # None for custom, which runs only allowed_commands
-    run_as: str | None          # None: the service's own user
+    path: str | None  # None for custom, which runs only allowed_commands
+    run_as: str | None  # None: the service's own user
     timeout: int
-    config: str | None          # pgbackrest / barman only
+    config: str | None  # pgbackrest / barman only
     allowed_output_dirs: tuple[str, ...]  # pg_dump / pg_basebackup only
-    allowed_commands: tuple[str, ...]     # custom only
+    allowed_commands: tuple[str, ...]  # custom only
     kill_grace: int
     # custom only: the allowed commands whose entry says pass_credentials: true, the only ones
     # that get the DSN's password, PGPASSFILE, PGSERVICEFILE, ...
@@ -168,9 +184,15 @@ def default_tool(name: str, kill_grace: int = DEFAULT_KILL_GRACE) -> ToolConfig:
     """The settings a tool gets when its section is empty (custom then allows no command)."""
     spec = _TOOL_SPECS[name]
     return ToolConfig(
-        name=name, path=spec.path, run_as=None, timeout=spec.timeout, config=None,
+        name=name,
+        path=spec.path,
+        run_as=None,
+        timeout=spec.timeout,
+        config=None,
         allowed_output_dirs=("/backups",) if "allowed_output_dirs" in spec.keys else (),
-        allowed_commands=(), kill_grace=kill_grace)
+        allowed_commands=(),
+        kill_grace=kill_grace,
+    )
 
 
 def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> str:
@@ -178,8 +200,9 @@ def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> str
     return cli_path or environ.get("PGGIT_CONFIG") or DEFAULT_CONFIG_PATH
 
 
-def load_config(path: str, environ: Mapping[str, str] | None = None, *,
-                dsn: str | None = None, check_paths: bool = True) -> Config:
+def load_config(
+    path: str, environ: Mapping[str, str] | None = None, *, dsn: str | None = None, check_paths: bool = True
+) -> Config:
     """Read `path`, let `environ` (default os.environ) and `dsn` override it, check it all.
 
     check_paths=False skips the checks that look at this machine (executables, users), for
@@ -202,26 +225,27 @@ def listener_config(dsn: str, environ: Mapping[str, str], *, check_paths: bool =
     return _validate(merged, _Report(ENVIRONMENT, origins), check_paths=check_paths)
 
 
-def apply_overrides(config: Config, environ: Mapping[str, str],
-                    dsn: str | None = None) -> Config:
+def apply_overrides(config: Config, environ: Mapping[str, str], dsn: str | None = None) -> Config:
     """A copy of `config` with PGGIT_* variables and `dsn` applied, checked again."""
-    raw: dict[str, Any] = {f.name: getattr(config, f.name) for f in fields(config)
-                           if f.name not in ("retry", "tools", "source")}
+    raw: dict[str, Any] = {
+        f.name: getattr(config, f.name) for f in fields(config) if f.name not in ("retry", "tools", "source")
+    }
     raw["retry"] = {"base_delay": config.retry.base_delay, "max_delay": config.retry.max_delay}
     merged, origins = _merge_overrides(raw, environ, dsn)
-    return _validate(merged, _Report(config.source, origins), check_paths=False,
-                     tools=config.tools)
+    return _validate(merged, _Report(config.source, origins), check_paths=False, tools=config.tools)
 
 
 def config_summary(config: Config) -> str:
     """One log line; the DSN is shown without its password."""
-    return (f"config={config.source} worker_id={config.worker_id} workers={config.workers} "
-            f"db={_redacted_dsn(config.dsn)} poll_interval={config.poll_interval:g}s "
-            f"heartbeat_interval={config.heartbeat_interval:g}s "
-            f"lease_seconds={config.lease_seconds}s shutdown_timeout={config.shutdown_timeout}s "
-            f"kill_grace={config.kill_grace}s "
-            f"retry={config.retry.base_delay}s..{config.retry.max_delay}s "
-            f"log_level={config.log_level} tools={','.join(sorted(config.tools)) or '-'}")
+    return (
+        f"config={config.source} worker_id={config.worker_id} workers={config.workers} "
+        f"db={_redacted_dsn(config.dsn)} poll_interval={config.poll_interval:g}s "
+        f"heartbeat_interval={config.heartbeat_interval:g}s "
+        f"lease_seconds={config.lease_seconds}s shutdown_timeout={config.shutdown_timeout}s "
+        f"kill_grace={config.kill_grace}s "
+        f"retry={config.retry.base_delay}s..{config.retry.max_delay}s "
+        f"log_level={config.log_level} tools={','.join(sorted(config.tools)) or '-'}"
+    )
 
 
 class _Report:
@@ -238,8 +262,7 @@ class _Report:
     def add(self, key_path: str, what: str, allowed: str) -> None:
         self.problems.append(f"{self.where(key_path)}: {what} (allowed: {allowed})")
 
-    def integer(self, key_path: str, value: Any, low: int, high: int,
-                unit: str = " seconds") -> int | None:
+    def integer(self, key_path: str, value: Any, low: int, high: int, unit: str = " seconds") -> int | None:
         allowed = f"{low}-{high}{unit}"
         if isinstance(value, bool) or not isinstance(value, int):
             kind = "a positive integer" if low >= 1 else "a non-negative integer"
@@ -252,8 +275,7 @@ class _Report:
 
     def number(self, key_path: str, value: Any, low: float, high: float) -> float | None:
         allowed = f"{low:g}-{high:g}"
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not math.isfinite(value)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             self.add(key_path, f"must be a number > 0, got {_show(value)}", allowed)
             return None
         if not low <= value <= high:
@@ -357,8 +379,9 @@ def _read_mapping(path: str) -> tuple[Mapping[Any, Any], list[str]]:
     return data, report.problems
 
 
-def _merge_overrides(raw: Mapping[Any, Any], environ: Mapping[str, str],
-                     dsn: str | None) -> tuple[dict[Any, Any], dict[str, str]]:
+def _merge_overrides(
+    raw: Mapping[Any, Any], environ: Mapping[str, str], dsn: str | None
+) -> tuple[dict[Any, Any], dict[str, str]]:
     """Overlay the environment and the DSN argument, remembering who set what."""
     merged = dict(raw)
     origins: dict[str, str] = {}
@@ -386,8 +409,7 @@ def _parse_env(key: str, text: str) -> Any:
     return text
 
 
-def _validate(raw: Mapping[Any, Any], report: _Report, *, check_paths: bool,
-              tools: Tools | None = None) -> Config:
+def _validate(raw: Mapping[Any, Any], report: _Report, *, check_paths: bool, tools: Tools | None = None) -> Config:
     """Check every key of the merged settings; raise once with all problems, else build."""
     for key in raw:
         if key not in _TOP_KEYS:
@@ -399,41 +421,47 @@ def _validate(raw: Mapping[Any, Any], report: _Report, *, check_paths: bool,
 
     dsn = _check_dsn(report, raw.get("dsn", _MISSING))
     worker_id = _check_worker_id(report, raw.get("worker_id", _MISSING))
-    workers = setting("workers", DEFAULT_WORKERS,
-                      lambda k, v: report.integer(k, v, 1, 64, unit=""))
-    poll = setting("poll_interval", DEFAULT_POLL_INTERVAL,
-                   lambda k, v: report.number(k, v, 0.1, 3600))
-    heartbeat = setting("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL,
-                        lambda k, v: report.number(k, v, 0.1, 3600))
-    lease = setting("lease_seconds", DEFAULT_LEASE_SECONDS,
-                    lambda k, v: report.integer(k, v, 5, 86400))
-    shutdown = setting("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT,
-                       lambda k, v: report.integer(k, v, 0, 86400))
+    workers = setting("workers", DEFAULT_WORKERS, lambda k, v: report.integer(k, v, 1, 64, unit=""))
+    poll = setting("poll_interval", DEFAULT_POLL_INTERVAL, lambda k, v: report.number(k, v, 0.1, 3600))
+    heartbeat = setting("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL, lambda k, v: report.number(k, v, 0.1, 3600))
+    lease = setting("lease_seconds", DEFAULT_LEASE_SECONDS, lambda k, v: report.integer(k, v, 5, 86400))
+    shutdown = setting("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, lambda k, v: report.integer(k, v, 0, 86400))
     log_level = setting("log_level", DEFAULT_LOG_LEVEL, lambda k, v: _check_log_level(report, v))
-    kill_grace = setting("kill_grace", DEFAULT_KILL_GRACE,
-                         lambda k, v: report.integer(k, v, 1, 600))
-    worker_timeout = setting("worker_timeout", DEFAULT_WORKER_TIMEOUT,
-                             lambda k, v: report.number(k, v, 1, 3600))
+    kill_grace = setting("kill_grace", DEFAULT_KILL_GRACE, lambda k, v: report.integer(k, v, 1, 600))
+    worker_timeout = setting("worker_timeout", DEFAULT_WORKER_TIMEOUT, lambda k, v: report.number(k, v, 1, 3600))
     drill_user = setting("drill_user", DEFAULT_DRILL_USER, lambda k, v: _check_drill_user(report, v))
     retry = _check_retry(report, raw.get("retry", _MISSING))
     if tools is None:
-        tools = _check_tools(report, raw.get("tools", _MISSING),
-                             kill_grace or DEFAULT_KILL_GRACE, check_paths)
+        tools = _check_tools(report, raw.get("tools", _MISSING), kill_grace or DEFAULT_KILL_GRACE, check_paths)
 
     # A lease shorter than two heartbeats expires on one late renewal: a running job
     # would be handed to a second worker while the first still runs it.
     if lease is not None and heartbeat is not None and lease < 2 * heartbeat:
         set_by = report.where("heartbeat_interval")
         by = "" if set_by == f"{report.source}: heartbeat_interval" else f", set by {set_by}"
-        report.add("lease_seconds",
-                   f"must be at least twice heartbeat_interval ({heartbeat:g}{by}), "
-                   f"got {lease}{_default_note(raw, 'lease_seconds')}",
-                   f"{max(5, math.ceil(2 * heartbeat))}-86400 seconds")
+        report.add(
+            "lease_seconds",
+            f"must be at least twice heartbeat_interval ({heartbeat:g}{by}), "
+            f"got {lease}{_default_note(raw, 'lease_seconds')}",
+            f"{max(5, math.ceil(2 * heartbeat))}-86400 seconds",
+        )
     report.raise_if_any()
-    return Config(dsn=dsn, worker_id=worker_id, workers=workers, poll_interval=poll,
-                  heartbeat_interval=heartbeat, lease_seconds=lease, shutdown_timeout=shutdown,
-                  log_level=log_level, retry=retry, tools=tools, kill_grace=kill_grace,
-                  worker_timeout=worker_timeout, drill_user=drill_user, source=report.source)
+    return Config(
+        dsn=dsn,
+        worker_id=worker_id,
+        workers=workers,
+        poll_interval=poll,
+        heartbeat_interval=heartbeat,
+        lease_seconds=lease,
+        shutdown_timeout=shutdown,
+        log_level=log_level,
+        retry=retry,
+        tools=tools,
+        kill_grace=kill_grace,
+        worker_timeout=worker_timeout,
+        drill_user=drill_user,
+        source=report.source,
+    )
 
 
 def _check_dsn(report: _Report, value: Any) -> str | None:
@@ -459,28 +487,36 @@ def _check_worker_id(report: _Report, value: Any) -> str | None:
         host = socket.gethostname()
         if _WORKER_ID.fullmatch(host):
             return host
-        report.add("worker_id", f"not set, and the host name {host!r} is not a valid worker id; "
-                   "set worker_id or PGGIT_WORKER_ID", allowed)
+        report.add(
+            "worker_id",
+            f"not set, and the host name {host!r} is not a valid worker id; set worker_id or PGGIT_WORKER_ID",
+            allowed,
+        )
         return None
     if not isinstance(value, str) or not _WORKER_ID.fullmatch(value):
-        report.add("worker_id", "must be 1-63 letters, digits or _.:@- starting with a letter "
-                   f"or digit, got {_show(value)}", allowed)
+        report.add(
+            "worker_id",
+            f"must be 1-63 letters, digits or _.:@- starting with a letter or digit, got {_show(value)}",
+            allowed,
+        )
         return None
     return value
 
 
 def _check_drill_user(report: _Report, value: Any) -> str | None:
     if not isinstance(value, str) or not _USER_NAME.fullmatch(value) or value == "root":
-        report.add("drill_user", f"must be the name of an unprivileged user, got {_show(value)}",
-                   f"^{_USER_NAME.pattern}$ but not root; default {DEFAULT_DRILL_USER}")
+        report.add(
+            "drill_user",
+            f"must be the name of an unprivileged user, got {_show(value)}",
+            f"^{_USER_NAME.pattern}$ but not root; default {DEFAULT_DRILL_USER}",
+        )
         return None
     return value
 
 
 def _check_log_level(report: _Report, value: Any) -> str | None:
     if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
-        report.add("log_level", f"must be a log level name, got {_show(value)}",
-                   ", ".join(LOG_LEVELS))
+        report.add("log_level", f"must be a log level name, got {_show(value)}", ", ".join(LOG_LEVELS))
         return None
     return value.upper()
 
@@ -498,15 +534,17 @@ def _check_retry(report: _Report, value: Any) -> RetryConfig | None:
     if base is None or high is None:
         return None
     if high < base:
-        report.add("retry.max_delay", f"must be at least retry.base_delay ({base}), "
-                   f"got {high}{_default_note(section, 'max_delay')}", f"{base}-604800 seconds")
+        report.add(
+            "retry.max_delay",
+            f"must be at least retry.base_delay ({base}), got {high}{_default_note(section, 'max_delay')}",
+            f"{base}-604800 seconds",
+        )
         return None
     return RetryConfig(base_delay=base, max_delay=high)
 
 
 def _installed_builtin_tools() -> dict[str, Any]:
-    return {name: {} for name in BUILTIN_TOOLS
-            if _executable_problem(_TOOL_SPECS[name].path or "") is None}
+    return {name: {} for name in BUILTIN_TOOLS if _executable_problem(_TOOL_SPECS[name].path or "") is None}
 
 
 def _check_tools(report: _Report, value: Any, kill_grace: int, check_paths: bool) -> Tools | None:
@@ -515,12 +553,10 @@ def _check_tools(report: _Report, value: Any, kill_grace: int, check_paths: bool
         value = _installed_builtin_tools()
         if not value:
             paths = ", ".join(_TOOL_SPECS[name].path or "" for name in BUILTIN_TOOLS)
-            report.add("tools", f"not set, and none of {paths} is installed",
-                       f"a mapping naming some of {allowed}")
+            report.add("tools", f"not set, and none of {paths} is installed", f"a mapping naming some of {allowed}")
             return None
     if not isinstance(value, Mapping):
-        report.add("tools", f"must be a mapping of tool names to settings, got {_show(value)}",
-                   allowed)
+        report.add("tools", f"must be a mapping of tool names to settings, got {_show(value)}", allowed)
         return None
     if not value:
         report.add("tools", "must name at least one tool", allowed)
@@ -536,8 +572,7 @@ def _check_tools(report: _Report, value: Any, kill_grace: int, check_paths: bool
     return Tools(tuple(sorted(entries, key=lambda tool: tool.name)))
 
 
-def _check_tool(report: _Report, name: str, settings: Any, kill_grace: int,
-                check_paths: bool) -> ToolConfig | None:
+def _check_tool(report: _Report, name: str, settings: Any, kill_grace: int, check_paths: bool) -> ToolConfig | None:
     spec = _TOOL_SPECS[name]
     prefix = f"tools.{name}"
     section = report.section(prefix, settings, spec.keys)
@@ -547,8 +582,7 @@ def _check_tool(report: _Report, name: str, settings: Any, kill_grace: int,
     tool = default_tool(name, kill_grace)
     path = tool.path
     if spec.path is not None:
-        path = _check_executable(report, f"{prefix}.path", section.get("path", spec.path),
-                                 check_paths)
+        path = _check_executable(report, f"{prefix}.path", section.get("path", spec.path), check_paths)
     run_as = _check_run_as(report, f"{prefix}.run_as", section.get("run_as"), check_paths)
     timeout = tool.timeout
     if "timeout" in section:
@@ -557,25 +591,40 @@ def _check_tool(report: _Report, name: str, settings: Any, kill_grace: int,
         kill_grace = report.integer(f"{prefix}.kill_grace", section["kill_grace"], 1, 600)
     config = None
     if section.get("config") is not None:
-        config = _check_absolute(report, f"{prefix}.config", section["config"],
-                                 "an absolute path to the tool's configuration file")
+        config = _check_absolute(
+            report, f"{prefix}.config", section["config"], "an absolute path to the tool's configuration file"
+        )
     output_dirs = tool.allowed_output_dirs
     if "allowed_output_dirs" in section:
-        output_dirs = _check_path_list(report, f"{prefix}.allowed_output_dirs",
-                                       section["allowed_output_dirs"], executables=False,
-                                       check_paths=check_paths)
+        output_dirs = _check_path_list(
+            report,
+            f"{prefix}.allowed_output_dirs",
+            section["allowed_output_dirs"],
+            executables=False,
+            check_paths=check_paths,
+        )
     commands: tuple[str, ...] | None = ()
     credentials: tuple[str, ...] = ()
     if "allowed_commands" in spec.keys:
-        entries, credentials = _command_entries(report, f"{prefix}.allowed_commands",
-                                                section.get("allowed_commands", _MISSING))
-        commands = _check_path_list(report, f"{prefix}.allowed_commands", entries, executables=True,
-                                    check_paths=check_paths)
+        entries, credentials = _command_entries(
+            report, f"{prefix}.allowed_commands", section.get("allowed_commands", _MISSING)
+        )
+        commands = _check_path_list(
+            report, f"{prefix}.allowed_commands", entries, executables=True, check_paths=check_paths
+        )
     if len(report.problems) > problems_before:
         return None
-    return ToolConfig(name=name, path=path, run_as=run_as, timeout=timeout, config=config,
-                      allowed_output_dirs=output_dirs, allowed_commands=commands,
-                      kill_grace=kill_grace, pass_credentials=credentials)
+    return ToolConfig(
+        name=name,
+        path=path,
+        run_as=run_as,
+        timeout=timeout,
+        config=config,
+        allowed_output_dirs=output_dirs,
+        allowed_commands=commands,
+        kill_grace=kill_grace,
+        pass_credentials=credentials,
+    )
 
 
 _COMMAND_ENTRY_KEYS = ("path", "pass_credentials")
@@ -598,8 +647,11 @@ def _command_entries(report: _Report, key_path: str, value: Any) -> tuple[Any, t
                 report.add(f"{item_path}.{key}", "unknown key", ", ".join(_COMMAND_ENTRY_KEYS))
         passes = item.get("pass_credentials", False)
         if not isinstance(passes, bool):
-            report.add(f"{item_path}.pass_credentials", f"must be true or false, got {_show(passes)}",
-                       "true, false (default false)")
+            report.add(
+                f"{item_path}.pass_credentials",
+                f"must be true or false, got {_show(passes)}",
+                "true, false (default false)",
+            )
         command = item.get("path", _MISSING)
         if command is _MISSING:
             report.add(f"{item_path}.path", "required", "an absolute path to an executable file")
@@ -631,8 +683,7 @@ def _executable_problem(path: str) -> str | None:
     return None
 
 
-def _check_executable(report: _Report, key_path: str, value: Any,
-                      check_paths: bool) -> str | None:
+def _check_executable(report: _Report, key_path: str, value: Any, check_paths: bool) -> str | None:
     allowed = "an absolute path to an executable file"
     path = _check_absolute(report, key_path, value, allowed)
     if path is None or not check_paths:
@@ -648,29 +699,31 @@ def _check_run_as(report: _Report, key_path: str, value: Any, check_paths: bool)
     if value is None:
         return None
     if not isinstance(value, str) or not _USER_NAME.fullmatch(value):
-        report.add(key_path, f"must be a user name, got {_show(value)}",
-                   f"^{_USER_NAME.pattern}$")
+        report.add(key_path, f"must be a user name, got {_show(value)}", f"^{_USER_NAME.pattern}$")
         return None
     if check_paths:
         try:
             pwd.getpwnam(value)
         except KeyError:
-            report.add(key_path, f"user {value!r} does not exist",
-                       "an existing user, or no run_as to run as the service's own user")
+            report.add(
+                key_path,
+                f"user {value!r} does not exist",
+                "an existing user, or no run_as to run as the service's own user",
+            )
             return None
     return value
 
 
-def _check_path_list(report: _Report, key_path: str, value: Any, *, executables: bool,
-                     check_paths: bool) -> tuple[str, ...] | None:
+def _check_path_list(
+    report: _Report, key_path: str, value: Any, *, executables: bool, check_paths: bool
+) -> tuple[str, ...] | None:
     what = "executables" if executables else "directories"
     allowed = f"a non-empty list of absolute paths of {what}"
     if value is _MISSING:
         report.add(key_path, "required", allowed)
         return None
     if not isinstance(value, list) or not value:
-        report.add(key_path, f"must be a non-empty list of absolute paths, got {_show(value)}",
-                   allowed)
+        report.add(key_path, f"must be a non-empty list of absolute paths, got {_show(value)}", allowed)
         return None
     paths = []
     for index, item in enumerate(value):

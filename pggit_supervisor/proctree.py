@@ -36,8 +36,10 @@ class KillReport:
 
     def summary(self) -> str:
         """One line for the log, e.g. '3 processes: 1 exited on SIGTERM, 2 needed SIGKILL'."""
-        text = (f"{len(self.found)} processes: {len(self.exited_on_term)} exited on SIGTERM, "
-                f"{len(self.killed)} needed SIGKILL")
+        text = (
+            f"{len(self.found)} processes: {len(self.exited_on_term)} exited on SIGTERM, "
+            f"{len(self.killed)} needed SIGKILL"
+        )
         if self.survivors:
             text += f", still alive: {', '.join(map(str, self.survivors))}"
         return text
@@ -63,8 +65,9 @@ def is_alive(proc: psutil.Process) -> bool:
         return True
 
 
-def kill_tree(root_pid: int, pgid: int | None, grace: float,
-              pause: Callable[[float], object] = time.sleep) -> KillReport:
+def kill_tree(
+    root_pid: int, pgid: int | None, grace: float, pause: Callable[[float], object] = time.sleep
+) -> KillReport:
     """SIGTERM the group and the tree, wait up to `grace` s, then SIGKILL whatever is left.
 
     `pause(seconds)` is how the waiting is done; the runner passes one that keeps reading the
@@ -95,9 +98,13 @@ def kill_tree(root_pid: int, pgid: int | None, grace: float,
         _signal_all(pgid, frozen, signal.SIGKILL)
         killed = tuple(proc.pid for proc in frozen)
         alive = _wait_gone(frozen, _KILL_WAIT_SECONDS, pause)
-    return KillReport(found=tuple(known), exited_on_term=exited_on_term, killed=killed,
-                      survivors=tuple(proc.pid for proc in alive),
-                      duration=time.monotonic() - started)
+    return KillReport(
+        found=tuple(known),
+        exited_on_term=exited_on_term,
+        killed=killed,
+        survivors=tuple(proc.pid for proc in alive),
+        duration=time.monotonic() - started,
+    )
 
 
 def _check_group(pgid: int | None) -> None:
@@ -106,8 +113,7 @@ def _check_group(pgid: int | None) -> None:
         raise ValueError(f"refusing to signal process group {pgid}: it is not the tool's own")
 
 
-def _freeze(alive: list[psutil.Process], pgid: int | None,
-            known: dict[int, psutil.Process]) -> list[psutil.Process]:
+def _freeze(alive: list[psutil.Process], pgid: int | None, known: dict[int, psutil.Process]) -> list[psutil.Process]:
     """SIGSTOP the survivors and their children until no new child appears, so none escapes."""
     frozen = list(alive)
     _signal_all(pgid, frozen, signal.SIGSTOP)
@@ -122,8 +128,7 @@ def _freeze(alive: list[psutil.Process], pgid: int | None,
     return frozen
 
 
-def _new_children(procs: Iterable[psutil.Process],
-                  known: dict[int, psutil.Process]) -> list[psutil.Process]:
+def _new_children(procs: Iterable[psutil.Process], known: dict[int, psutil.Process]) -> list[psutil.Process]:
     found: dict[int, psutil.Process] = {}
     for proc in procs:
         try:
@@ -134,8 +139,7 @@ def _new_children(procs: Iterable[psutil.Process],
     return list(found.values())
 
 
-def _wait_gone(procs: list[psutil.Process], timeout: float,
-               pause: Callable[[float], object]) -> list[psutil.Process]:
+def _wait_gone(procs: list[psutil.Process], timeout: float, pause: Callable[[float], object]) -> list[psutil.Process]:
     # Polling, not psutil.wait_procs: that would reap the caller's own child and lose its status.
     deadline = time.monotonic() + timeout
     alive = [proc for proc in procs if is_alive(proc)]

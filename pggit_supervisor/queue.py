@@ -47,9 +47,16 @@ class ClaimedJob:
 
 def connect(dsn: str, application_name: str):
     """An autocommit connection with keepalives, so a vanished server is noticed in seconds."""
-    conn = psycopg2.connect(dsn, application_name=application_name[:63], connect_timeout=10,
-                            keepalives=1, keepalives_idle=10, keepalives_interval=5,
-                            keepalives_count=3, options=SESSION_OPTIONS)
+    conn = psycopg2.connect(
+        dsn,
+        application_name=application_name[:63],
+        connect_timeout=10,
+        keepalives=1,
+        keepalives_idle=10,
+        keepalives_interval=5,
+        keepalives_count=3,
+        options=SESSION_OPTIONS,
+    )
     conn.autocommit = True
     return conn
 
@@ -71,28 +78,42 @@ class Queue:
 
     def claim(self, worker_id: str, tools: Sequence[str], lease_seconds: int) -> ClaimedJob | None:
         with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-            cur.execute("""SELECT job_id::text, backup_id::text, tool, spec, command, claim_token, attempts,
+            cur.execute(
+                """SELECT job_id::text, backup_id::text, tool, spec, command, claim_token, attempts,
                                   max_attempts, metadata, backup_name, branch_name, commit_hash, database_name
                              FROM pggit.claim_backup_job(%s, %s, %s)""",
-                        (worker_id, list(tools), int(lease_seconds)))
+                (worker_id, list(tools), int(lease_seconds)),
+            )
             row = cur.fetchone()
         return ClaimedJob(**row) if row else None
 
     def heartbeat(self, job: ClaimedJob, lease_seconds: int) -> bool:
-        return self._one("SELECT pggit.heartbeat_backup_job(%s, %s, %s)",
-                         (job.job_id, job.claim_token, int(lease_seconds)))
+        return self._one(
+            "SELECT pggit.heartbeat_backup_job(%s, %s, %s)", (job.job_id, job.claim_token, int(lease_seconds))
+        )
 
-    def finish(self, job: ClaimedJob, output: str, facts: Mapping[str, Any],
-               result: Mapping[str, Any]) -> bool:
-        return self._one("SELECT pggit.finish_backup_job(%s, %s, %s, %s, %s)",
-                         (job.job_id, job.claim_token, fit_text(output), fit_facts(facts), fit_result(result)))
+    def finish(self, job: ClaimedJob, output: str, facts: Mapping[str, Any], result: Mapping[str, Any]) -> bool:
+        return self._one(
+            "SELECT pggit.finish_backup_job(%s, %s, %s, %s, %s)",
+            (job.job_id, job.claim_token, fit_text(output), fit_facts(facts), fit_result(result)),
+        )
 
-    def fail(self, job: ClaimedJob, error: str, retryable: bool, base_delay: int, max_delay: int,
-             result: Mapping[str, Any]) -> str | None:
+    def fail(
+        self, job: ClaimedJob, error: str, retryable: bool, base_delay: int, max_delay: int, result: Mapping[str, Any]
+    ) -> str | None:
         """The job's new state ('will_retry' / 'permanently_failed'), or None if the claim was lost."""
-        return self._one("SELECT pggit.fail_claimed_backup_job(%s, %s, %s, %s, %s, %s, %s)",
-                         (job.job_id, job.claim_token, fit_text(error), retryable, int(base_delay),
-                          int(max_delay), fit_result(result)))
+        return self._one(
+            "SELECT pggit.fail_claimed_backup_job(%s, %s, %s, %s, %s, %s, %s)",
+            (
+                job.job_id,
+                job.claim_token,
+                fit_text(error),
+                retryable,
+                int(base_delay),
+                int(max_delay),
+                fit_result(result),
+            ),
+        )
 
     def release(self, job: ClaimedJob, reason: str) -> bool:
         return self._one("SELECT pggit.release_backup_job(%s, %s, %s)", (job.job_id, job.claim_token, reason))
@@ -113,8 +134,9 @@ class Queue:
 
     def release_worker(self, worker_id: str, reason: str) -> list[tuple[str, str]]:
         with self.conn.cursor() as cur:
-            cur.execute("SELECT job_id::text, job_state FROM pggit.release_worker_backup_jobs(%s, %s)",
-                        (worker_id, reason))
+            cur.execute(
+                "SELECT job_id::text, job_state FROM pggit.release_worker_backup_jobs(%s, %s)", (worker_id, reason)
+            )
             return cur.fetchall()
 
     def drain_notifications(self, tools: Sequence[str]) -> int:
@@ -135,7 +157,7 @@ def fit_text(text: str | None, limit: int = MAX_TEXT_BYTES) -> str | None:
     if len(data) <= limit:
         return text
     marker = "[...] "
-    return marker + data[len(data) - limit + len(marker):].decode("utf-8", errors="ignore")
+    return marker + data[len(data) - limit + len(marker) :].decode("utf-8", errors="ignore")
 
 
 def _without_nul(value: Any) -> Any:
@@ -166,6 +188,7 @@ def fit_facts(facts: Mapping[str, Any]) -> str:
     if len(encoded.encode()) <= MAX_JSON_BYTES:
         return encoded
     trimmed = _without_nul(facts)
-    trimmed["metadata"] = {"metadata_dropped": f"{len(encoded.encode())} bytes of facts exceeded the "
-                                               f"{MAX_JSON_BYTES}-byte limit"}
+    trimmed["metadata"] = {
+        "metadata_dropped": f"{len(encoded.encode())} bytes of facts exceeded the {MAX_JSON_BYTES}-byte limit"
+    }
     return json.dumps(trimmed)

@@ -48,8 +48,10 @@ class Backup:
             raise RestoreError(f"backup {self.backup_id}: location {shown!r} is not a file:// path on this host")
         path = parsed.path
         if not path.startswith("/") or "\0" in path or ".." in path.split("/") or parsed.query or parsed.fragment:
-            raise RestoreError(f"backup {self.backup_id}: location {shown!r} is not an absolute file:// path "
-                               "(allowed: file:///absolute/path, without '..', ? or #)")
+            raise RestoreError(
+                f"backup {self.backup_id}: location {shown!r} is not an absolute file:// path "
+                "(allowed: file:///absolute/path, without '..', ? or #)"
+            )
         return os.path.normpath(path)
 
 
@@ -64,16 +66,19 @@ def confine(backup: Backup, tool: ToolConfig) -> str:
         if os.path.isabs(allowed) and real.startswith(root.rstrip("/") + "/"):
             return real
     shown = path if real == path else f"{path} (resolves to {real})"
-    raise RestoreError(f"backup {backup.backup_id}: {shown} is not under tools.{tool.name}.allowed_output_dirs "
-                       f"(allowed: {', '.join(tool.allowed_output_dirs) or 'none'})")
+    raise RestoreError(
+        f"backup {backup.backup_id}: {shown} is not under tools.{tool.name}.allowed_output_dirs "
+        f"(allowed: {', '.join(tool.allowed_output_dirs) or 'none'})"
+    )
 
 
 def dump_format(backup: Backup) -> str:
     """The dump's format as recorded; anything else is refused before an argv is built."""
     fmt = backup.metadata.get("format") or "custom"
     if fmt not in DUMP_FORMATS:
-        raise RestoreError(f"backup {backup.backup_id}: metadata.format {str(fmt)[:40]!r} is not one of "
-                           f"{', '.join(DUMP_FORMATS)}")
+        raise RestoreError(
+            f"backup {backup.backup_id}: metadata.format {str(fmt)[:40]!r} is not one of {', '.join(DUMP_FORMATS)}"
+        )
     return fmt
 
 
@@ -86,8 +91,10 @@ def restore_jobs(backup: Backup, jobs: int | None) -> int | None:
     except ValueError:
         number = 0
     if not 1 <= number <= 64:
-        raise RestoreError(f"backup {backup.backup_id}: restore jobs {str(value)[:20]!r} is not a number of "
-                           "parallel jobs (allowed: 1-64)")
+        raise RestoreError(
+            f"backup {backup.backup_id}: restore jobs {str(value)[:20]!r} is not a number of "
+            "parallel jobs (allowed: 1-64)"
+        )
     return number
 
 
@@ -95,8 +102,11 @@ def load_backup(dsn: str, backup_id: str) -> Backup:
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT backup_id::text, backup_tool, status, location, metadata FROM pggit.backups "
-                        "WHERE backup_id = %s::uuid", (backup_id,))
+            cur.execute(
+                "SELECT backup_id::text, backup_tool, status, location, metadata FROM pggit.backups "
+                "WHERE backup_id = %s::uuid",
+                (backup_id,),
+            )
             row = cur.fetchone()
     except psycopg2.errors.InvalidTextRepresentation:
         raise RestoreError(f"{backup_id!r} is not a backup id (a UUID)") from None
@@ -126,8 +136,10 @@ def check_empty_database(dsn: str) -> None:
     finally:
         conn.close()
     if relations or schemas:
-        raise RestoreError(f"target database {name} is not empty ({relations} relations, {schemas} schemas "
-                           "besides public): restore into a new database (createdb) instead")
+        raise RestoreError(
+            f"target database {name} is not empty ({relations} relations, {schemas} schemas "
+            "besides public): restore into a new database (createdb) instead"
+        )
 
 
 def prepare_target_database(dsn: str, backup: Backup) -> None:
@@ -162,11 +174,14 @@ def powerful_rights(dsn: str) -> list[str]:
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute("""SELECT r.rolname, r.rolsuper, r.rolcreaterole, r.rolname = session_user
+            cur.execute(
+                """SELECT r.rolname, r.rolsuper, r.rolcreaterole, r.rolname = session_user
                              FROM pg_roles r
                             WHERE pg_has_role(session_user, r.oid, 'MEMBER')
                               AND (r.rolsuper OR r.rolcreaterole OR r.rolname = ANY(%s))
-                            ORDER BY 1""", (list(_POWERFUL_ROLES),))
+                            ORDER BY 1""",
+                (list(_POWERFUL_ROLES),),
+            )
             rows = cur.fetchall()
     finally:
         conn.close()
@@ -186,11 +201,13 @@ def check_target_login(dsn: str, trust_contents: bool) -> None:
     rights = powerful_rights(dsn)
     if rights and not trust_contents:
         raise RestoreError(
-            "the target login has rights a restored function could take over: " + "; ".join(rights)
+            "the target login has rights a restored function could take over: "
+            + "; ".join(rights)
             + ". A dump carries functions written by any user who could create objects in the backed-up "
             "database, and pg_restore runs them as this login. Restore as a login without SUPERUSER or "
             f"CREATEROLE (the owner of the new database), or pass {TRUST_FLAG} if you trust everyone who "
-            "could write into that database")
+            "could write into that database"
+        )
 
 
 def plain_script(source: str, scratch: str, run_as: str | None) -> str:
@@ -211,8 +228,18 @@ def dump_restore_argv(backup: Backup, bin_dir: str, source: str, dbname: str, jo
     if not os.path.isabs(source):
         raise RestoreError(f"backup {backup.backup_id}: {source!r} is not an absolute path")
     if fmt == "plain":
-        return [os.path.join(bin_dir, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
-                "-d", dbname, "-f", source]
+        return [
+            os.path.join(bin_dir, "psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--single-transaction",
+            "-d",
+            dbname,
+            "-f",
+            source,
+        ]
     argv = [os.path.join(bin_dir, "pg_restore"), "--exit-on-error", "--no-owner", f"--dbname={dbname}"]
     jobs = restore_jobs(backup, jobs)
     if jobs and fmt in ("custom", "directory"):
@@ -221,8 +248,13 @@ def dump_restore_argv(backup: Backup, bin_dir: str, source: str, dbname: str, jo
     return argv
 
 
-def restore_dump(backup: Backup, tool: ToolConfig, target_dsn: str, jobs: int | None = None,
-                 on_tick: Callable[[], str | None] | None = None) -> RunResult:
+def restore_dump(
+    backup: Backup,
+    tool: ToolConfig,
+    target_dsn: str,
+    jobs: int | None = None,
+    on_tick: Callable[[], str | None] | None = None,
+) -> RunResult:
     """`pggit-supervisor restore --target-dsn`: the dump as the tool's user into the target."""
     source = confine(backup, tool)
     bin_dir = os.path.dirname(tool.path or "/usr/bin/pg_dump")
@@ -234,8 +266,16 @@ def restore_dump(backup: Backup, tool: ToolConfig, target_dsn: str, jobs: int | 
         if dump_format(backup) == "plain":
             source = plain_script(source, scratch, tool.run_as)
         argv = dump_restore_argv(backup, bin_dir, source, dbname, jobs)
-        return run_tool(RunSpec(argv=tuple(argv), env=env, timeout=RESTORE_TIMEOUT, run_as=tool.run_as,
-                                kill_grace=float(tool.kill_grace)), on_tick=on_tick)
+        return run_tool(
+            RunSpec(
+                argv=tuple(argv),
+                env=env,
+                timeout=RESTORE_TIMEOUT,
+                run_as=tool.run_as,
+                kill_grace=float(tool.kill_grace),
+            ),
+            on_tick=on_tick,
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -260,8 +300,9 @@ def copy_basebackup_steps(backup: Backup, source: str, target_dir: str) -> list[
     return steps
 
 
-def restore_basebackup(backup: Backup, tool: ToolConfig, target_dir: str,
-                       on_tick: Callable[[], str | None] | None = None) -> RunResult:
+def restore_basebackup(
+    backup: Backup, tool: ToolConfig, target_dir: str, on_tick: Callable[[], str | None] | None = None
+) -> RunResult:
     """Copies the backup into target_dir (created, mode 0700, owned by the tool's user)."""
     source = confine(backup, tool)
     target_dir = os.path.abspath(target_dir)
@@ -271,8 +312,12 @@ def restore_basebackup(backup: Backup, tool: ToolConfig, target_dir: str,
     give_to(target_dir, tool.run_as)
     result = None
     for argv in steps:
-        result = run_tool(RunSpec(argv=tuple(argv), env={}, timeout=RESTORE_TIMEOUT, run_as=tool.run_as,
-                                  kill_grace=float(tool.kill_grace)), on_tick=on_tick)
+        result = run_tool(
+            RunSpec(
+                argv=tuple(argv), env={}, timeout=RESTORE_TIMEOUT, run_as=tool.run_as, kill_grace=float(tool.kill_grace)
+            ),
+            on_tick=on_tick,
+        )
         if not result.ok:
             break
     return result
@@ -282,7 +327,23 @@ def describe(argv: list[str]) -> str:
     return shlex.join(argv)
 
 
-__all__ = ["Backup", "RestoreError", "TRUST_FLAG", "check_empty_database", "check_empty_dir", "check_target_login",
-           "confine", "copy_basebackup_steps", "describe", "dump_format", "dump_restore_argv", "load_backup",
-           "plain_script", "powerful_rights", "prepare_target_database", "restore_basebackup", "restore_dump",
-           "TAR"]
+__all__ = [
+    "Backup",
+    "RestoreError",
+    "TRUST_FLAG",
+    "check_empty_database",
+    "check_empty_dir",
+    "check_target_login",
+    "confine",
+    "copy_basebackup_steps",
+    "describe",
+    "dump_format",
+    "dump_restore_argv",
+    "load_backup",
+    "plain_script",
+    "powerful_rights",
+    "prepare_target_database",
+    "restore_basebackup",
+    "restore_dump",
+    "TAR",
+]

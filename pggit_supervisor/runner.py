@@ -96,9 +96,11 @@ class CapturedOutput:
         """The capture as text; invalid UTF-8 is replaced, a gap is marked with its size."""
         if not self.dropped:
             return (self.head + self.tail).decode("utf-8", errors="replace")
-        return (self.head.decode("utf-8", errors="replace")
-                + f"\n...[{self.dropped} bytes dropped]...\n"
-                + self.tail.decode("utf-8", errors="replace"))
+        return (
+            self.head.decode("utf-8", errors="replace")
+            + f"\n...[{self.dropped} bytes dropped]...\n"
+            + self.tail.decode("utf-8", errors="replace")
+        )
 
 
 @dataclass(frozen=True)
@@ -164,10 +166,12 @@ def tool_environment(run_as: str | None, extra: Mapping[str, str]) -> dict[str, 
     return env
 
 
-def run_tool(spec: RunSpec,
-             on_tick: Callable[[], str | None] | None = None,
-             tick_interval: float = 1.0,
-             on_start: Callable[[int, int], None] | None = None) -> RunResult:
+def run_tool(
+    spec: RunSpec,
+    on_tick: Callable[[], str | None] | None = None,
+    tick_interval: float = 1.0,
+    on_start: Callable[[int, int], None] | None = None,
+) -> RunResult:
     """Run `spec` to completion, timeout or stop, and say how it ended.
 
     `on_start(pid, pgid)` runs once the tool has started. `on_tick()` runs about every
@@ -226,17 +230,21 @@ def _resolve_account(spec: RunSpec) -> _Account | None:
         return None
     target = _passwd_entry(spec.run_as)
     if target is None:
-        raise RunAsError(f"tool {spec.tool_name}: run_as user {spec.run_as!r} does not exist "
-                         "on this host; create it or fix run_as")
+        raise RunAsError(
+            f"tool {spec.tool_name}: run_as user {spec.run_as!r} does not exist on this host; create it or fix run_as"
+        )
     euid = os.geteuid()
-    account = _Account(name=target.pw_name, uid=target.pw_uid, gid=target.pw_gid,
-                       home=target.pw_dir, switch=target.pw_uid != euid)
+    account = _Account(
+        name=target.pw_name, uid=target.pw_uid, gid=target.pw_gid, home=target.pw_dir, switch=target.pw_uid != euid
+    )
     if account.switch and euid != 0:
         current = _passwd_entry(None)
         current_name = current.pw_name if current else f"uid {euid}"
-        raise RunAsError(f"tool {spec.tool_name}: run_as {spec.run_as!r} needs the service to "
-                         f"run as root (it runs as {current_name!r}); remove run_as or run "
-                         "the service as root")
+        raise RunAsError(
+            f"tool {spec.tool_name}: run_as {spec.run_as!r} needs the service to "
+            f"run as root (it runs as {current_name!r}); remove run_as or run "
+            "the service as root"
+        )
     return account
 
 
@@ -244,17 +252,19 @@ def _check_executable(spec: RunSpec) -> None:
     # An absolute path, so PATH (and whatever a caller put in it) never chooses the binary.
     path = spec.argv[0]
     if not os.path.isabs(path):
-        raise ToolStartError(f"tool {spec.tool_name}: {path!r} is not an absolute path; "
-                             "configure the tool's full path, e.g. /usr/bin/pg_dump")
+        raise ToolStartError(
+            f"tool {spec.tool_name}: {path!r} is not an absolute path; "
+            "configure the tool's full path, e.g. /usr/bin/pg_dump"
+        )
     if not os.path.isfile(path):
-        raise ToolStartError(f"tool {spec.tool_name}: {path} does not exist or is not a file; "
-                             "install the tool or fix its path")
+        raise ToolStartError(
+            f"tool {spec.tool_name}: {path} does not exist or is not a file; install the tool or fix its path"
+        )
     if not os.access(path, os.X_OK):
         raise ToolStartError(f"tool {spec.tool_name}: {path} is not executable")
 
 
-def _start(spec: RunSpec, account: _Account | None,
-           env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start(spec: RunSpec, account: _Account | None, env: dict[str, str]) -> subprocess.Popen[bytes]:
     user = group = extra_groups = None
     if account is not None and account.switch:
         # The full group list (it includes the primary gid), so none of root's groups remain.
@@ -263,13 +273,21 @@ def _start(spec: RunSpec, account: _Account | None,
     who = f" as {account.name}" if account is not None else ""
     try:
         return subprocess.Popen(
-            list(spec.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=env, cwd=spec.cwd, close_fds=True,
-            start_new_session=True, user=user, group=group, extra_groups=extra_groups,
-            preexec_fn=_parent_death_signal(os.getpid()))
+            list(spec.argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=spec.cwd,
+            close_fds=True,
+            start_new_session=True,
+            user=user,
+            group=group,
+            extra_groups=extra_groups,
+            preexec_fn=_parent_death_signal(os.getpid()),
+        )
     except (OSError, ValueError, subprocess.SubprocessError) as err:
-        raise ToolStartError(f"tool {spec.tool_name}: cannot start {spec.argv[0]}{who}: "
-                             f"{err}") from err
+        raise ToolStartError(f"tool {spec.tool_name}: cannot start {spec.argv[0]}{who}: {err}") from err
 
 
 def _parent_death_signal(parent_pid: int) -> Callable[[], None]:
@@ -336,8 +354,9 @@ class _Session:
             self._selector.register(self._pidfd, selectors.EVENT_READ, None)
         self._exited = False
 
-    def watch(self, deadline: float, on_tick: Callable[[], str | None] | None,
-              tick_interval: float) -> tuple[bool, str | None]:
+    def watch(
+        self, deadline: float, on_tick: Callable[[], str | None] | None, tick_interval: float
+    ) -> tuple[bool, str | None]:
         """Read output until the tool exits (-> False, None), times out or is told to stop."""
         next_tick = time.monotonic() + tick_interval if on_tick else float("inf")
         drain_until = float("inf")

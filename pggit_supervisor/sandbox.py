@@ -115,26 +115,61 @@ class Sandbox:
         return os.path.join(self.run_dir, "postgres.log")
 
     def dsn(self, user: str, dbname: str) -> str:
-        return psycopg2.extensions.make_dsn(host=self.run_dir, port=self.port, user=user, dbname=dbname,
-                                            connect_timeout=10)
+        return psycopg2.extensions.make_dsn(
+            host=self.run_dir, port=self.port, user=user, dbname=dbname, connect_timeout=10
+        )
 
     def libpq_env(self, user: str, dbname: str) -> dict[str, str]:
         """What a client tool run as the drill user needs to reach this cluster, and no more."""
-        return {"PGHOST": self.run_dir, "PGPORT": str(self.port), "PGUSER": user, "PGDATABASE": dbname,
-                "PGCONNECT_TIMEOUT": "10"}
+        return {
+            "PGHOST": self.run_dir,
+            "PGPORT": str(self.port),
+            "PGUSER": user,
+            "PGDATABASE": dbname,
+            "PGCONNECT_TIMEOUT": "10",
+        }
 
     def initdb_argv(self) -> list[str]:
-        return [os.path.join(self.bin_dir, "initdb"), "-D", self.data, "-U", SUPERUSER, "-A", "trust",
-                "-E", "UTF8", "--locale=C.UTF-8", "--no-sync", "--no-instructions"]
+        return [
+            os.path.join(self.bin_dir, "initdb"),
+            "-D",
+            self.data,
+            "-U",
+            SUPERUSER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+            "--no-instructions",
+        ]
 
     def start_argv(self) -> list[str]:
-        settings = {"config_file": self._file("postgresql.conf"), "hba_file": self._file("pg_hba.conf"),
-                    "ident_file": self._file("pg_ident.conf"), "listen_addresses": "", "port": str(self.port),
-                    "unix_socket_directories": self.run_dir, "unix_socket_permissions": "0700"}
+        settings = {
+            "config_file": self._file("postgresql.conf"),
+            "hba_file": self._file("pg_hba.conf"),
+            "ident_file": self._file("pg_ident.conf"),
+            "listen_addresses": "",
+            "port": str(self.port),
+            "unix_socket_directories": self.run_dir,
+            "unix_socket_permissions": "0700",
+        }
         # pg_ctl hands -o to /bin/sh: every value is quoted for it
         options = " ".join(f"-c {shlex.quote(f'{key}={value}')}" for key, value in settings.items())
-        return [os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data, "-l", self.log, "-o", options,
-                "-w", "-t", str(int(READY_TIMEOUT_SECONDS)), "start"]
+        return [
+            os.path.join(self.bin_dir, "pg_ctl"),
+            "-D",
+            self.data,
+            "-l",
+            self.log,
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(int(READY_TIMEOUT_SECONDS)),
+            "start",
+        ]
 
     def _file(self, name: str) -> str:
         return os.path.join(self.root, name)
@@ -145,12 +180,16 @@ def drill_account(user: str) -> pwd.struct_passwd:
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
-        raise SandboxError(f"drill user {user!r} does not exist: restore drills run their throwaway "
-                           f"cluster as that unprivileged user; create it with `{USERADD} {user}` "
-                           "(the Debian package does) or set drill_user") from None
+        raise SandboxError(
+            f"drill user {user!r} does not exist: restore drills run their throwaway "
+            f"cluster as that unprivileged user; create it with `{USERADD} {user}` "
+            "(the Debian package does) or set drill_user"
+        ) from None
     if entry.pw_uid == 0:
-        raise SandboxError(f"drill user {user!r} is root: a drill must run as an unprivileged user "
-                           f"of its own; create one with `{USERADD} pggit-drill`")
+        raise SandboxError(
+            f"drill user {user!r} is root: a drill must run as an unprivileged user "
+            f"of its own; create one with `{USERADD} pggit-drill`"
+        )
     return entry
 
 
@@ -161,11 +200,15 @@ def server_bin_dir(tool_path: str | None) -> str:
         real = os.path.dirname(os.path.realpath(tool_path))
         if os.path.exists(os.path.join(real, "initdb")):
             return real
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda path: int(path.split("/")[4]) if path.split("/")[4].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda path: int(path.split("/")[4]) if path.split("/")[4].isdigit() else 0,
+    )
     if not found:
-        raise SandboxError("no PostgreSQL server binaries (initdb) found: restore drills start a "
-                           "throwaway cluster; install the postgresql package")
+        raise SandboxError(
+            "no PostgreSQL server binaries (initdb) found: restore drills start a "
+            "throwaway cluster; install the postgresql package"
+        )
     return os.path.dirname(found[-1])
 
 
@@ -221,8 +264,12 @@ def forget_copied_settings(data_dir: str) -> None:
             os.unlink(path)
 
 
-def wait_ready(sandbox: Sandbox, user: str, deadline_seconds: float = READY_TIMEOUT_SECONDS,
-               checkpoint: Callable[[], None] | None = None) -> None:
+def wait_ready(
+    sandbox: Sandbox,
+    user: str,
+    deadline_seconds: float = READY_TIMEOUT_SECONDS,
+    checkpoint: Callable[[], None] | None = None,
+) -> None:
     """Returns once the server accepts connections and has finished recovery (a base backup
     copy replays its WAL first; until then it answers 'not accepting connections')."""
     deadline = time.monotonic() + deadline_seconds
@@ -243,8 +290,9 @@ def wait_ready(sandbox: Sandbox, user: str, deadline_seconds: float = READY_TIME
         if not os.path.exists(os.path.join(sandbox.data, "postmaster.pid")):
             raise SandboxError(f"the drill's server stopped while starting ({last}){log_tail(sandbox)}")
         if time.monotonic() > deadline:
-            raise SandboxError(f"the drill's server did not finish recovery within {deadline_seconds:g} s "
-                               f"({last}){log_tail(sandbox)}")
+            raise SandboxError(
+                f"the drill's server did not finish recovery within {deadline_seconds:g} s ({last}){log_tail(sandbox)}"
+            )
         if checkpoint is not None:
             checkpoint()
         time.sleep(_READY_POLL_SECONDS)
@@ -299,8 +347,16 @@ def _stop(root: str, user: str, bin_dir: str | None) -> None:
     if bin_dir is None:
         return
     try:
-        run_tool(RunSpec((os.path.join(bin_dir, "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"), {},
-                         STOP_TIMEOUT_SECONDS, run_as=user, cwd=root, kill_grace=5))
+        run_tool(
+            RunSpec(
+                (os.path.join(bin_dir, "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"),
+                {},
+                STOP_TIMEOUT_SECONDS,
+                run_as=user,
+                cwd=root,
+                kill_grace=5,
+            )
+        )
     except Exception:  # a missing user or binary: nothing we started can be running then
         pass
 

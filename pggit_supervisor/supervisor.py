@@ -118,8 +118,9 @@ class Supervisor:
                 self.ping_watchdog()
                 self.update_status()
         self.reap_orphans()
-        log.info("supervisor stopped" + fields(exit_code=self.exit_code, jobs_ok=self.jobs_ok,
-                                               jobs_failed=self.jobs_failed))
+        log.info(
+            "supervisor stopped" + fields(exit_code=self.exit_code, jobs_ok=self.jobs_ok, jobs_failed=self.jobs_failed)
+        )
         return self.exit_code
 
     def sleep(self) -> None:
@@ -255,8 +256,10 @@ class Supervisor:
         self.slot_not_before[worker.slot] = now + delay
         limit = max(5, 2 * self.config.workers)
         if len(self.crashes) > limit and not self.stopping:
-            log.error(f"workers are crashing in a loop ({len(self.crashes)} deaths in "
-                      f"{CRASH_WINDOW_SECONDS:g} s): giving up; see the worker errors above")
+            log.error(
+                f"workers are crashing in a loop ({len(self.crashes)} deaths in "
+                f"{CRASH_WINDOW_SECONDS:g} s): giving up; see the worker errors above"
+            )
             self.exit_code = EXIT_CRASH_LOOP
             self.handle_stop(fast=True, why="crash loop")
 
@@ -272,8 +275,9 @@ class Supervisor:
                 except psutil.Error:
                     name = "?"
                 report = kill_tree(child.pid, None, 0.0)
-                log.warning("killed an orphaned tool process tree" + fields(pid=child.pid, name=name,
-                                                                          result=report.summary()))
+                log.warning(
+                    "killed an orphaned tool process tree" + fields(pid=child.pid, name=name, result=report.summary())
+                )
 
     def reap_orphans(self) -> None:
         """At exit: nothing a tool left behind may outlive the service."""
@@ -291,8 +295,10 @@ class Supervisor:
         for worker in self.workers.values():
             silent = now - worker.last_beat
             if silent > self.config.worker_timeout and not worker.killed:
-                log.error("worker stopped heartbeating: killing it" + fields(
-                    worker=worker.name, pid=worker.pid, silent=f"{silent:.0f}s", job=worker.busy_job))
+                log.error(
+                    "worker stopped heartbeating: killing it"
+                    + fields(worker=worker.name, pid=worker.pid, silent=f"{silent:.0f}s", job=worker.busy_job)
+                )
                 worker.killed = True
                 _signal(worker.pid, signal.SIGKILL)
                 if worker.tool_pgid:
@@ -321,8 +327,15 @@ class Supervisor:
         if not self.stopping:
             self.stopping = True
             busy = sum(1 for w in self.workers.values() if w.busy_job)
-            log.info("stopping" + fields(why=why, fast=fast or None, busy_workers=busy,
-                                         shutdown_timeout=None if fast else f"{self.config.shutdown_timeout}s"))
+            log.info(
+                "stopping"
+                + fields(
+                    why=why,
+                    fast=fast or None,
+                    busy_workers=busy,
+                    shutdown_timeout=None if fast else f"{self.config.shutdown_timeout}s",
+                )
+            )
             self.notifier.stopping(f"stopping ({why})")
             for worker in self.workers.values():
                 _signal(worker.pid, signal.SIGTERM)
@@ -368,8 +381,10 @@ class Supervisor:
     def status_text(self) -> str:
         busy = sum(1 for w in self.workers.values() if w.busy_job)
         state = "stopping; " if self.stopping else ""
-        return (f"{state}{len(self.workers)}/{self.config.workers} workers alive, {busy} busy, "
-                f"{self.jobs_ok} jobs done, {self.jobs_failed} failed")
+        return (
+            f"{state}{len(self.workers)}/{self.config.workers} workers alive, {busy} busy, "
+            f"{self.jobs_ok} jobs done, {self.jobs_failed} failed"
+        )
 
     def update_status(self) -> None:
         text = self.status_text()

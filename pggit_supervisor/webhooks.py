@@ -23,9 +23,12 @@ def should_notify(notify: Mapping[str, Any], succeeded: bool, final: bool) -> bo
 
 
 def post(url: str, payload: Mapping[str, Any], job_id: str, worker: str) -> bool:
-    request = urllib.request.Request(url, data=json.dumps(payload, default=str).encode(),
-                                     headers={"Content-Type": "application/json",
-                                              "User-Agent": "pggit-supervisor"}, method="POST")
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload, default=str).encode(),
+        headers={"Content-Type": "application/json", "User-Agent": "pggit-supervisor"},
+        method="POST",
+    )
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
             ok = 200 <= response.status < 300

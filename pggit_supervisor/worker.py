@@ -42,8 +42,7 @@ log = logging.getLogger("pggit.worker")
 
 
 class Worker:
-    def __init__(self, config: Config, name: str, report_fd: int, release_predecessor: bool,
-                 parent_pid: int) -> None:
+    def __init__(self, config: Config, name: str, report_fd: int, release_predecessor: bool, parent_pid: int) -> None:
         self.config = config
         self.name = name
         self.report_fd = report_fd
@@ -117,11 +116,15 @@ class Worker:
             self.connect_failures += 1
             delay = min(2.0 ** (self.connect_failures - 1), MAX_CONNECT_DELAY)
             self.next_connect = time.monotonic() + delay
-            log.warning("cannot connect to the queue database" + fields(
-                worker=self.name, retry_in=f"{delay:g}s", error=_one_line(exc)))
+            log.warning(
+                "cannot connect to the queue database"
+                + fields(worker=self.name, retry_in=f"{delay:g}s", error=_one_line(exc))
+            )
             return False
         if self.ever_connected:
-            log.info("reconnected to the queue database" + fields(worker=self.name, failed_attempts=self.connect_failures))
+            log.info(
+                "reconnected to the queue database" + fields(worker=self.name, failed_attempts=self.connect_failures)
+            )
         self.ever_connected = True
         self.connect_failures = 0
         return True
@@ -135,8 +138,9 @@ class Worker:
                 pass
         self.conn = self.queue = None
 
-    def deliver(self, job: ClaimedJob, what: str, call: Callable[[Queue], Any],
-                confirm: Callable[[Queue], bool]) -> Any:
+    def deliver(
+        self, job: ClaimedJob, what: str, call: Callable[[Queue], Any], confirm: Callable[[Queue], bool]
+    ) -> Any:
         """Runs `call` until the database answers: a result must not be dropped because the
         server restarted. If an earlier attempt may have committed unseen, `confirm` tells."""
         uncertain = False
@@ -145,8 +149,10 @@ class Worker:
             if self.aborting and give_up is None:
                 give_up = time.monotonic() + ABORT_DELIVERY_SECONDS
             if give_up is not None and time.monotonic() > give_up:
-                log.error(f"could not record {what}: the database is unreachable and the service is "
-                          "stopping; the job's lease will return it to the queue" + fields(job=job.job_id, worker=self.name))
+                log.error(
+                    f"could not record {what}: the database is unreachable and the service is "
+                    "stopping; the job's lease will return it to the queue" + fields(job=job.job_id, worker=self.name)
+                )
                 return None
             if self.ensure_connected():
                 try:
@@ -157,8 +163,10 @@ class Worker:
                     self.lost_connection(exc)
                     uncertain = True
                 except psycopg2.Error as exc:  # the database refused the call itself: retrying cannot help
-                    log.error(f"could not record {what}: {_one_line(exc)}; the job's lease will return it "
-                              "to the queue" + fields(job=job.job_id, worker=self.name))
+                    log.error(
+                        f"could not record {what}: {_one_line(exc)}; the job's lease will return it "
+                        "to the queue" + fields(job=job.job_id, worker=self.name)
+                    )
                     return None
             self.beat()
             time.sleep(0.5)
@@ -178,9 +186,12 @@ class Worker:
             try:
                 if self.release_predecessor:
                     for job_id, state in self.queue.release_worker(
-                            self.name, f"worker {self.name} died while running this job"):
-                        log.warning("returned a dead worker's job to the queue" + fields(
-                            job=job_id, worker=self.name, state=state))
+                        self.name, f"worker {self.name} died while running this job"
+                    ):
+                        log.warning(
+                            "returned a dead worker's job to the queue"
+                            + fields(job=job_id, worker=self.name, state=state)
+                        )
                     self.release_predecessor = False
                 self.rescue_if_due()
                 job = self.queue.claim(self.name, self.tools, self.config.lease_seconds)
@@ -206,8 +217,10 @@ class Worker:
             return
         self.next_rescue = time.monotonic() + min(self.config.lease_seconds / 2, 30.0)
         for job_id, worker, state in self.queue.rescue_expired():
-            log.warning("lease expired: job returned to the queue" + fields(
-                job=job_id, worker=self.name, lost_by=worker, state=state))
+            log.warning(
+                "lease expired: job returned to the queue"
+                + fields(job=job_id, worker=self.name, lost_by=worker, state=state)
+            )
 
     def wait_for_work(self) -> None:
         """Sleeps until a NOTIFY naming one of our tools or the poll interval, beating every second.
@@ -236,11 +249,19 @@ class Worker:
 
     def run_job(self, job: ClaimedJob) -> None:
         where = dict(job=job.job_id, worker=self.name)
-        log.info("job claimed" + fields(**where, tool=job.tool, attempt=f"{job.attempts}/{job.max_attempts}",
-                                        backup=job.backup_name))
+        log.info(
+            "job claimed"
+            + fields(**where, tool=job.tool, attempt=f"{job.attempts}/{job.max_attempts}", backup=job.backup_name)
+        )
         self.tell("busy", job.job_id, 0)
-        ctx = Context(self.config, self.tool_section(job), datetime.now(timezone.utc), self.name,
-                      tick=self._ticker(job), on_start=lambda pid, pgid: self.tell("busy", job.job_id, pgid))
+        ctx = Context(
+            self.config,
+            self.tool_section(job),
+            datetime.now(timezone.utc),
+            self.name,
+            tick=self._ticker(job),
+            on_start=lambda pid, pgid: self.tell("busy", job.job_id, pgid),
+        )
         try:
             adapter = adapter_for(job.tool)
             invocation = adapter.prepare(job, ctx)
@@ -255,8 +276,12 @@ class Worker:
             self.report(job, Outcome.failure(f"cannot prepare {job.tool}: {_one_line(exc)}"), {})
             return
         try:
-            result = run_tool(invocation.run, on_tick=ctx.tick, tick_interval=min(1.0, self.config.heartbeat_interval),
-                              on_start=ctx.on_start)
+            result = run_tool(
+                invocation.run,
+                on_tick=ctx.tick,
+                tick_interval=min(1.0, self.config.heartbeat_interval),
+                on_start=ctx.on_start,
+            )
             self.tell("busy", job.job_id, 0)
         except RunnerError as exc:
             adapter.discard(invocation)
@@ -318,8 +343,9 @@ class Worker:
         return tick
 
     def stopped(self, job: ClaimedJob, result: RunResult) -> None:
-        log.warning(f"tool stopped: {result.stopped_reason}" + fields(job=job.job_id, worker=self.name,
-                                                                      run=result.summary()))
+        log.warning(
+            f"tool stopped: {result.stopped_reason}" + fields(job=job.job_id, worker=self.name, run=result.summary())
+        )
         self.stopped_early(job)
 
     def stopped_early(self, job: ClaimedJob) -> None:
@@ -328,8 +354,10 @@ class Worker:
         if self.aborting:
             self.hand_back(job)
             return
-        log.warning("job stopped: cancelled or no longer held by this worker; nothing reported"
-                    + fields(job=job.job_id, worker=self.name))
+        log.warning(
+            "job stopped: cancelled or no longer held by this worker; nothing reported"
+            + fields(job=job.job_id, worker=self.name)
+        )
         self.deliver(job, "the cancelled job's release", lambda q: q.abandon(job), lambda q: True)
         self.tell("idle", "stopped")
 
@@ -338,13 +366,19 @@ class Worker:
         _reap_children()  # those that already exited
         for child in psutil.Process().children():
             report = kill_tree(child.pid, None, 0.0)
-            log.warning("ended a process the tool left behind" + fields(
-                job=job.job_id, worker=self.name, pid=child.pid, result=report.summary()))
+            log.warning(
+                "ended a process the tool left behind"
+                + fields(job=job.job_id, worker=self.name, pid=child.pid, result=report.summary())
+            )
         _reap_children()
 
     def hand_back(self, job: ClaimedJob) -> None:
-        released = self.deliver(job, "the job's release", lambda q: q.release(job, f"{SHUTDOWN}: handed back by {self.name}"),
-                                lambda q: q.outcome_of(job) == "queued")
+        released = self.deliver(
+            job,
+            "the job's release",
+            lambda q: q.release(job, f"{SHUTDOWN}: handed back by {self.name}"),
+            lambda q: q.outcome_of(job) == "queued",
+        )
         log.info("job handed back to the queue" + fields(job=job.job_id, worker=self.name, released=bool(released)))
         self.tell("idle", "stopped")
 
@@ -352,17 +386,26 @@ class Worker:
         where = dict(job=job.job_id, worker=self.name)
         retry = self.config.retry
         if outcome.ok:
-            recorded = self.deliver(job, "the job's result", lambda q: q.finish(job, outcome.message, outcome.facts, record),
-                                    lambda q: q.outcome_of(job) == "completed")
+            recorded = self.deliver(
+                job,
+                "the job's result",
+                lambda q: q.finish(job, outcome.message, outcome.facts, record),
+                lambda q: q.outcome_of(job) == "completed",
+            )
             state = "completed" if recorded else None
         else:
-            state = self.deliver(job, "the job's failure", lambda q: q.fail(job, outcome.message, outcome.retryable,
-                                                                      retry.base_delay, retry.max_delay, record),
-                                 lambda q: q.outcome_of(job) == "failed")
+            state = self.deliver(
+                job,
+                "the job's failure",
+                lambda q: q.fail(job, outcome.message, outcome.retryable, retry.base_delay, retry.max_delay, record),
+                lambda q: q.outcome_of(job) == "failed",
+            )
             state = "failed" if state is True else state
         if state is None:
-            log.warning("result discarded: the claim was lost (cancelled, rescued or deleted)" + fields(
-                **where, outcome=outcome.message))
+            log.warning(
+                "result discarded: the claim was lost (cancelled, rescued or deleted)"
+                + fields(**where, outcome=outcome.message)
+            )
         elif outcome.ok:
             log.info("job completed" + fields(**where, result=outcome.message))
         else:
@@ -370,11 +413,23 @@ class Worker:
         self.tell("idle", "ok" if outcome.ok else "failed")
         notify = job.spec.get("notify", {})
         if state is not None and webhooks.should_notify(notify, outcome.ok, state == "permanently_failed"):
-            webhooks.post(notify["webhook_url"], {
-                "job_id": job.job_id, "backup_id": job.backup_id, "backup_name": job.backup_name,
-                "tool": job.tool, "state": state, "message": outcome.message,
-                "commit_hash": job.commit_hash, "branch": job.branch_name, "worker": self.name,
-                "facts": dict(outcome.facts)}, job.job_id, self.name)
+            webhooks.post(
+                notify["webhook_url"],
+                {
+                    "job_id": job.job_id,
+                    "backup_id": job.backup_id,
+                    "backup_name": job.backup_name,
+                    "tool": job.tool,
+                    "state": state,
+                    "message": outcome.message,
+                    "commit_hash": job.commit_hash,
+                    "branch": job.branch_name,
+                    "worker": self.name,
+                    "facts": dict(outcome.facts),
+                },
+                job.job_id,
+                self.name,
+            )
 
 
 def _reap_children() -> None:
@@ -388,10 +443,14 @@ def _reap_children() -> None:
 
 def _result_record(result: RunResult, worker: str) -> dict[str, Any]:
     return {
-        "worker": worker, "exit_code": result.exit_code, "signal": result.signal,
-        "timed_out": result.timed_out, "duration_seconds": round(result.duration, 3),
+        "worker": worker,
+        "exit_code": result.exit_code,
+        "signal": result.signal,
+        "timed_out": result.timed_out,
+        "duration_seconds": round(result.duration, 3),
         "peak_rss_bytes": result.peak_rss_bytes,
-        "stdout_tail": result.stdout.text()[-2000:], "stderr_tail": result.stderr.text()[-4000:],
+        "stdout_tail": result.stdout.text()[-2000:],
+        "stderr_tail": result.stderr.text()[-4000:],
         "output_dropped_bytes": result.stdout.dropped + result.stderr.dropped,
     }
 

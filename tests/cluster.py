@@ -58,12 +58,26 @@ class Cluster:
         self._reaper_pipe: int | None = None
         as_postgres(["mkdir", "-p", str(self.socket_dir)])
         # C.UTF-8 always exists on Debian; the caller's LANG may name a locale that is not installed
-        as_postgres([str(BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
-                     "--locale=C.UTF-8", "--encoding=UTF8"])
+        as_postgres(
+            [
+                str(BIN / "initdb"),
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "--locale=C.UTF-8",
+                "--encoding=UTF8",
+            ]
+        )
         with open(self.data / "postgresql.conf", "a") as conf:
-            conf.write(f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
-                       f"unix_socket_directories = '{self.socket_dir}'\nwal_level = replica\n"
-                       f"fsync = off\nmax_wal_senders = 10\n{extra_conf}\n")
+            conf.write(
+                f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{self.socket_dir}'\nwal_level = replica\n"
+                f"fsync = off\nmax_wal_senders = 10\n{extra_conf}\n"
+            )
 
     @property
     def dsn(self) -> str:
@@ -90,10 +104,20 @@ class Cluster:
         (atexit does not run after SIGKILL or a segfault); `remove` still works before that."""
         read_end, write_end = os.pipe()  # the write end is not inherited by later children
         self._reaper = subprocess.Popen(
-            [sys.executable, "-c", _REAPER, " ".join(_owner_prefix()), str(self.data), str(self.dir),
-             str(BIN / "pg_ctl")],
-            stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)  # a Ctrl-C for the test run does not stop the clean-up
+            [
+                sys.executable,
+                "-c",
+                _REAPER,
+                " ".join(_owner_prefix()),
+                str(self.data),
+                str(self.dir),
+                str(BIN / "pg_ctl"),
+            ],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # a Ctrl-C for the test run does not stop the clean-up
         os.close(read_end)
         self._reaper_pipe = write_end
 
@@ -104,6 +128,8 @@ class Cluster:
             self._reaper.wait(60)
             return
         if (self.data / "postmaster.pid").exists():
-            subprocess.run([*_owner_prefix(), str(BIN / "pg_ctl"), "-D", str(self.data),
-                            "-m", "immediate", "stop"], capture_output=True)
+            subprocess.run(
+                [*_owner_prefix(), str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+                capture_output=True,
+            )
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -72,7 +72,8 @@ def _install_schema(host, port, user, dbname, password, **_ignored):
 
 
 postgresql_server = factories.postgresql_noproc(
-    host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=f"pggit_test_{os.getpid()}", load=[_install_schema])
+    host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=f"pggit_test_{os.getpid()}", load=[_install_schema]
+)
 postgresql = factories.postgresql("postgresql_server")
 
 
@@ -84,9 +85,23 @@ def drill_user():
         pwd.getpwnam(DRILL_USER)
         created = False
     except KeyError:
-        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-                        "--shell", "/usr/sbin/nologin", "--comment", "pgGit restore drills", DRILL_USER],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--comment",
+                "pgGit restore drills",
+                DRILL_USER,
+            ],
+            check=True,
+            capture_output=True,
+        )
         created = True
     yield DRILL_USER
     if created:

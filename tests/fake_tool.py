@@ -27,7 +27,7 @@ def line_stream(total: int, prefix: bytes) -> bytes:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _record_pid(path: str | None, role: str) -> None:
@@ -73,8 +73,8 @@ def _write_outputs(stdout_bytes: int, stderr_bytes: int) -> None:
     err = line_stream(stderr_bytes, b"e")
     pos = 0
     while pos < max(len(out), len(err)):
-        _write_all(1, out[pos:pos + _CHUNK])
-        _write_all(2, err[pos:pos + _CHUNK])
+        _write_all(1, out[pos : pos + _CHUNK])
+        _write_all(2, err[pos : pos + _CHUNK])
         pos += _CHUNK
 
 
@@ -111,8 +111,18 @@ def main() -> int:
     if args.print_env:
         print(json.dumps(dict(os.environ)), flush=True)
     if args.print_ids:
-        print(json.dumps({"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(),
-                          "egid": os.getegid(), "groups": sorted(os.getgroups())}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "uid": os.getuid(),
+                    "euid": os.geteuid(),
+                    "gid": os.getgid(),
+                    "egid": os.getegid(),
+                    "groups": sorted(os.getgroups()),
+                }
+            ),
+            flush=True,
+        )
     if args.read_stdin:
         data = sys.stdin.buffer.read()
         print(json.dumps({"stdin_bytes": len(data)}), flush=True)

@@ -11,8 +11,7 @@ from pathlib import Path
 INSTALL_HINT = "install everything the tests need with (as root): sh packaging/install-deps.sh"
 
 # Run by name (searched on PATH, as the runner's fixed PATH would find them).
-COMMANDS = ("pg_dump", "pg_restore", "pg_basebackup", "psql", "pgbackrest", "barman", "runuser",
-            "tar", "gzip", "git")
+COMMANDS = ("pg_dump", "pg_restore", "pg_basebackup", "psql", "pgbackrest", "barman", "runuser", "tar", "gzip", "git")
 # Run from the server's own directory (Debian links none of them into /usr/bin).
 SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres", "pg_verifybackup", "pg_receivewal")
 # The OS users the tools run as (their packages create them).
@@ -31,8 +30,9 @@ def missing(bin_dir: Path, path: str | None = None) -> list[str]:
     """Everything absent, each named with what it is; empty when the machine is ready."""
     search = path if path is not None else os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
     found = [f"{name} (command)" for name in COMMANDS if shutil.which(name, path=search) is None]
-    found += [f"{bin_dir / name} (PostgreSQL 15 server)" for name in SERVER_PROGRAMS
-              if not os.access(bin_dir / name, os.X_OK)]
+    found += [
+        f"{bin_dir / name} (PostgreSQL 15 server)" for name in SERVER_PROGRAMS if not os.access(bin_dir / name, os.X_OK)
+    ]
     found += [f"{name} (OS user)" for name in USERS if not _user_exists(name)]
     return found
 

@@ -12,8 +12,10 @@ import difflib
 
 import psycopg2
 
-_USER_NAMESPACES = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' " \
-                   "AND n.nspname NOT LIKE 'pg_temp%'"
+_USER_NAMESPACES = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' "
+    "AND n.nspname NOT LIKE 'pg_temp%'"
+)
 
 # name -> a query whose rows, each rendered as one line, describe one kind of object
 QUERIES: dict[str, str] = {
@@ -125,13 +127,23 @@ def read(conn) -> dict[str, list[str]]:
     return found
 
 
-def differences(expected: dict[str, list[str]], actual: dict[str, list[str]],
-                expected_name: str = "fresh install", actual_name: str = "upgraded") -> str:
+def differences(
+    expected: dict[str, list[str]],
+    actual: dict[str, list[str]],
+    expected_name: str = "fresh install",
+    actual_name: str = "upgraded",
+) -> str:
     """A unified diff per kind of object that differs; empty when the two are the same."""
     parts = []
     for kind in expected:
         if expected[kind] != actual.get(kind):
-            diff = difflib.unified_diff(expected[kind], actual.get(kind, []), fromfile=f"{kind}: {expected_name}",
-                                        tofile=f"{kind}: {actual_name}", lineterm="", n=0)
+            diff = difflib.unified_diff(
+                expected[kind],
+                actual.get(kind, []),
+                fromfile=f"{kind}: {expected_name}",
+                tofile=f"{kind}: {actual_name}",
+                lineterm="",
+                n=0,
+            )
             parts.append("\n".join(diff))
     return "\n\n".join(parts)

@@ -47,9 +47,16 @@ class Service:
         self.config_path = tmp_path / "supervisor.yaml"
         self.log_path = tmp_path / "supervisor.log"
         config = {
-            "dsn": dsn, "worker_id": "test", "workers": 2, "poll_interval": 5,
-            "heartbeat_interval": 0.5, "lease_seconds": 5, "shutdown_timeout": 10, "kill_grace": 1,
-            "worker_timeout": 10, "log_level": "INFO",
+            "dsn": dsn,
+            "worker_id": "test",
+            "workers": 2,
+            "poll_interval": 5,
+            "heartbeat_interval": 0.5,
+            "lease_seconds": 5,
+            "shutdown_timeout": 10,
+            "kill_grace": 1,
+            "worker_timeout": 10,
+            "log_level": "INFO",
             "tools": {"custom": {"allowed_commands": [FAKE_TOOL], "timeout": 600}},
         }
         config.update(settings)
@@ -62,8 +69,15 @@ class Service:
     def start(self, env: dict[str, str] | None = None, args: list[str] | None = None) -> "Service":
         log = open(self.log_path, "ab")
         command = args or [sys.executable, "-m", "pggit_supervisor", "run", "-c", str(self.config_path)]
-        self.proc = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT,
-                                     env={**os.environ, **(env or {})}, start_new_session=True)
+        self.proc = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
         log.close()
         return self
 
@@ -99,20 +113,27 @@ class Service:
             pass
         self.proc.wait(10)
         for proc in psutil.process_iter(["cmdline"]):
-            if FAKE_TOOL in " ".join(proc.info["cmdline"] or []) and str(self.dir) in " ".join(proc.info["cmdline"] or []):
+            if FAKE_TOOL in " ".join(proc.info["cmdline"] or []) and str(self.dir) in " ".join(
+                proc.info["cmdline"] or []
+            ):
                 proc.kill()
 
 
-def queue_fake(conn, tmp_path: Path, *args: str, tag: str = "job", max_attempts: int = 3,
-               metadata: str = "{}") -> tuple[str, str, Path]:
+def queue_fake(
+    conn, tmp_path: Path, *args: str, tag: str = "job", max_attempts: int = 3, metadata: str = "{}"
+) -> tuple[str, str, Path]:
     """Registers a backup and enqueues the fake tool with `args`; each run appends its pids to
     a file of its own. Returns (backup_id, job_id, pid file)."""
     pids = tmp_path / f"pids-{tag}"
-    backup_id = scalar(conn, "SELECT pggit.register_backup(%s, 'full', 'custom', %s, p_branch_name := 'main')",
-                       (f"fake-{tag}", str(tmp_path)))
+    backup_id = scalar(
+        conn,
+        "SELECT pggit.register_backup(%s, 'full', 'custom', %s, p_branch_name := 'main')",
+        (f"fake-{tag}", str(tmp_path)),
+    )
     command = " ".join([FAKE_TOOL, *args, "--write-pids", str(pids)])
-    job_id = scalar(conn, "SELECT pggit.enqueue_backup_job(%s, %s, 'custom', %s, %s)",
-                    (backup_id, command, max_attempts, metadata))
+    job_id = scalar(
+        conn, "SELECT pggit.enqueue_backup_job(%s, %s, 'custom', %s, %s)", (backup_id, command, max_attempts, metadata)
+    )
     return str(backup_id), str(job_id), pids
 
 
@@ -123,8 +144,9 @@ def job_row(conn, job_id: str) -> dict:
 def wait_for_state(conn, job_id: str, states: set[str] | str, timeout: float = 20) -> dict:
     wanted = {states} if isinstance(states, str) else states
     try:
-        return wait_until(lambda: (row := job_row(conn, job_id))["job_state"] in wanted and row, timeout,
-                          f"job {job_id} in {wanted}")
+        return wait_until(
+            lambda: (row := job_row(conn, job_id))["job_state"] in wanted and row, timeout, f"job {job_id} in {wanted}"
+        )
     except AssertionError as timed_out:  # say the state at the deadline, not the one at the start
         row = job_row(conn, job_id)
         raise AssertionError(f"{timed_out}: it is {row['job_state']}, last_error={row['last_error']!r}") from None

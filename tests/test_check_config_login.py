@@ -17,8 +17,12 @@ from service import ROOT
 def _check(tmp_path, dsn: str, *extra: str) -> subprocess.CompletedProcess:
     path = tmp_path / "supervisor.yaml"
     path.write_text(yaml.safe_dump({"dsn": dsn, "worker_id": "w1", "tools": {"pg_dump": {}}}))
-    return subprocess.run([sys.executable, "-m", "pggit_supervisor", "check-config", "-c", str(path), *extra],
-                          capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "pggit_supervisor", "check-config", "-c", str(path), *extra],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def test_check_config_warns_when_the_queue_login_is_a_superuser(tmp_path, dsn, db):

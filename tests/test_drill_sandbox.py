@@ -58,8 +58,9 @@ def _drill_servers(drill_tmpdir: Path) -> list[psutil.Process]:
 
 
 def _postmaster(drill_tmpdir: Path) -> psutil.Process:
-    return wait_until(lambda: next((p for p in _drill_servers(drill_tmpdir) if "-D" in p.cmdline()), None), 60,
-                      "the drill's postgres")
+    return wait_until(
+        lambda: next((p for p in _drill_servers(drill_tmpdir) if "-D" in p.cmdline()), None), 60, "the drill's postgres"
+    )
 
 
 def _assert_nothing_left(drill_tmpdir: Path) -> None:
@@ -78,7 +79,9 @@ def test_drill_server_runs_as_the_drill_user_on_a_private_socket_only(service, d
     assert entry.pw_shell.endswith("nologin") and entry.pw_uid not in (0, pwd.getpwnam("postgres").pw_uid)
     assert not postmaster.net_connections(kind="inet"), "the sandbox listens on no TCP port"
     run_dir = os.stat(root / "run")
-    assert run_dir.st_uid == entry.pw_uid and stat.S_IMODE(run_dir.st_mode) == 0o700, "the socket's directory is private"
+    assert run_dir.st_uid == entry.pw_uid and stat.S_IMODE(run_dir.st_mode) == 0o700, (
+        "the socket's directory is private"
+    )
     copy = next((root / "input").iterdir())
     assert copy.stat().st_uid == entry.pw_uid and stat.S_IMODE(copy.stat().st_mode) == 0o400, "a read-only copy"
     assert (root / "pg_hba.conf").read_text().strip().splitlines()[-1] == "local all all trust"
@@ -101,15 +104,19 @@ def test_cancelled_drill_leaves_no_server_and_no_file(service, db, backup_dir, d
 def test_timed_out_drill_leaves_no_server_and_no_file(service, db, backup_dir, drill_tmpdir):
     service()
     backup_id = _slow_dump(db, backup_dir)
-    drill = str(scalar(db, "SELECT pggit.schedule_restore_test(%s, %s)",
-                       (backup_id, '{"timeout_seconds": 8, "max_attempts": 1}')))
+    drill = str(
+        scalar(
+            db, "SELECT pggit.schedule_restore_test(%s, %s)", (backup_id, '{"timeout_seconds": 8, "max_attempts": 1}')
+        )
+    )
     row = wait_for_state(db, drill, {"completed", "permanently_failed"}, timeout=60)
     assert row["job_state"] == "permanently_failed" and "timed out" in row["last_error"], row["last_error"]
     _assert_nothing_left(drill_tmpdir)
 
 
-def test_drill_without_its_os_user_fails_for_good_naming_the_user_and_how_to_create_it(service, db, backup_dir,
-                                                                                        drill_tmpdir):
+def test_drill_without_its_os_user_fails_for_good_naming_the_user_and_how_to_create_it(
+    service, db, backup_dir, drill_tmpdir
+):
     db.cursor().execute("CREATE TABLE public.items AS SELECT 1 AS id")
     service(drill_user="pggit-nodrill")
     backup_id = scalar(db, "SELECT pggit.backup_pg_dump('main', 'public', 'custom', %s)", (str(backup_dir),))
@@ -127,6 +134,7 @@ def test_wait_ready_waits_for_the_end_of_recovery(drill_tmpdir, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", None)
     box = sandbox.create(DRILL_USER, sandbox.server_bin_dir(None))
     try:
+
         def as_drill(*argv: str):
             result = run_tool(RunSpec(argv, {}, 120, run_as=DRILL_USER, cwd=box.root))
             assert result.ok, result.stderr.text()

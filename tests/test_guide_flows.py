@@ -31,7 +31,9 @@ def login(dsn, db):
 
     def _login(granted: str):
         name = f"pggit_flow_{secrets.token_hex(6)}"
-        db.cursor().execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(granted)))
+        db.cursor().execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(granted))
+        )
         created.append(name)
         conn = psycopg2.connect(dsn, user=name)
         conn.autocommit = True
@@ -60,6 +62,7 @@ def sizes(conn, backup_id):
 
 # --- 1. the original listener: complete the job, then record sizes on its backup -----------------
 
+
 def test_listener_completes_the_job_then_records_the_backups_sizes(db, login):
     backup_id, job_id = schedule_stanza(db, "main")
     listener = login(WORKER)
@@ -85,8 +88,14 @@ def test_sizes_recorded_after_the_job_are_not_rewritten_by_a_second_call(db, log
 def test_sizes_the_supervisor_recorded_are_not_rewritten_by_complete_backup(db, login):
     backup_id, job_id = schedule_dump(db)
     claimed = claim(db)
-    assert scalar(db, "SELECT pggit.finish_backup_job(%s, %s, 'ok', '{\"backup_size\": 4096, \"compression_type\": \"zstd\"}')",
-                  (job_id, claimed["claim_token"])) is True
+    assert (
+        scalar(
+            db,
+            'SELECT pggit.finish_backup_job(%s, %s, \'ok\', \'{"backup_size": 4096, "compression_type": "zstd"}\')',
+            (job_id, claimed["claim_token"]),
+        )
+        is True
+    )
     error = refused(login(ADMIN), "SELECT pggit.complete_backup(%s, 1, 1, 'gzip')", (backup_id,))
     assert error.pgcode == "55000" and "already recorded" in error.diag.message_primary
     assert sizes(db, backup_id) == ("completed", 4096, None, "zstd")
@@ -98,8 +107,14 @@ def test_complete_backup_leaves_a_backup_whose_job_has_not_ended_to_its_job(db, 
     if state != "ready":
         claimed = claim(db)
     if state == "will_retry":
-        assert scalar(db, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'connection refused')",
-                      (job_id, claimed["claim_token"])) == "will_retry"
+        assert (
+            scalar(
+                db,
+                "SELECT pggit.fail_claimed_backup_job(%s, %s, 'connection refused')",
+                (job_id, claimed["claim_token"]),
+            )
+            == "will_retry"
+        )
     for conn in (login(WORKER), login(ADMIN)):
         error = refused(conn, "SELECT pggit.complete_backup(%s, 1000000, 500000, 'gzip')", (backup_id,))
         assert error.pgcode == "55000", error.pgerror
@@ -111,6 +126,7 @@ def test_complete_backup_leaves_a_backup_whose_job_has_not_ended_to_its_job(db, 
 
 # --- 2. complete_backup on a backup that is not in progress ------------------------------------
 
+
 def test_complete_backup_of_an_unknown_backup_raises_naming_it(login):
     admin = login(ADMIN)
     unknown = "00000000-0000-0000-0000-0000000000a1"
@@ -121,8 +137,11 @@ def test_complete_backup_of_an_unknown_backup_raises_naming_it(login):
 
 def test_second_completion_of_a_backup_registered_by_hand_raises_naming_its_state(db, login):
     admin = login(ADMIN)
-    backup_id = scalar(admin, "SELECT pggit.register_backup('custom-backup-001', 'full', 'custom', 's3://bucket/custom-001', "
-                              "(SELECT head_commit_hash FROM pggit.branches WHERE name = 'main'))")
+    backup_id = scalar(
+        admin,
+        "SELECT pggit.register_backup('custom-backup-001', 'full', 'custom', 's3://bucket/custom-001', "
+        "(SELECT head_commit_hash FROM pggit.branches WHERE name = 'main'))",
+    )
     assert scalar(admin, "SELECT pggit.complete_backup(%s, 1000, 400, 'zstd')", (backup_id,)) is True
     error = refused(admin, "SELECT pggit.complete_backup(%s, 2000)", (backup_id,))
     assert error.pgcode == "55000"
@@ -152,9 +171,12 @@ def test_a_backup_registered_by_hand_is_completed_or_failed_by_the_admin_only(db
 
 # --- 3. register_backup with the guide's defaults ----------------------------------------------
 
+
 def test_register_backup_without_commit_or_branch_links_to_mains_head_with_a_notice(db, login):
     admin = login(ADMIN)
-    backup_id = scalar(admin, "SELECT pggit.register_backup('nightly-001', 'full', 'custom', 's3://bucket/nightly-001')")
+    backup_id = scalar(
+        admin, "SELECT pggit.register_backup('nightly-001', 'full', 'custom', 's3://bucket/nightly-001')"
+    )
     row = backup(db, backup_id)
     head = scalar(db, "SELECT head_commit_hash FROM pggit.branches WHERE name = 'main'")
     assert (row["commit_hash"], row["branch_name"]) == (head, "main")
@@ -172,6 +194,7 @@ def test_register_backup_without_commit_or_branch_raises_when_main_has_no_head(d
 
 # --- 5. pg_dump backups are snapshots, as the original recorded them ---------------------------
 
+
 def test_pg_dump_backup_is_recorded_as_a_snapshot_and_counted_like_any_backup(db):
     backup_id = scalar(db, "SELECT pggit.backup_pg_dump('main')")
     assert backup(db, backup_id)["backup_type"] == "snapshot"
@@ -182,8 +205,14 @@ def test_pg_dump_backup_is_recorded_as_a_snapshot_and_counted_like_any_backup(db
     assert scalar(db, "SELECT pggit.finish_backup_job(%s, %s)", (job_id, claimed["claim_token"])) is True
     assert backup(db, backup_id)["backup_type"] == "snapshot", "the worker reports no other type for a dump"
     # the guide's "backups by branch" monitoring counts it whatever its type
-    assert scalar(db, """SELECT COUNT(*) FROM pggit.backups bk JOIN pggit.commits c ON bk.commit_hash = c.hash
-                          JOIN pggit.branches b ON c.branch_id = b.id WHERE b.name = 'main'""") == 1
+    assert (
+        scalar(
+            db,
+            """SELECT COUNT(*) FROM pggit.backups bk JOIN pggit.commits c ON bk.commit_hash = c.hash
+                          JOIN pggit.branches b ON c.branch_id = b.id WHERE b.name = 'main'""",
+        )
+        == 1
+    )
 
 
 def test_upgrading_from_0_1_0_records_its_pg_dump_backups_as_snapshots(empty_db, tmp_path):
@@ -198,11 +227,16 @@ def test_upgrading_from_0_1_0_records_its_pg_dump_backups_as_snapshots(empty_db,
     conn.autocommit = True
     try:
         dumped = scalar(conn, "SELECT pggit.backup_pg_dump('main')")
-        registered = scalar(conn, "SELECT pggit.register_backup('by-hand', 'full', 'pg_dump', '/backups/x.dump', NULL, 'main')")
+        registered = scalar(
+            conn, "SELECT pggit.register_backup('by-hand', 'full', 'pg_dump', '/backups/x.dump', NULL, 'main')"
+        )
         assert scalar(conn, "SELECT backup_type FROM pggit.backups WHERE backup_id = %s", (dumped,)) == "full"
-        assert [m.version for m in schema.install(empty_db, log=lambda *_: None)] == \
-            [m.version for m in schema.migrations() if m.version > 8]
-        types = {r["backup_id"]: r["backup_type"] for r in query(conn, "SELECT backup_id, backup_type FROM pggit.backups")}
+        assert [m.version for m in schema.install(empty_db, log=lambda *_: None)] == [
+            m.version for m in schema.migrations() if m.version > 8
+        ]
+        types = {
+            r["backup_id"]: r["backup_type"] for r in query(conn, "SELECT backup_id, backup_type FROM pggit.backups")
+        }
         assert types == {dumped: "snapshot", registered: "full"}, "a type registered by hand is what its user said"
     finally:
         conn.close()

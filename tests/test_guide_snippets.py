@@ -20,18 +20,28 @@ def busy_queue(db):
     claimed = {}
     while (row := claim(db, lease=600)) is not None:
         claimed[row["job_id"]] = row
-    db.cursor().execute("SELECT pggit.release_backup_job(%s, %s)", (jobs["ready"], claimed[jobs["ready"]]["claim_token"]))
-    db.cursor().execute("SELECT pggit.fail_claimed_backup_job(%s, %s, 'connection refused', true, 300, 21600)",
-                        (jobs["will_retry"], claimed[jobs["will_retry"]]["claim_token"]))
-    db.cursor().execute("SELECT pggit.fail_claimed_backup_job(%s, %s, 'stanza missing')",
-                        (jobs["permanently_failed"], claimed[jobs["permanently_failed"]]["claim_token"]))
-    db.cursor().execute("SELECT pggit.finish_backup_job(%s, %s)", (jobs["completed"], claimed[jobs["completed"]]["claim_token"]))
+    db.cursor().execute(
+        "SELECT pggit.release_backup_job(%s, %s)", (jobs["ready"], claimed[jobs["ready"]]["claim_token"])
+    )
+    db.cursor().execute(
+        "SELECT pggit.fail_claimed_backup_job(%s, %s, 'connection refused', true, 300, 21600)",
+        (jobs["will_retry"], claimed[jobs["will_retry"]]["claim_token"]),
+    )
+    db.cursor().execute(
+        "SELECT pggit.fail_claimed_backup_job(%s, %s, 'stanza missing')",
+        (jobs["permanently_failed"], claimed[jobs["permanently_failed"]]["claim_token"]),
+    )
+    db.cursor().execute(
+        "SELECT pggit.finish_backup_job(%s, %s)", (jobs["completed"], claimed[jobs["completed"]]["claim_token"])
+    )
     db.cursor().execute("UPDATE pggit.backup_jobs SET status = 'cancelled' WHERE job_id = %s", (jobs["cancelled"],))
     return jobs
 
 
 def test_job_queue_view_snippet_shows_each_state(db, busy_queue):
-    rows = query(db, """
+    rows = query(
+        db,
+        """
         -- View all jobs in queue
         SELECT
             job_id,
@@ -44,13 +54,16 @@ def test_job_queue_view_snippet_shows_each_state(db, busy_queue):
             started_at,
             last_error
         FROM pggit.backup_job_queue
-        ORDER BY created_at DESC;""")
+        ORDER BY created_at DESC;""",
+    )
     states = {r["job_id"]: r["job_state"] for r in rows}
     assert states == {job_id: state for state, job_id in busy_queue.items()}
 
 
 def test_queue_statistics_snippet_counts_each_state(db, busy_queue):
-    row = query(db, """
+    row = query(
+        db,
+        """
         -- Current queue state
         SELECT
             COUNT(*) FILTER (WHERE status = 'queued') as queued,
@@ -59,12 +72,15 @@ def test_queue_statistics_snippet_counts_each_state(db, busy_queue):
             COUNT(*) FILTER (WHERE status = 'failed' AND attempts < max_attempts) as retrying,
             COUNT(*) FILTER (WHERE status = 'failed' AND attempts >= max_attempts) as permanently_failed
         FROM pggit.backup_jobs
-        WHERE created_at > CURRENT_TIMESTAMP - INTERVAL '24 hours';""")[0]
+        WHERE created_at > CURRENT_TIMESTAMP - INTERVAL '24 hours';""",
+    )[0]
     assert row == {"queued": 1, "running": 1, "completed": 1, "retrying": 1, "permanently_failed": 1}
 
 
 def test_failed_jobs_snippet_lists_only_permanent_failures(db, busy_queue):
-    rows = query(db, """
+    rows = query(
+        db,
+        """
         -- Failed jobs
         SELECT
             job_id,
@@ -77,23 +93,29 @@ def test_failed_jobs_snippet_lists_only_permanent_failures(db, busy_queue):
         FROM pggit.backup_jobs
         WHERE status = 'failed'
           AND attempts >= max_attempts
-        ORDER BY created_at DESC;""")
+        ORDER BY created_at DESC;""",
+    )
     assert [(r["job_id"], r["last_error"]) for r in rows] == [(busy_queue["permanently_failed"], "stanza missing")]
 
 
 def test_error_messages_snippet_shows_both_failures(db, busy_queue):
-    rows = query(db, """
+    rows = query(
+        db,
+        """
         -- View error messages
         SELECT job_id, tool, attempts, last_error
         FROM pggit.backup_jobs
         WHERE status = 'failed'
         ORDER BY created_at DESC
-        LIMIT 5;""")
+        LIMIT 5;""",
+    )
     assert {r["job_id"] for r in rows} == {busy_queue["will_retry"], busy_queue["permanently_failed"]}
 
 
 def test_backoff_snippet_shows_seconds_until_retry(db, busy_queue):
-    rows = query(db, """
+    rows = query(
+        db,
+        """
         -- Verify retry schedule
         SELECT
             job_id,
@@ -102,30 +124,40 @@ def test_backoff_snippet_shows_seconds_until_retry(db, busy_queue):
             EXTRACT(EPOCH FROM (next_retry_at - CURRENT_TIMESTAMP)) as seconds_until_retry
         FROM pggit.backup_jobs
         WHERE status = 'failed'
-          AND attempts < max_attempts;""")
+          AND attempts < max_attempts;""",
+    )
     assert len(rows) == 1 and rows[0]["attempts"] == 1
     assert 295 <= rows[0]["seconds_until_retry"] <= 300, "delay = base_delay * 2^(attempts-1) = 300 * 2^0"
 
 
 def test_cancel_reset_and_cleanup_snippets(db, busy_queue):
-    db.cursor().execute("""
+    db.cursor().execute(
+        """
         -- Cancel a stuck job
         UPDATE pggit.backup_jobs
         SET status = 'cancelled'
-        WHERE job_id = %s;""", (busy_queue["in_progress"],))
-    db.cursor().execute("""
+        WHERE job_id = %s;""",
+        (busy_queue["in_progress"],),
+    )
+    db.cursor().execute(
+        """
         -- Reset a failed job to retry immediately
         UPDATE pggit.backup_jobs
         SET status = 'queued',
             next_retry_at = NULL,
             attempts = 0
-        WHERE job_id = %s;""", (busy_queue["permanently_failed"],))
+        WHERE job_id = %s;""",
+        (busy_queue["permanently_failed"],),
+    )
     states = {r["job_id"]: r["job_state"] for r in query(db, "SELECT job_id, job_state FROM pggit.backup_job_queue")}
     assert states[busy_queue["in_progress"]] == "cancelled"
     assert states[busy_queue["permanently_failed"]] == "ready"
 
-    force(db, "UPDATE pggit.backup_jobs SET completed_at = now() - interval '8 days' WHERE job_id = %s",
-          (busy_queue["completed"],))
+    force(
+        db,
+        "UPDATE pggit.backup_jobs SET completed_at = now() - interval '8 days' WHERE job_id = %s",
+        (busy_queue["completed"],),
+    )
     with db.cursor() as cur:
         cur.execute("""
             -- Clear old completed jobs (cleanup)
@@ -138,7 +170,9 @@ def test_cancel_reset_and_cleanup_snippets(db, busy_queue):
 def test_backups_by_branch_snippet(db):
     schedule_dump(db)
     schedule_dump(db, schema="public")
-    rows = query(db, """
+    rows = query(
+        db,
+        """
         -- Backups by branch
         SELECT
             b.name as branch,
@@ -147,7 +181,8 @@ def test_backups_by_branch_snippet(db):
         FROM pggit.backups bk
         JOIN pggit.commits c ON bk.commit_hash = c.hash
         JOIN pggit.branches b ON c.branch_id = b.id
-        GROUP BY b.name;""")
+        GROUP BY b.name;""",
+    )
     assert [(r["branch"], r["backup_count"]) for r in rows] == [("main", 2)]
 
 
@@ -158,8 +193,11 @@ def test_retention_snippets_delete_old_backups_and_keep_five_per_commit(db):
         claimed = claim(db)
         assert claimed["job_id"] == job_id
         db.cursor().execute("SELECT pggit.finish_backup_job(%s, %s)", (job_id, claimed["claim_token"]))
-    force(db, "UPDATE pggit.backups SET created_at = now() - interval '31 days' WHERE backup_id = ANY(%s::uuid[])",
-          (ids[:3],))
+    force(
+        db,
+        "UPDATE pggit.backups SET created_at = now() - interval '31 days' WHERE backup_id = ANY(%s::uuid[])",
+        (ids[:3],),
+    )
     with db.cursor() as cur:
         cur.execute("""
             -- Delete old backups (keep last 30 days)

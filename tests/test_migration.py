@@ -30,9 +30,11 @@ _NUMBERED = re.compile(r"^\d{3}_[a-z0-9_]+\.sql$")
 def git(*args: str) -> bytes:
     done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True)
     if done.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} failed: {done.stderr.decode().strip()}\n"
-                             f"this test needs a git checkout holding 0.1.0 ({BASELINE}); "
-                             "in a shallow clone run: git fetch --unshallow")
+        raise AssertionError(
+            f"git {' '.join(args)} failed: {done.stderr.decode().strip()}\n"
+            f"this test needs a git checkout holding 0.1.0 ({BASELINE}); "
+            "in a shallow clone run: git fetch --unshallow"
+        )
     return done.stdout
 
 
@@ -85,10 +87,15 @@ def upgraded_and_fresh(tmp_path_factory) -> Iterator[tuple[str, str]]:
 def test_every_file_released_in_0_1_0_is_byte_identical_today():
     released = released_files()
     assert len(released) == 9, sorted(released)
-    edited = [name for name, content in released.items()
-              if not (ROOT / "schema" / name).is_file() or (ROOT / "schema" / name).read_bytes() != content]
-    assert not edited, (f"released schema files changed since 0.1.0: {edited}; numbered files are append-only: "
-                        "put the change in a new numbered file")
+    edited = [
+        name
+        for name, content in released.items()
+        if not (ROOT / "schema" / name).is_file() or (ROOT / "schema" / name).read_bytes() != content
+    ]
+    assert not edited, (
+        f"released schema files changed since 0.1.0: {edited}; numbered files are append-only: "
+        "put the change in a new numbered file"
+    )
 
 
 def test_upgrade_from_0_1_0_gives_the_schema_of_a_fresh_install(upgraded_and_fresh):
@@ -107,8 +114,10 @@ def test_schema_comparison_names_a_changed_grant_default_and_function(upgraded_a
     conn = psycopg2.connect(fresh)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute("SELECT format('%s(%s)', oid::regproc, pg_get_function_identity_arguments(oid)) "
-                    "FROM pg_proc WHERE proname = 'backup_pg_dump' AND pronamespace = 'pggit'::regnamespace")
+        cur.execute(
+            "SELECT format('%s(%s)', oid::regproc, pg_get_function_identity_arguments(oid)) "
+            "FROM pg_proc WHERE proname = 'backup_pg_dump' AND pronamespace = 'pggit'::regnamespace"
+        )
         function = cur.fetchone()[0]
         cur.execute("BEGIN")
         cur.execute(f"REVOKE EXECUTE ON FUNCTION {function} FROM pggit_backup_operator")
@@ -124,4 +133,3 @@ def test_schema_comparison_names_a_changed_grant_default_and_function(upgraded_a
     assert "functions: fresh install" in report and "work_mem=1MB" in report
     assert "pggit_backup_operator" in report, "the revoked grant is named"
     assert "columns: fresh install" in report and "42" in report
-

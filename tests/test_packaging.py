@@ -49,8 +49,11 @@ def test_shipped_config_uses_no_superuser_login_and_the_packages_drill_user():
 
 
 def test_package_creates_the_drill_user_as_an_unprivileged_system_user():
-    lines = [line.split() for line in (DEBIAN / "pggit-supervisor.sysusers").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    lines = [
+        line.split()
+        for line in (DEBIAN / "pggit-supervisor.sysusers").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     users = [line for line in lines if line[0] == "u"]
     assert [line[1] for line in users] == ["pggit-drill"]
     assert users[0][-2:] == ["/nonexistent", "/usr/sbin/nologin"], "no home, no login shell"

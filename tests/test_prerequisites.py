@@ -35,8 +35,14 @@ def test_a_run_without_pgbackrest_stops_at_session_start_naming_it(tmp_path):
                 (tmp_path / entry.name).symlink_to(entry)
     env = {**os.environ, "PATH": str(tmp_path)}
 
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_smoke.py"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_smoke.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     output = run.stdout + run.stderr
     assert run.returncode == 4, output  # pytest's usage error: nothing ran
@@ -47,7 +53,7 @@ def test_a_run_without_pgbackrest_stops_at_session_start_naming_it(tmp_path):
 
 def test_readme_ci_and_the_missing_tool_report_name_one_install_script():
     readme = (ROOT / "README.md").read_text()
-    newcomer = readme[readme.index("## For a newcomer"):readme.index("## Installing the Debian package")]
+    newcomer = readme[readme.index("## For a newcomer") : readme.index("## Installing the Debian package")]
     ci = (ROOT / ".ci" / "run").read_text()
 
     assert "sh packaging/install-deps.sh" in newcomer

@@ -19,8 +19,9 @@ def test_claim_marks_running_with_lease_token_and_attempt(db):
     stored = query(db, "SELECT claim_token, claimed_by, claim_secret_sha256 FROM pggit.backup_jobs")[0]
     assert stored["claim_token"] == 1, "the claim counter"
     assert stored["claimed_by"] == scalar(db, "SELECT session_user")
-    assert bytes(stored["claim_secret_sha256"]) == hashlib.sha256(claimed["claim_token"].encode()).digest(), \
+    assert bytes(stored["claim_secret_sha256"]) == hashlib.sha256(claimed["claim_token"].encode()).digest(), (
         "only the token's hash is kept"
+    )
     assert claimed["spec"]["tool"] == "pg_dump" and claimed["database_name"] == scalar(db, "SELECT current_database()")
     row = job(db, job_id)
     assert row["job_state"] == "in_progress" and row["worker_id"] == "worker-01/1"
@@ -32,8 +33,14 @@ def test_claim_marks_running_with_lease_token_and_attempt(db):
 def test_claim_order_is_priority_then_fresh_before_retry_then_age(db):
     _, retry_job = schedule_stanza(db, "s-retry")
     claimed = claim(db)
-    assert scalar(db, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'x', true, 0, 0)",
-                  (claimed["job_id"], claimed["claim_token"])) == "will_retry"
+    assert (
+        scalar(
+            db,
+            "SELECT pggit.fail_claimed_backup_job(%s, %s, 'x', true, 0, 0)",
+            (claimed["job_id"], claimed["claim_token"]),
+        )
+        == "will_retry"
+    )
     _, old = schedule_stanza(db, "s-old")
     _, new = schedule_stanza(db, "s-new")
     _, urgent = schedule_stanza(db, "s-urgent", '{"priority": 1}')
@@ -57,8 +64,11 @@ def test_jobs_of_one_target_never_run_at_once(db):
     assert claim(db) is None
     db.cursor().execute("SET pggit.queue_internal = 'on'")  # as the owner, past the hand-edit rule
     with pytest.raises(psycopg2.errors.UniqueViolation):
-        db.cursor().execute("""UPDATE pggit.backup_jobs SET status = 'running', locked_by = 'x',
-                               lease_expires_at = now() WHERE job_id = %s""", (second,))
+        db.cursor().execute(
+            """UPDATE pggit.backup_jobs SET status = 'running', locked_by = 'x',
+                               lease_expires_at = now() WHERE job_id = %s""",
+            (second,),
+        )
 
 
 def test_target_frees_when_its_job_ends(db):
@@ -72,13 +82,26 @@ def test_target_frees_when_its_job_ends(db):
 def test_finish_completes_job_and_backup_together_with_facts(db):
     backup_id, job_id = schedule_dump(db)
     claimed = claim(db)
-    facts = '{"backup_size": 1234, "compressed_size": 456, "compression_type": "gzip", "checksum": "sha256:ab", ' \
-            '"location": "file:///backups/x.dump", "metadata": {"tables": 3}}'
-    assert scalar(db, "SELECT pggit.finish_backup_job(%s, %s, 'ok', %s, '{\"exit_code\": 0}')",
-                  (job_id, claimed["claim_token"], facts)) is True
+    facts = (
+        '{"backup_size": 1234, "compressed_size": 456, "compression_type": "gzip", "checksum": "sha256:ab", '
+        '"location": "file:///backups/x.dump", "metadata": {"tables": 3}}'
+    )
+    assert (
+        scalar(
+            db,
+            "SELECT pggit.finish_backup_job(%s, %s, 'ok', %s, '{\"exit_code\": 0}')",
+            (job_id, claimed["claim_token"], facts),
+        )
+        is True
+    )
     row = backup(db, backup_id)
-    assert (row["status"], row["backup_size"], row["compressed_size"], row["checksum"], row["location"]) == \
-        ("completed", 1234, 456, "sha256:ab", "file:///backups/x.dump")
+    assert (row["status"], row["backup_size"], row["compressed_size"], row["checksum"], row["location"]) == (
+        "completed",
+        1234,
+        456,
+        "sha256:ab",
+        "file:///backups/x.dump",
+    )
     assert row["metadata"]["tables"] == 3 and row["completed_at"] is not None
     assert job(db, job_id)["job_state"] == "completed"
 
@@ -105,7 +128,10 @@ def test_failure_of_a_completed_job_never_flips_its_backup(db):
     claimed = claim(db)
     assert scalar(db, "SELECT pggit.finish_backup_job(%s, %s)", (job_id, claimed["claim_token"])) is True
     assert scalar(db, "SELECT pggit.fail_backup_job(%s, 'late error')", (job_id,)) is False
-    assert scalar(db, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'late', false)", (job_id, claimed["claim_token"])) is None
+    assert (
+        scalar(db, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'late', false)", (job_id, claimed["claim_token"]))
+        is None
+    )
     assert backup(db, backup_id)["status"] == "completed"
     assert job(db, job_id)["job_state"] == "completed"
 
@@ -149,8 +175,9 @@ def test_retry_delay_doubles_per_attempt_and_is_capped(db):
         force(db, "UPDATE pggit.backup_jobs SET next_retry_at = now() WHERE job_id = %s", (job_id,))
         claimed = claim(db)
         assert claimed["job_id"] == job_id
-        state = scalar(db, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'boom', true, 100, 500)",
-                       (job_id, claimed["claim_token"]))
+        state = scalar(
+            db, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'boom', true, 100, 500)", (job_id, claimed["claim_token"])
+        )
         assert state == "will_retry"
         delays.append(round(scalar(db, "SELECT extract(epoch FROM next_retry_at - now()) FROM pggit.backup_jobs")))
     assert delays == [100, 200, 400, 500]
@@ -171,8 +198,12 @@ def test_exhausted_attempts_fail_the_job_and_its_backup_for_good(db):
     for expected in ("will_retry", "permanently_failed"):
         force(db, "UPDATE pggit.backup_jobs SET next_retry_at = now()")
         claimed = claim(db)
-        assert scalar(db, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'tool exited 1')",
-                      (job_id, claimed["claim_token"])) == expected
+        assert (
+            scalar(
+                db, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'tool exited 1')", (job_id, claimed["claim_token"])
+            )
+            == expected
+        )
     assert job(db, job_id)["job_state"] == "permanently_failed"
     row = backup(db, backup_id)
     assert row["status"] == "failed" and row["error_message"] == "tool exited 1"
@@ -182,8 +213,14 @@ def test_exhausted_attempts_fail_the_job_and_its_backup_for_good(db):
 def test_non_retryable_failure_is_permanent_at_once(db):
     backup_id, job_id = schedule_dump(db)
     claimed = claim(db)
-    assert scalar(db, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'invalid parameters: x', false)",
-                  (job_id, claimed["claim_token"])) == "permanently_failed"
+    assert (
+        scalar(
+            db,
+            "SELECT pggit.fail_claimed_backup_job(%s, %s, 'invalid parameters: x', false)",
+            (job_id, claimed["claim_token"]),
+        )
+        == "permanently_failed"
+    )
     row = job(db, job_id)
     assert row["attempts"] >= row["max_attempts"] and row["next_retry_at"] is None
     assert backup(db, backup_id)["status"] == "failed"
@@ -192,8 +229,10 @@ def test_non_retryable_failure_is_permanent_at_once(db):
 def test_release_hands_the_job_back_without_spending_an_attempt(db):
     backup_id, job_id = schedule_dump(db)
     claimed = claim(db)
-    assert scalar(db, "SELECT pggit.release_backup_job(%s, %s, 'supervisor stopping')",
-                  (job_id, claimed["claim_token"])) is True
+    assert (
+        scalar(db, "SELECT pggit.release_backup_job(%s, %s, 'supervisor stopping')", (job_id, claimed["claim_token"]))
+        is True
+    )
     row = job(db, job_id)
     assert row["job_state"] == "ready" and row["attempts"] == 0 and row["worker_id"] is None
     assert backup(db, backup_id)["status"] == "in_progress"
@@ -204,7 +243,9 @@ def test_rescue_returns_expired_leases_and_leaves_live_ones(db):
     _, live = schedule_stanza(db, "b")
     claim(db, "dead-worker", lease=1)
     claim(db, "live-worker", lease=600)
-    force(db, "UPDATE pggit.backup_jobs SET lease_expires_at = now() - interval '1 second' WHERE job_id = %s", (expired,))
+    force(
+        db, "UPDATE pggit.backup_jobs SET lease_expires_at = now() - interval '1 second' WHERE job_id = %s", (expired,)
+    )
     rescued = query(db, "SELECT * FROM pggit.rescue_expired_backup_jobs()")
     assert rescued == [{"job_id": expired, "worker_id": "dead-worker", "job_state": "will_retry"}]
     assert job(db, expired)["job_state"] == "will_retry" and "lease expired" in job(db, expired)["last_error"]
@@ -217,7 +258,9 @@ def test_rescue_of_the_last_attempt_fails_the_backup(db):
     backup_id, job_id = schedule_dump(db, options='{"max_attempts": 1}')
     claim(db, lease=1)
     force(db, "UPDATE pggit.backup_jobs SET lease_expires_at = now() - interval '1 second'")
-    assert query(db, "SELECT job_state FROM pggit.rescue_expired_backup_jobs()") == [{"job_state": "permanently_failed"}]
+    assert query(db, "SELECT job_state FROM pggit.rescue_expired_backup_jobs()") == [
+        {"job_state": "permanently_failed"}
+    ]
     assert backup(db, backup_id)["status"] == "failed"
 
 
@@ -225,8 +268,9 @@ def test_release_worker_jobs_requeues_a_dead_workers_job_at_once(db):
     _, job_id = schedule_dump(db)
     claim(db, "host-a/1", lease=3600)
     assert query(db, "SELECT * FROM pggit.release_worker_backup_jobs('host-a/2')") == []
-    assert query(db, "SELECT * FROM pggit.release_worker_backup_jobs('host-a/1')") == \
-        [{"job_id": job_id, "job_state": "will_retry"}]
+    assert query(db, "SELECT * FROM pggit.release_worker_backup_jobs('host-a/1')") == [
+        {"job_id": job_id, "job_state": "will_retry"}
+    ]
     again = claim(db, "host-a/1")
     assert again["job_id"] == job_id and again["attempts"] == 2
 
@@ -246,19 +290,31 @@ def test_guide_reset_update_makes_a_failed_job_ready_and_its_backup_in_progress(
     claimed = claim(db)
     db.cursor().execute("SELECT pggit.fail_claimed_backup_job(%s, %s, 'bad', false)", (job_id, claimed["claim_token"]))
     assert backup(db, backup_id)["status"] == "failed"
-    db.cursor().execute("""
+    db.cursor().execute(
+        """
         UPDATE pggit.backup_jobs
         SET status = 'queued',
             next_retry_at = NULL,
             attempts = 0
-        WHERE job_id = %s""", (job_id,))
+        WHERE job_id = %s""",
+        (job_id,),
+    )
     assert job(db, job_id)["job_state"] == "ready"
     assert backup(db, backup_id)["status"] == "in_progress"
     assert claim(db)["job_id"] == job_id
 
 
-@pytest.mark.parametrize("start,target", [("queued", "running"), ("queued", "completed"), ("running", "completed"),
-                                          ("running", "failed"), ("completed", "queued"), ("completed", "cancelled")])
+@pytest.mark.parametrize(
+    "start,target",
+    [
+        ("queued", "running"),
+        ("queued", "completed"),
+        ("running", "completed"),
+        ("running", "failed"),
+        ("completed", "queued"),
+        ("completed", "cancelled"),
+    ],
+)
 def test_hand_made_transitions_other_than_cancel_and_reset_are_refused(db, start, target):
     backup_id, job_id = schedule_dump(db)
     if start in ("running", "completed"):
@@ -266,8 +322,10 @@ def test_hand_made_transitions_other_than_cancel_and_reset_are_refused(db, start
     if start == "completed":
         db.cursor().execute("SELECT pggit.finish_backup_job(%s, %s)", (job_id, claimed["claim_token"]))
     with pytest.raises(psycopg2.Error) as exc:
-        db.cursor().execute("UPDATE pggit.backup_jobs SET status = %s, locked_by = 'me', lease_expires_at = now() "
-                            "WHERE job_id = %s", (target, job_id))
+        db.cursor().execute(
+            "UPDATE pggit.backup_jobs SET status = %s, locked_by = 'me', lease_expires_at = now() WHERE job_id = %s",
+            (target, job_id),
+        )
     assert exc.value.pgcode == "55000" and "by hand" in str(exc.value)
     assert job(db, job_id)["status"] == start
 
@@ -379,7 +437,9 @@ def test_finish_checks_every_fact_before_writing(db):
     claimed = claim(db)
     for facts in ('{"backup_size": "-5"}', '{"verified": "maybe"}', '{"location": "x\\ny"}', '{"metadata": [1]}'):
         with pytest.raises(psycopg2.Error) as exc:
-            db.cursor().execute("SELECT pggit.finish_backup_job(%s, %s, 'ok', %s)", (job_id, claimed["claim_token"], facts))
+            db.cursor().execute(
+                "SELECT pggit.finish_backup_job(%s, %s, 'ok', %s)", (job_id, claimed["claim_token"], facts)
+            )
         assert exc.value.pgcode == "22023", facts
     assert job(db, job_id)["job_state"] == "in_progress" and backup(db, backup_id)["status"] == "in_progress"
 
@@ -448,5 +508,6 @@ def test_retention_delete_of_a_completed_backup_takes_its_running_drill_along(db
                        WHERE created_at < CURRENT_TIMESTAMP - INTERVAL '30 days'
                          AND status = 'completed'""")
         assert cur.rowcount == 1
-    assert scalar(db, "SELECT pggit.heartbeat_backup_job(%s, %s)", (drill, held["claim_token"])) is False, \
+    assert scalar(db, "SELECT pggit.heartbeat_backup_job(%s, %s)", (drill, held["claim_token"])) is False, (
         "the drill's worker stops at its next heartbeat"
+    )

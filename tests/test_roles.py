@@ -130,11 +130,14 @@ def fail_for_good(conn, job_id):
     """Claims the (only queued) job as a superuser and fails it with no retry left."""
     claimed = query(conn, "SELECT * FROM pggit.claim_backup_job('w1')")[0]
     assert claimed["job_id"] == job_id
-    assert scalar(conn, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'boom', false)",
-                  (job_id, claimed["claim_token"])) == "permanently_failed"
+    assert (
+        scalar(conn, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'boom', false)", (job_id, claimed["claim_token"]))
+        == "permanently_failed"
+    )
 
 
 # --- PUBLIC: a login with no pggit role --------------------------------------------------------
+
 
 def test_login_without_a_pggit_role_cannot_read_queue_relations(login_as):
     conn, _ = login_as(None)
@@ -166,58 +169,83 @@ def test_functions_stay_closed_even_to_a_login_with_schema_usage(db, login_as):
 
 def test_no_function_in_pggit_is_executable_by_public(db):
     # NULL proacl means the default ACL, which grants EXECUTE to PUBLIC (grantee 0)
-    rows = query(db, """
+    rows = query(
+        db,
+        """
         SELECT p.oid::regprocedure::text AS fn
           FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
          WHERE p.pronamespace = 'pggit'::regnamespace AND a.grantee = 0 AND a.privilege_type = 'EXECUTE'
-         ORDER BY 1""")
+         ORDER BY 1""",
+    )
     assert scalar(db, "SELECT count(*) FROM pg_proc WHERE pronamespace = 'pggit'::regnamespace") >= 20
     assert [r["fn"] for r in rows] == []
 
 
 def test_no_table_view_or_sequence_in_pggit_grants_public_anything(db):
-    rows = query(db, """
+    rows = query(
+        db,
+        """
         SELECT c.oid::regclass::text AS rel, a.privilege_type
           FROM pg_class c,
                aclexplode(coalesce(c.relacl, acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::"char",
                                                         c.relowner))) a
          WHERE c.relnamespace = 'pggit'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
            AND a.grantee = 0
-         ORDER BY 1, 2""")
+         ORDER BY 1, 2""",
+    )
     assert rows == []
-    schema_rows = query(db, """
+    schema_rows = query(
+        db,
+        """
         SELECT a.privilege_type FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
-         WHERE n.nspname = 'pggit' AND a.grantee = 0""")
+         WHERE n.nspname = 'pggit' AND a.grantee = 0""",
+    )
     assert schema_rows == []
 
 
 def test_the_four_roles_exist_and_cannot_log_in(db):
-    rows = query(db, "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = ANY (%s) ORDER BY rolname",
-                 ([READER, OPERATOR, WORKER, ADMIN],))
-    assert {r["rolname"]: r["rolcanlogin"] for r in rows} == {ADMIN: False, OPERATOR: False, READER: False, WORKER: False}
+    rows = query(
+        db,
+        "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = ANY (%s) ORDER BY rolname",
+        ([READER, OPERATOR, WORKER, ADMIN],),
+    )
+    assert {r["rolname"]: r["rolcanlogin"] for r in rows} == {
+        ADMIN: False,
+        OPERATOR: False,
+        READER: False,
+        WORKER: False,
+    }
 
 
 def test_every_security_definer_function_pins_its_search_path(db):
-    rows = query(db, """
+    rows = query(
+        db,
+        """
         SELECT p.oid::regprocedure::text AS fn, p.proconfig
-          FROM pg_proc p WHERE p.pronamespace = 'pggit'::regnamespace AND p.prosecdef ORDER BY 1""")
+          FROM pg_proc p WHERE p.pronamespace = 'pggit'::regnamespace AND p.prosecdef ORDER BY 1""",
+    )
     assert rows, "the write functions are SECURITY DEFINER"
-    unpinned = [r["fn"] for r in rows
-                if not any(setting.startswith("search_path=") for setting in (r["proconfig"] or []))]
+    unpinned = [
+        r["fn"] for r in rows if not any(setting.startswith("search_path=") for setting in (r["proconfig"] or []))
+    ]
     assert unpinned == []
 
 
 def test_security_definer_search_paths_put_pg_temp_last(db):
     # otherwise a caller's temporary objects could shadow what the function resolves
-    rows = query(db, """
+    rows = query(
+        db,
+        """
         SELECT p.oid::regprocedure::text AS fn, s.setting
           FROM pg_proc p, unnest(p.proconfig) s (setting)
-         WHERE p.pronamespace = 'pggit'::regnamespace AND p.prosecdef AND s.setting LIKE 'search_path=%'""")
+         WHERE p.pronamespace = 'pggit'::regnamespace AND p.prosecdef AND s.setting LIKE 'search_path=%'""",
+    )
     assert rows
     assert [r["fn"] for r in rows if not r["setting"].replace(" ", "").endswith(",pg_temp")] == []
 
 
 # --- reader ----------------------------------------------------------------------------------------
+
 
 def test_reader_can_read_tables_and_the_queue_view(db, login_as):
     schedule_dump(db)
@@ -248,8 +276,9 @@ def test_reader_cannot_select_the_claim_counter_or_the_claims_token_hash(db, log
     conn, _ = login_as(READER)
     reads = {column: f"SELECT {column} FROM pggit.backup_jobs" for column in ["claim_token", "claim_secret_sha256"]}
     assert outcomes(conn, reads) == all_denied(reads)
-    assert run(conn, "SELECT claimed_by, locked_by FROM pggit.backup_jobs") == [(scalar(db, "SELECT session_user"), "w1")], \
-        "who holds a job stays visible"
+    assert run(conn, "SELECT claimed_by, locked_by FROM pggit.backup_jobs") == [
+        (scalar(db, "SELECT session_user"), "w1")
+    ], "who holds a job stays visible"
 
 
 def test_reader_cannot_update_backup_jobs(db, login_as):
@@ -261,6 +290,7 @@ def test_reader_cannot_update_backup_jobs(db, login_as):
 
 
 # --- operator ------------------------------------------------------------------------------------
+
 
 def test_operator_can_schedule_each_built_in_backup(db, login_as):
     conn, _ = login_as(OPERATOR)
@@ -281,8 +311,15 @@ def test_operator_can_reset_a_failed_job_with_the_guides_update(db, login_as):
     backup_id, job_id = schedule_dump(db)
     fail_for_good(db, job_id)
     conn, _ = login_as(OPERATOR)
-    assert run(conn, """UPDATE pggit.backup_jobs SET status = 'queued', next_retry_at = NULL, attempts = 0
-                         WHERE job_id = %s""", (job_id,)) == 1
+    assert (
+        run(
+            conn,
+            """UPDATE pggit.backup_jobs SET status = 'queued', next_retry_at = NULL, attempts = 0
+                         WHERE job_id = %s""",
+            (job_id,),
+        )
+        == 1
+    )
     row = query(db, "SELECT status, attempts, next_retry_at FROM pggit.backup_jobs WHERE job_id = %s", (job_id,))[0]
     assert row == {"status": "queued", "attempts": 0, "next_retry_at": None}
     assert scalar(db, "SELECT status FROM pggit.backups WHERE backup_id = %s", (backup_id,)) == "in_progress"
@@ -308,8 +345,14 @@ def test_operator_cannot_rewrite_other_job_columns(db, login_as):
     _, job_id = schedule_dump(db)
     before = query(db, "SELECT * FROM pggit.backup_jobs WHERE job_id = %s", (job_id,))
     conn, _ = login_as(OPERATOR)
-    assignments = ["command = 'rm -rf /'", """spec = '{"tool": "custom", "params": {"command": "sh"}}'""",
-                   "tool = 'custom'", "target = NULL", "max_attempts = 100", "locked_by = 'w1'"]
+    assignments = [
+        "command = 'rm -rf /'",
+        """spec = '{"tool": "custom", "params": {"command": "sh"}}'""",
+        "tool = 'custom'",
+        "target = NULL",
+        "max_attempts = 100",
+        "locked_by = 'w1'",
+    ]
     updates = {a: f"UPDATE pggit.backup_jobs SET {a} WHERE job_id = '{job_id}'" for a in assignments}
     assert outcomes(conn, updates) == all_denied(updates)
     assert query(db, "SELECT * FROM pggit.backup_jobs WHERE job_id = %s", (job_id,)) == before
@@ -318,8 +361,10 @@ def test_operator_cannot_rewrite_other_job_columns(db, login_as):
 def test_operator_cannot_complete_or_start_a_job_by_hand(db, login_as):
     _, job_id = schedule_dump(db)
     conn, _ = login_as(OPERATOR)
-    updates = {status: f"UPDATE pggit.backup_jobs SET status = '{status}' WHERE job_id = '{job_id}'"
-               for status in ["completed", "running", "failed"]}
+    updates = {
+        status: f"UPDATE pggit.backup_jobs SET status = '{status}' WHERE job_id = '{job_id}'"
+        for status in ["completed", "running", "failed"]
+    }
     assert outcomes(conn, updates) == {status: "55000" for status in updates}
     assert job_status(db, job_id) == "queued"
 
@@ -333,17 +378,22 @@ def test_operator_cannot_bypass_the_manual_transition_rule_with_the_queue_intern
         sqlstate = None
     except psycopg2.Error as exc:
         sqlstate = exc.pgcode
-    outcome = (sqlstate, job_status(db, job_id),
-               scalar(db, "SELECT status FROM pggit.backups WHERE backup_id = %s", (backup_id,)))
+    outcome = (
+        sqlstate,
+        job_status(db, job_id),
+        scalar(db, "SELECT status FROM pggit.backups WHERE backup_id = %s", (backup_id,)),
+    )
     # SCHEMA BUG (schema/002_backups.sql, pggit._backup_jobs_before_update): the trigger function is
     # SECURITY DEFINER, so its `current_user = table owner` test is always true and the setting,
     # which any login may SET, is the only guard. Fix: make that trigger function SECURITY INVOKER.
     assert outcome == ("55000", "queued", "in_progress"), (
         f"an operator who sets pggit.queue_internal marked a never-run job completed by hand "
-        f"(sqlstate, job status, backup status) = {outcome}")
+        f"(sqlstate, job status, backup status) = {outcome}"
+    )
 
 
 # --- worker --------------------------------------------------------------------------------------
+
 
 def test_worker_can_claim_heartbeat_and_finish_a_job(db, login_as):
     backup_id, job_id = schedule_dump(db)
@@ -352,8 +402,9 @@ def test_worker_can_claim_heartbeat_and_finish_a_job(db, login_as):
     assert [c["job_id"] for c in claimed] == [job_id]
     token = claimed[0]["claim_token"]
     assert scalar(conn, "SELECT pggit.heartbeat_backup_job(%s, %s, 60)", (job_id, token)) is True
-    assert scalar(conn, "SELECT pggit.finish_backup_job(%s, %s, 'done', '{\"backup_size\": 10}')",
-                  (job_id, token)) is True
+    assert (
+        scalar(conn, "SELECT pggit.finish_backup_job(%s, %s, 'done', '{\"backup_size\": 10}')", (job_id, token)) is True
+    )
     assert job_status(db, job_id) == "completed"
     assert scalar(db, "SELECT backup_size FROM pggit.backups WHERE backup_id = %s", (backup_id,)) == 10
 
@@ -366,8 +417,10 @@ def test_worker_can_fail_and_release_claimed_jobs(db, login_as):
     second = query(conn, "SELECT * FROM pggit.claim_backup_job('w1')")[0]
     assert {first["job_id"], second["job_id"]} == {failing, released}
     by_job = {c["job_id"]: c["claim_token"] for c in (first, second)}
-    assert scalar(conn, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'tool exited 1')",
-                  (failing, by_job[failing])) == "will_retry"
+    assert (
+        scalar(conn, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'tool exited 1')", (failing, by_job[failing]))
+        == "will_retry"
+    )
     assert scalar(conn, "SELECT pggit.release_backup_job(%s, %s)", (released, by_job[released])) is True
     assert (job_status(db, failing), job_status(db, released)) == ("failed", "queued")
 
@@ -415,6 +468,7 @@ def test_worker_cannot_update_jobs_except_through_the_queue_functions(db, login_
 
 # --- admin ---------------------------------------------------------------------------------------
 
+
 def test_admin_can_release_a_dead_workers_jobs_whichever_login_claimed_them(db, login_as):
     _, job_id = schedule_dump(db)
     worker, _ = login_as(WORKER)
@@ -422,25 +476,40 @@ def test_admin_can_release_a_dead_workers_jobs_whichever_login_claimed_them(db, 
     other, _ = login_as(WORKER)
     assert query(other, "SELECT * FROM pggit.release_worker_backup_jobs('host-a/1')") == []
     admin, _ = login_as(ADMIN)
-    assert query(admin, "SELECT * FROM pggit.release_worker_backup_jobs('host-a/1')") == \
-        [{"job_id": job_id, "job_state": "will_retry"}]
+    assert query(admin, "SELECT * FROM pggit.release_worker_backup_jobs('host-a/1')") == [
+        {"job_id": job_id, "job_state": "will_retry"}
+    ]
     assert job_status(db, job_id) == "failed"
 
 
 def test_admin_can_register_a_backup_and_queue_the_guides_custom_command(db, login_as):
     conn, _ = login_as(ADMIN)
-    backup_id = scalar(conn, """
+    backup_id = scalar(
+        conn,
+        """
         SELECT pggit.register_backup('custom-backup-001', 'full', 'custom', 's3://bucket/custom-001',
-                                     (SELECT head_commit_hash FROM pggit.branches WHERE name = 'main'))""")
-    job_id = scalar(conn, """
+                                     (SELECT head_commit_hash FROM pggit.branches WHERE name = 'main'))""",
+    )
+    job_id = scalar(
+        conn,
+        """
         SELECT pggit.enqueue_backup_job(%s, 'my-custom-backup-script.sh --output /backups', 'custom', 5,
                                         '{"script": "custom", "notify": "admin@example.com"}'::jsonb)""",
-                    (backup_id,))
-    row = query(db, "SELECT backup_id, tool, command, max_attempts, status, metadata FROM pggit.backup_jobs "
-                    "WHERE job_id = %s", (job_id,))[0]
-    assert row == {"backup_id": backup_id, "tool": "custom", "command": "my-custom-backup-script.sh --output /backups",
-                   "max_attempts": 5, "status": "queued",
-                   "metadata": {"script": "custom", "notify": "admin@example.com"}}
+        (backup_id,),
+    )
+    row = query(
+        db,
+        "SELECT backup_id, tool, command, max_attempts, status, metadata FROM pggit.backup_jobs WHERE job_id = %s",
+        (job_id,),
+    )[0]
+    assert row == {
+        "backup_id": backup_id,
+        "tool": "custom",
+        "command": "my-custom-backup-script.sh --output /backups",
+        "max_attempts": 5,
+        "status": "queued",
+        "metadata": {"script": "custom", "notify": "admin@example.com"},
+    }
 
 
 def test_admin_can_delete_old_backups_with_the_guides_retention_query(db, login_as):
@@ -450,9 +519,15 @@ def test_admin_can_delete_old_backups_with_the_guides_retention_query(db, login_
     assert scalar(db, "SELECT pggit.finish_backup_job(%s, %s)", (old_job, claimed["claim_token"])) is True
     force(db, "UPDATE pggit.backups SET created_at = now() - interval '40 days' WHERE backup_id = %s", (old_id,))
     conn, _ = login_as(ADMIN)
-    assert run(conn, """DELETE FROM pggit.backups
+    assert (
+        run(
+            conn,
+            """DELETE FROM pggit.backups
                          WHERE created_at < CURRENT_TIMESTAMP - INTERVAL '30 days'
-                           AND status = 'completed'""") == 1
+                           AND status = 'completed'""",
+        )
+        == 1
+    )
     assert scalar(db, "SELECT array_agg(backup_id::text) FROM pggit.backups") == [new_id]
     assert scalar(db, "SELECT count(*) FROM pggit.backup_jobs WHERE backup_id = %s", (old_id,)) == 0
 
@@ -463,9 +538,15 @@ def test_admin_can_clear_old_completed_jobs_with_the_guides_cleanup(db, login_as
     assert scalar(db, "SELECT pggit.finish_backup_job(%s, %s)", (job_id, claimed["claim_token"])) is True
     force(db, "UPDATE pggit.backup_jobs SET completed_at = now() - interval '8 days' WHERE job_id = %s", (job_id,))
     conn, _ = login_as(ADMIN)
-    assert run(conn, """DELETE FROM pggit.backup_jobs
+    assert (
+        run(
+            conn,
+            """DELETE FROM pggit.backup_jobs
                          WHERE status = 'completed'
-                           AND completed_at < CURRENT_TIMESTAMP - INTERVAL '7 days'""") == 1
+                           AND completed_at < CURRENT_TIMESTAMP - INTERVAL '7 days'""",
+        )
+        == 1
+    )
 
 
 def test_admin_holds_operator_worker_and_reader_rights(db, login_as):
@@ -481,14 +562,20 @@ def test_admin_holds_operator_worker_and_reader_rights(db, login_as):
 
 
 def test_a_reader_never_sees_a_webhook_url(db, login_as):
-    backup_id = scalar(db, """SELECT pggit.backup_pgbackrest('full', 'main', 'main',
-                                 '{"webhook_url": "https://hooks.example/T000/SECRET", "notify_on_success": true}')""")
+    backup_id = scalar(
+        db,
+        """SELECT pggit.backup_pgbackrest('full', 'main', 'main',
+                                 '{"webhook_url": "https://hooks.example/T000/SECRET", "notify_on_success": true}')""",
+    )
     conn, _ = login_as(READER)
     with pytest.raises(psycopg2.errors.InsufficientPrivilege):
         scalar(conn, "SELECT spec FROM pggit.backup_jobs LIMIT 1")
     conn.rollback()
-    seen = scalar(conn, """SELECT (SELECT metadata::text FROM pggit.backups WHERE backup_id = %s)
+    seen = scalar(
+        conn,
+        """SELECT (SELECT metadata::text FROM pggit.backups WHERE backup_id = %s)
                                   || (SELECT string_agg(metadata::text || command, '') FROM pggit.backup_jobs)""",
-                  (backup_id,))
+        (backup_id,),
+    )
     assert "SECRET" not in seen and '"webhook_url": "(set)"' in seen
     assert "SECRET" in scalar(db, "SELECT spec::text FROM pggit.backup_jobs"), "the worker's spec keeps it"

@@ -109,8 +109,9 @@ def test_successful_tool_is_ok():
 
 def test_five_megabytes_on_both_streams_finish_without_deadlock_and_stay_bounded():
     total, limit = 5 * MiB, 32 * 1024
-    result = run_tool(spec_for("--stdout-bytes", str(total), "--stderr-bytes", str(total),
-                               timeout=20.0, output_limit=limit))
+    result = run_tool(
+        spec_for("--stdout-bytes", str(total), "--stderr-bytes", str(total), timeout=20.0, output_limit=limit)
+    )
 
     assert result.exit_code == 0 and not result.timed_out
     for captured, prefix in ((result.stdout, b"o"), (result.stderr, b"e")):
@@ -137,9 +138,13 @@ def test_timeout_kills_tool_child_and_setsid_grandchild(tmp_path, leftover_pids)
         if len(pids) == 3 and not sessions:
             sessions.update({role: os.getsid(pid) for role, pid in pids.items()})
 
-    result = run_tool(spec_for("--sleep", "60", "--spawn-grandchild-setsid",
-                               "--write-pids", str(pids_file), timeout=1.5, kill_grace=5.0),
-                      on_tick=on_tick, tick_interval=0.1)
+    result = run_tool(
+        spec_for(
+            "--sleep", "60", "--spawn-grandchild-setsid", "--write-pids", str(pids_file), timeout=1.5, kill_grace=5.0
+        ),
+        on_tick=on_tick,
+        tick_interval=0.1,
+    )
     pids = read_pids(pids_file)
     leftover_pids.extend(pids.values())
 
@@ -155,8 +160,18 @@ def test_timeout_kills_tool_child_and_setsid_grandchild(tmp_path, leftover_pids)
 
 def test_tool_ignoring_sigterm_is_killed_with_its_tree_after_the_grace(tmp_path, leftover_pids):
     pids_file = tmp_path / "pids"
-    result = run_tool(spec_for("--sleep", "60", "--ignore-term", "--spawn-grandchild-setsid",
-                               "--write-pids", str(pids_file), timeout=1.0, kill_grace=0.5))
+    result = run_tool(
+        spec_for(
+            "--sleep",
+            "60",
+            "--ignore-term",
+            "--spawn-grandchild-setsid",
+            "--write-pids",
+            str(pids_file),
+            timeout=1.0,
+            kill_grace=0.5,
+        )
+    )
     pids = read_pids(pids_file)
     leftover_pids.extend(pids.values())
 
@@ -178,9 +193,11 @@ def test_timeout_kills_an_orphaned_descendant_left_in_the_tools_group(tmp_path, 
         if "orphan" in pids and not orphan_parent:
             orphan_parent.append(psutil.Process(pids["orphan"]).ppid())
 
-    result = run_tool(spec_for("--sleep", "60", "--spawn-orphan", "--write-pids", str(pids_file),
-                               timeout=1.0, kill_grace=5.0),
-                      on_tick=on_tick, tick_interval=0.1)
+    result = run_tool(
+        spec_for("--sleep", "60", "--spawn-orphan", "--write-pids", str(pids_file), timeout=1.0, kill_grace=5.0),
+        on_tick=on_tick,
+        tick_interval=0.1,
+    )
     pids = read_pids(pids_file)
     leftover_pids.extend(pids.values())
 
@@ -203,8 +220,12 @@ def test_on_tick_reason_stops_the_tree_promptly(tmp_path, leftover_pids):
             return "job cancelled"
         return None
 
-    result = run_tool(spec_for("--sleep", "60", "--spawn-child", "--write-pids", str(pids_file)),
-                      on_tick=on_tick, tick_interval=0.1, on_start=on_start)
+    result = run_tool(
+        spec_for("--sleep", "60", "--spawn-child", "--write-pids", str(pids_file)),
+        on_tick=on_tick,
+        tick_interval=0.1,
+        on_start=on_start,
+    )
     returned = time.monotonic()
     pids = read_pids(pids_file)
     leftover_pids.extend(pids.values())
@@ -226,8 +247,11 @@ def test_exception_from_on_tick_kills_the_tree_and_propagates(tmp_path, leftover
             raise ConnectionError("database went away")
 
     with pytest.raises(ConnectionError, match="database went away"):
-        run_tool(spec_for("--sleep", "60", "--spawn-child", "--write-pids", str(pids_file)),
-                 on_tick=on_tick, tick_interval=0.05)
+        run_tool(
+            spec_for("--sleep", "60", "--spawn-child", "--write-pids", str(pids_file)),
+            on_tick=on_tick,
+            tick_interval=0.05,
+        )
     pids = read_pids(pids_file)
     leftover_pids.extend(pids.values())
 
@@ -237,8 +261,7 @@ def test_exception_from_on_tick_kills_the_tree_and_propagates(tmp_path, leftover
 
 def test_tool_exit_is_not_held_up_by_a_child_keeping_the_pipes_open(tmp_path, leftover_pids):
     pids_file = tmp_path / "pids"
-    result = run_tool(spec_for("--exit", "4", "--spawn-child", "--write-pids", str(pids_file),
-                               timeout=20.0))
+    result = run_tool(spec_for("--exit", "4", "--spawn-child", "--write-pids", str(pids_file), timeout=20.0))
     leftover_pids.extend(read_pids(pids_file).values())
 
     assert result.exit_code == 4 and not result.timed_out
@@ -254,13 +277,13 @@ def test_tool_killed_by_a_signal_reports_the_signal():
 
 
 def test_summary_names_exit_code_timeout_and_stop_reason():
-    base = dict(argv=("/bin/true",), signal=None, timed_out=False, stopped_reason=None,
-                duration=1.26, timeout=5.0)
+    base = dict(argv=("/bin/true",), signal=None, timed_out=False, stopped_reason=None, duration=1.26, timeout=5.0)
     assert RunResult(exit_code=2, **base).summary() == "exit 2 after 1.3 s"
-    assert RunResult(**{**base, "exit_code": None, "timed_out": True}).summary() == \
-        "timed out after 5 s"
-    assert RunResult(**{**base, "exit_code": None, "stopped_reason": "shutting down"}).summary() \
+    assert RunResult(**{**base, "exit_code": None, "timed_out": True}).summary() == "timed out after 5 s"
+    assert (
+        RunResult(**{**base, "exit_code": None, "stopped_reason": "shutting down"}).summary()
         == "stopped after 1.3 s: shutting down"
+    )
 
 
 def test_stdin_is_closed_even_when_the_worker_has_one():
@@ -280,19 +303,29 @@ def test_stdin_is_closed_even_when_the_worker_has_one():
 
 
 def test_environment_is_scrubbed_to_the_known_set_plus_extra(monkeypatch):
-    for name, value in {"NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "30000000",
-                        "WATCHDOG_PID": "1", "LISTEN_FDS": "1", "PGPASSWORD": "leaked",
-                        "FOO": os.urandom(8).hex()}.items():
+    for name, value in {
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+        "WATCHDOG_USEC": "30000000",
+        "WATCHDOG_PID": "1",
+        "LISTEN_FDS": "1",
+        "PGPASSWORD": "leaked",
+        "FOO": os.urandom(8).hex(),
+    }.items():
         monkeypatch.setenv(name, value)
 
-    result = run_tool(spec_for("--print-env", env={"PGHOST": "/run/postgresql",
-                                                   "PGPORT": "5433"}))
+    result = run_tool(spec_for("--print-env", env={"PGHOST": "/run/postgresql", "PGPORT": "5433"}))
 
     root = pwd.getpwuid(os.geteuid())
     assert json.loads(result.stdout.text()) == {
-        "PATH": TOOL_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC",
-        "HOME": root.pw_dir, "USER": root.pw_name, "LOGNAME": root.pw_name,
-        "PGHOST": "/run/postgresql", "PGPORT": "5433",
+        "PATH": TOOL_PATH,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+        "HOME": root.pw_dir,
+        "USER": root.pw_name,
+        "LOGNAME": root.pw_name,
+        "PGHOST": "/run/postgresql",
+        "PGPORT": "5433",
     }
 
 
@@ -309,9 +342,23 @@ def test_tool_environment_uses_the_run_as_users_home_and_passes_explicit_extra()
 
 def test_shell_metacharacters_in_argv_are_passed_literally(tmp_path):
     canary = tmp_path / "canary"
-    hostile = [f"; touch {canary}", f"$(touch {canary})", f"`touch {canary}`", "'single'",
-               '"double"', "a\nb", "| cat /etc/passwd", "&& id", "> out", "*", "~", "",
-               " spaced ", "%s%n", "\\"]
+    hostile = [
+        f"; touch {canary}",
+        f"$(touch {canary})",
+        f"`touch {canary}`",
+        "'single'",
+        '"double"',
+        "a\nb",
+        "| cat /etc/passwd",
+        "&& id",
+        "> out",
+        "*",
+        "~",
+        "",
+        " spaced ",
+        "%s%n",
+        "\\",
+    ]
 
     result = run_tool(spec_for("--print-argv", *hostile))
 
@@ -319,8 +366,9 @@ def test_shell_metacharacters_in_argv_are_passed_literally(tmp_path):
     assert not canary.exists()
 
 
-@pytest.mark.parametrize("argv0", ["python3", "./tests/fake_tool.py", "/nonexistent/pg_dump",
-                                   "/usr/bin", "NOT_EXECUTABLE"])
+@pytest.mark.parametrize(
+    "argv0", ["python3", "./tests/fake_tool.py", "/nonexistent/pg_dump", "/usr/bin", "NOT_EXECUTABLE"]
+)
 def test_relative_missing_or_non_executable_tool_raises_tool_start_error(argv0, tmp_path):
     if argv0 == "NOT_EXECUTABLE":
         argv0 = str(tmp_path / "pg_dump")
@@ -336,8 +384,7 @@ def test_run_as_postgres_as_root_switches_uid_groups_and_home():
     assert os.geteuid() == 0, "this test proves the root path; run the suite as root"
     postgres = pwd.getpwnam("postgres")
 
-    result = run_tool(spec_for("--print-ids", "--print-env", python=SYSTEM_PYTHON,
-                               run_as="postgres", cwd="/"))
+    result = run_tool(spec_for("--print-ids", "--print-env", python=SYSTEM_PYTHON, run_as="postgres", cwd="/"))
 
     assert result.exit_code == 0, result.stderr.text()
     env_line, ids_line = result.stdout.text().splitlines()
@@ -391,15 +438,14 @@ def test_run_as_another_user_without_root_raises_run_as_error():
 
     assert report["error"] == (
         "tool python3: run_as 'postgres' needs the service to run as root (it runs as "
-        "'nobody'); remove run_as or run the service as root")
+        "'nobody'); remove run_as or run the service as root"
+    )
 
 
 def test_run_as_the_current_user_without_root_runs_as_is():
     def run_as_nobody() -> dict:
-        result = run_tool(spec_for("--print-ids", python=SYSTEM_PYTHON, run_as="nobody",
-                                   cwd="/"))
-        return {"exit": result.exit_code, "ids": result.stdout.text(),
-                "stderr": result.stderr.text()}
+        result = run_tool(spec_for("--print-ids", python=SYSTEM_PYTHON, run_as="nobody", cwd="/"))
+        return {"exit": result.exit_code, "ids": result.stdout.text(), "stderr": result.stderr.text()}
 
     report = _as_nobody(run_as_nobody)
 
@@ -427,9 +473,9 @@ run_tool(RunSpec(argv=(python, fake_tool, "--sleep", "30"), env={}, timeout=30.0
 def test_tool_dies_when_its_worker_is_killed(run_as, tmp_path, leftover_pids):
     pid_file = tmp_path / "tool.pid"
     worker = subprocess.Popen(
-        [sys.executable, "-c", _WORKER_SCRIPT, str(pid_file), run_as or "", SYSTEM_PYTHON,
-         FAKE_TOOL],
-        env={**os.environ, "PYTHONPATH": REPO_ROOT})
+        [sys.executable, "-c", _WORKER_SCRIPT, str(pid_file), run_as or "", SYSTEM_PYTHON, FAKE_TOOL],
+        env={**os.environ, "PYTHONPATH": REPO_ROOT},
+    )
     try:
         assert wait_until(pid_file.exists, 10.0), "the worker never started its tool"
         tool_pid = int(pid_file.read_text())

@@ -56,8 +56,9 @@ def test_notify_wakes_an_idle_worker_long_before_the_poll(service_factory, db, t
 
 def test_timeout_kills_the_tool_its_child_and_its_setsid_grandchild(service_factory, db, tmp_path):
     service_factory(workers=1, tools={"custom": {"allowed_commands": [FAKE_TOOL], "timeout": 2}}).start()
-    _, job_id, pid_file = queue_fake(db, tmp_path, "--sleep", "600", "--spawn-child", "--spawn-grandchild-setsid",
-                                     "--ignore-term", tag="slow")
+    _, job_id, pid_file = queue_fake(
+        db, tmp_path, "--sleep", "600", "--spawn-child", "--spawn-grandchild-setsid", "--ignore-term", tag="slow"
+    )
     row = wait_for_state(db, job_id, "will_retry", timeout=20)
     assert row["last_error"].startswith("timed out after 2 s")
     pids = pids_of(pid_file)
@@ -76,7 +77,9 @@ def test_cancelling_a_running_job_with_the_guides_update_stops_its_tool(service_
     service = service_factory(workers=1).start()
     backup_id, job_id, pid_file = queue_fake(db, tmp_path, "--sleep", "600", "--spawn-child", tag="cancel")
     wait_for_state(db, job_id, "in_progress")
-    tool_pids = wait_until(lambda: pids_of(pid_file).get("child") and sum(pids_of(pid_file).values(), []), 10, "tool up")
+    tool_pids = wait_until(
+        lambda: pids_of(pid_file).get("child") and sum(pids_of(pid_file).values(), []), 10, "tool up"
+    )
     cancelled = time.monotonic()
     db.cursor().execute("UPDATE pggit.backup_jobs SET status = 'cancelled' WHERE job_id = %s", (job_id,))
     for pid in tool_pids:
@@ -93,8 +96,13 @@ def test_failed_tool_is_retried_with_backoff_and_a_bad_command_fails_for_good(se
     _, failing, _ = queue_fake(db, tmp_path, "--exit", "3", tag="exit3")
     row = wait_for_state(db, failing, "will_retry")
     assert "exit 3" in row["last_error"]
-    assert 55 <= scalar(db, "SELECT extract(epoch FROM next_retry_at - now()) FROM pggit.backup_jobs WHERE job_id = %s",
-                        (failing,)) <= 60
+    assert (
+        55
+        <= scalar(
+            db, "SELECT extract(epoch FROM next_retry_at - now()) FROM pggit.backup_jobs WHERE job_id = %s", (failing,)
+        )
+        <= 60
+    )
     backup_id = scalar(db, "SELECT pggit.register_backup('x', 'full', 'custom', '/x', p_branch_name := 'main')")
     job_id = str(scalar(db, "SELECT pggit.enqueue_backup_job(%s, '/bin/rm -rf /tmp/nothing', 'custom')", (backup_id,)))
     row = wait_for_state(db, job_id, "permanently_failed")
@@ -148,8 +156,9 @@ def test_webhook_hears_about_a_completed_job(service_factory, db, tmp_path):
     try:
         service_factory(workers=1).start()
         url = f"http://127.0.0.1:{server.server_port}/hook"
-        _, job_id, _ = queue_fake(db, tmp_path, tag="hook",
-                                  metadata=json.dumps({"webhook_url": url, "notify_on_success": True}))
+        _, job_id, _ = queue_fake(
+            db, tmp_path, tag="hook", metadata=json.dumps({"webhook_url": url, "notify_on_success": True})
+        )
         wait_for_state(db, job_id, "completed")
         wait_until(lambda: received, 10, "the webhook call")
         assert received[0]["job_id"] == job_id and received[0]["state"] == "completed"
@@ -189,8 +198,9 @@ def test_what_a_finished_tool_left_running_ends_with_its_job(service_factory, db
     """A tool that exits leaving a child and a setsid grandchild behind (a daemon it started):
     the worker, their subreaper, ends them once the job is recorded."""
     service = service_factory(workers=1).start()
-    _, job_id, pid_file = queue_fake(db, tmp_path, "--sleep", "0.5", "--spawn-child", "--spawn-grandchild-setsid",
-                                     tag="daemon")
+    _, job_id, pid_file = queue_fake(
+        db, tmp_path, "--sleep", "0.5", "--spawn-child", "--spawn-grandchild-setsid", tag="daemon"
+    )
     wait_for_state(db, job_id, "completed")
     pids = pids_of(pid_file)
     assert set(pids) == {"tool", "child", "grandchild"}
@@ -201,8 +211,10 @@ def test_what_a_finished_tool_left_running_ends_with_its_job(service_factory, db
 
 def test_supervisor_idles_while_it_waits_for_a_job_during_shutdown(service_factory, db, tmp_path):
     import psutil
-    service = service_factory(workers=1, shutdown_timeout=30).start(env={"WATCHDOG_USEC": "1000000",
-                                                                         "NOTIFY_SOCKET": str(tmp_path / "none")})
+
+    service = service_factory(workers=1, shutdown_timeout=30).start(
+        env={"WATCHDOG_USEC": "1000000", "NOTIFY_SOCKET": str(tmp_path / "none")}
+    )
     _, job_id, _ = queue_fake(db, tmp_path, "--sleep", "600", tag="long")
     wait_for_state(db, job_id, "in_progress")
     service.signal(15)
@@ -215,6 +227,7 @@ def test_supervisor_idles_while_it_waits_for_a_job_during_shutdown(service_facto
 
 def test_a_webhook_endpoint_that_speaks_garbage_is_only_logged():
     from pggit_supervisor import webhooks
+
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)

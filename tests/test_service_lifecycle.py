@@ -80,16 +80,23 @@ def make_service(tmp_path, dsn):
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def wait_for_run(pid_file: Path, roles: tuple[str, ...] = ("tool",), runs: int = 1,
-                 timeout: float = 15) -> dict[str, list[int]]:
+def wait_for_run(
+    pid_file: Path, roles: tuple[str, ...] = ("tool",), runs: int = 1, timeout: float = 15
+) -> dict[str, list[int]]:
     """The pid file once `runs` runs of the fake tool have recorded every role in `roles`."""
-    return wait_until(lambda: (found := pids_of(pid_file)) and all(len(found.get(r, [])) >= runs for r in roles)
-                      and found, timeout, f"{runs} run(s) recording {roles} in {pid_file}")
+    return wait_until(
+        lambda: (found := pids_of(pid_file)) and all(len(found.get(r, [])) >= runs for r in roles) and found,
+        timeout,
+        f"{runs} run(s) recording {roles} in {pid_file}",
+    )
 
 
 def wait_gone(pids: list[int], timeout: float, what: str) -> None:
-    wait_until(lambda: all(gone(pid) for pid in pids), timeout,
-               f"{what} to be gone; alive: {[pid for pid in pids if not gone(pid)]}")
+    wait_until(
+        lambda: all(gone(pid) for pid in pids),
+        timeout,
+        f"{what} to be gone; alive: {[pid for pid in pids if not gone(pid)]}",
+    )
 
 
 def spawned(service: Service) -> list[tuple[str, int]]:
@@ -118,8 +125,14 @@ def tool_processes(tmp_path: Path) -> list[int]:
 
 def pggit_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGGIT_")}
-    return subprocess.run([sys.executable, "-m", "pggit_supervisor", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pggit_supervisor", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # -- a worker or the supervisor dies ------------------------------------------------------------
@@ -161,8 +174,11 @@ def test_killed_worker_leaves_no_daemonized_tool_process_behind(make_service, db
     service = make_service(lease_seconds=60, tools={"custom": {"allowed_commands": [str(tool)]}}).start()
     wait_for_workers_started(service, 2)
     pid_file = tmp_path / "pids-daemonizing"
-    backup_id = scalar(db, "SELECT pggit.register_backup('daemonizing', 'full', 'custom', %s, "
-                           "p_branch_name := 'main')", (str(tmp_path),))
+    backup_id = scalar(
+        db,
+        "SELECT pggit.register_backup('daemonizing', 'full', 'custom', %s, p_branch_name := 'main')",
+        (str(tmp_path),),
+    )
     # one attempt: the replacement worker fails the job for good instead of running it again
     job_id = scalar(db, "SELECT pggit.enqueue_backup_job(%s, %s, 'custom', 1)", (backup_id, f"{tool} {pid_file}"))
     run = wait_for_run(pid_file, ("tool", "child", "daemon", "daemon-child"))
@@ -185,8 +201,11 @@ def test_killed_supervisor_takes_workers_and_tools_down_and_job_is_handed_back(m
     service.signal(signal.SIGKILL)
     service.proc.wait(5)
     # PDEATHSIG=SIGUSR1: each worker stops its tool tree, hands its job back and exits
-    wait_gone(workers + run["tool"] + run["child"] + run["grandchild"], 8,
-              "the workers and the tool tree of a SIGKILLed supervisor")
+    wait_gone(
+        workers + run["tool"] + run["child"] + run["grandchild"],
+        8,
+        "the workers and the tool tree of a SIGKILLed supervisor",
+    )
     assert tool_processes(tmp_path) == []
     row = wait_for_state(db, job_id, "ready", timeout=5)
     assert row["attempts"] == 0, "a job handed back spends no attempt"
@@ -258,7 +277,8 @@ def test_sigquit_hands_back_a_running_job_at_once(make_service, db, tmp_path):
 
 
 def test_sighup_keeps_workers_on_a_broken_config_and_replaces_them_gracefully_on_a_valid_one(
-        make_service, db, tmp_path):
+    make_service, db, tmp_path
+):
     service = make_service(workers=2).start()
     wait_for_workers_started(service, 2)
     original = live_worker_pids(service)
@@ -268,8 +288,10 @@ def test_sighup_keeps_workers_on_a_broken_config_and_replaces_them_gracefully_on
     service.write_config({**config, "workers": "lots"})
     service.signal(signal.SIGHUP)
     service.wait_for_log("reload failed; keeping the running configuration")
-    service.wait_for_log(rf"^{re.escape(str(service.config_path))}: workers: must be a positive integer, "
-                         r"got 'lots' \(allowed: 1-64\)$")
+    service.wait_for_log(
+        rf"^{re.escape(str(service.config_path))}: workers: must be a positive integer, "
+        r"got 'lots' \(allowed: 1-64\)$"
+    )
     _, job_id, pid_file = queue_fake(db, tmp_path, "--sleep", "0.2", tag="after-broken-reload")
     assert wait_for_state(db, job_id, {"completed"})["worker_id"] in {"test/1", "test/2"}
     assert live_worker_pids(service) == original, "a broken reload replaces no worker"
@@ -284,13 +306,17 @@ def test_sighup_keeps_workers_on_a_broken_config_and_replaces_them_gracefully_on
 
     row = wait_for_state(db, busy_job, {"completed", "ready", "will_retry"}, timeout=15)
     assert row["job_state"] == "completed" and row["attempts"] == 1, "the busy worker finished its job first"
-    wait_until(lambda: len(now := live_worker_pids(service)) == 3 and not now & original, 15,
-               f"three new workers (before: {original})\n{service.log()}")
+    wait_until(
+        lambda: len(now := live_worker_pids(service)) == 3 and not now & original,
+        15,
+        f"three new workers (before: {original})\n{service.log()}",
+    )
     log = service.log()
     assert "handed back" not in log
     completed_at = log.index(f"job completed job={busy_job}")
-    assert re.search(rf"worker exited worker=test/\d pid={busy_worker}\b", log[completed_at:]), \
+    assert re.search(rf"worker exited worker=test/\d pid={busy_worker}\b", log[completed_at:]), (
         "the busy worker exited after (not before) completing its job"
+    )
     assert {name for name, _ in spawned(service)} == {"test/1", "test/2", "test/3"}
 
 
@@ -307,8 +333,11 @@ def test_silent_worker_is_killed_and_replaced(make_service, db, tmp_path):
     service.wait_for_log(rf"worker stopped heartbeating: killing it worker=test/1 pid={victim}\b", timeout=10)
     # silence counts from the last beat, up to a second before SIGSTOP
     assert time.monotonic() - stopped_at >= 1.5, "killed only after worker_timeout (3 s) of silence"
-    wait_until(lambda: [pid for name, pid in spawned(service) if name == "test/1"][-1] != victim, 10,
-               f"a new worker in slot test/1\n{service.log()}")
+    wait_until(
+        lambda: [pid for name, pid in spawned(service) if name == "test/1"][-1] != victim,
+        10,
+        f"a new worker in slot test/1\n{service.log()}",
+    )
     replacement = [pid for name, pid in spawned(service) if name == "test/1"][-1]
     wait_gone([victim], 5, "the silent worker")
     service.wait_for_log(r"worker started worker=test/1\b", count=2)
@@ -337,7 +366,7 @@ def test_workers_dying_in_a_loop_make_the_supervisor_give_up_with_exit_1(make_se
 
     assert service.proc.wait(15) == 1
     log = service.log()
-    before_verdict = log[:log.index("workers are crashing in a loop")]
+    before_verdict = log[: log.index("workers are crashing in a loop")]
     assert before_verdict.count("worker died") == limit + 1, "gives up on the first death over the limit"
     assert "supervisor stopped exit_code=1" in log
 
@@ -345,14 +374,18 @@ def test_workers_dying_in_a_loop_make_the_supervisor_give_up_with_exit_1(make_se
 # -- the guide's listener and the command line ----------------------------------------------------
 
 
-def test_listener_takes_worker_id_and_count_from_environment_and_dsn_from_its_argument(
-        make_service, dsn, db, tmp_path):
+def test_listener_takes_worker_id_and_count_from_environment_and_dsn_from_its_argument(make_service, dsn, db, tmp_path):
     dbname = scalar(db, "SELECT current_database()")
     unusable = f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={dbname}_not_this_one"
     service = make_service(config_dsn=unusable, worker_id="from-file", workers=1, poll_interval=30)
     env = {k: "" for k in os.environ if k.startswith("PGGIT_")}  # empty = unset, for the config
-    env.update(PGGIT_CONFIG=str(service.config_path), PGGIT_WORKER_ID="guide-01", PGGIT_WORKERS="2",
-               PGGIT_POLL_INTERVAL="1", PGGIT_LOG_LEVEL="DEBUG")
+    env.update(
+        PGGIT_CONFIG=str(service.config_path),
+        PGGIT_WORKER_ID="guide-01",
+        PGGIT_WORKERS="2",
+        PGGIT_POLL_INTERVAL="1",
+        PGGIT_LOG_LEVEL="DEBUG",
+    )
     service.start(env=env, args=[sys.executable, "-c", LISTENER, dsn])
 
     wait_for_workers_started(service, 2, worker_id="guide-01")
@@ -374,10 +407,16 @@ def test_listener_takes_worker_id_and_count_from_environment_and_dsn_from_its_ar
 
 def write_bad_config(tmp_path: Path, dsn: str) -> Path:
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({
-        "dsn": dsn, "workers": 0, "pol_interval": 5,
-        "tools": {"custom": {"allowed_commands": [FAKE_TOOL], "timeout": 0}},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "dsn": dsn,
+                "workers": 0,
+                "pol_interval": 5,
+                "tools": {"custom": {"allowed_commands": [FAKE_TOOL], "timeout": 0}},
+            }
+        )
+    )
     return path
 
 
@@ -415,6 +454,9 @@ def test_run_refuses_an_invalid_config_and_starts_no_worker(dsn, db, tmp_path):
     assert_lists_every_problem(problems, path)
     output = result.stdout + result.stderr
     assert "supervisor started" not in output and "worker spawned" not in output
-    connections = query(db, "SELECT application_name FROM pg_stat_activity "
-                            "WHERE datname = current_database() AND application_name LIKE 'pggit-supervisor%'")
+    connections = query(
+        db,
+        "SELECT application_name FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name LIKE 'pggit-supervisor%'",
+    )
     assert connections == []

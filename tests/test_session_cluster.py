@@ -47,8 +47,9 @@ def test_the_tests_use_a_cluster_of_their_own_unless_told_otherwise(db):
 
 
 def test_a_cluster_is_stopped_and_removed_after_its_process_is_killed():
-    starter = subprocess.Popen([sys.executable, "-c", _STARTS_ITS_CLUSTER_AND_WAITS, str(TESTS)],
-                               stdout=subprocess.PIPE, text=True)
+    starter = subprocess.Popen(
+        [sys.executable, "-c", _STARTS_ITS_CLUSTER_AND_WAITS, str(TESTS)], stdout=subprocess.PIPE, text=True
+    )
     try:
         directory, port = starter.stdout.readline().split()
         assert Path(directory).is_dir() and _accepts(int(port))

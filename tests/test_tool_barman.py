@@ -41,21 +41,37 @@ ORDERS_STATE = "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY id)) FROM 
 @dataclass
 class Stack:
     cluster: Cluster
-    home: Path      # Barman's own directory: config, catalogue, log (owned by barman)
+    home: Path  # Barman's own directory: config, catalogue, log (owned by barman)
     config: str
     service: Service
 
     @property
     def tool(self) -> ToolConfig:
-        return ToolConfig(name="barman", path=BARMAN, run_as="barman", timeout=600, config=self.config,
-                          allowed_output_dirs=(), allowed_commands=(), kill_grace=5)
+        return ToolConfig(
+            name="barman",
+            path=BARMAN,
+            run_as="barman",
+            timeout=600,
+            config=self.config,
+            allowed_output_dirs=(),
+            allowed_commands=(),
+            kill_grace=5,
+        )
 
 
 def as_barman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
     entry = pwd.getpwnam("barman")
-    done = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
-                          user=entry.pw_uid, group=entry.pw_gid, extra_groups=[], cwd="/",
-                          env={"PATH": TOOL_PATH, "HOME": entry.pw_dir, "LANG": "C.UTF-8"})
+    done = subprocess.run(
+        list(args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        user=entry.pw_uid,
+        group=entry.pw_gid,
+        extra_groups=[],
+        cwd="/",
+        env={"PATH": TOOL_PATH, "HOME": entry.pw_dir, "LANG": "C.UTF-8"},
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(args)}: exit {done.returncode}\n{done.stdout}{done.stderr}")
     return done
@@ -67,23 +83,28 @@ def write_barman_config(home: Path, cluster: Cluster) -> str:
     conf = home / "barman.conf"
     (home / "conf.d").mkdir()
     (home / "home").mkdir()  # barman_home: receive-wal puts its lock there before anything creates it
-    conf.write_text(f"[barman]\nbarman_user = barman\nconfiguration_files_directory = {home}/conf.d\n"
-                    f"barman_home = {home}/home\nlog_file = {home}/barman.log\nlog_level = INFO\n")
+    conf.write_text(
+        f"[barman]\nbarman_user = barman\nconfiguration_files_directory = {home}/conf.d\n"
+        f"barman_home = {home}/home\nlog_file = {home}/barman.log\nlog_level = INFO\n"
+    )
     # path_prefix: pg_verifybackup (for verify-backup) is only in the version's bin directory on
     # Debian, and tools run with a fixed PATH. immediate_checkpoint: no wait for a spread one.
     (home / "conf.d" / "pg.conf").write_text(
         f"[pg]\nconninfo = host=127.0.0.1 port={cluster.port} user=barman dbname=postgres\n"
         f"streaming_conninfo = host=127.0.0.1 port={cluster.port} user=barman\n"
         "backup_method = postgres\nstreaming_archiver = on\nslot_name = barman\ncreate_slot = auto\n"
-        f"immediate_checkpoint = true\npath_prefix = {BIN}\n")
+        f"immediate_checkpoint = true\npath_prefix = {BIN}\n"
+    )
     (home / "conf.d" / "broken.conf").write_text(
         "[broken]\nconninfo = host=127.0.0.1 port=1 user=barman dbname=postgres connect_timeout=2\n"
         "streaming_conninfo = host=127.0.0.1 port=1 user=barman connect_timeout=2\n"
-        "backup_method = postgres\nstreaming_archiver = on\nslot_name = barman\n")
+        "backup_method = postgres\nstreaming_archiver = on\nslot_name = barman\n"
+    )
     (home / "conf.d" / "rs.conf").write_text(
         "[rs]\nconninfo = host=127.0.0.1 port=1 user=barman dbname=postgres\n"
         "ssh_command = ssh -o BatchMode=yes postgres@127.0.0.1\nbackup_method = rsync\n"
-        "backup_options = concurrent_backup\narchiver = on\n")
+        "backup_options = concurrent_backup\narchiver = on\n"
+    )
     entry = pwd.getpwnam("barman")
     for path in [home, *home.rglob("*")]:
         os.chown(path, entry.pw_uid, entry.pw_gid)
@@ -104,13 +125,27 @@ def archive_first_wal(config: str, dsn: str) -> None:
     restart LSN yet, so a receiver started after the switch would begin past the closed
     segment). Barman archives a streamed segment only once a later one has begun, so write
     WAL while it waits, as any busy server would."""
-    wait_until(lambda: scalar_in(dsn, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' "
-                                      "AND application_name = 'barman_receive_wal'"), 30, "receive-wal streaming")
+    wait_until(
+        lambda: scalar_in(
+            dsn,
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' "
+            "AND application_name = 'barman_receive_wal'",
+        ),
+        30,
+        "receive-wal streaming",
+    )
     entry = pwd.getpwnam("barman")
-    switch = subprocess.Popen([BARMAN, "-c", config, "switch-wal", "--force", "--archive", "--archive-timeout", "60",
-                               "pg"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              user=entry.pw_uid, group=entry.pw_gid, extra_groups=[], cwd="/",
-                              env={"PATH": TOOL_PATH, "HOME": entry.pw_dir})
+    switch = subprocess.Popen(
+        [BARMAN, "-c", config, "switch-wal", "--force", "--archive", "--archive-timeout", "60", "pg"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        user=entry.pw_uid,
+        group=entry.pw_gid,
+        extra_groups=[],
+        cwd="/",
+        env={"PATH": TOOL_PATH, "HOME": entry.pw_dir},
+    )
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     try:
@@ -160,10 +195,18 @@ def start_receive_wal(config: str, home: Path) -> subprocess.Popen:
     """What `barman cron` would start, but ours: started here and ended by `stop_receive_wal`."""
     entry = pwd.getpwnam("barman")
     with open(home / "receive-wal.out", "wb") as out:
-        return subprocess.Popen([BARMAN, "-c", config, "receive-wal", "pg"], stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, user=entry.pw_uid, group=entry.pw_gid,
-                                extra_groups=[], cwd="/", env={"PATH": TOOL_PATH, "HOME": entry.pw_dir},
-                                start_new_session=True)
+        return subprocess.Popen(
+            [BARMAN, "-c", config, "receive-wal", "pg"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            user=entry.pw_uid,
+            group=entry.pw_gid,
+            extra_groups=[],
+            cwd="/",
+            env={"PATH": TOOL_PATH, "HOME": entry.pw_dir},
+            start_new_session=True,
+        )
 
 
 def stop_receive_wal(receiver: subprocess.Popen) -> None:
@@ -207,8 +250,12 @@ def stack(tmp_path_factory):
         receiver = start_receive_wal(config, home)
         archive_first_wal(config, cluster.dsn)
         wait_for_barman_check(config, "pg")
-        service = Service(tmp_path_factory.mktemp("barman-service"), cluster.dsn, workers=1,
-                          tools={"barman": {"path": BARMAN, "run_as": "barman", "config": config, "timeout": 600}})
+        service = Service(
+            tmp_path_factory.mktemp("barman-service"),
+            cluster.dsn,
+            workers=1,
+            tools={"barman": {"path": BARMAN, "run_as": "barman", "config": config, "timeout": 600}},
+        )
         service.start()
         service.wait_for_log("worker started")
         yield Stack(cluster, home, config, service)
@@ -238,9 +285,12 @@ def schedule(db, sql: str) -> str:
 
 
 def backup_of(db, job_id: str) -> dict:
-    return query(db, """SELECT b.*, j.output, j.last_error, j.attempts, j.max_attempts
+    return query(
+        db,
+        """SELECT b.*, j.output, j.last_error, j.attempts, j.max_attempts
                           FROM pggit.backups b JOIN pggit.backup_jobs j USING (backup_id) WHERE j.job_id = %s""",
-                 (job_id,))[0]
+        (job_id,),
+    )[0]
 
 
 @pytest.fixture(scope="module")
@@ -289,8 +339,21 @@ def test_restored_backup_starts_and_holds_the_orders_of_backup_time(stack, first
         subprocess.run(["chown", "-R", "postgres:postgres", str(root)], check=True)
         as_postgres(["mkdir", str(sockets)])
         port = free_port()
-        as_postgres([str(BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"), "-w", "-t", "60",
-                     "-o", f"-p {port} -k {sockets} -c listen_addresses=''", "start"])
+        as_postgres(
+            [
+                str(BIN / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(root / "pg.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {port} -k {sockets} -c listen_addresses=''",
+                "start",
+            ]
+        )
         conn = psycopg2.connect(host=str(sockets), port=port, user="postgres", dbname="postgres")
         try:
             count, digest = query(conn, ORDERS_STATE)[0].values()
@@ -303,8 +366,10 @@ def test_restored_backup_starts_and_holds_the_orders_of_backup_time(stack, first
         as_postgres([str(BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
     finally:
         if (data / "postmaster.pid").exists():
-            subprocess.run(["runuser", "-u", "postgres", "--", str(BIN / "pg_ctl"), "-D", str(data),
-                            "-m", "immediate", "stop"], capture_output=True)
+            subprocess.run(
+                ["runuser", "-u", "postgres", "--", str(BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                capture_output=True,
+            )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -312,8 +377,9 @@ def test_unknown_server_fails_permanently_at_once_naming_it(stack, db):
     job_id = schedule(db, "SELECT pggit.backup_barman('nosuchserver')")
     row = wait_for_state(db, job_id, "permanently_failed", timeout=30)
     assert row["attempts"] == row["max_attempts"], "no retry was left for a job no retry can fix"
-    assert (f"invalid job: Barman server 'nosuchserver' is not configured in {stack.config} "
-            "(known: broken, pg, rs)") == row["last_error"]
+    assert (
+        f"invalid job: Barman server 'nosuchserver' is not configured in {stack.config} (known: broken, pg, rs)"
+    ) == row["last_error"]
     assert backup_of(db, job_id)["status"] == "failed"
 
 
@@ -332,13 +398,26 @@ def test_reuse_backup_on_a_postgres_server_completes_as_a_full_backup_and_says_s
 
 # -- the adapter called directly, for failures a supervisor would only retry later ---------
 
+
 def direct(stack: Stack, **params) -> tuple[BarmanAdapter, ClaimedJob, Context]:
-    job = ClaimedJob(job_id="00000000-0000-0000-0000-0000000000b1", backup_id="00000000-0000-0000-0000-0000000000b2",
-                     tool="barman", spec={"tool": "barman", "params": params}, command="barman backup",
-                     claim_token=1, attempts=1, max_attempts=3, metadata={}, backup_name="direct",
-                     branch_name="main", commit_hash=None, database_name="postgres")
-    ctx = Context(Config(dsn=stack.cluster.dsn, tools=Tools((stack.tool,))), stack.tool,
-                  datetime.now(timezone.utc), "test")
+    job = ClaimedJob(
+        job_id="00000000-0000-0000-0000-0000000000b1",
+        backup_id="00000000-0000-0000-0000-0000000000b2",
+        tool="barman",
+        spec={"tool": "barman", "params": params},
+        command="barman backup",
+        claim_token=1,
+        attempts=1,
+        max_attempts=3,
+        metadata={},
+        backup_name="direct",
+        branch_name="main",
+        commit_hash=None,
+        database_name="postgres",
+    )
+    ctx = Context(
+        Config(dsn=stack.cluster.dsn, tools=Tools((stack.tool,))), stack.tool, datetime.now(timezone.utc), "test"
+    )
     return BarmanAdapter(), job, ctx
 
 
@@ -366,10 +445,12 @@ def test_backup_without_wait_completes_and_is_verified_only_once_done(stack):
 
 
 def test_invalid_params_are_refused_before_barman_runs(stack):
-    for params, words in ((dict(server="all"), "reserved"),
-                          (dict(server="-v"), "parameter server: '-v' is not allowed .*a Barman server name"),
-                          (dict(server="pg", wait="yes"), r"parameter wait: 'yes' is not allowed \(allowed: true, false\)"),
-                          (dict(server="pg", reuse_backup="incremental"), "reuse_backup")):
+    for params, words in (
+        (dict(server="all"), "reserved"),
+        (dict(server="-v"), "parameter server: '-v' is not allowed .*a Barman server name"),
+        (dict(server="pg", wait="yes"), r"parameter wait: 'yes' is not allowed \(allowed: true, false\)"),
+        (dict(server="pg", reuse_backup="incremental"), "reuse_backup"),
+    ):
         adapter, job, ctx = direct(stack, **params)
         with pytest.raises(InvalidJob, match=words):
             adapter.prepare(job, ctx)

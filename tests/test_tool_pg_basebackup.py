@@ -28,14 +28,13 @@ def source():
         schema.install(cluster.dsn, log=lambda *_: None)
         conn = psycopg2.connect(cluster.dsn)
         conn.autocommit = True
-        conn.cursor().execute("CREATE TABLE public.orders AS SELECT g AS id, md5(g::text) AS label "
-                              "FROM generate_series(1, 20000) g")
+        conn.cursor().execute(
+            "CREATE TABLE public.orders AS SELECT g AS id, md5(g::text) AS label FROM generate_series(1, 20000) g"
+        )
         yield cluster, conn
         conn.close()
     finally:
         cluster.remove()
-
-
 
 
 @pytest.fixture
@@ -48,22 +47,32 @@ def running(source, tmp_path, backup_dir, drill_tmpdir):
 
 
 def _job(conn, backup_id, tool="pg_basebackup"):
-    return str(scalar(conn, "SELECT job_id FROM pggit.backup_jobs WHERE backup_id = %s AND tool = %s", (backup_id, tool)))
+    return str(
+        scalar(conn, "SELECT job_id FROM pggit.backup_jobs WHERE backup_id = %s AND tool = %s", (backup_id, tool))
+    )
 
 
 def _start_restored(data_dir: Path) -> tuple[int, Path]:
     port = free_port()
     sock = data_dir.parent / "sock"
     as_postgres(["mkdir", "-p", str(sock)])
-    as_postgres(["sh", "-c", f"printf \"port = {port}\\nunix_socket_directories = '{sock}'\\n\" >> {data_dir}/postgresql.auto.conf"])
+    as_postgres(
+        [
+            "sh",
+            "-c",
+            f"printf \"port = {port}\\nunix_socket_directories = '{sock}'\\n\" >> {data_dir}/postgresql.auto.conf",
+        ]
+    )
     as_postgres([str(BIN / "pg_ctl"), "-D", str(data_dir), "-l", str(data_dir.parent / "restored.log"), "-w", "start"])
     return port, sock
 
 
-@pytest.mark.parametrize("options", ['{}', '{"format": "tar", "compression": "gzip", "compression_level": 6}'],
-                         ids=["plain", "tar-gzip"])
-def test_base_backup_is_verified_restored_started_and_equal_to_the_source(source, running, backup_dir, options,
-                                                                         drill_tmpdir):
+@pytest.mark.parametrize(
+    "options", ["{}", '{"format": "tar", "compression": "gzip", "compression_level": 6}'], ids=["plain", "tar-gzip"]
+)
+def test_base_backup_is_verified_restored_started_and_equal_to_the_source(
+    source, running, backup_dir, options, drill_tmpdir
+):
     cluster, conn = source
     expected = query(conn, TABLE_DIGEST)[0]
     backup_id = scalar(conn, "SELECT pggit.backup_pg_basebackup('main', %s, %s::jsonb)", (str(backup_dir), options))
@@ -80,11 +89,16 @@ def test_base_backup_is_verified_restored_started_and_equal_to_the_source(source
     shutil.chown(target, "postgres", "postgres")
     data_dir = target / "data"
     config = target / "supervisor.yaml"
-    config.write_text(f"dsn: '{cluster.dsn}'\ntools:\n  pg_basebackup: {{run_as: postgres, "
-                      f"allowed_output_dirs: [{backup_dir}]}}\n")
+    config.write_text(
+        f"dsn: '{cluster.dsn}'\ntools:\n  pg_basebackup: {{run_as: postgres, allowed_output_dirs: [{backup_dir}]}}\n"
+    )
     try:
-        out = subprocess.run(CLI + ["restore", str(backup_id), "--target-dir", str(data_dir), "-c", str(config)],
-                             capture_output=True, text=True, cwd=ROOT)
+        out = subprocess.run(
+            CLI + ["restore", str(backup_id), "--target-dir", str(data_dir), "-c", str(config)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         assert out.returncode == 0, out.stderr
         port, sock = _start_restored(data_dir)
         restored = psycopg2.connect(host=str(sock), port=port, user="postgres", dbname="postgres")
@@ -93,8 +107,12 @@ def test_base_backup_is_verified_restored_started_and_equal_to_the_source(source
         finally:
             restored.close()
             as_postgres([str(BIN / "pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "stop"])
-        again = subprocess.run(CLI + ["restore", str(backup_id), "--target-dir", str(data_dir), "-c", str(config)],
-                               capture_output=True, text=True, cwd=ROOT)
+        again = subprocess.run(
+            CLI + ["restore", str(backup_id), "--target-dir", str(data_dir), "-c", str(config)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         assert again.returncode == 1 and "is not empty" in again.stderr
     finally:
         subprocess.run([str(BIN / "pg_ctl"), "-D", str(data_dir), "-m", "immediate", "stop"], capture_output=True)
@@ -111,8 +129,9 @@ def test_base_backup_is_verified_restored_started_and_equal_to_the_source(source
 
 def test_restore_drill_of_a_pgbackrest_backup_is_refused_with_a_hint(source):
     _, conn = source
-    backup_id = scalar(conn, "SELECT pggit.register_backup('x', 'full', 'pgbackrest', 'pgbackrest://demo/1', "
-                             "p_branch_name := 'main')")
+    backup_id = scalar(
+        conn, "SELECT pggit.register_backup('x', 'full', 'pgbackrest', 'pgbackrest://demo/1', p_branch_name := 'main')"
+    )
     conn.cursor().execute("SELECT pggit.complete_backup(%s)", (backup_id,))
     with pytest.raises(psycopg2.Error) as exc:
         conn.cursor().execute("SELECT pggit.schedule_restore_test(%s)", (backup_id,))

@@ -24,8 +24,6 @@ CLI = [sys.executable, "-m", "pggit_supervisor"]
 TABLE_DIGEST = "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY id)) FROM public.orders t"
 
 
-
-
 @pytest.fixture
 def orders(db):
     db.cursor().execute("""CREATE TABLE public.orders AS SELECT g AS id, md5(g::text) AS label
@@ -39,8 +37,12 @@ def service(tmp_path, dsn, backup_dir):
     started = []
 
     def start(**tools):
-        svc = Service(tmp_path, dsn, workers=2, tools=tools or {
-            "pg_dump": {"run_as": "postgres", "allowed_output_dirs": [str(backup_dir)]}}).start()
+        svc = Service(
+            tmp_path,
+            dsn,
+            workers=2,
+            tools=tools or {"pg_dump": {"run_as": "postgres", "allowed_output_dirs": [str(backup_dir)]}},
+        ).start()
         started.append(svc)
         return svc
 
@@ -49,22 +51,32 @@ def service(tmp_path, dsn, backup_dir):
         svc.cleanup()
 
 
-
-
 def _backup(db, backup_id):
     return query(db, "SELECT * FROM pggit.backups WHERE backup_id = %s", (backup_id,))[0]
 
 
 def _job_of(db, backup_id):
-    return str(scalar(db, "SELECT job_id FROM pggit.backup_jobs WHERE backup_id = %s AND tool <> 'restore_test'", (backup_id,)))
+    return str(
+        scalar(db, "SELECT job_id FROM pggit.backup_jobs WHERE backup_id = %s AND tool <> 'restore_test'", (backup_id,))
+    )
 
 
-@pytest.mark.parametrize("fmt,options", [("custom", '{"compression_level": "9"}'), ("directory", '{"jobs": "2"}'),
-                                         ("tar", "{}"), ("plain", '{"compression_level": 5}')])
-def test_dump_is_verified_recorded_and_restores_to_the_same_data(service, db, orders, backup_dir, empty_db,
-                                                                 fmt, options):
+@pytest.mark.parametrize(
+    "fmt,options",
+    [
+        ("custom", '{"compression_level": "9"}'),
+        ("directory", '{"jobs": "2"}'),
+        ("tar", "{}"),
+        ("plain", '{"compression_level": 5}'),
+    ],
+)
+def test_dump_is_verified_recorded_and_restores_to_the_same_data(
+    service, db, orders, backup_dir, empty_db, fmt, options
+):
     service()
-    backup_id = scalar(db, "SELECT pggit.backup_pg_dump('main', NULL, %s, %s, %s::jsonb)", (fmt, str(backup_dir), options))
+    backup_id = scalar(
+        db, "SELECT pggit.backup_pg_dump('main', NULL, %s, %s, %s::jsonb)", (fmt, str(backup_dir), options)
+    )
     wait_for_state(db, _job_of(db, backup_id), "completed", timeout=60)
     row = _backup(db, backup_id)
     path = row["location"].removeprefix("file://")
@@ -84,14 +96,23 @@ def test_dump_is_verified_recorded_and_restores_to_the_same_data(service, db, or
     assert counts["pggit.backups"] == 1, "counted in pg_dump's snapshot: the backup row exists, completion comes later"
     assert row["compression_type"] == ("none" if fmt == "tar" else "gzip")
 
-    out = subprocess.run(CLI + ["restore", str(backup_id), "--dsn", db.dsn, "--target-dsn", empty_db,
-                                "-c", "/nonexistent.yaml"], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        CLI + ["restore", str(backup_id), "--dsn", db.dsn, "--target-dsn", empty_db, "-c", "/nonexistent.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 2 and "nonexistent.yaml" in out.stderr, "a named config that is missing is an error"
     config = Path(tempfile.mkdtemp()) / "c.yaml"
-    config.write_text(f"dsn: '{db.dsn}'\ntools:\n  pg_dump: {{run_as: postgres, allowed_output_dirs: [{backup_dir}]}}\n")
-    out = subprocess.run(CLI + ["restore", str(backup_id), "--target-dsn", empty_db, "-c", str(config),
-                                "--trust-backup-contents"],
-                         capture_output=True, text=True, cwd=ROOT)
+    config.write_text(
+        f"dsn: '{db.dsn}'\ntools:\n  pg_dump: {{run_as: postgres, allowed_output_dirs: [{backup_dir}]}}\n"
+    )
+    out = subprocess.run(
+        CLI + ["restore", str(backup_id), "--target-dsn", empty_db, "-c", str(config), "--trust-backup-contents"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     restored = psycopg2.connect(empty_db)
     try:
@@ -99,8 +120,12 @@ def test_dump_is_verified_recorded_and_restores_to_the_same_data(service, db, or
         assert scalar(restored, "SELECT count(*) FROM sales.refunds") == 7
     finally:
         restored.close()
-    again = subprocess.run(CLI + ["restore", str(backup_id), "--target-dsn", empty_db, "-c", str(config),
-                                  "--trust-backup-contents"], capture_output=True, text=True, cwd=ROOT)
+    again = subprocess.run(
+        CLI + ["restore", str(backup_id), "--target-dsn", empty_db, "-c", str(config), "--trust-backup-contents"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert again.returncode == 1 and "is not empty" in again.stderr, "a restore never writes into a used database"
 
 
@@ -123,8 +148,12 @@ def test_drill_finds_a_backup_whose_data_does_not_match_what_was_recorded(servic
     backup_id = scalar(db, "SELECT pggit.backup_pg_dump('main', NULL, 'custom', %s)", (str(backup_dir),))
     wait_for_state(db, _job_of(db, backup_id), "completed", timeout=60)
     # the recorded counts say more rows than the file holds, as if rows had been lost
-    force(db, """UPDATE pggit.backups SET metadata = jsonb_set(metadata, '{row_counts,public.orders}', '5001')
-                 WHERE backup_id = %s""", (backup_id,))
+    force(
+        db,
+        """UPDATE pggit.backups SET metadata = jsonb_set(metadata, '{row_counts,public.orders}', '5001')
+                 WHERE backup_id = %s""",
+        (backup_id,),
+    )
     drill = str(scalar(db, "SELECT pggit.schedule_restore_test(%s)", (backup_id,)))
     row = wait_for_state(db, drill, "permanently_failed", timeout=60)
     assert "public.orders: 5001 rows at dump time, 5000 restored" in row["last_error"]
@@ -155,13 +184,23 @@ def test_dump_verification_failure_fails_the_job_and_leaves_no_file(service, db,
     try:
         # a pg_dump whose sibling pg_restore rejects everything: the adapter must trust the check
         os.symlink("/usr/lib/postgresql/15/bin/pg_dump", fake_restore_dir / "pg_dump")
-        (fake_restore_dir / "pg_restore").write_text("#!/bin/sh\necho 'pg_restore: error: corrupt archive' >&2\nexit 1\n")
+        (fake_restore_dir / "pg_restore").write_text(
+            "#!/bin/sh\necho 'pg_restore: error: corrupt archive' >&2\nexit 1\n"
+        )
         os.chmod(fake_restore_dir / "pg_restore", 0o755)
-        service(pg_dump={"path": str(fake_restore_dir / "pg_dump"), "run_as": "postgres",
-                         "allowed_output_dirs": [str(backup_dir)]})
+        service(
+            pg_dump={
+                "path": str(fake_restore_dir / "pg_dump"),
+                "run_as": "postgres",
+                "allowed_output_dirs": [str(backup_dir)],
+            }
+        )
         backup_id = scalar(db, "SELECT pggit.backup_pg_dump('main', NULL, 'custom', %s)", (str(backup_dir),))
         row = wait_for_state(db, _job_of(db, backup_id), "will_retry", timeout=60)
-        assert row["last_error"].startswith("verification failed: pg_restore exit 1") and "corrupt archive" in row["last_error"]
+        assert (
+            row["last_error"].startswith("verification failed: pg_restore exit 1")
+            and "corrupt archive" in row["last_error"]
+        )
         assert os.listdir(backup_dir) == [], "neither the final name nor the partial file remains"
     finally:
         shutil.rmtree(fake_restore_dir, ignore_errors=True)

@@ -24,8 +24,7 @@ from service import Service, wait_until
 from pggit_supervisor import schema
 from pggit_supervisor.config import default_tool, load_config
 from pggit_supervisor.runner import CapturedOutput, RunResult
-from pggit_supervisor.tools.pgbackrest import (explain_exit, judge_verify, new_label, parse_location,
-                                               restore_argv)
+from pggit_supervisor.tools.pgbackrest import explain_exit, judge_verify, new_label, parse_location, restore_argv
 
 PGBACKREST = "/usr/bin/pgbackrest"
 TABLE_DIGEST = "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY id)) FROM public.orders t"
@@ -55,10 +54,12 @@ def demo():
         conf = cluster.dir / "pgbackrest.conf"
         with open(cluster.data / "postgresql.conf", "a") as pg_conf:
             pg_conf.write(f"archive_command = '{PGBACKREST} --config={conf} --stanza=demo archive-push %p'\n")
-        conf.write_text(f"[demo]\npg1-path={cluster.data}\npg1-port={cluster.port}\npg1-socket-path={cluster.socket_dir}\n\n"
-                        f"[global]\nrepo1-path={cluster.dir}/repo\nrepo1-retention-full=2\n"
-                        f"repo2-path={cluster.dir}/repo2\nrepo2-retention-full=1\nstart-fast=y\n"
-                        f"lock-path={cluster.dir}/lock\nlog-path={cluster.dir}/log\nspool-path={cluster.dir}/spool\n")
+        conf.write_text(
+            f"[demo]\npg1-path={cluster.data}\npg1-port={cluster.port}\npg1-socket-path={cluster.socket_dir}\n\n"
+            f"[global]\nrepo1-path={cluster.dir}/repo\nrepo1-retention-full=2\n"
+            f"repo2-path={cluster.dir}/repo2\nrepo2-retention-full=1\nstart-fast=y\n"
+            f"lock-path={cluster.dir}/lock\nlog-path={cluster.dir}/log\nspool-path={cluster.dir}/spool\n"
+        )
         shutil.chown(conf, "postgres", "postgres")
         as_postgres(["mkdir", "-p", str(cluster.dir / "log")])
         cluster.start()
@@ -87,8 +88,10 @@ def start_service(tmp_path, demo):
     started = []
 
     def start(**settings) -> Service:
-        settings.setdefault("tools", {"pgbackrest": {"path": PGBACKREST, "run_as": "postgres",
-                                                     "config": str(demo.conf), "timeout": 600}})
+        settings.setdefault(
+            "tools",
+            {"pgbackrest": {"path": PGBACKREST, "run_as": "postgres", "config": str(demo.conf), "timeout": 600}},
+        )
         service = Service(tmp_path, demo.cluster.dsn, **settings).start()
         started.append(service)
         return service
@@ -107,8 +110,12 @@ def schedule(conn, kind: str, stanza: str = "demo") -> tuple[str, str]:
 
 
 def finished(conn, job_id: str, timeout: float = 90, states: set[str] = FINAL) -> dict:
-    return wait_until(lambda: (row := job(conn, job_id))["job_state"] in states and row, timeout,
-                      f"job {job_id} to finish (now {job(conn, job_id)['job_state']})", interval=0.2)
+    return wait_until(
+        lambda: (row := job(conn, job_id))["job_state"] in states and row,
+        timeout,
+        f"job {job_id} to finish (now {job(conn, job_id)['job_state']})",
+        interval=0.2,
+    )
 
 
 def job(conn, job_id: str) -> dict:
@@ -167,7 +174,8 @@ def test_incremental_without_a_prior_full_is_recorded_as_the_full_pgbackrest_mad
     assert row["backup_type"] == "full", "the row records the kind of backup that was made"
     assert any("incr backup has been changed to full" in line for line in meta["warnings"])
     assert "incr requested; pgBackRest made a full" in scalar(
-        demo.conn, "SELECT output FROM pggit.backup_jobs WHERE job_id = %s", (job_id,))
+        demo.conn, "SELECT output FROM pggit.backup_jobs WHERE job_id = %s", (job_id,)
+    )
     assert (demo.cluster.dir / "repo2" / "backup" / "demo" / meta["label"]).is_dir()
 
 
@@ -187,7 +195,9 @@ def test_backup_restored_with_restore_argv_starts_and_holds_the_same_orders(demo
         as_postgres(restore_argv(tool, row["location"], str(target)))
         with open(target / "postgresql.auto.conf", "a") as auto:
             auto.write(f"port = {port}\nunix_socket_directories = '{demo.cluster.socket_dir}'\n")
-        as_postgres([str(BIN / "pg_ctl"), "-D", str(target), "-l", str(demo.cluster.dir / "restored.log"), "-w", "start"])
+        as_postgres(
+            [str(BIN / "pg_ctl"), "-D", str(target), "-l", str(demo.cluster.dir / "restored.log"), "-w", "start"]
+        )
         restored = psycopg2.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres")
         restored.autocommit = True
         try:
@@ -197,8 +207,10 @@ def test_backup_restored_with_restore_argv_starts_and_holds_the_same_orders(demo
         finally:
             restored.close()
     finally:
-        subprocess.run(["runuser", "-u", "postgres", "--", str(BIN / "pg_ctl"), "-D", str(target), "-m", "fast",
-                        "-w", "stop"], capture_output=True)
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(BIN / "pg_ctl"), "-D", str(target), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+        )
         shutil.rmtree(target, ignore_errors=True)
     assert not target.exists()
 
@@ -206,23 +218,35 @@ def test_backup_restored_with_restore_argv_starts_and_holds_the_same_orders(demo
 @pytest.mark.slow
 def test_two_backups_of_one_stanza_queued_together_never_run_at_once(demo, start_service):
     start_service(workers=2)
-    ids = query(demo.conn, "SELECT pggit.backup_pgbackrest('full', 'main', 'demo') AS a, "
-                           "pggit.backup_pgbackrest('full', 'main', 'demo') AS b")[0]
-    jobs = [str(scalar(demo.conn, "SELECT job_id FROM pggit.backup_jobs WHERE backup_id = %s", (b,)))
-            for b in ids.values()]
+    ids = query(
+        demo.conn,
+        "SELECT pggit.backup_pgbackrest('full', 'main', 'demo') AS a, "
+        "pggit.backup_pgbackrest('full', 'main', 'demo') AS b",
+    )[0]
+    jobs = [
+        str(scalar(demo.conn, "SELECT job_id FROM pggit.backup_jobs WHERE backup_id = %s", (b,))) for b in ids.values()
+    ]
     most_running = 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        states = [row["job_state"] for row in query(
-            demo.conn, "SELECT job_state FROM pggit.backup_job_queue WHERE job_id = ANY(%s::uuid[])", (jobs,))]
+        states = [
+            row["job_state"]
+            for row in query(
+                demo.conn, "SELECT job_state FROM pggit.backup_job_queue WHERE job_id = ANY(%s::uuid[])", (jobs,)
+            )
+        ]
         most_running = max(most_running, states.count("in_progress"))
         if all(state in FINAL for state in states):
             break
         time.sleep(0.02)
     assert most_running == 1
-    rows = query(demo.conn, "SELECT j.status, j.started_at, j.completed_at, b.location FROM pggit.backup_jobs j "
-                            "JOIN pggit.backups b USING (backup_id) WHERE j.job_id = ANY(%s::uuid[]) "
-                            "ORDER BY j.started_at", (jobs,))
+    rows = query(
+        demo.conn,
+        "SELECT j.status, j.started_at, j.completed_at, b.location FROM pggit.backup_jobs j "
+        "JOIN pggit.backups b USING (backup_id) WHERE j.job_id = ANY(%s::uuid[]) "
+        "ORDER BY j.started_at",
+        (jobs,),
+    )
     assert [r["status"] for r in rows] == ["completed", "completed"]
     assert rows[1]["started_at"] >= rows[0]["completed_at"], "the second started only after the first ended"
     assert rows[0]["location"] != rows[1]["location"]
@@ -267,7 +291,9 @@ def test_damaged_referenced_full_fails_the_incremental_verification_retryably(de
         assert f"backup {full} is invalid" in row["last_error"] and "checksum invalid: 1" in row["last_error"]
     finally:
         damaged.write_bytes(original)
-    assert completed_backup(demo.conn, backup_id, job_id, INCR_LABEL, retried=True)["metadata"]["prior"].startswith(full)
+    assert completed_backup(demo.conn, backup_id, job_id, INCR_LABEL, retried=True)["metadata"]["prior"].startswith(
+        full
+    )
 
 
 @pytest.mark.slow
@@ -278,29 +304,43 @@ def test_unknown_stanza_fails_permanently_at_once_naming_it_and_stanza_create(de
     assert row["job_state"] == "permanently_failed" and row["attempts"] == row["max_attempts"]
     assert row["last_error"] == (
         f"invalid job: pgBackRest stanza 'nosuchstanza' does not exist in {demo.conf}: run stanza-create "
-        f"(as postgres: {PGBACKREST} --config={demo.conf} --stanza=nosuchstanza stanza-create)")
+        f"(as postgres: {PGBACKREST} --config={demo.conf} --stanza=nosuchstanza stanza-create)"
+    )
     assert backup(demo.conn, backup_id)["status"] == "failed"
 
 
 # -- the adapter's readings, without a cluster ------------------------------------------------
 
+
 def _run(exit_code, stderr=b"", stdout=b""):
-    return RunResult(argv=(PGBACKREST,), exit_code=exit_code, signal=None, timed_out=False, stopped_reason=None,
-                     duration=0.5, timeout=600, stdout=CapturedOutput(head=stdout), stderr=CapturedOutput(head=stderr))
+    return RunResult(
+        argv=(PGBACKREST,),
+        exit_code=exit_code,
+        signal=None,
+        timed_out=False,
+        stopped_reason=None,
+        duration=0.5,
+        timeout=600,
+        stdout=CapturedOutput(head=stdout),
+        stderr=CapturedOutput(head=stderr),
+    )
 
 
 TOOL = replace(default_tool("pgbackrest"), run_as="postgres", config="/etc/pggit/pgbackrest.conf")
 
 
-@pytest.mark.parametrize("code, words, retryable", [
-    (50, "another pgBackRest process holds the stanza lock", True),
-    (56, "cannot connect to PostgreSQL", True),
-    (87, "archive_mode is off: set archive_mode = on", False),
-    (68, "archive_command does not call pgbackrest: set archive_command = 'pgbackrest --stanza=demo", False),
-    (31, "invalid option", False),
-    (32, "bad option value", False),
-    (82, "WAL did not reach the archive in time", True),
-])
+@pytest.mark.parametrize(
+    "code, words, retryable",
+    [
+        (50, "another pgBackRest process holds the stanza lock", True),
+        (56, "cannot connect to PostgreSQL", True),
+        (87, "archive_mode is off: set archive_mode = on", False),
+        (68, "archive_command does not call pgbackrest: set archive_command = 'pgbackrest --stanza=demo", False),
+        (31, "invalid option", False),
+        (32, "bad option value", False),
+        (82, "WAL did not reach the archive in time", True),
+    ],
+)
 def test_known_exit_codes_say_what_to_do_and_whether_a_retry_helps(code, words, retryable):
     message, retry = explain_exit(_run(code, b"ERROR: [%03d]: detail line" % code), "backup", "demo", TOOL)
     assert words in message and f"exit {code}" in message and "detail line" in message
@@ -322,32 +362,49 @@ def test_new_label_is_the_reported_one_among_those_not_seen_before():
 
 
 def test_verify_report_fails_the_backup_when_it_or_its_full_or_wal_is_damaged_not_for_others():
-    report = ("stanza: demo\nstatus: error\n"
-              "  archiveId: 15-1, total WAL checked: 4, total valid WAL: 4\n"
-              "    missing: 0, checksum invalid: 0, size invalid: 0, other: 0\n"
-              "  backup: 20260101-000000F, status: invalid, total files checked: 964, total valid files: 963\n"
-              "    missing: 0, checksum invalid: 1, size invalid: 0, other: 0\n"
-              "  backup: 20260102-000000F, status: valid, total files checked: 964, total valid files: 964\n"
-              "    missing: 0, checksum invalid: 0, size invalid: 0, other: 0\n"
-              "  backup: 20260102-000000F_20260103-000000I, status: valid, total files checked: 9, total valid files: 9\n"
-              "    missing: 0, checksum invalid: 0, size invalid: 0, other: 0\n")
+    report = (
+        "stanza: demo\nstatus: error\n"
+        "  archiveId: 15-1, total WAL checked: 4, total valid WAL: 4\n"
+        "    missing: 0, checksum invalid: 0, size invalid: 0, other: 0\n"
+        "  backup: 20260101-000000F, status: invalid, total files checked: 964, total valid files: 963\n"
+        "    missing: 0, checksum invalid: 1, size invalid: 0, other: 0\n"
+        "  backup: 20260102-000000F, status: valid, total files checked: 964, total valid files: 964\n"
+        "    missing: 0, checksum invalid: 0, size invalid: 0, other: 0\n"
+        "  backup: 20260102-000000F_20260103-000000I, status: valid, total files checked: 9, total valid files: 9\n"
+        "    missing: 0, checksum invalid: 0, size invalid: 0, other: 0\n"
+    )
     ok = judge_verify(report, "20260102-000000F_20260103-000000I", ["20260102-000000F"])
     assert ok["ok"] and "20260101-000000F" in ok["report"]["other_invalid_backups"]
     bad = judge_verify(report, "20260101-000000F_20260103-000000I", ["20260101-000000F"])
     assert not bad["ok"] and "backup 20260101-000000F is invalid" in bad["problem"]
-    wal = judge_verify(report.replace("missing: 0, checksum invalid: 0, size", "missing: 2, checksum invalid: 0, size", 1),
-                       "20260102-000000F", [])
+    wal = judge_verify(
+        report.replace("missing: 0, checksum invalid: 0, size", "missing: 2, checksum invalid: 0, size", 1),
+        "20260102-000000F",
+        [],
+    )
     assert not wal["ok"] and "archive 15-1" in wal["problem"] and "missing: 2" in wal["problem"]
     assert not judge_verify("", "20260102-000000F", [])["ok"]
 
 
 def test_restore_argv_names_the_set_the_target_and_keeps_the_copy_off_the_source_archive():
     argv = restore_argv(TOOL, "pgbackrest://demo/20260102-000000F_20260103-000000I", "/srv/copy/")
-    assert argv == [PGBACKREST, "--config=/etc/pggit/pgbackrest.conf", "--stanza=demo", "--pg1-path=/srv/copy",
-                    "--set=20260102-000000F_20260103-000000I", "--archive-mode=off",
-                    "--tablespace-map-all=/srv/copy.tablespaces", "restore"]
+    assert argv == [
+        PGBACKREST,
+        "--config=/etc/pggit/pgbackrest.conf",
+        "--stanza=demo",
+        "--pg1-path=/srv/copy",
+        "--set=20260102-000000F_20260103-000000I",
+        "--archive-mode=off",
+        "--tablespace-map-all=/srv/copy.tablespaces",
+        "restore",
+    ]
     assert "--repo=2" in restore_argv(TOOL, "pgbackrest://demo/20260102-000000F", "/srv/copy", repo=2)
-    for location in ("pgbackrest://demo", "pgbackrest://demo/latest", "barman://demo/x", "pgbackrest://-x/20260102-000000F"):
+    for location in (
+        "pgbackrest://demo",
+        "pgbackrest://demo/latest",
+        "barman://demo/x",
+        "pgbackrest://-x/20260102-000000F",
+    ):
         with pytest.raises(ValueError):
             parse_location(location)
     with pytest.raises(ValueError):

@@ -18,8 +18,20 @@ from typing import Any, Mapping
 from ..config import ToolConfig
 from ..queue import ClaimedJob
 from ..runner import RunAsError, RunnerError, RunResult
-from .base import (Context, InvalidJob, Invocation, Outcome, failure_from, job_timeout, param_bool, param_choice,
-                   param_text, run_check, spec_params, tool_run)
+from .base import (
+    Context,
+    InvalidJob,
+    Invocation,
+    Outcome,
+    failure_from,
+    job_timeout,
+    param_bool,
+    param_choice,
+    param_text,
+    run_check,
+    spec_params,
+    tool_run,
+)
 
 SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # as pggit._require_name
 RESERVED_SERVERS = ("all", "barman")  # `barman backup all` backs up every server
@@ -34,10 +46,14 @@ QUERY_TIMEOUT = 600.0
 QUERY_OUTPUT_LIMIT = 4 << 20
 LOCATION = re.compile(r"barman://(?P<server>[^/]+)/(?P<backup_id>[^/]+)")
 # What `barman backup` prints when it starts copying; names the backup this run made.
-_STARTED = re.compile(r"Starting backup (?:using \S+ method for server \S+ in \S*/base/|copy via \S+ for )"
-                      r"(\d{8}T\d{6})")
-_NO_CHECKSUM = ("Barman records no checksum of a backup; its integrity is checked with "
-                "barman verify-backup (pg_verifybackup against the backup_manifest)")
+_STARTED = re.compile(
+    r"Starting backup (?:using \S+ method for server \S+ in \S*/base/|copy via \S+ for )"
+    r"(\d{8}T\d{6})"
+)
+_NO_CHECKSUM = (
+    "Barman records no checksum of a backup; its integrity is checked with "
+    "barman verify-backup (pg_verifybackup against the backup_manifest)"
+)
 
 
 class BarmanAdapter:
@@ -49,8 +65,10 @@ class BarmanAdapter:
         before = self._backups(job, ctx, server)
         settings = self._server_settings(job, ctx, server)
         if settings.get("active") is False:
-            raise InvalidJob(f"Barman server {server!r} is inactive (active = false in {_config_name(ctx.tool)}): "
-                             "barman backup skips it; set active = true or schedule another server")
+            raise InvalidJob(
+                f"Barman server {server!r} is inactive (active = false in {_config_name(ctx.tool)}): "
+                "barman backup skips it; set active = true or schedule another server"
+            )
         method = str(settings.get("backup_method") or "rsync")
         argv = _barman(ctx.tool, "backup")
         if wait:
@@ -64,13 +82,23 @@ class BarmanAdapter:
             else:
                 # Barman 3.4 accepts the flag and ignores it (and refuses reuse_backup in the
                 # config file): say so instead of passing an option that does nothing.
-                reuse_note["reason"] = (f"--reuse-backup applies only to backup_method = rsync; server {server!r} "
-                                        f"uses backup_method = {method}, which copies every file (a full backup)")
+                reuse_note["reason"] = (
+                    f"--reuse-backup applies only to backup_method = rsync; server {server!r} "
+                    f"uses backup_method = {method}, which copies every file (a full backup)"
+                )
         argv.append(server)
-        return Invocation(tool_run(ctx, job, argv, {}, cwd="/"), {
-            "server": server, "wait": wait, "before": tuple(sorted(before)), "backup_method": method,
-            "compression": settings.get("backup_compression"), "path_prefix": settings.get("path_prefix"),
-            "reuse_backup": reuse_note})
+        return Invocation(
+            tool_run(ctx, job, argv, {}, cwd="/"),
+            {
+                "server": server,
+                "wait": wait,
+                "before": tuple(sorted(before)),
+                "backup_method": method,
+                "compression": settings.get("backup_compression"),
+                "path_prefix": settings.get("path_prefix"),
+                "reuse_backup": reuse_note,
+            },
+        )
 
     def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
         notes = invocation.notes
@@ -92,21 +120,32 @@ class BarmanAdapter:
         if backup_id is None:
             new = sorted(after - set(notes["before"]))
             return Outcome.failure(
-                f"barman backup {result.summary()} but " + (
+                f"barman backup {result.summary()} but "
+                + (
                     f"several new backups of server {server!r} appeared ({', '.join(new)}): cannot tell which "
-                    "is this job's; another Barman process is backing up the same server" if new else
-                    f"no new backup of server {server!r} is in Barman's catalogue "
-                    f"(is the server disabled in {_config_name(ctx.tool)}?)"))
+                    "is this job's; another Barman process is backing up the same server"
+                    if new
+                    else f"no new backup of server {server!r} is in Barman's catalogue "
+                    f"(is the server disabled in {_config_name(ctx.tool)}?)"
+                )
+            )
         info = self._show_backup(job, ctx, server, backup_id)
         status = info.get("status")
         if status == "FAILED":
-            return Outcome.failure(f"Barman marked backup {backup_id} of server {server!r} FAILED: "
-                                   f"{info.get('error') or 'no reason recorded'}")
+            return Outcome.failure(
+                f"Barman marked backup {backup_id} of server {server!r} FAILED: "
+                f"{info.get('error') or 'no reason recorded'}"
+            )
         if status != "DONE" and (notes["wait"] or status != "WAITING_FOR_WALS"):
             return Outcome.failure(
                 f"backup {backup_id} of server {server!r} is {status} after barman backup"
-                + (" --wait: Barman is still missing WAL between its begin and end; is receive-wal (barman cron) "
-                   "running?" if notes["wait"] else ""))
+                + (
+                    " --wait: Barman is still missing WAL between its begin and end; is receive-wal (barman cron) "
+                    "running?"
+                    if notes["wait"]
+                    else ""
+                )
+            )
         verified, verification = self._verify(job, ctx, server, backup_id, status, notes)
         if verified is None:
             return Outcome.failure(f"verification failed: {verification}", retryable=True)
@@ -123,8 +162,15 @@ class BarmanAdapter:
     def _query(self, job: ClaimedJob, ctx: Context, *args: str, timeout: float = QUERY_TIMEOUT) -> RunResult:
         """`barman [-c CFG] ARGS` as the tool's user, with the worker's lease-renewing tick."""
         try:
-            return run_check(ctx, job, _barman(ctx.tool, *args), {}, cwd="/",
-                             timeout=min(job_timeout(job, ctx.tool), timeout), output_limit=QUERY_OUTPUT_LIMIT)
+            return run_check(
+                ctx,
+                job,
+                _barman(ctx.tool, *args),
+                {},
+                cwd="/",
+                timeout=min(job_timeout(job, ctx.tool), timeout),
+                output_limit=QUERY_OUTPUT_LIMIT,
+            )
         except RunAsError as exc:
             raise InvalidJob(str(exc)) from None
         except RunnerError as exc:
@@ -145,13 +191,17 @@ class BarmanAdapter:
     def _unknown_server(self, job: ClaimedJob, ctx: Context, server: str) -> str:
         listed = _parsed(self._query(job, ctx, "-f", "json", "list-servers")) or {}
         known = sorted(name for name in listed if not name.startswith("_"))
-        return (f"Barman server {server!r} is not configured in {_config_name(ctx.tool)} "
-                f"(known: {', '.join(known) or 'none'})")
+        return (
+            f"Barman server {server!r} is not configured in {_config_name(ctx.tool)} "
+            f"(known: {', '.join(known) or 'none'})"
+        )
 
     def _backups(self, job: ClaimedJob, ctx: Context, server: str) -> set[str]:
         """The server's backup ids, from `barman -f json list-backups --minimal SERVER`."""
-        return {str(backup_id) for backup_id in
-                self._json(job, ctx, server, "list-backups", "--minimal", server).get(server, [])}
+        return {
+            str(backup_id)
+            for backup_id in self._json(job, ctx, server, "list-backups", "--minimal", server).get(server, [])
+        }
 
     def _server_settings(self, job: ClaimedJob, ctx: Context, server: str) -> Mapping[str, Any]:
         return self._json(job, ctx, server, "show-servers", server).get(server, {})
@@ -175,22 +225,28 @@ class BarmanAdapter:
         text = result.stderr.text() + "\n" + result.stdout.text()
         summary = f"barman backup {result.summary()}"
         if result.exit_code == 2:
-            return Outcome.failure(f"{summary}: Barman rejected the command line ({_last_lines(text)}); "
-                                   f"check that {ctx.tool.path} is Barman 3.x", retryable=False)
+            return Outcome.failure(
+                f"{summary}: Barman rejected the command line ({_last_lines(text)}); "
+                f"check that {ctx.tool.path} is Barman 3.x",
+                retryable=False,
+            )
         if result.exit_code != 1:
             return Outcome.failure(failure_from(result, "barman backup"))
         if "Unknown server" in text:
             return Outcome.failure(self._unknown_server(job, ctx, server), retryable=False)
         if "Another backup process is running" in text or "holding the backup lock" in text:
-            return Outcome.failure(f"{summary}: another backup of Barman server {server!r} is running "
-                                   "(Barman's server lock); retrying later")
+            return Outcome.failure(
+                f"{summary}: another backup of Barman server {server!r} is running "
+                "(Barman's server lock); retrying later"
+            )
         if "Impossible to start the backup" in text:
             return Outcome.failure(f"{summary}: barman check {server} fails: {self._failing_checks(job, ctx, server)}")
         failed = re.search(r"Backup failed (.*?)(?:\nDETAILS: (.*))?$", text, re.S)
         if failed:
             details = " | ".join(line.strip() for line in (failed.group(2) or "").strip().splitlines()[:5])
-            return Outcome.failure(f"{summary}: backup failed {failed.group(1).strip()}"
-                                   + (f": {details}" if details else ""))
+            return Outcome.failure(
+                f"{summary}: backup failed {failed.group(1).strip()}" + (f": {details}" if details else "")
+            )
         return Outcome.failure(failure_from(result, "barman backup"))
 
     def _failing_checks(self, job: ClaimedJob, ctx: Context, server: str) -> str:
@@ -198,20 +254,27 @@ class BarmanAdapter:
             answer = (_parsed(self._query(job, ctx, "-f", "json", "check", server)) or {}).get(server, {})
         except (OSError, InvalidJob) as exc:
             return f"(could not run barman check: {exc})"
-        failing = [name.replace("_", " ") + (f" ({check['hint']})" if check.get("hint") else "")
-                   for name, check in sorted(answer.items())
-                   if isinstance(check, dict) and check.get("status") == "FAILED"]
+        failing = [
+            name.replace("_", " ") + (f" ({check['hint']})" if check.get("hint") else "")
+            for name, check in sorted(answer.items())
+            if isinstance(check, dict) and check.get("status") == "FAILED"
+        ]
         return "; ".join(failing) or "no check reports FAILED now (a passing problem?)"
 
-    def _verify(self, job: ClaimedJob, ctx: Context, server: str, backup_id: str, status: str,
-                notes: Mapping[str, Any]) -> tuple[bool | None, str]:
+    def _verify(
+        self, job: ClaimedJob, ctx: Context, server: str, backup_id: str, status: str, notes: Mapping[str, Any]
+    ) -> tuple[bool | None, str]:
         """(True, how) verified; (False, why) not verifiable; (None, what failed) failed."""
         if status != "DONE":
-            return False, (f"not verified: the backup is {status} (wait = false); run barman verify-backup "
-                           f"{server} {backup_id} once Barman has its WAL and marks it DONE")
+            return False, (
+                f"not verified: the backup is {status} (wait = false); run barman verify-backup "
+                f"{server} {backup_id} once Barman has its WAL and marks it DONE"
+            )
         if notes["compression"]:
-            return False, (f"not verified: server {server!r} keeps backups compressed "
-                           f"(backup_compression = {notes['compression']}), and pg_verifybackup reads plain ones only")
+            return False, (
+                f"not verified: server {server!r} keeps backups compressed "
+                f"(backup_compression = {notes['compression']}), and pg_verifybackup reads plain ones only"
+            )
         # verify-backup reads every file: give it the job's whole time, not a query's
         check = self._query(job, ctx, "-f", "json", "verify-backup", server, backup_id, timeout=float("inf"))
         errors = [str(error).strip() for error in (_parsed(check) or {}).get("_ERROR", [])]
@@ -219,42 +282,72 @@ class BarmanAdapter:
             return True, "barman verify-backup (pg_verifybackup of the backup_manifest)"
         detail = " | ".join(errors) or failure_from(check, "barman verify-backup")
         if "pg_verifybackup not found" in detail:
-            return None, (f"Barman cannot find pg_verifybackup (path_prefix = {notes['path_prefix']}); set "
-                          f"path_prefix = /usr/lib/postgresql/<version>/bin in the [{server}] section")
+            return None, (
+                f"Barman cannot find pg_verifybackup (path_prefix = {notes['path_prefix']}); set "
+                f"path_prefix = /usr/lib/postgresql/<version>/bin in the [{server}] section"
+            )
         if re.search(r'backup_manifest".*No such file', detail):
-            return False, (f"not verified: backup {backup_id} has no backup_manifest for pg_verifybackup "
-                           f"(backup_method = {notes['backup_method']}, compression = {notes['compression']}); "
-                           f"barman generate-manifest {server} {backup_id} can make one")
+            return False, (
+                f"not verified: backup {backup_id} has no backup_manifest for pg_verifybackup "
+                f"(backup_method = {notes['backup_method']}, compression = {notes['compression']}); "
+                f"barman generate-manifest {server} {backup_id} can make one"
+            )
         return None, f"barman verify-backup {server} {backup_id} {check.summary()}: {detail}"
 
-    def _success(self, job: ClaimedJob, ctx: Context, notes: Mapping[str, Any], result: RunResult,
-                 backup_id: str, info: Mapping[str, Any], verified: bool, verification: str) -> Outcome:
+    def _success(
+        self,
+        job: ClaimedJob,
+        ctx: Context,
+        notes: Mapping[str, Any],
+        result: RunResult,
+        backup_id: str,
+        info: Mapping[str, Any],
+        verified: bool,
+        verification: str,
+    ) -> Outcome:
         server = notes["server"]
         base = info.get("base_backup_information", {})
         size = int(base.get("disk_usage_bytes", 0))
         compression = notes["compression"]
         metadata: dict[str, Any] = {
-            "barman_server": server, "backup_id": backup_id, "status": info.get("status"),
-            "begin_lsn": base.get("begin_lsn"), "end_lsn": base.get("end_lsn"),
-            "begin_wal": base.get("begin_wal"), "end_wal": base.get("end_wal"), "timeline": base.get("timeline"),
-            "begin_time": base.get("begin_time"), "end_time": base.get("end_time"),
-            "postgresql_version": info.get("postgresql_version"), "barman_version": self._version(job, ctx),
-            "backup_method": notes["backup_method"], "waited_for_wal": notes["wait"],
+            "barman_server": server,
+            "backup_id": backup_id,
+            "status": info.get("status"),
+            "begin_lsn": base.get("begin_lsn"),
+            "end_lsn": base.get("end_lsn"),
+            "begin_wal": base.get("begin_wal"),
+            "end_wal": base.get("end_wal"),
+            "timeline": base.get("timeline"),
+            "begin_time": base.get("begin_time"),
+            "end_time": base.get("end_time"),
+            "postgresql_version": info.get("postgresql_version"),
+            "barman_version": self._version(job, ctx),
+            "backup_method": notes["backup_method"],
+            "waited_for_wal": notes["wait"],
             "disk_usage_with_wals_bytes": base.get("disk_usage_with_wals_bytes"),
-            "checksum_note": _NO_CHECKSUM, "duration_seconds": round(result.duration, 3),
+            "checksum_note": _NO_CHECKSUM,
+            "duration_seconds": round(result.duration, 3),
         }
         metadata["verified_by" if verified else "verification"] = verification
         if notes["reuse_backup"] is not None:
             metadata["reuse_backup"] = dict(notes["reuse_backup"])
         reuse = notes["reuse_backup"] or {}
-        message = (f"barman backup {result.summary()}: {server}/{backup_id} {info.get('status')}, {size} bytes, "
-                   + ("verified" if verified else verification)
-                   + (f"; reuse-backup={reuse['requested']} ignored: {reuse['reason']}" if reuse.get("reason") else ""))
+        message = (
+            f"barman backup {result.summary()}: {server}/{backup_id} {info.get('status')}, {size} bytes, "
+            + ("verified" if verified else verification)
+            + (f"; reuse-backup={reuse['requested']} ignored: {reuse['reason']}" if reuse.get("reason") else "")
+        )
         return Outcome.success(
-            message, location=f"barman://{server}/{backup_id}", backup_size=size,
+            message,
+            location=f"barman://{server}/{backup_id}",
+            backup_size=size,
             # with backup_compression Barman keeps the compressed archive: its size is what it reports
-            compressed_size=size if compression else None, compression_type=compression or "none",
-            checksum=None, verified=verified, metadata=metadata)
+            compressed_size=size if compression else None,
+            compression_type=compression or "none",
+            checksum=None,
+            verified=verified,
+            metadata=metadata,
+        )
 
 
 def restore_argv(tool: ToolConfig, location: str, target_dir: str) -> list[str]:
@@ -291,8 +384,10 @@ class BarmanParams:
     def parse(cls, params: Mapping[str, Any]) -> "BarmanParams":
         server = param_text(params, "server", SERVER_NAME, "a Barman server name: 1-63 letters, digits, _ . -")
         if server.lower() in RESERVED_SERVERS:
-            raise InvalidJob(f"parameter server: {server!r} is reserved by Barman "
-                             f"(allowed: the name of one server section, not {' or '.join(RESERVED_SERVERS)})")
+            raise InvalidJob(
+                f"parameter server: {server!r} is reserved by Barman "
+                f"(allowed: the name of one server section, not {' or '.join(RESERVED_SERVERS)})"
+            )
         reuse = params.get("reuse_backup")
         if reuse is not None:
             reuse = param_choice(params, "reuse_backup", REUSE_MODES)

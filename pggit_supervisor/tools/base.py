@@ -25,12 +25,23 @@ from ..runner import RunResult, RunSpec, run_tool
 # libpq connection keywords and the environment variables that carry them to a tool, so that
 # no password ever appears on a command line (visible in ps to every local user).
 _LIBPQ_ENV = {
-    "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "user": "PGUSER",
-    "password": "PGPASSWORD", "passfile": "PGPASSFILE", "service": "PGSERVICE",
-    "sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT",
-    "sslkey": "PGSSLKEY", "sslcrl": "PGSSLCRL", "connect_timeout": "PGCONNECT_TIMEOUT",
-    "target_session_attrs": "PGTARGETSESSIONATTRS", "gssencmode": "PGGSSENCMODE",
-    "channel_binding": "PGCHANNELBINDING", "application_name": "PGAPPNAME",
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "passfile": "PGPASSFILE",
+    "service": "PGSERVICE",
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcrl": "PGSSLCRL",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "gssencmode": "PGGSSENCMODE",
+    "channel_binding": "PGCHANNELBINDING",
+    "application_name": "PGAPPNAME",
 }
 # What proves who the service is, as opposed to where it connects: a custom command gets these
 # only when its allowed_commands entry says pass_credentials (a service file can hold a password).
@@ -131,12 +142,14 @@ def job_timeout(job: ClaimedJob, tool: ToolConfig) -> float:
     if requested is None:
         return float(tool.timeout)
     if isinstance(requested, bool) or not isinstance(requested, int) or not 1 <= requested <= _MAX_TIMEOUT_SECONDS:
-        raise InvalidJob(f"timeout_seconds {requested!r} is not allowed "
-                         f"(allowed: an integer from 1 to {_MAX_TIMEOUT_SECONDS})")
+        raise InvalidJob(
+            f"timeout_seconds {requested!r} is not allowed (allowed: an integer from 1 to {_MAX_TIMEOUT_SECONDS})"
+        )
     return float(min(requested, tool.timeout))
 
 
 # -- a job's parameters, re-checked: the spec is a row, and rows can be written by hand --------
+
 
 def spec_params(job: ClaimedJob) -> Mapping[str, Any]:
     """The spec's params object; InvalidJob if the spec or its params are not JSON objects."""
@@ -170,8 +183,9 @@ def param_bool(params: Mapping[str, Any], key: str, default: bool) -> bool:
     return value
 
 
-def param_text(params: Mapping[str, Any], key: str, pattern: re.Pattern[str], allowed: str,
-               required: bool = True) -> str | None:
+def param_text(
+    params: Mapping[str, Any], key: str, pattern: re.Pattern[str], allowed: str, required: bool = True
+) -> str | None:
     value = params.get(key)
     if value is None and not required:
         return None
@@ -185,16 +199,26 @@ def param_dir(params: Mapping[str, Any], key: str = "output_dir") -> str:
     characters. Whether it is allowed is the config's business (allowed_output_dir)."""
     value = params.get(key)
     allowed = "an absolute directory path without '..' or control characters"
-    if (not isinstance(value, str) or not value.startswith("/") or len(value) > 4096
-            or ".." in value.split("/") or any(ord(char) < 32 or ord(char) == 127 for char in value)):
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or len(value) > 4096
+        or ".." in value.split("/")
+        or any(ord(char) < 32 or ord(char) == 127 for char in value)
+    ):
         raise InvalidJob(f"parameter {key}: {value!r} is not allowed (allowed: {allowed})")
     return os.path.normpath(value)
 
 
-def tool_run(ctx: Context, job: ClaimedJob, argv: list[str], env: Mapping[str, str],
-             cwd: str | None = None) -> RunSpec:
-    return RunSpec(argv=tuple(argv), env=env, timeout=job_timeout(job, ctx.tool), run_as=ctx.tool.run_as,
-                   cwd=cwd, kill_grace=float(ctx.tool.kill_grace))
+def tool_run(ctx: Context, job: ClaimedJob, argv: list[str], env: Mapping[str, str], cwd: str | None = None) -> RunSpec:
+    return RunSpec(
+        argv=tuple(argv),
+        env=env,
+        timeout=job_timeout(job, ctx.tool),
+        run_as=ctx.tool.run_as,
+        cwd=cwd,
+        kill_grace=float(ctx.tool.kill_grace),
+    )
 
 
 def safe_component(value: Any, limit: int) -> str:
@@ -207,9 +231,13 @@ def backup_stem(job: ClaimedJob, now: datetime) -> str:
     """File name stem of a backup: tool, branch, short commit, UTC time and job id, so that
     two backups started in the same second never collide. Every piece but the time comes
     from the database and is sanitised."""
-    parts = (safe_component(job.tool, 40), safe_component(job.branch_name or "nobranch", 40),
-             safe_component(job.commit_hash or "nocommit", 8), f"{now:%Y%m%dT%H%M%SZ}",
-             safe_component(job.job_id, 8))
+    parts = (
+        safe_component(job.tool, 40),
+        safe_component(job.branch_name or "nobranch", 40),
+        safe_component(job.commit_hash or "nocommit", 8),
+        f"{now:%Y%m%dT%H%M%SZ}",
+        safe_component(job.job_id, 8),
+    )
     return "-".join(parts)
 
 
@@ -243,8 +271,10 @@ def allowed_output_dir(directory: str, tool: ToolConfig) -> str:
         if real == root or real.startswith(root.rstrip("/") + "/"):
             return real
     shown = directory if real == directory else f"{directory} (resolves to {real})"
-    raise InvalidJob(f"output directory {shown} is not under tools.{tool.name}.allowed_output_dirs "
-                     f"(allowed: {', '.join(tool.allowed_output_dirs) or 'none'})")
+    raise InvalidJob(
+        f"output directory {shown} is not under tools.{tool.name}.allowed_output_dirs "
+        f"(allowed: {', '.join(tool.allowed_output_dirs) or 'none'})"
+    )
 
 
 def prepare_output_dir(path: str, tool: ToolConfig) -> None:
@@ -255,11 +285,19 @@ def prepare_output_dir(path: str, tool: ToolConfig) -> None:
     one for a symlink, and root would create and chown a directory wherever it points. So the
     walk goes from / one opened directory at a time, never following a symlink (the checked
     path has none), and creates and chowns each new directory through its descriptor."""
-    root = next((real for real in map(os.path.realpath, tool.allowed_output_dirs)
-                 if path == real or path.startswith(real.rstrip("/") + "/")), None)
+    root = next(
+        (
+            real
+            for real in map(os.path.realpath, tool.allowed_output_dirs)
+            if path == real or path.startswith(real.rstrip("/") + "/")
+        ),
+        None,
+    )
     if root is None:
-        raise InvalidJob(f"output directory {path} is not under tools.{tool.name}.allowed_output_dirs "
-                         f"(allowed: {', '.join(tool.allowed_output_dirs) or 'none'})")
+        raise InvalidJob(
+            f"output directory {path} is not under tools.{tool.name}.allowed_output_dirs "
+            f"(allowed: {', '.join(tool.allowed_output_dirs) or 'none'})"
+        )
     may_create_from = len(_components(os.path.dirname(root)))
     os.close(open_real_dir(path, create_below=may_create_from, owner=tool.run_as))
 
@@ -306,8 +344,10 @@ def open_real_dir(path: str, *, create_below: int | None = None, owner: str | No
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
-                raise InvalidJob(f"{path}: {'/' + '/'.join(parts[:index + 1])} is not a directory "
-                                 "(a symlink or file put there after the path was checked?)") from None
+                raise InvalidJob(
+                    f"{path}: {'/' + '/'.join(parts[: index + 1])} is not a directory "
+                    "(a symlink or file put there after the path was checked?)"
+                ) from None
             os.close(fd)
             fd = next_fd
         return fd
@@ -402,8 +442,7 @@ def failure_from(result: RunResult, what: str) -> str:
     return f"{what} {result.summary()}" + (": " + " | ".join(lines) if lines else "")
 
 
-def run_check(ctx: Context, job: ClaimedJob, argv: list[str], env: Mapping[str, str],
-              **changes: Any) -> RunResult:
+def run_check(ctx: Context, job: ClaimedJob, argv: list[str], env: Mapping[str, str], **changes: Any) -> RunResult:
     """Runs a helper command of a job (pg_restore, pg_verifybackup, `pgbackrest info`, ...) as
     the tool's user, under the job's limits, renewing the lease and telling the supervisor its
     process group. `changes` adjust the RunSpec (e.g. a larger output_limit for JSON listings,

@@ -16,8 +16,10 @@ from .base import Context, InvalidJob, Invocation, Outcome, failure_from, libpq_
 
 # as pggit.enqueue_backup_job checks p_command
 _COMMAND = re.compile(r"[^\x00-\x1f\x7f;|&$`<>\\*?(){}]{1,4096}")
-_COMMAND_ALLOWED = ("one executable and its arguments, at most 4096 characters, without control characters "
-                    "or ; | & $ ` < > \\ * ? ( ) { }")
+_COMMAND_ALLOWED = (
+    "one executable and its arguments, at most 4096 characters, without control characters "
+    "or ; | & $ ` < > \\ * ? ( ) { }"
+)
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,14 @@ class CustomAdapter:
         argv = CustomParams.parse(spec_params(job)).argv
         executable = resolve_allowed(argv[0], ctx.tool.allowed_commands)
         # the DSN's password, a passfile or service file, client certificates: only when asked
-        env = libpq_env(ctx.config.dsn, job.database_name,
-                        credentials=executable in ctx.tool.pass_credentials)
-        env.update(PGGIT_JOB_ID=job.job_id, PGGIT_BACKUP_ID=job.backup_id,
-                   PGGIT_BACKUP_NAME=job.backup_name, PGGIT_COMMIT_HASH=job.commit_hash or "",
-                   PGGIT_BRANCH=job.branch_name or "")
+        env = libpq_env(ctx.config.dsn, job.database_name, credentials=executable in ctx.tool.pass_credentials)
+        env.update(
+            PGGIT_JOB_ID=job.job_id,
+            PGGIT_BACKUP_ID=job.backup_id,
+            PGGIT_BACKUP_NAME=job.backup_name,
+            PGGIT_COMMIT_HASH=job.commit_hash or "",
+            PGGIT_BRANCH=job.branch_name or "",
+        )
         return Invocation(tool_run(ctx, job, [executable, *argv[1:]], env))
 
     def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:

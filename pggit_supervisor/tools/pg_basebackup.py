@@ -16,10 +16,30 @@ from typing import Any, Mapping
 
 from ..queue import ClaimedJob
 from ..runner import RunResult
-from .base import (Context, InvalidJob, Invocation, Outcome, allowed_output_dir, backup_stem, failure_from,
-                   libpq_env, make_scratch_dir, open_real_dir, open_regular, param_choice, param_dir, param_int,
-                   partial_path, prepare_output_dir, run_check, safe_component, sha256_of, spec_params, tool_run,
-                   tree_size)
+from .base import (
+    Context,
+    InvalidJob,
+    Invocation,
+    Outcome,
+    allowed_output_dir,
+    backup_stem,
+    failure_from,
+    libpq_env,
+    make_scratch_dir,
+    open_real_dir,
+    open_regular,
+    param_choice,
+    param_dir,
+    param_int,
+    partial_path,
+    prepare_output_dir,
+    run_check,
+    safe_component,
+    sha256_of,
+    spec_params,
+    tool_run,
+    tree_size,
+)
 
 TAR = "/bin/tar"
 FORMATS = ("plain", "tar")
@@ -46,12 +66,15 @@ class BaseBackupParams:
         fmt = param_choice(params, "format", FORMATS, "plain")
         compression = param_choice(params, "compression", COMPRESSIONS, "none")
         if compression != "none" and fmt != "tar":
-            raise InvalidJob(f"parameter compression: {compression!r} needs the tar format "
-                             "(allowed with format plain: none)")
+            raise InvalidJob(
+                f"parameter compression: {compression!r} needs the tar format (allowed with format plain: none)"
+            )
         level = param_int(params, "compression_level", 1, COMPRESSION_LEVELS.get(compression, 22))
         if level is not None and compression == "none":
-            raise InvalidJob("parameter compression_level: needs a compression method "
-                             "(allowed: gzip, lz4 or zstd with the tar format)")
+            raise InvalidJob(
+                "parameter compression_level: needs a compression method "
+                "(allowed: gzip, lz4 or zstd with the tar format)"
+            )
         checkpoint = param_choice(params, "checkpoint", CHECKPOINTS, "fast")
         return cls(param_dir(params), fmt, compression, level, checkpoint)
 
@@ -98,15 +121,24 @@ class PgBaseBackupAdapter:
         # the label lands in backup_label, a line-based file the server parses: names from the
         # database are kept to one line of plain characters
         label = f"pggit {_LABEL_UNSAFE.sub('_', str(job.backup_name))[:200]} job {safe_component(job.job_id, 64)}"
-        argv = [ctx.tool.path, f"--pgdata={partial}", f"--format={fmt}", "--wal-method=stream",
-                f"--checkpoint={params.checkpoint}", "--manifest-checksums=SHA256",
-                "--no-password", f"--label={label}"]
+        argv = [
+            ctx.tool.path,
+            f"--pgdata={partial}",
+            f"--format={fmt}",
+            "--wal-method=stream",
+            f"--checkpoint={params.checkpoint}",
+            "--manifest-checksums=SHA256",
+            "--no-password",
+            f"--label={label}",
+        ]
         if compression != "none":
             argv.append(f"--compress=client-{compression}" + (f":{level}" if level is not None else ""))
         env = libpq_env(ctx.config.dsn)
         env.pop("PGDATABASE", None)  # a replication connection takes no database
-        return Invocation(tool_run(ctx, job, argv, env, cwd=directory),
-                          {"format": fmt, "final": final, "partial": partial, "compression": compression})
+        return Invocation(
+            tool_run(ctx, job, argv, env, cwd=directory),
+            {"format": fmt, "final": final, "partial": partial, "compression": compression},
+        )
 
     def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
         notes = invocation.notes
@@ -123,14 +155,23 @@ class PgBaseBackupAdapter:
         os.rename(notes["partial"], notes["final"])
         manifest = os.path.join(notes["final"], "backup_manifest")
         metadata: dict[str, Any] = {
-            "directory": notes["final"], "format": notes["format"], "verified_by": how,
-            "duration_seconds": round(result.duration, 3), **_manifest_facts(manifest)}
+            "directory": notes["final"],
+            "format": notes["format"],
+            "verified_by": how,
+            "duration_seconds": round(result.duration, 3),
+            **_manifest_facts(manifest),
+        }
         compressed = notes["compression"] != "none"
         return Outcome.success(
             f"pg_basebackup {result.summary()}, {size} bytes, " + ("verified" if verified else how),
-            backup_size=size, compressed_size=size if compressed else None,
-            compression_type=notes["compression"], checksum=manifest_sum, verified=verified,
-            location=f"file://{notes['final']}", metadata=metadata)
+            backup_size=size,
+            compressed_size=size if compressed else None,
+            compression_type=notes["compression"],
+            checksum=manifest_sum,
+            verified=verified,
+            location=f"file://{notes['final']}",
+            metadata=metadata,
+        )
 
     def discard(self, invocation: Invocation) -> None:
         shutil.rmtree(invocation.notes["partial"], ignore_errors=True)
@@ -148,8 +189,11 @@ class PgBaseBackupAdapter:
         try:
             steps = [extract_argv(os.path.join(partial, base), scratch)]
             if wal:
-                os.close(open_real_dir(os.path.join(scratch, "pg_wal"), create_below=len(scratch.split("/")) - 1,
-                                       owner=ctx.tool.run_as))
+                os.close(
+                    open_real_dir(
+                        os.path.join(scratch, "pg_wal"), create_below=len(scratch.split("/")) - 1, owner=ctx.tool.run_as
+                    )
+                )
                 steps.append(extract_argv(os.path.join(partial, wal), os.path.join(scratch, "pg_wal")))
             for argv in steps:
                 extracted = run_check(ctx, job, argv, {})
@@ -157,14 +201,20 @@ class PgBaseBackupAdapter:
                     if "lz4" in extracted.stderr.text() or "zstd" in extracted.stderr.text():
                         return False, f"not verified: tar cannot extract {base} here ({extracted.summary()})", None
                     return False, "", failure_from(extracted, "extracting the tar backup:")
-            return self._verifybackup(job, ctx, scratch, read_pg_version(scratch),
-                                      [f"--manifest-path={os.path.join(partial, 'backup_manifest')}"])
+            return self._verifybackup(
+                job,
+                ctx,
+                scratch,
+                read_pg_version(scratch),
+                [f"--manifest-path={os.path.join(partial, 'backup_manifest')}"],
+            )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
     @staticmethod
-    def _verifybackup(job: ClaimedJob, ctx: Context, directory: str, version: str,
-                      extra: list[str]) -> tuple[bool, str, str | None]:
+    def _verifybackup(
+        job: ClaimedJob, ctx: Context, directory: str, version: str, extra: list[str]
+    ) -> tuple[bool, str, str | None]:
         tool = os.path.join(pg_bin_dir(version), "pg_verifybackup")
         check = run_check(ctx, job, [tool, *extra, directory], {})
         if check.ok:
@@ -181,7 +231,7 @@ def _manifest_facts(manifest: str) -> dict[str, Any]:
     ranges = data.get("WAL-Ranges") or []
     facts: dict[str, Any] = {"files": len(data.get("Files", []))}
     if ranges:
-        facts.update(timeline=ranges[0].get("Timeline"), start_lsn=ranges[0].get("Start-LSN"),
-                     stop_lsn=ranges[-1].get("End-LSN"))
+        facts.update(
+            timeline=ranges[0].get("Timeline"), start_lsn=ranges[0].get("Start-LSN"), stop_lsn=ranges[-1].get("End-LSN")
+        )
     return facts
-

@@ -18,16 +18,33 @@ from psycopg2 import sql
 
 from ..queue import ClaimedJob
 from ..runner import RunResult
-from .base import (Context, InvalidJob, Invocation, Outcome, allowed_output_dir, backup_stem,
-                   failure_from, libpq_env, open_regular, param_choice, param_dir, param_int, param_text,
-                   partial_path, prepare_output_dir, run_check, sha256_of, spec_params, tool_run)
+from .base import (
+    Context,
+    InvalidJob,
+    Invocation,
+    Outcome,
+    allowed_output_dir,
+    backup_stem,
+    failure_from,
+    libpq_env,
+    open_regular,
+    param_choice,
+    param_dir,
+    param_int,
+    param_text,
+    partial_path,
+    prepare_output_dir,
+    run_check,
+    sha256_of,
+    spec_params,
+    tool_run,
+)
 
 FORMATS = {"custom": ".dump", "directory": "", "tar": ".tar", "plain": ".sql"}
 SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # as pggit.backup_pg_dump's p_schema
 # The snapshot session runs no code but the server's own: policies raise instead of running
 # (row_security = off, as pg_dump does), and only pg_catalog resolves functions and operators.
-SNAPSHOT_OPTIONS = ("-c statement_timeout=120s -c lock_timeout=10s -c row_security=off "
-                    "-c search_path=pg_catalog,pg_temp")
+SNAPSHOT_OPTIONS = "-c statement_timeout=120s -c lock_timeout=10s -c row_security=off -c search_path=pg_catalog,pg_temp"
 _RLS_REFUSED = "would be affected by row-level security policy"
 # Row counts for the restore drill are taken only up to this database size: counting is a full
 # scan of every table, which on a large database would double the backup's I/O.
@@ -52,13 +69,16 @@ class DumpParams:
         fmt = param_choice(params, "format", tuple(FORMATS))
         level = param_int(params, "compression_level", 0, 9)
         if level is not None and fmt == "tar":
-            raise InvalidJob("parameter compression_level: pg_dump cannot compress the tar format "
-                             "(allowed: custom, directory or plain format)")
+            raise InvalidJob(
+                "parameter compression_level: pg_dump cannot compress the tar format "
+                "(allowed: custom, directory or plain format)"
+            )
         jobs = param_int(params, "jobs", 1, 64)
         if jobs is not None and fmt in ("tar", "plain"):
             raise InvalidJob(f"parameter jobs: not possible with the {fmt} format (allowed: directory, custom)")
-        schema = param_text(params, "schema", SCHEMA_NAME, "the exact name of a schema (letters, digits, _)",
-                            required=False)
+        schema = param_text(
+            params, "schema", SCHEMA_NAME, "the exact name of a schema (letters, digits, _)", required=False
+        )
         return cls(fmt, param_dir(params), schema, level, jobs)
 
 
@@ -85,9 +105,17 @@ class PgDumpAdapter:
         run = tool_run(ctx, job, argv, libpq_env(ctx.config.dsn, job.database_name), cwd=directory)
         snapshot = open_snapshot(ctx.config.dsn, job.database_name, params.schema)
         argv.append(f"--snapshot={snapshot.snapshot_id}")
-        return Invocation(replace(run, argv=tuple(argv)),
-                          {"format": fmt, "final": final, "partial": partial, "compression_level": level,
-                           "jobs": params.jobs, "snapshot": snapshot})
+        return Invocation(
+            replace(run, argv=tuple(argv)),
+            {
+                "format": fmt,
+                "final": final,
+                "partial": partial,
+                "compression_level": level,
+                "jobs": params.jobs,
+                "snapshot": snapshot,
+            },
+        )
 
     def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
         notes = invocation.notes
@@ -95,9 +123,12 @@ class PgDumpAdapter:
         if not result.ok:
             self.discard(invocation)
             if _RLS_REFUSED in result.stderr.text():
-                return Outcome.failure(failure_from(result, "pg_dump") + " -- the service's login cannot read "
-                                       "a table with row-level security; pg_dump needs a login with BYPASSRLS "
-                                       "(ALTER ROLE ... BYPASSRLS) to dump all of its rows", retryable=False)
+                return Outcome.failure(
+                    failure_from(result, "pg_dump") + " -- the service's login cannot read "
+                    "a table with row-level security; pg_dump needs a login with BYPASSRLS "
+                    "(ALTER ROLE ... BYPASSRLS) to dump all of its rows",
+                    retryable=False,
+                )
             return Outcome.failure(failure_from(result, "pg_dump"))
         problem = self._verify(job, invocation, ctx)
         if problem:
@@ -107,8 +138,12 @@ class PgDumpAdapter:
         checksum, size, files = sha256_of(notes["partial"], ctx)
         os.rename(notes["partial"], notes["final"])
         compression = _compression(notes["format"], notes["compression_level"])
-        metadata = {"file": notes["final"], "format": notes["format"], "verified_by": self._verifier(notes),
-                    "duration_seconds": round(result.duration, 3)}
+        metadata = {
+            "file": notes["final"],
+            "format": notes["format"],
+            "verified_by": self._verifier(notes),
+            "duration_seconds": round(result.duration, 3),
+        }
         if files:
             metadata["files"] = files
         if notes["jobs"]:
@@ -116,9 +151,14 @@ class PgDumpAdapter:
         metadata.update(notes["snapshot"].facts())
         return Outcome.success(
             f"pg_dump {result.summary()}, {size} bytes, verified",
-            backup_size=size, compressed_size=size if compression != "none" else None,
-            compression_type=compression, checksum=checksum, verified=True, location=f"file://{notes['final']}",
-            metadata=metadata)
+            backup_size=size,
+            compressed_size=size if compression != "none" else None,
+            compression_type=compression,
+            checksum=checksum,
+            verified=True,
+            location=f"file://{notes['final']}",
+            metadata=metadata,
+        )
 
     def discard(self, invocation: Invocation) -> None:
         invocation.notes["snapshot"].close()
@@ -144,8 +184,7 @@ class PgDumpAdapter:
 
 def _check_plain_trailer(path: str, ctx: Context | None = None) -> str | None:
     try:
-        with open_regular(path) as raw, \
-                (gzip.open(raw, "rb") if path.endswith(".gz.partial") else raw) as handle:
+        with open_regular(path) as raw, gzip.open(raw, "rb") if path.endswith(".gz.partial") else raw as handle:
             tail = b""
             while chunk := handle.read(1 << 20):
                 tail = (tail + chunk)[-4096:]
@@ -166,8 +205,14 @@ class Snapshot:
     """A transaction whose snapshot pg_dump shares (--snapshot): the row counts recorded for the
     restore drill are those of exactly the data in the dump. Held open until pg_dump is done."""
 
-    def __init__(self, conn, snapshot_id: str, counts: dict[str, int] | None, skipped: str | None,
-                 uncounted: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        conn,
+        snapshot_id: str,
+        counts: dict[str, int] | None,
+        skipped: str | None,
+        uncounted: dict[str, str] | None = None,
+    ) -> None:
         self.conn = conn
         self.snapshot_id = snapshot_id
         self.counts = counts
@@ -195,24 +240,28 @@ def open_snapshot(dsn: str, dbname: str, schema: str | None) -> Snapshot:
     running its owner's policy functions, and that table is recorded as not counted (with why);
     search_path is pg_catalog only and every name is qualified, so no function, operator or cast
     of another schema is picked. count(*) of a plain table runs nothing else."""
-    conn = psycopg2.connect(dsn, dbname=dbname, application_name="pggit-supervisor snapshot", connect_timeout=10,
-                            options=SNAPSHOT_OPTIONS)
+    conn = psycopg2.connect(
+        dsn, dbname=dbname, application_name="pggit-supervisor snapshot", connect_timeout=10, options=SNAPSHOT_OPTIONS
+    )
     try:
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_catalog.pg_export_snapshot(), "
-                        "pg_catalog.pg_database_size(pg_catalog.current_database())")
+            cur.execute(
+                "SELECT pg_catalog.pg_export_snapshot(), pg_catalog.pg_database_size(pg_catalog.current_database())"
+            )
             snapshot_id, size = cur.fetchone()
             if size > ROW_COUNT_MAX_BYTES:
                 return Snapshot(conn, snapshot_id, None, f"database larger than {ROW_COUNT_MAX_BYTES >> 30} GiB")
-            cur.execute("""SELECT n.nspname::text, c.relname::text
+            cur.execute(
+                """SELECT n.nspname::text, c.relname::text
                              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                             WHERE c.relkind = 'r' AND n.nspname <> ALL (ARRAY['pg_catalog', 'information_schema'])
                               AND pg_catalog.left(n.nspname::text, 3) <> 'pg_'
                               AND (%(schema)s::text IS NULL OR n.nspname::text = %(schema)s::text)
                               AND pg_catalog.has_table_privilege(c.oid, 'SELECT')
                             ORDER BY 1, 2 LIMIT %(limit)s::integer""",
-                        {"schema": schema, "limit": ROW_COUNT_MAX_TABLES + 1})
+                {"schema": schema, "limit": ROW_COUNT_MAX_TABLES + 1},
+            )
             tables = cur.fetchall()
             if len(tables) > ROW_COUNT_MAX_TABLES:
                 return Snapshot(conn, snapshot_id, None, f"more than {ROW_COUNT_MAX_TABLES} tables")
@@ -223,8 +272,11 @@ def open_snapshot(dsn: str, dbname: str, schema: str | None) -> Snapshot:
                 # a savepoint per table: one refused count leaves the snapshot's transaction usable
                 cur.execute("SAVEPOINT count_one")
                 try:
-                    cur.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {}.{}").format(
-                        sql.Identifier(nspname), sql.Identifier(relname)))
+                    cur.execute(
+                        sql.SQL("SELECT pg_catalog.count(*) FROM {}.{}").format(
+                            sql.Identifier(nspname), sql.Identifier(relname)
+                        )
+                    )
                     counts[name] = cur.fetchone()[0]
                     cur.execute("RELEASE SAVEPOINT count_one")
                 except psycopg2.Error as exc:

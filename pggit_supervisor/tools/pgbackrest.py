@@ -19,8 +19,19 @@ from typing import Any, Mapping, Sequence
 from ..config import ToolConfig
 from ..queue import ClaimedJob
 from ..runner import RunAsError, RunnerError, RunResult, ToolStartError
-from .base import (Context, InvalidJob, Invocation, Outcome, failure_from, param_choice, param_int, param_text,
-                   run_check, spec_params, tool_run)
+from .base import (
+    Context,
+    InvalidJob,
+    Invocation,
+    Outcome,
+    failure_from,
+    param_choice,
+    param_int,
+    param_text,
+    run_check,
+    spec_params,
+    tool_run,
+)
 
 TYPES = ("full", "incr", "diff")
 DEFAULT_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
@@ -35,9 +46,11 @@ _VERIFY_BACKUP = re.compile(r"^\s*backup: (\S+), status: ([\w-]+)(.*)$")
 _VERIFY_ARCHIVE = re.compile(r"^\s*archiveId: (\S+),(.*)$")
 _VERIFY_COUNTS = re.compile(r"^\s*missing: (\d+), checksum invalid: (\d+), size invalid: (\d+), other: (\d+)")
 _COMPRESSION = {"gz": "gzip", "bz2": "bzip2", "lz4": "lz4", "zst": "zstd", "none": "none"}
-_CHECKSUM_NOTE = ("pgBackRest keeps a SHA-1 of every file in the backup's manifest; the checksum "
-                  "recorded is the manifest's own checksum (backrest-checksum), which covers them all. "
-                  "It changes if the backup is later annotated (pgbackrest annotate).")
+_CHECKSUM_NOTE = (
+    "pgBackRest keeps a SHA-1 of every file in the backup's manifest; the checksum "
+    "recorded is the manifest's own checksum (backrest-checksum), which covers them all. "
+    "It changes if the backup is later annotated (pgbackrest annotate)."
+)
 
 
 @dataclass(frozen=True)
@@ -52,42 +65,96 @@ class ExitCode:
 # pgBackRest's exit code is its error code (src/build/error/error.yaml).
 EXIT_CODES: Mapping[int, ExitCode] = {
     28: ExitCode("FileInvalidError", "a repository file is invalid (backup.info / archive.info damaged?)", False),
-    31: ExitCode("OptionInvalidError", "invalid option: pgBackRest rejected an option of the command or of "
-                 "{config}; check the [{stanza}] and [global] sections", False),
-    32: ExitCode("OptionInvalidValueError", "bad option value: check the job's type/repo and the values in "
-                 "{config}", False),
-    37: ExitCode("OptionRequiredError", "a required option is missing: is there a [{stanza}] section with "
-                 "pg1-path in {config}?", False),
-    41: ExitCode("FileOpenError", "cannot open a file: {user} must be able to read {config}, the data "
-                 "directory and write the repository, lock-path and log-path", False),
-    44: ExitCode("ArchiveMismatchError", "the stanza's archive does not match this database (a new initdb or "
-                 "a major upgrade?): run pgbackrest --stanza={stanza} stanza-upgrade, or fix pg1-path", False),
+    31: ExitCode(
+        "OptionInvalidError",
+        "invalid option: pgBackRest rejected an option of the command or of "
+        "{config}; check the [{stanza}] and [global] sections",
+        False,
+    ),
+    32: ExitCode(
+        "OptionInvalidValueError", "bad option value: check the job's type/repo and the values in {config}", False
+    ),
+    37: ExitCode(
+        "OptionRequiredError",
+        "a required option is missing: is there a [{stanza}] section with pg1-path in {config}?",
+        False,
+    ),
+    41: ExitCode(
+        "FileOpenError",
+        "cannot open a file: {user} must be able to read {config}, the data "
+        "directory and write the repository, lock-path and log-path",
+        False,
+    ),
+    44: ExitCode(
+        "ArchiveMismatchError",
+        "the stanza's archive does not match this database (a new initdb or "
+        "a major upgrade?): run pgbackrest --stanza={stanza} stanza-upgrade, or fix pg1-path",
+        False,
+    ),
     46: ExitCode("VersionNotSupportedError", "this PostgreSQL version is not supported by this pgBackRest", False),
-    47: ExitCode("PathCreateError", "cannot create a directory: {user} must be able to write the repository, "
-                 "lock-path and log-path", False),
+    47: ExitCode(
+        "PathCreateError",
+        "cannot create a directory: {user} must be able to write the repository, lock-path and log-path",
+        False,
+    ),
     49: ExitCode("HostConnectError", "cannot reach the repository or database host", True),
-    50: ExitCode("LockAcquireError", "another pgBackRest process holds the stanza lock (another backup or "
-                 "expire of stanza '{stanza}' is running); retry later", True),
-    51: ExitCode("BackupMismatchError", "the stanza's backup history does not match this database: run "
-                 "pgbackrest --stanza={stanza} stanza-upgrade, or fix pg1-path", False),
-    55: ExitCode("FileMissingError", "a file pgBackRest needs is missing: {config} itself, or the stanza's "
-                 "archive.info/backup.info (run pgbackrest --stanza={stanza} stanza-create)", False),
-    56: ExitCode("DbConnectError", "cannot connect to PostgreSQL: is the server running, and are pg1-port / "
-                 "pg1-socket-path in {config} right? {user} must be a database superuser role", True),
+    50: ExitCode(
+        "LockAcquireError",
+        "another pgBackRest process holds the stanza lock (another backup or "
+        "expire of stanza '{stanza}' is running); retry later",
+        True,
+    ),
+    51: ExitCode(
+        "BackupMismatchError",
+        "the stanza's backup history does not match this database: run "
+        "pgbackrest --stanza={stanza} stanza-upgrade, or fix pg1-path",
+        False,
+    ),
+    55: ExitCode(
+        "FileMissingError",
+        "a file pgBackRest needs is missing: {config} itself, or the stanza's "
+        "archive.info/backup.info (run pgbackrest --stanza={stanza} stanza-create)",
+        False,
+    ),
+    56: ExitCode(
+        "DbConnectError",
+        "cannot connect to PostgreSQL: is the server running, and are pg1-port / "
+        "pg1-socket-path in {config} right? {user} must be a database superuser role",
+        True,
+    ),
     57: ExitCode("DbQueryError", "a query to PostgreSQL failed", True),
-    58: ExitCode("DbMismatchError", "the database does not match the stanza (system id or version): run "
-                 "pgbackrest --stanza={stanza} stanza-upgrade, or fix pg1-path", False),
+    58: ExitCode(
+        "DbMismatchError",
+        "the database does not match the stanza (system id or version): run "
+        "pgbackrest --stanza={stanza} stanza-upgrade, or fix pg1-path",
+        False,
+    ),
     62: ExitCode("StopError", "pgBackRest is stopped for this stanza: run pgbackrest --stanza={stanza} start", True),
     63: ExitCode("TermError", "pgBackRest was terminated by a signal", True),
     64: ExitCode("FileWriteError", "cannot write to the repository (disk full?)", True),
-    68: ExitCode("ArchiveCommandInvalidError", "archive_command does not call pgbackrest: set archive_command = "
-                 "'pgbackrest --stanza={stanza} archive-push %p' (plus --config if needed) and reload", False),
-    82: ExitCode("ArchiveTimeoutError", "WAL did not reach the archive in time: check that archive_command "
-                 "works (pg_stat_archiver.failed_count, the server log) and archive-timeout", True),
-    87: ExitCode("ArchiveDisabledError", "archive_mode is off: set archive_mode = on (needs a restart) and "
-                 "archive_command = 'pgbackrest --stanza={stanza} archive-push %p'", False),
-    88: ExitCode("FileOwnerError", "a file has the wrong owner: run pgBackRest as the cluster's owner "
-                 "(tools.pgbackrest.run_as)", False),
+    68: ExitCode(
+        "ArchiveCommandInvalidError",
+        "archive_command does not call pgbackrest: set archive_command = "
+        "'pgbackrest --stanza={stanza} archive-push %p' (plus --config if needed) and reload",
+        False,
+    ),
+    82: ExitCode(
+        "ArchiveTimeoutError",
+        "WAL did not reach the archive in time: check that archive_command "
+        "works (pg_stat_archiver.failed_count, the server log) and archive-timeout",
+        True,
+    ),
+    87: ExitCode(
+        "ArchiveDisabledError",
+        "archive_mode is off: set archive_mode = on (needs a restart) and "
+        "archive_command = 'pgbackrest --stanza={stanza} archive-push %p'",
+        False,
+    ),
+    88: ExitCode(
+        "FileOwnerError",
+        "a file has the wrong owner: run pgBackRest as the cluster's owner (tools.pgbackrest.run_as)",
+        False,
+    ),
     101: ExitCode("ServiceError", "the repository storage service failed (e.g. an S3 5xx)", True),
     103: ExitCode("RepoInvalidError", "no valid repository: check repo settings in {config} and the job's repo", False),
     105: ExitCode("AccessError", "the repository storage refused access: check its credentials in {config}", False),
@@ -122,15 +189,18 @@ class PgBackRestAdapter:
         code = (entry or {}).get("status", {}).get("code")
         if entry is None or code in (1, 3):  # missing stanza path / missing stanza data
             shown = _config_shown(ctx.tool)
-            raise InvalidJob(f"pgBackRest stanza '{stanza}' does not exist in {shown}: run stanza-create "
-                             f"(as {ctx.tool.run_as or 'the cluster owner'}: "
-                             f"{' '.join(_command(ctx.tool, stanza, None))} stanza-create)")
+            raise InvalidJob(
+                f"pgBackRest stanza '{stanza}' does not exist in {shown}: run stanza-create "
+                f"(as {ctx.tool.run_as or 'the cluster owner'}: "
+                f"{' '.join(_command(ctx.tool, stanza, None))} stanza-create)"
+            )
         argv = _command(ctx.tool, stanza, None) + [f"--type={kind}"]
         argv += [f"--repo={repo}"] if repo is not None else []
         argv += ["--start-fast", "--log-level-console=info", "backup"]
         labels = tuple(backup["label"] for backup in entry.get("backup", []))
-        return Invocation(tool_run(ctx, job, argv, {}),
-                          {"stanza": stanza, "type": kind, "repo": repo, "labels_before": labels})
+        return Invocation(
+            tool_run(ctx, job, argv, {}), {"stanza": stanza, "type": kind, "repo": repo, "labels_before": labels}
+        )
 
     def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
         notes = invocation.notes
@@ -151,11 +221,12 @@ class PgBackRestAdapter:
     def _record(self, job: ClaimedJob, notes: Mapping[str, Any], result: RunResult, ctx: Context) -> Outcome:
         stanza, repo = notes["stanza"], notes["repo"]
         after = self._info(job, ctx, stanza, repo) or {}
-        label = new_label(notes["labels_before"], [b["label"] for b in after.get("backup", [])],
-                          result.stdout.text())
+        label = new_label(notes["labels_before"], [b["label"] for b in after.get("backup", [])], result.stdout.text())
         if label is None:
-            return Outcome.failure(f"pgBackRest backup of stanza '{stanza}' reported success but no new label "
-                                   f"appeared in pgbackrest info ({result.summary()})")
+            return Outcome.failure(
+                f"pgBackRest backup of stanza '{stanza}' reported success but no new label "
+                f"appeared in pgbackrest info ({result.summary()})"
+            )
         backup = self._backup(job, ctx, stanza, repo, label)
         manifest = self._manifest(job, ctx, stanza, repo, label)
         verification = self._verify(job, ctx, stanza, repo, backup)
@@ -166,37 +237,56 @@ class PgBackRestAdapter:
         repository = info.get("repository", {})
         made = backup.get("type")
         metadata = {
-            "stanza": stanza, "label": label, "type": made, "requested_type": notes["type"],
-            "prior": backup.get("prior"), "reference": backup.get("reference"),
+            "stanza": stanza,
+            "label": label,
+            "type": made,
+            "requested_type": notes["type"],
+            "prior": backup.get("prior"),
+            "reference": backup.get("reference"),
             "timestamp_start": _iso(backup.get("timestamp", {}).get("start")),
             "timestamp_stop": _iso(backup.get("timestamp", {}).get("stop")),
-            "lsn_start": backup.get("lsn", {}).get("start"), "lsn_stop": backup.get("lsn", {}).get("stop"),
-            "wal_start": backup.get("archive", {}).get("start"), "wal_stop": backup.get("archive", {}).get("stop"),
+            "lsn_start": backup.get("lsn", {}).get("start"),
+            "lsn_stop": backup.get("lsn", {}).get("stop"),
+            "wal_start": backup.get("archive", {}).get("start"),
+            "wal_stop": backup.get("archive", {}).get("stop"),
             "repo": backup.get("database", {}).get("repo-key", repo),
             "backrest_version": backup.get("backrest", {}).get("version"),
             # database_*: uncompressed; repository_*: as stored. *_backup_size: this backup's own
             # files; the others include what it references in earlier backups.
-            "database_size": info.get("size"), "database_backup_size": info.get("delta"),
-            "repository_size": repository.get("size"), "repository_backup_size": repository.get("delta"),
-            "compress_type": manifest.get("compress_type"), "page_checksum_errors": bool(backup.get("error")),
-            "checksum_note": _CHECKSUM_NOTE if manifest.get("checksum") else
-            f"no checksum recorded: {manifest.get('problem', 'the manifest has none')}",
-            "verification": verification["report"], "verified": True,
+            "database_size": info.get("size"),
+            "database_backup_size": info.get("delta"),
+            "repository_size": repository.get("size"),
+            "repository_backup_size": repository.get("delta"),
+            "compress_type": manifest.get("compress_type"),
+            "page_checksum_errors": bool(backup.get("error")),
+            "checksum_note": _CHECKSUM_NOTE
+            if manifest.get("checksum")
+            else f"no checksum recorded: {manifest.get('problem', 'the manifest has none')}",
+            "verification": verification["report"],
+            "verified": True,
             "duration_seconds": round(result.duration, 3),
         }
         warnings = [line.strip() for line in result.stderr.text().splitlines() if "WARN:" in line][:10]
         if warnings:
             metadata["warnings"] = warnings  # e.g. "incr backup has been changed to full"
-        promoted = f" ({notes['type']} requested; pgBackRest made a {made}: no prior backup to build on)" \
-            if made != notes["type"] else ""
+        promoted = (
+            f" ({notes['type']} requested; pgBackRest made a {made}: no prior backup to build on)"
+            if made != notes["type"]
+            else ""
+        )
         return Outcome.success(
             f"pgBackRest {made} backup {label} of stanza '{stanza}'{promoted}: {info.get('size')} bytes, "
             f"{repository.get('delta')} stored; {result.summary()}; verified by pgbackrest verify "
             f"({verification['report']['scope']})",
-            backup_size=info.get("size"), compressed_size=repository.get("size"),
-            compression_type=manifest.get("compression_type"), checksum=manifest.get("checksum"),
-            location=f"pgbackrest://{stanza}/{label}", metadata=metadata, verified=True,
-            backup_type=BACKUP_TYPES.get(made, "full"))
+            backup_size=info.get("size"),
+            compressed_size=repository.get("size"),
+            compression_type=manifest.get("compression_type"),
+            checksum=manifest.get("checksum"),
+            location=f"pgbackrest://{stanza}/{label}",
+            metadata=metadata,
+            verified=True,
+            backup_type=BACKUP_TYPES.get(made, "full"),
+        )
 
     # -- pgBackRest's read-only commands, run as run_as under the job's limits -----------------
 
@@ -211,8 +301,9 @@ class PgBackRestAdapter:
             raise PgBackRestError(message, retryable)
         return result
 
-    def _info(self, job: ClaimedJob, ctx: Context, stanza: str, repo: int | None,
-              label: str | None = None) -> dict[str, Any] | None:
+    def _info(
+        self, job: ClaimedJob, ctx: Context, stanza: str, repo: int | None, label: str | None = None
+    ) -> dict[str, Any] | None:
         """The stanza's `info --output=json` entry (of one backup set if `label`), or None if
         pgBackRest does not list the stanza at all."""
         argv = _command(ctx.tool, stanza, repo) + ["--output=json"]
@@ -221,8 +312,10 @@ class PgBackRestAdapter:
         try:
             stanzas = json.loads(output.text())
         except ValueError:
-            raise PgBackRestError(f"pgbackrest info printed no valid JSON ({output.total_bytes} bytes: "
-                                  f"{output.text()[:200]!r})", retryable=True) from None
+            raise PgBackRestError(
+                f"pgbackrest info printed no valid JSON ({output.total_bytes} bytes: {output.text()[:200]!r})",
+                retryable=True,
+            ) from None
         return next((s for s in stanzas if isinstance(s, dict) and s.get("name") == stanza), None)
 
     def _backup(self, job: ClaimedJob, ctx: Context, stanza: str, repo: int | None, label: str) -> dict[str, Any]:
@@ -233,8 +326,7 @@ class PgBackRestAdapter:
             raise PgBackRestError(f"pgbackrest info --set={label} found no such backup ({status})", retryable=True)
         return found[0]
 
-    def _manifest(self, job: ClaimedJob, ctx: Context, stanza: str, repo: int | None,
-                  label: str) -> dict[str, Any]:
+    def _manifest(self, job: ClaimedJob, ctx: Context, stanza: str, repo: int | None, label: str) -> dict[str, Any]:
         """Compression and the manifest checksum, read from the backup's manifest. Optional: a
         repository that cannot serve it leaves both unknown rather than failing the backup."""
         argv = _command(ctx.tool, stanza, repo) + ["repo-get", f"backup/{stanza}/{label}/backup.manifest"]
@@ -242,17 +334,27 @@ class PgBackRestAdapter:
             text = self._run(job, ctx, argv).stdout.text()
         except PgBackRestError as exc:
             return {"problem": f"the manifest could not be read: {exc}"}
-        values = manifest_values(text, {("backup:option", "option-compress-type"),
-                                        ("backup:option", "option-compress"), ("backrest", "backrest-checksum")})
+        values = manifest_values(
+            text,
+            {
+                ("backup:option", "option-compress-type"),
+                ("backup:option", "option-compress"),
+                ("backrest", "backrest-checksum"),
+            },
+        )
         compress = values.get(("backup:option", "option-compress-type"))
         if compress is None and ("backup:option", "option-compress") in values:  # manifests before 2.27
             compress = "gz" if values[("backup:option", "option-compress")] else "none"
         checksum = values.get(("backrest", "backrest-checksum"))
-        return {"compress_type": compress, "compression_type": _COMPRESSION.get(compress) if compress else None,
-                "checksum": f"pgbackrest-manifest-sha1:{checksum}" if checksum else None}
+        return {
+            "compress_type": compress,
+            "compression_type": _COMPRESSION.get(compress) if compress else None,
+            "checksum": f"pgbackrest-manifest-sha1:{checksum}" if checksum else None,
+        }
 
-    def _verify(self, job: ClaimedJob, ctx: Context, stanza: str, repo: int | None,
-                backup: Mapping[str, Any]) -> dict[str, Any]:
+    def _verify(
+        self, job: ClaimedJob, ctx: Context, stanza: str, repo: int | None, backup: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """`pgbackrest verify` of the whole stanza: 2.45's --set is marked internal and ignores an
         unknown label, and verify exits 0 even when it finds damage, so its text report is read."""
         argv = _command(ctx.tool, stanza, repo) + ["--output=text", "--verbose", "verify"]
@@ -328,26 +430,42 @@ def judge_verify(report: str, label: str, references: Sequence[str]) -> dict[str
     if overall is None:
         return {"ok": False, "problem": f"pgbackrest verify printed no report: {report.strip()[:300]!r}"}
     needed = [label] + [ref for ref in references if ref != label]
-    bad = [f"backup {name} is {backups.get(name, 'not reported')}"
-           + (f" ({details[name]})" if name in details else "") for name in needed if backups.get(name) != "valid"]
+    bad = [
+        f"backup {name} is {backups.get(name, 'not reported')}" + (f" ({details[name]})" if name in details else "")
+        for name in needed
+        if backups.get(name) != "valid"
+    ]
     if bad or wal_problems:
         return {"ok": False, "problem": "pgbackrest verify: " + "; ".join(bad + wal_problems)}
-    others = {name: f"{status} ({details[name]})" for name, status in backups.items()
-              if status != "valid" and name not in needed}
-    return {"ok": True, "report": {"tool": "pgbackrest verify", "scope": "whole stanza",
-                                   "why_whole_stanza": "pgBackRest 2.45 marks verify --set internal and ignores an unknown label",
-                                   "stanza_status": overall, "backup_status": backups[label],
-                                   "backup_detail": details[label], "references_valid": needed[1:],
-                                   "other_invalid_backups": others}}
+    others = {
+        name: f"{status} ({details[name]})"
+        for name, status in backups.items()
+        if status != "valid" and name not in needed
+    }
+    return {
+        "ok": True,
+        "report": {
+            "tool": "pgbackrest verify",
+            "scope": "whole stanza",
+            "why_whole_stanza": "pgBackRest 2.45 marks verify --set internal and ignores an unknown label",
+            "stanza_status": overall,
+            "backup_status": backups[label],
+            "backup_detail": details[label],
+            "references_valid": needed[1:],
+            "other_invalid_backups": others,
+        },
+    }
 
 
 def parse_location(location: str) -> tuple[str, str]:
     """(stanza, label) of a `pgbackrest://STANZA/LABEL` location; ValueError otherwise."""
     prefix = "pgbackrest://"
-    stanza, _, label = location[len(prefix):].partition("/") if location.startswith(prefix) else ("", "", "")
+    stanza, _, label = location[len(prefix) :].partition("/") if location.startswith(prefix) else ("", "", "")
     if not _NAME.fullmatch(stanza) or not _LABEL.fullmatch(label):
-        raise ValueError(f"not a pgBackRest backup location: {location!r} "
-                         "(expected pgbackrest://STANZA/LABEL, e.g. pgbackrest://main/20250101-000000F)")
+        raise ValueError(
+            f"not a pgBackRest backup location: {location!r} "
+            "(expected pgbackrest://STANZA/LABEL, e.g. pgbackrest://main/20250101-000000F)"
+        )
     return stanza, label
 
 
@@ -363,8 +481,12 @@ def restore_argv(tool: ToolConfig, location: str, target_dir: str, *, repo: int 
     if not target_dir.startswith("/"):
         raise ValueError(f"restore target must be an absolute directory, got {target_dir!r}")
     target = target_dir.rstrip("/") or "/"
-    argv = _command(tool, stanza, repo) + [f"--pg1-path={target}", f"--set={label}", "--archive-mode=off",
-                                           f"--tablespace-map-all={target}.tablespaces"]
+    argv = _command(tool, stanza, repo) + [
+        f"--pg1-path={target}",
+        f"--set={label}",
+        "--archive-mode=off",
+        f"--tablespace-map-all={target}.tablespaces",
+    ]
     return argv + ["restore"]
 
 

@@ -15,6 +15,7 @@ import psycopg2
 from psycopg2 import sql
 
 from ..queue import ClaimedJob
+
 # restore imports the tools package too: bind the modules, use their names at call time
 from .. import restore, sandbox
 from ..runner import RunResult
@@ -31,8 +32,13 @@ class RestoreTestAdapter:
     def prepare(self, job: ClaimedJob, ctx: Context) -> Invocation:
         params = job.params
         metadata = params.get("backup_metadata")
-        backup = restore.Backup(str(params.get("backup_id")), str(params.get("backup_tool")), "completed",
-                                str(params.get("location", "")), metadata if isinstance(metadata, dict) else {})
+        backup = restore.Backup(
+            str(params.get("backup_id")),
+            str(params.get("backup_tool")),
+            "completed",
+            str(params.get("location", "")),
+            metadata if isinstance(metadata, dict) else {},
+        )
         if backup.tool not in ("pg_dump", "pg_basebackup"):
             raise InvalidJob(f"backup_tool {backup.tool[:40]!r} has no restore drill (allowed: pg_dump, pg_basebackup)")
         try:
@@ -50,8 +56,15 @@ class RestoreTestAdapter:
             sandbox.remove(box)  # nothing half-made stays
             raise
 
-    def _prepare(self, job: ClaimedJob, ctx: Context, backup: "restore.Backup", source: str,
-                 box: "sandbox.Sandbox", notes: dict[str, Any]) -> Invocation:
+    def _prepare(
+        self,
+        job: ClaimedJob,
+        ctx: Context,
+        backup: "restore.Backup",
+        source: str,
+        box: "sandbox.Sandbox",
+        notes: dict[str, Any],
+    ) -> Invocation:
         # The first step copies the backup as the tool's user (who may read it) into the sandbox;
         # the drill user gets that copy and nothing else of the backup directories.
         if backup.tool == "pg_dump":
@@ -73,8 +86,9 @@ class RestoreTestAdapter:
     def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
         try:
             if not result.ok:
-                return Outcome.failure(failure_from(result, "copying the backup into the drill's sandbox:"),
-                                       retryable=False)
+                return Outcome.failure(
+                    failure_from(result, "copying the backup into the drill's sandbox:"), retryable=False
+                )
             notes = invocation.notes
             backup: restore.Backup = notes["backup"]
             try:
@@ -84,8 +98,9 @@ class RestoreTestAdapter:
             except (sandbox.SandboxError, restore.RestoreError) as exc:
                 return Outcome.failure(str(exc), retryable=False)
             except psycopg2.Error as exc:
-                return Outcome.failure("the drill's sandbox refused a query: " + " ".join(str(exc).split()),
-                                       retryable=False)
+                return Outcome.failure(
+                    "the drill's sandbox refused a query: " + " ".join(str(exc).split()), retryable=False
+                )
         finally:
             self.discard(invocation)
 
@@ -104,8 +119,9 @@ class RestoreTestAdapter:
             return Outcome.failure(failure_from(made, "initdb of the drill's sandbox:"), retryable=False)
         started = run_check(ctx, job, box.start_argv(), {}, **as_drill)
         if not started.ok:
-            return Outcome.failure(failure_from(started, "starting the drill's sandbox:") + sandbox.log_tail(box),
-                                   retryable=False)
+            return Outcome.failure(
+                failure_from(started, "starting the drill's sandbox:") + sandbox.log_tail(box), retryable=False
+            )
         sandbox.wait_ready(box, sandbox.SUPERUSER, checkpoint=ctx.checkpoint)
         _prepare_drill_database(box, ctx.config.dsn, backup)
         if "script" in notes:
@@ -125,8 +141,9 @@ class RestoreTestAdapter:
         for argv in notes["steps"]:
             step = run_check(ctx, job, argv, {})
             if not step.ok:
-                return Outcome.failure(failure_from(step, "copying the backup into the drill's sandbox:"),
-                                       retryable=False)
+                return Outcome.failure(
+                    failure_from(step, "copying the backup into the drill's sandbox:"), retryable=False
+                )
         version = _pg_version(box.data)
         box = replace(box, bin_dir=f"/usr/lib/postgresql/{version}/bin")
         sandbox.forget_copied_settings(box.data)
@@ -135,8 +152,9 @@ class RestoreTestAdapter:
         superuser = _bootstrap_superuser(ctx.config.dsn)
         started = run_check(ctx, job, box.start_argv(), {}, run_as=box.user, cwd=box.root)
         if not started.ok:
-            return Outcome.failure(failure_from(started, "starting the restored copy:") + sandbox.log_tail(box),
-                                   retryable=False)
+            return Outcome.failure(
+                failure_from(started, "starting the restored copy:") + sandbox.log_tail(box), retryable=False
+            )
         sandbox.wait_ready(box, superuser, checkpoint=ctx.checkpoint)
         conn = psycopg2.connect(box.dsn(superuser, "postgres"))
         try:
@@ -145,8 +163,10 @@ class RestoreTestAdapter:
                 databases = cur.fetchone()[0]
         finally:
             conn.close()
-        return Outcome.success(f"restored copy started in the drill's sandbox and answered: {databases} databases",
-                               metadata={"kind": "start-and-query", "pg_version": version, "databases": databases})
+        return Outcome.success(
+            f"restored copy started in the drill's sandbox and answered: {databases} databases",
+            metadata={"kind": "start-and-query", "pg_version": version, "databases": databases},
+        )
 
 
 def _prepare_drill_database(box: "sandbox.Sandbox", source_dsn: str, backup: "restore.Backup") -> None:
@@ -155,8 +175,10 @@ def _prepare_drill_database(box: "sandbox.Sandbox", source_dsn: str, backup: "re
     source = psycopg2.connect(source_dsn, connect_timeout=10)
     try:
         with source.cursor() as cur:
-            cur.execute("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' AND rolname <> %s ORDER BY 1",
-                        (sandbox.SUPERUSER,))
+            cur.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' AND rolname <> %s ORDER BY 1",
+                (sandbox.SUPERUSER,),
+            )
             roles = [row[0] for row in cur.fetchall()]
     finally:
         source.close()
@@ -176,22 +198,29 @@ def _check_dump(box: "sandbox.Sandbox", backup: "restore.Backup") -> Outcome:
     expected = backup.metadata.get("row_counts")
     # the restored database is the dump's: a pinned search_path keeps its operators and functions
     # out of our queries (pg_temp is never searched for those), as in the row counts at dump time
-    conn = psycopg2.connect(box.dsn(sandbox.SUPERUSER, DRILL_DATABASE),
-                            options=f"-c statement_timeout={COUNT_TIMEOUT} -c search_path=pg_catalog,pg_temp")
+    conn = psycopg2.connect(
+        box.dsn(sandbox.SUPERUSER, DRILL_DATABASE),
+        options=f"-c statement_timeout={COUNT_TIMEOUT} -c search_path=pg_catalog,pg_temp",
+    )
     try:
         with conn.cursor() as cur:
             cur.execute("""SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')""")
             tables = cur.fetchone()[0]
             if not expected or not isinstance(expected, dict):
-                return Outcome.success(f"restored into the drill's sandbox: {tables} tables (no row counts recorded: "
-                                       f"{backup.metadata.get('row_counts_skipped', 'none')})",
-                                       metadata={"kind": "restore", "tables": tables})
+                return Outcome.success(
+                    f"restored into the drill's sandbox: {tables} tables (no row counts recorded: "
+                    f"{backup.metadata.get('row_counts_skipped', 'none')})",
+                    metadata={"kind": "restore", "tables": tables},
+                )
             differences = []
             for name, count in sorted(expected.items()):
                 schema, _, table = str(name).partition(".")
-                cur.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                            "WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'", (schema, table))
+                cur.execute(
+                    "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'",
+                    (schema, table),
+                )
                 if cur.fetchone() is None:
                     differences.append(f"{name}: missing")
                     continue
@@ -203,8 +232,10 @@ def _check_dump(box: "sandbox.Sandbox", backup: "restore.Backup") -> Outcome:
         conn.close()
     if differences:
         return Outcome.failure("restored data differs from the dump: " + "; ".join(differences[:10]), retryable=False)
-    return Outcome.success(f"restored into the drill's sandbox; row counts of {len(expected)} tables match",
-                           metadata={"kind": "restore-and-count", "tables": tables, "tables_compared": len(expected)})
+    return Outcome.success(
+        f"restored into the drill's sandbox; row counts of {len(expected)} tables match",
+        metadata={"kind": "restore-and-count", "tables": tables, "tables_compared": len(expected)},
+    )
 
 
 def _bootstrap_superuser(dsn: str) -> str:
@@ -220,11 +251,14 @@ def _bootstrap_superuser(dsn: str) -> str:
 
 def _pg_version(data_dir: str) -> str:
     from .pg_basebackup import read_pg_version
+
     try:
         version = read_pg_version(data_dir)
     except (OSError, ValueError) as exc:
         raise sandbox.SandboxError(f"the copied backup has no usable PG_VERSION: {exc}") from None
     if not os.path.isdir(f"/usr/lib/postgresql/{version}/bin"):
-        raise sandbox.SandboxError(f"the backup is of PostgreSQL {version}, whose server binaries "
-                                   f"(/usr/lib/postgresql/{version}/bin) are not installed here")
+        raise sandbox.SandboxError(
+            f"the backup is of PostgreSQL {version}, whose server binaries "
+            f"(/usr/lib/postgresql/{version}/bin) are not installed here"
+        )
     return version
