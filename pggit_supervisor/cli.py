@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from . import __version__, schema
 from .config import Config, ConfigError, config_summary, listener_config, load_config, resolve_config_path
@@ -79,7 +79,7 @@ def _restore(args: argparse.Namespace) -> int:
     directory; for pgBackRest and Barman prints (with --execute runs) the tool's own restore."""
     from . import restore
     from .config import default_tool
-    from .runner import run_tool, RunSpec
+    from .runner import RunSpec, run_tool
     from .tools import barman, pgbackrest
 
     path = resolve_config_path(args.config, os.environ)

@@ -8,8 +8,9 @@ import os
 import shlex
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 import psycopg2

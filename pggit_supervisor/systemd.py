@@ -4,7 +4,7 @@ every call is a silent no-op, so the same code runs under systemd, in a terminal
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import sdnotify
 

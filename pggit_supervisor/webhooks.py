@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import urllib.request
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .log import fields
 

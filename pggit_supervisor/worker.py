@@ -15,8 +15,9 @@ import os
 import select
 import signal
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 import psycopg2
@@ -24,9 +25,9 @@ import psycopg2
 from . import linux, webhooks
 from .config import Config, ToolConfig, default_tool
 from .log import fields
+from .proctree import kill_tree
 from .queue import ClaimedJob, Queue, connect
 from .runner import RunAsError, RunnerError, RunResult, run_tool
-from .proctree import kill_tree
 from .tools import ADAPTERS, Context, InvalidJob, Outcome, adapter_for
 from .tools.base import Stopped
 

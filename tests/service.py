@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import signal as signals  # the Service.signal method shadows the module inside the class
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 import yaml
@@ -66,7 +66,7 @@ class Service:
     def write_config(self, config: dict) -> None:
         self.config_path.write_text(yaml.safe_dump(config))
 
-    def start(self, env: dict[str, str] | None = None, args: list[str] | None = None) -> "Service":
+    def start(self, env: dict[str, str] | None = None, args: list[str] | None = None) -> Service:
         log = open(self.log_path, "ab")
         command = args or [sys.executable, "-m", "pggit_supervisor", "run", "-c", str(self.config_path)]
         self.proc = subprocess.Popen(

@@ -15,9 +15,9 @@ import psutil
 import pytest
 
 from conftest import DRILL_USER, scalar
-from service import Service, wait_for_state, wait_until
 from pggit_supervisor import sandbox
 from pggit_supervisor.runner import RunSpec, run_tool
+from service import Service, wait_for_state, wait_until
 
 
 @pytest.fixture

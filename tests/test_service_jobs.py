@@ -179,7 +179,7 @@ def test_systemd_hears_ready_then_watchdog_pings_then_stopping_last(service_fact
         while time.monotonic() < deadline:
             try:
                 messages.append(listener.recv(4096).decode())
-            except socket.timeout:
+            except TimeoutError:
                 pass
 
     receive_for(3)

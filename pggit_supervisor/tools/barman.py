@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..config import ToolConfig
 from ..queue import ClaimedJob
@@ -381,7 +382,7 @@ class BarmanParams:
     reuse_backup: str | None
 
     @classmethod
-    def parse(cls, params: Mapping[str, Any]) -> "BarmanParams":
+    def parse(cls, params: Mapping[str, Any]) -> BarmanParams:
         server = param_text(params, "server", SERVER_NAME, "a Barman server name: 1-63 letters, digits, _ . -")
         if server.lower() in RESERVED_SERVERS:
             raise InvalidJob(

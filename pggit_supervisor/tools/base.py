@@ -11,10 +11,11 @@ import re
 import secrets
 import shutil
 import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, BinaryIO, Callable, Mapping, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from psycopg2.extensions import parse_dsn
 
@@ -101,11 +102,11 @@ class Outcome:
     facts: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def success(cls, message: str, **facts: Any) -> "Outcome":
+    def success(cls, message: str, **facts: Any) -> Outcome:
         return cls(True, message, False, facts)
 
     @classmethod
-    def failure(cls, message: str, retryable: bool = True) -> "Outcome":
+    def failure(cls, message: str, retryable: bool = True) -> Outcome:
         return cls(False, message, retryable)
 
 

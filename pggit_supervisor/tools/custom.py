@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..queue import ClaimedJob
 from ..runner import RunResult
@@ -30,7 +31,7 @@ class CustomParams:
     argv: tuple[str, ...]
 
     @classmethod
-    def parse(cls, params: Mapping[str, Any]) -> "CustomParams":
+    def parse(cls, params: Mapping[str, Any]) -> CustomParams:
         command = params.get("command")
         if not isinstance(command, str) or not _COMMAND.fullmatch(command):
             raise InvalidJob(f"parameter command: {command!r} is not allowed (allowed: {_COMMAND_ALLOWED})")

@@ -11,8 +11,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..queue import ClaimedJob
 from ..runner import RunResult
@@ -62,7 +63,7 @@ class BaseBackupParams:
     checkpoint: str
 
     @classmethod
-    def parse(cls, params: Mapping[str, Any]) -> "BaseBackupParams":
+    def parse(cls, params: Mapping[str, Any]) -> BaseBackupParams:
         fmt = param_choice(params, "format", FORMATS, "plain")
         compression = param_choice(params, "compression", COMPRESSIONS, "none")
         if compression != "none" and fmt != "tar":

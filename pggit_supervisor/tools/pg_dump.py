@@ -10,8 +10,9 @@ import gzip
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import psycopg2
 from psycopg2 import sql
@@ -65,7 +66,7 @@ class DumpParams:
     jobs: int | None
 
     @classmethod
-    def parse(cls, params: Mapping[str, Any]) -> "DumpParams":
+    def parse(cls, params: Mapping[str, Any]) -> DumpParams:
         fmt = param_choice(params, "format", tuple(FORMATS))
         level = param_int(params, "compression_level", 0, 9)
         if level is not None and fmt == "tar":

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..config import ToolConfig
 from ..queue import ClaimedJob
@@ -500,7 +501,7 @@ class BackRestParams:
     repo: int | None
 
     @classmethod
-    def parse(cls, params: Mapping[str, Any]) -> "BackRestParams":
+    def parse(cls, params: Mapping[str, Any]) -> BackRestParams:
         stanza = param_text(params, "stanza", _NAME, "a pgBackRest stanza name: 1-63 letters, digits, _ . -")
         return cls(stanza, param_choice(params, "type", TYPES), param_int(params, "repo", 1, 256))
 

@@ -14,10 +14,9 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 
-from ..queue import ClaimedJob
-
 # restore imports the tools package too: bind the modules, use their names at call time
 from .. import restore, sandbox
+from ..queue import ClaimedJob
 from ..runner import RunResult
 from .base import Context, InvalidJob, Invocation, Outcome, failure_from, give_to, run_check, tool_run
 
@@ -60,9 +59,9 @@ class RestoreTestAdapter:
         self,
         job: ClaimedJob,
         ctx: Context,
-        backup: "restore.Backup",
+        backup: restore.Backup,
         source: str,
-        box: "sandbox.Sandbox",
+        box: sandbox.Sandbox,
         notes: dict[str, Any],
     ) -> Invocation:
         # The first step copies the backup as the tool's user (who may read it) into the sandbox;
@@ -169,7 +168,7 @@ class RestoreTestAdapter:
         )
 
 
-def _prepare_drill_database(box: "sandbox.Sandbox", source_dsn: str, backup: "restore.Backup") -> None:
+def _prepare_drill_database(box: sandbox.Sandbox, source_dsn: str, backup: restore.Backup) -> None:
     """The drill's database, and every role of the source server as a NOLOGIN role with no
     rights, so that the dump's GRANTs, policies and (plain dumps) OWNER TOs restore."""
     source = psycopg2.connect(source_dsn, connect_timeout=10)
@@ -194,7 +193,7 @@ def _prepare_drill_database(box: "sandbox.Sandbox", source_dsn: str, backup: "re
     restore.prepare_target_database(box.dsn(sandbox.SUPERUSER, DRILL_DATABASE), backup)
 
 
-def _check_dump(box: "sandbox.Sandbox", backup: "restore.Backup") -> Outcome:
+def _check_dump(box: sandbox.Sandbox, backup: restore.Backup) -> Outcome:
     expected = backup.metadata.get("row_counts")
     # the restored database is the dump's: a pinned search_path keeps its operators and functions
     # out of our queries (pg_temp is never searched for those), as in the row counts at dump time
