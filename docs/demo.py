@@ -120,10 +120,10 @@ def show(conn, title: str, sql: str) -> list[dict]:
         columns = list(rows[0].keys())
         cells = [[str(row[c]) if row[c] is not None else "" for c in columns] for row in rows]
         widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-        print(" | ".join(c.ljust(w) for c, w in zip(columns, widths)))
+        print(" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
         print("-+-".join("-" * w for w in widths))
         for r in cells:
-            print(" | ".join(v.ljust(w) for v, w in zip(r, widths)))
+            print(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
     print(f"({len(rows)} rows)")
     return rows
 

@@ -127,10 +127,12 @@ def check_empty_database(dsn: str) -> None:
     try:
         with conn.cursor() as cur:
             cur.execute("""SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                            WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'""")
+                            WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+                              AND n.nspname NOT LIKE 'pg\\_%'""")
             relations = cur.fetchone()[0]
-            cur.execute("""SELECT count(*) FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public')
-                             AND nspname NOT LIKE 'pg\\_%'""")
+            cur.execute("""SELECT count(*) FROM pg_namespace
+                            WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public')
+                              AND nspname NOT LIKE 'pg\\_%'""")
             schemas = cur.fetchone()[0]
             cur.execute("SELECT current_database()")
             name = cur.fetchone()[0]

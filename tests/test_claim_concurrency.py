@@ -28,6 +28,21 @@ def _run_claimers(connect, count, work):
     assert not errors, errors
 
 
+def _claim_at_once(connect, count):
+    """Claims one job from each of `count` connections at once; returns the rows that got one."""
+    winners = []
+    lock = threading.Lock()
+
+    def race(index, conn):
+        row = claim(conn, f"w/{index}")
+        if row is not None:
+            with lock:
+                winners.append(row)
+
+    _run_claimers(connect, count, race)
+    return winners
+
+
 def test_many_jobs_drained_by_eight_connections_are_each_claimed_once(connect, db):
     jobs = {schedule_stanza(db, f"stanza-{i}")[1] for i in range(200)}
     claimed = []
@@ -49,16 +64,7 @@ def test_racing_claims_of_one_target_start_exactly_one_job(connect, db):
     for _ in range(20):
         schedule_stanza(db, "shared")
     for _round in range(5):
-        winners = []
-        lock = threading.Lock()
-
-        def race(index, conn):
-            row = claim(conn, f"w/{index}")
-            if row is not None:
-                with lock:
-                    winners.append(row)
-
-        _run_claimers(connect, 6, race)
+        winners = _claim_at_once(connect, 6)
         assert len(winners) == 1, f"round {_round}: {len(winners)} jobs of one stanza started"
         assert scalar(db, "SELECT count(*) FROM pggit.backup_jobs WHERE status = 'running'") == 1
         winner = winners[0]

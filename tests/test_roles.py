@@ -31,22 +31,24 @@ CUSTOM_CALLS = {
     "enqueue_backup_job": "SELECT pggit.enqueue_backup_job(gen_random_uuid(), 'run.sh', 'custom')",
     "register_backup": "SELECT pggit.register_backup('x-001', 'full', 'custom', 's3://b/x', NULL, 'main')",
 }
+# a well-formed claim token that matches no claim
+NO_TOKEN = "0" * 64
 # Every API entry point, called with arguments valid enough to reach the privilege check.
 API_CALLS = {
     **SCHEDULE_CALLS,
     **CUSTOM_CALLS,
     "get_next_backup_job": "SELECT * FROM pggit.get_next_backup_job('w1')",
     "claim_backup_job": "SELECT * FROM pggit.claim_backup_job('w1')",
-    "heartbeat_backup_job": "SELECT pggit.heartbeat_backup_job(gen_random_uuid(), '0000000000000000000000000000000000000000000000000000000000000000')",
-    "finish_backup_job": "SELECT pggit.finish_backup_job(gen_random_uuid(), '0000000000000000000000000000000000000000000000000000000000000000')",
-    "fail_claimed_backup_job": "SELECT pggit.fail_claimed_backup_job(gen_random_uuid(), '0000000000000000000000000000000000000000000000000000000000000000', 'x')",
+    "heartbeat_backup_job": f"SELECT pggit.heartbeat_backup_job(gen_random_uuid(), '{NO_TOKEN}')",
+    "finish_backup_job": f"SELECT pggit.finish_backup_job(gen_random_uuid(), '{NO_TOKEN}')",
+    "fail_claimed_backup_job": f"SELECT pggit.fail_claimed_backup_job(gen_random_uuid(), '{NO_TOKEN}', 'x')",
     "complete_backup_job": "SELECT pggit.complete_backup_job(gen_random_uuid(), 'ok')",
     "fail_backup_job": "SELECT pggit.fail_backup_job(gen_random_uuid(), 'x')",
-    "release_backup_job": "SELECT pggit.release_backup_job(gen_random_uuid(), '0000000000000000000000000000000000000000000000000000000000000000')",
+    "release_backup_job": f"SELECT pggit.release_backup_job(gen_random_uuid(), '{NO_TOKEN}')",
     "rescue_expired_backup_jobs": "SELECT * FROM pggit.rescue_expired_backup_jobs()",
     "release_worker_backup_jobs": "SELECT * FROM pggit.release_worker_backup_jobs('w1')",
-    "abandon_backup_job": "SELECT pggit.abandon_backup_job(gen_random_uuid(), '0000000000000000000000000000000000000000000000000000000000000000')",
-    "claimed_job_status": "SELECT pggit.claimed_job_status(gen_random_uuid(), '0000000000000000000000000000000000000000000000000000000000000000')",
+    "abandon_backup_job": f"SELECT pggit.abandon_backup_job(gen_random_uuid(), '{NO_TOKEN}')",
+    "claimed_job_status": f"SELECT pggit.claimed_job_status(gen_random_uuid(), '{NO_TOKEN}')",
     "complete_backup": "SELECT pggit.complete_backup(gen_random_uuid())",
     "fail_backup": "SELECT pggit.fail_backup(gen_random_uuid(), 'x')",
     "list_backups": "SELECT * FROM pggit.list_backups()",

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from functools import partial
 
 import psycopg2
 import pytest
@@ -64,7 +65,7 @@ def test_timeout_kills_the_tool_its_child_and_its_setsid_grandchild(service_fact
     pids = pids_of(pid_file)
     assert set(pids) == {"tool", "child", "grandchild"}
     for pid in sum(pids.values(), []):
-        assert wait_until(lambda: gone(pid), 5, f"pid {pid} gone")
+        assert wait_until(partial(gone, pid), 5, f"pid {pid} gone")
 
 
 def test_job_timeout_option_is_capped_by_the_tool_maximum(service_factory, db, tmp_path):
@@ -83,7 +84,7 @@ def test_cancelling_a_running_job_with_the_guides_update_stops_its_tool(service_
     cancelled = time.monotonic()
     db.cursor().execute("UPDATE pggit.backup_jobs SET status = 'cancelled' WHERE job_id = %s", (job_id,))
     for pid in tool_pids:
-        wait_until(lambda: gone(pid), 5, f"tool pid {pid} gone")
+        wait_until(partial(gone, pid), 5, f"tool pid {pid} gone")
     # one heartbeat (0.5 s) plus the kill grace (1 s), with room for a slow machine
     assert time.monotonic() - cancelled < 4
     service.wait_for_log("job stopped: cancelled or no longer held by this worker; nothing reported")
@@ -205,7 +206,7 @@ def test_what_a_finished_tool_left_running_ends_with_its_job(service_factory, db
     pids = pids_of(pid_file)
     assert set(pids) == {"tool", "child", "grandchild"}
     for pid in sum(pids.values(), []):
-        wait_until(lambda: gone(pid), 5, f"pid {pid} gone")
+        wait_until(partial(gone, pid), 5, f"pid {pid} gone")
     service.wait_for_log("ended a process the tool left behind")
 
 

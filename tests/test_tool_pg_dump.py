@@ -28,7 +28,8 @@ TABLE_DIGEST = "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY id)) FROM 
 def orders(db):
     db.cursor().execute("""CREATE TABLE public.orders AS SELECT g AS id, md5(g::text) AS label
                            FROM generate_series(1, 5000) g;
-                           CREATE SCHEMA sales; CREATE TABLE sales.refunds AS SELECT g AS id FROM generate_series(1, 7) g""")
+                           CREATE SCHEMA sales;
+                           CREATE TABLE sales.refunds AS SELECT g AS id FROM generate_series(1, 7) g""")
     return query(db, TABLE_DIGEST)[0]
 
 

@@ -293,5 +293,8 @@ def _why_uncounted(exc: psycopg2.Error) -> str:
     message = ((exc.diag.message_primary or str(exc)).strip().splitlines() or ["no message"])[0][:200]
     # 42501 with SELECT granted (the tables were chosen by has_table_privilege): row security
     if exc.pgcode == "42501" or _RLS_REFUSED in message:
-        return f"row-level security: the policies of its owner would apply to this login, and they are never run ({message})"
+        return (
+            "row-level security: the policies of its owner would apply to this login, "
+            f"and they are never run ({message})"
+        )
     return message
