@@ -48,6 +48,8 @@ def queue_login_warnings(dsn: str) -> list[str]:
     an unreachable database is a note, not a failure: the file itself is valid)."""
     import psycopg2
 
+    from .rows import one_row
+
     try:
         conn = psycopg2.connect(dsn, connect_timeout=5, application_name="pggit-supervisor check-config")
     except psycopg2.Error as exc:
@@ -58,7 +60,7 @@ def queue_login_warnings(dsn: str) -> list[str]:
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT session_user, rolsuper FROM pg_roles WHERE rolname = session_user")
-            user, superuser = cur.fetchone()
+            user, superuser = one_row(cur)
     finally:
         conn.close()
     if not superuser:

@@ -132,6 +132,12 @@ class ToolConfig:
     # that get the DSN's password, PGPASSFILE, PGSERVICEFILE, ...
     pass_credentials: tuple[str, ...] = ()
 
+    def executable(self) -> str:
+        """`path` of a built-in tool, which always has one (only custom has none)."""
+        if self.path is None:
+            raise ValueError(f"tools.{self.name}.path is not set")
+        return self.path
+
 
 @dataclass(frozen=True, eq=False)
 class Tools(Mapping[str, ToolConfig]):
@@ -362,7 +368,7 @@ def _read_mapping(path: str) -> tuple[Mapping[Any, Any], list[str]]:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         what = error.problem or error.context
         if error.problem and error.context and error.context_mark:  # where the construct began
-            what += f" ({error.context} started at line {error.context_mark.line + 1})"
+            what = f"{error.problem} ({error.context} started at line {error.context_mark.line + 1})"
         report.add("(file)", f"YAML syntax error{at}: {what}", "valid YAML")
         raise ConfigError(report.problems) from None
     except yaml.YAMLError as error:
@@ -446,6 +452,8 @@ def _validate(raw: Mapping[Any, Any], report: _Report, *, check_paths: bool, too
             f"{max(5, math.ceil(2 * heartbeat))}-86400 seconds",
         )
     report.raise_if_any()
+    # each check that returns None has reported why, so raise_if_any did not return
+    assert dsn is not None and worker_id is not None and retry is not None and tools is not None
     return Config(
         dsn=dsn,
         worker_id=worker_id,
@@ -525,10 +533,10 @@ def _check_retry(report: _Report, value: Any) -> RetryConfig | None:
     section = report.section("retry", value, _RETRY_KEYS)
     if section is None:
         return None
-    base = DEFAULT_BASE_DELAY
+    base: int | None = DEFAULT_BASE_DELAY
     if "base_delay" in section:
         base = report.integer("retry.base_delay", section["base_delay"], 1, 86400)
-    high = DEFAULT_MAX_DELAY
+    high: int | None = DEFAULT_MAX_DELAY
     if "max_delay" in section:
         high = report.integer("retry.max_delay", section["max_delay"], 1, 604800)
     if base is None or high is None:
@@ -584,17 +592,18 @@ def _check_tool(report: _Report, name: str, settings: Any, kill_grace: int, chec
     if spec.path is not None:
         path = _check_executable(report, f"{prefix}.path", section.get("path", spec.path), check_paths)
     run_as = _check_run_as(report, f"{prefix}.run_as", section.get("run_as"), check_paths)
-    timeout = tool.timeout
+    timeout: int | None = tool.timeout
     if "timeout" in section:
         timeout = report.integer(f"{prefix}.timeout", section["timeout"], 1, _MAX_TOOL_TIMEOUT)
+    grace: int | None = kill_grace
     if "kill_grace" in section:
-        kill_grace = report.integer(f"{prefix}.kill_grace", section["kill_grace"], 1, 600)
+        grace = report.integer(f"{prefix}.kill_grace", section["kill_grace"], 1, 600)
     config = None
     if section.get("config") is not None:
         config = _check_absolute(
             report, f"{prefix}.config", section["config"], "an absolute path to the tool's configuration file"
         )
-    output_dirs = tool.allowed_output_dirs
+    output_dirs: tuple[str, ...] | None = tool.allowed_output_dirs
     if "allowed_output_dirs" in section:
         output_dirs = _check_path_list(
             report,
@@ -612,7 +621,9 @@ def _check_tool(report: _Report, name: str, settings: Any, kill_grace: int, chec
         commands = _check_path_list(
             report, f"{prefix}.allowed_commands", entries, executables=True, check_paths=check_paths
         )
-    if len(report.problems) > problems_before:
+    # every None above was reported, so the count decides; the None tests only narrow the types
+    problems = len(report.problems) > problems_before
+    if problems or timeout is None or grace is None or output_dirs is None or commands is None:
         return None
     return ToolConfig(
         name=name,
@@ -622,7 +633,7 @@ def _check_tool(report: _Report, name: str, settings: Any, kill_grace: int, chec
         config=config,
         allowed_output_dirs=output_dirs,
         allowed_commands=commands,
-        kill_grace=kill_grace,
+        kill_grace=grace,
         pass_credentials=credentials,
     )
 

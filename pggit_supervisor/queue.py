@@ -10,6 +10,9 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extras
+from psycopg2.extensions import connection
+
+from .rows import one_row
 
 READY_CHANNEL = "pggit_backup_job_ready"
 
@@ -46,7 +49,7 @@ class ClaimedJob:
         return self.spec.get("params", {})
 
 
-def connect(dsn: str, application_name: str):
+def connect(dsn: str, application_name: str) -> connection:
     """An autocommit connection with keepalives, so a vanished server is noticed in seconds."""
     conn = psycopg2.connect(
         dsn,
@@ -65,13 +68,13 @@ def connect(dsn: str, application_name: str):
 class Queue:
     """The queue functions, over one worker's connection."""
 
-    def __init__(self, conn) -> None:
+    def __init__(self, conn: connection) -> None:
         self.conn = conn
 
     def _one(self, sql: str, params: Sequence[Any]) -> Any:
         with self.conn.cursor() as cur:
             cur.execute(sql, params)
-            return cur.fetchone()[0]
+            return one_row(cur)[0]
 
     def listen(self) -> None:
         with self.conn.cursor() as cur:

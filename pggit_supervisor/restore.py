@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import psycopg2
 
 from .config import ToolConfig
+from .rows import one_row
 from .runner import RunResult, RunSpec, run_tool
 from .tools.base import give_to, libpq_env
 from .tools.pg_basebackup import TAR, extract_argv, tar_members
@@ -129,13 +130,13 @@ def check_empty_database(dsn: str) -> None:
             cur.execute("""SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
                               AND n.nspname NOT LIKE 'pg\\_%'""")
-            relations = cur.fetchone()[0]
+            relations = one_row(cur)[0]
             cur.execute("""SELECT count(*) FROM pg_namespace
                             WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public')
                               AND nspname NOT LIKE 'pg\\_%'""")
-            schemas = cur.fetchone()[0]
+            schemas = one_row(cur)[0]
             cur.execute("SELECT current_database()")
-            name = cur.fetchone()[0]
+            name = one_row(cur)[0]
     finally:
         conn.close()
     if relations or schemas:
@@ -323,6 +324,7 @@ def restore_basebackup(
         )
         if not result.ok:
             break
+    assert result is not None  # copy_basebackup_steps gives at least one step
     return result
 
 

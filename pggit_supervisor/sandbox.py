@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import psycopg2
 
+from .rows import one_row
 from .runner import RunSpec, run_tool
 
 PREFIX = "pggit-drill-"
@@ -280,7 +281,7 @@ def wait_ready(
             try:
                 with conn.cursor() as cur:
                     cur.execute("SELECT pg_is_in_recovery()")
-                    if not cur.fetchone()[0]:
+                    if not one_row(cur)[0]:
                         return
                     last = "still in recovery"
             finally:

@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
 
 import psutil
 
@@ -80,7 +81,7 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, self._record_signal)
 
-    def _record_signal(self, signum: int, _frame) -> None:
+    def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.signals.append(signum)
         try:
             os.write(self.wake_w, b".")

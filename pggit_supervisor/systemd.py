@@ -14,10 +14,11 @@ class Notifier:
         environ = os.environ if environ is None else environ
         self.enabled = bool(environ.get("NOTIFY_SOCKET"))
         self._notifier = sdnotify.SystemdNotifier() if self.enabled else None
-        usec, pid = environ.get("WATCHDOG_USEC"), environ.get("WATCHDOG_PID")
-        watched = usec and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid()))
+        usec, pid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID")
+        timeout_usec = int(usec) if usec.isdigit() else 0
+        watched = timeout_usec > 0 and (not pid or pid == str(os.getpid()))
         # systemd's advice: ping at half the timeout
-        self.watchdog_interval: float | None = int(usec) / 2e6 if watched else None
+        self.watchdog_interval: float | None = timeout_usec / 2e6 if watched else None
 
     def send(self, *assignments: str) -> None:
         if self._notifier is not None:

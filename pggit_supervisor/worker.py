@@ -52,8 +52,7 @@ class Worker:
         self.tools = sorted(tool for tool in config.tools if tool in ADAPTERS)
         if {"pg_dump", "pg_basebackup"} & set(config.tools):
             self.tools.append("restore_test")  # drills use those tools' sections
-        self.conn = None
-        self.queue: Queue | None = None
+        self.queue: Queue | None = None  # over this worker's connection; None while it has none
         self.stopping = False
         self.aborting = False
         self.claim_lost = False  # set by the running job's heartbeat
@@ -103,17 +102,18 @@ class Worker:
 
     # -- the database -----------------------------------------------------------------------
 
-    def ensure_connected(self) -> bool:
-        if self.conn is not None and not self.conn.closed:
-            return True
+    def ensure_connected(self) -> Queue | None:
+        """The queue over a live connection, or None while the database cannot be reached
+        (the next attempt waits longer after each failure, up to MAX_CONNECT_DELAY)."""
+        if self.queue is not None and not self.queue.conn.closed:
+            return self.queue
         if time.monotonic() < self.next_connect:
-            return False
+            return None
         try:
-            self.conn = connect(self.config.dsn, f"pggit-supervisor {self.name}")
-            self.queue = Queue(self.conn)
+            self.queue = Queue(connect(self.config.dsn, f"pggit-supervisor {self.name}"))
             self.queue.listen()
         except psycopg2.Error as exc:
-            self.conn = self.queue = None
+            self.queue = None
             self.connect_failures += 1
             delay = min(2.0 ** (self.connect_failures - 1), MAX_CONNECT_DELAY)
             self.next_connect = time.monotonic() + delay
@@ -121,23 +121,23 @@ class Worker:
                 "cannot connect to the queue database"
                 + fields(worker=self.name, retry_in=f"{delay:g}s", error=_one_line(exc))
             )
-            return False
+            return None
         if self.ever_connected:
             log.info(
                 "reconnected to the queue database" + fields(worker=self.name, failed_attempts=self.connect_failures)
             )
         self.ever_connected = True
         self.connect_failures = 0
-        return True
+        return self.queue
 
     def lost_connection(self, exc: Exception) -> None:
         log.warning("database call failed" + fields(worker=self.name, error=_one_line(exc)))
-        if self.conn is not None:
+        if self.queue is not None:
             try:
-                self.conn.close()
+                self.queue.conn.close()
             except psycopg2.Error:
                 pass
-        self.conn = self.queue = None
+        self.queue = None
 
     def deliver(
         self, job: ClaimedJob, what: str, call: Callable[[Queue], Any], confirm: Callable[[Queue], bool]
@@ -155,11 +155,12 @@ class Worker:
                     "stopping; the job's lease will return it to the queue" + fields(job=job.job_id, worker=self.name)
                 )
                 return None
-            if self.ensure_connected():
+            queue = self.ensure_connected()
+            if queue is not None:
                 try:
-                    if uncertain and confirm(self.queue):
+                    if uncertain and confirm(queue):
                         return True
-                    return call(self.queue)
+                    return call(queue)
                 except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                     self.lost_connection(exc)
                     uncertain = True
@@ -181,12 +182,13 @@ class Worker:
         log.info("worker started" + fields(worker=self.name, tools=",".join(self.tools) or "-"))
         while not self.done:
             self.beat()
-            if not self.ensure_connected():
+            queue = self.ensure_connected()
+            if queue is None:
                 self.pause(1.0)
                 continue
             try:
                 if self.release_predecessor:
-                    for job_id, state in self.queue.release_worker(
+                    for job_id, state in queue.release_worker(
                         self.name, f"worker {self.name} died while running this job"
                     ):
                         log.warning(
@@ -194,36 +196,36 @@ class Worker:
                             + fields(job=job_id, worker=self.name, state=state)
                         )
                     self.release_predecessor = False
-                self.rescue_if_due()
-                job = self.queue.claim(self.name, self.tools, self.config.lease_seconds)
+                self.rescue_if_due(queue)
+                job = queue.claim(self.name, self.tools, self.config.lease_seconds)
             except psycopg2.Error as exc:
                 self.lost_connection(exc)
                 # a claim may have committed with its reply lost: return what this id holds
                 self.release_predecessor = True
                 continue
             if job is None:
-                self.wait_for_work()
+                self.wait_for_work(queue)
             elif self.done:
                 self.hand_back(job)  # told to stop while the claim was on its way
             else:
                 self.run_job(job)
                 self.end_leftovers(job)
-        if self.conn is not None:
-            self.conn.close()
+        if self.queue is not None:
+            self.queue.conn.close()
         log.info("worker stopped" + fields(worker=self.name))
         return 0
 
-    def rescue_if_due(self) -> None:
+    def rescue_if_due(self, queue: Queue) -> None:
         if time.monotonic() < self.next_rescue:
             return
         self.next_rescue = time.monotonic() + min(self.config.lease_seconds / 2, 30.0)
-        for job_id, worker, state in self.queue.rescue_expired():
+        for job_id, worker, state in queue.rescue_expired():
             log.warning(
                 "lease expired: job returned to the queue"
                 + fields(job=job_id, worker=self.name, lost_by=worker, state=state)
             )
 
-    def wait_for_work(self) -> None:
+    def wait_for_work(self, queue: Queue) -> None:
         """Sleeps until a NOTIFY naming one of our tools or the poll interval, beating every second.
 
         Any login that can connect may NOTIFY the ready channel, so a notification is only a hint:
@@ -238,10 +240,10 @@ class Worker:
             if now >= wake_at:
                 return
             self.beat()
-            readable, _, _ = select.select([self.conn], [], [], min(1.0, wake_at - now))
+            readable, _, _ = select.select([queue.conn], [], [], min(1.0, wake_at - now))
             if readable:
                 try:
-                    woken = self.queue.drain_notifications(self.tools) > 0 or woken
+                    woken = queue.drain_notifications(self.tools) > 0 or woken
                 except psycopg2.Error as exc:
                     self.lost_connection(exc)
                     return
@@ -331,10 +333,11 @@ class Worker:
             if time.monotonic() < next_heartbeat:
                 return None
             next_heartbeat = time.monotonic() + self.config.heartbeat_interval
-            if not self.ensure_connected():
+            queue = self.ensure_connected()
+            if queue is None:
                 return None  # keep the tool running; the result is delivered once the database is back
             try:
-                if not self.queue.heartbeat(job, self.config.lease_seconds):
+                if not queue.heartbeat(job, self.config.lease_seconds):
                     self.claim_lost = True
                     return LOST_CLAIM
             except psycopg2.Error as exc:

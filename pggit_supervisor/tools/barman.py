@@ -397,9 +397,7 @@ class BarmanParams:
 
 def _barman(tool: ToolConfig, *args: str) -> list[str]:
     """`barman [-c CFG] ARGS`: -c and -f are global options, before the sub-command."""
-    if tool.path is None:
-        raise ValueError("tools.barman.path is not set")  # the config loader always sets it
-    return [tool.path, *(["-c", tool.config] if tool.config else []), *args]
+    return [tool.executable(), *(["-c", tool.config] if tool.config else []), *args]
 
 
 def _parsed(result: RunResult) -> dict[str, Any] | None:

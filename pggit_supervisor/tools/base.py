@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Literal, Protocol, overload
 
 from psycopg2.extensions import parse_dsn
 
@@ -184,6 +184,15 @@ def param_bool(params: Mapping[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+# a required parameter is never None: the overloads let the type checker know
+@overload
+def param_text(
+    params: Mapping[str, Any], key: str, pattern: re.Pattern[str], allowed: str, required: Literal[True] = True
+) -> str: ...
+@overload
+def param_text(
+    params: Mapping[str, Any], key: str, pattern: re.Pattern[str], allowed: str, required: bool
+) -> str | None: ...
 def param_text(
     params: Mapping[str, Any], key: str, pattern: re.Pattern[str], allowed: str, required: bool = True
 ) -> str | None:

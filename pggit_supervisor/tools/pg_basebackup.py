@@ -123,7 +123,7 @@ class PgBaseBackupAdapter:
         # database are kept to one line of plain characters
         label = f"pggit {_LABEL_UNSAFE.sub('_', str(job.backup_name))[:200]} job {safe_component(job.job_id, 64)}"
         argv = [
-            ctx.tool.path,
+            ctx.tool.executable(),
             f"--pgdata={partial}",
             f"--format={fmt}",
             "--wal-method=stream",

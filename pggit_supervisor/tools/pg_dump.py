@@ -16,8 +16,10 @@ from typing import Any
 
 import psycopg2
 from psycopg2 import sql
+from psycopg2.extensions import connection
 
 from ..queue import ClaimedJob
+from ..rows import one_row
 from ..runner import RunResult
 from .base import (
     Context,
@@ -95,7 +97,7 @@ class PgDumpAdapter:
         final = os.path.join(directory, backup_stem(job, ctx.now) + suffix)
         partial = partial_path(directory, job, suffix)
 
-        argv = [ctx.tool.path, f"--format={fmt}", f"--file={partial}", "--no-password"]
+        argv = [ctx.tool.executable(), f"--format={fmt}", f"--file={partial}", "--no-password"]
         if params.schema:
             # quoted: pg_dump takes a pattern, and the quotes make it match this exact name
             argv.append(f'--schema="{params.schema}"')
@@ -170,7 +172,7 @@ class PgDumpAdapter:
             os.unlink(partial)
 
     @staticmethod
-    def _verifier(notes) -> str:
+    def _verifier(notes: Mapping[str, Any]) -> str:
         return "plain trailer" if notes["format"] == "plain" else "pg_restore --file=/dev/null"
 
     def _verify(self, job: ClaimedJob, invocation: Invocation, ctx: Context) -> str | None:
@@ -178,7 +180,7 @@ class PgDumpAdapter:
         notes = invocation.notes
         if notes["format"] == "plain":
             return _check_plain_trailer(notes["partial"], ctx)
-        pg_restore = os.path.join(os.path.dirname(ctx.tool.path), "pg_restore")
+        pg_restore = os.path.join(os.path.dirname(ctx.tool.executable()), "pg_restore")
         check = run_check(ctx, job, [pg_restore, "--file=/dev/null", notes["partial"]], {})
         return None if check.ok else failure_from(check, "pg_restore")
 
@@ -196,7 +198,7 @@ def _check_plain_trailer(path: str, ctx: Context | None = None) -> str | None:
     return None if _PLAIN_TRAILER in tail else "the dump does not end with pg_dump's completion line"
 
 
-def _compression(fmt: str, level) -> str:
+def _compression(fmt: str, level: int | None) -> str:
     if fmt == "tar" or level == 0 or (fmt == "plain" and not level):
         return "none"
     return "gzip"
@@ -208,7 +210,7 @@ class Snapshot:
 
     def __init__(
         self,
-        conn,
+        conn: connection,
         snapshot_id: str,
         counts: dict[str, int] | None,
         skipped: str | None,
@@ -250,7 +252,7 @@ def open_snapshot(dsn: str, dbname: str, schema: str | None) -> Snapshot:
             cur.execute(
                 "SELECT pg_catalog.pg_export_snapshot(), pg_catalog.pg_database_size(pg_catalog.current_database())"
             )
-            snapshot_id, size = cur.fetchone()
+            snapshot_id, size = one_row(cur)
             if size > ROW_COUNT_MAX_BYTES:
                 return Snapshot(conn, snapshot_id, None, f"database larger than {ROW_COUNT_MAX_BYTES >> 30} GiB")
             cur.execute(
@@ -278,7 +280,7 @@ def open_snapshot(dsn: str, dbname: str, schema: str | None) -> Snapshot:
                             sql.Identifier(nspname), sql.Identifier(relname)
                         )
                     )
-                    counts[name] = cur.fetchone()[0]
+                    counts[name] = one_row(cur)[0]
                     cur.execute("RELEASE SAVEPOINT count_one")
                 except psycopg2.Error as exc:
                     cur.execute("ROLLBACK TO SAVEPOINT count_one")

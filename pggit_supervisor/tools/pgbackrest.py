@@ -286,7 +286,7 @@ class PgBackRestAdapter:
             location=f"pgbackrest://{stanza}/{label}",
             metadata=metadata,
             verified=True,
-            backup_type=BACKUP_TYPES.get(made, "full"),
+            backup_type=BACKUP_TYPES.get(made, "full") if isinstance(made, str) else "full",
         )
 
     # -- pgBackRest's read-only commands, run as run_as under the job's limits -----------------
@@ -395,7 +395,7 @@ def manifest_values(text: str, wanted: set[tuple[str, str]]) -> dict[tuple[str, 
             section = line[1:-1]
             continue
         key, sep, value = line.partition("=")
-        if sep and (section, key) in wanted:
+        if sep and section is not None and (section, key) in wanted:
             try:
                 found[(section, key)] = json.loads(value)
             except ValueError:
@@ -507,7 +507,7 @@ class BackRestParams:
 
 
 def _command(tool: ToolConfig, stanza: str, repo: int | None) -> list[str]:
-    argv = [tool.path] + ([f"--config={tool.config}"] if tool.config else []) + [f"--stanza={stanza}"]
+    argv = [tool.executable()] + ([f"--config={tool.config}"] if tool.config else []) + [f"--stanza={stanza}"]
     return argv + ([f"--repo={repo}"] if repo is not None else [])
 
 

@@ -17,6 +17,7 @@ from psycopg2 import sql
 # restore imports the tools package too: bind the modules, use their names at call time
 from .. import restore, sandbox
 from ..queue import ClaimedJob
+from ..rows import one_row
 from ..runner import RunResult
 from .base import Context, InvalidJob, Invocation, Outcome, failure_from, give_to, run_check, tool_run
 
@@ -159,7 +160,7 @@ class RestoreTestAdapter:
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT count(*) FROM pg_database WHERE datallowconn")
-                databases = cur.fetchone()[0]
+                databases = one_row(cur)[0]
         finally:
             conn.close()
         return Outcome.success(
@@ -205,7 +206,7 @@ def _check_dump(box: sandbox.Sandbox, backup: restore.Backup) -> Outcome:
         with conn.cursor() as cur:
             cur.execute("""SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')""")
-            tables = cur.fetchone()[0]
+            tables = one_row(cur)[0]
             if not expected or not isinstance(expected, dict):
                 return Outcome.success(
                     f"restored into the drill's sandbox: {tables} tables (no row counts recorded: "
@@ -224,7 +225,7 @@ def _check_dump(box: sandbox.Sandbox, backup: restore.Backup) -> Outcome:
                     differences.append(f"{name}: missing")
                     continue
                 cur.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {}").format(sql.Identifier(schema, table)))
-                restored = cur.fetchone()[0]
+                restored = one_row(cur)[0]
                 if restored != count:
                     differences.append(f"{name}: {count} rows at dump time, {restored} restored")
     finally:
@@ -243,7 +244,7 @@ def _bootstrap_superuser(dsn: str) -> str:
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT rolname FROM pg_roles WHERE oid = 10")
-            return cur.fetchone()[0]
+            return one_row(cur)[0]
     finally:
         conn.close()
 
