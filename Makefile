@@ -1,5 +1,6 @@
 # The commands a newcomer needs: `sh packaging/install-deps.sh` (as root), `make test` and
-# `make demo` (see README.md). `make check` is the quick subset, `make lint` the code checks.
+# `make demo` (see README.md). `make check` is the quick subset, `make lint` the code checks
+# (`make test` runs them first: a finding fails the run before the suite starts).
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -33,7 +34,8 @@ venv: $(VENV)/.installed
 deps:
 	sh packaging/install-deps.sh
 
-test: venv
+# lint is a prerequisite, so it finishes (and must pass) before pytest starts, even under -j
+test: venv lint
 	$(PYTEST) $(PYTEST_ARGS)
 
 check: venv
