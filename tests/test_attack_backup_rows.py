@@ -111,7 +111,10 @@ def test_admin_updating_a_backups_facts_by_hand_is_refused(db, login, assignment
     backup_id, _ = schedule_dump(db)
     before = backup(db, backup_id)
     admin, _ = login(ADMIN)
+    # the admin may UPDATE only backup_name (011); the table's owner meets the trigger's refusal
     error = refused(admin, f"UPDATE pggit.backups SET {assignment} WHERE backup_id = %s", (backup_id,))
+    assert error.pgcode == "42501"
+    error = refused(db, f"UPDATE pggit.backups SET {assignment} WHERE backup_id = %s", (backup_id,))
     assert error.pgcode == "55000"
     assert "pggit.backup_jobs" in error.diag.message_hint, "a backup with a job changes through its job"
     assert backup(db, backup_id) == before
@@ -121,6 +124,9 @@ def test_admin_marking_a_hand_registered_backup_completed_by_update_is_refused(d
     admin, _ = login(ADMIN)
     backup_id = scalar(admin, "SELECT pggit.register_backup('by-hand', 'full', 'custom', 's3://b/x', NULL, 'main')")
     error = refused(admin, "UPDATE pggit.backups SET status = 'completed', verified_at = now() WHERE backup_id = %s",
+                    (backup_id,))
+    assert error.pgcode == "42501"
+    error = refused(db, "UPDATE pggit.backups SET status = 'completed', verified_at = now() WHERE backup_id = %s",
                     (backup_id,))
     assert error.pgcode == "55000" and "pggit.complete_backup" in error.diag.message_hint
     assert backup(db, backup_id)["status"] == "in_progress"
@@ -136,11 +142,13 @@ def test_table_owner_updating_a_backups_facts_without_the_queue_marker_is_refuse
 
 def test_admin_inserting_a_backup_that_is_already_completed_and_verified_is_refused(db, login):
     admin, _ = login(ADMIN)
-    error = refused(admin, """
+    forged = """
         INSERT INTO pggit.backups (backup_name, backup_type, backup_tool, location, branch_name, status,
                                    verified_at, completed_at, backup_size, checksum)
         VALUES ('forged', 'full', 'pg_dump', 'file:///backups/forged.dump', 'main', 'completed',
-                now(), now(), 1000, 'sha256:00')""")
+                now(), now(), 1000, 'sha256:00')"""
+    assert refused(admin, forged).pgcode == "42501"  # 011: register_backup is the way
+    error = refused(db, forged)  # the table's owner meets the trigger
     assert error.pgcode == "55000" and "pggit.register_backup" in error.diag.message_hint
     assert scalar(db, "SELECT count(*) FROM pggit.backups") == 0
 
@@ -154,10 +162,12 @@ def test_admin_inserting_a_backup_that_is_already_completed_and_verified_is_refu
 def test_admin_inserting_a_job_that_is_not_freshly_queued_is_refused(db, login, columns, values):
     admin, _ = login(ADMIN)
     backup_id = scalar(admin, "SELECT pggit.register_backup('custom-1', 'full', 'custom', 's3://b/x', NULL, 'main')")
-    error = refused(admin, f"""
+    forged = f"""
         INSERT INTO pggit.backup_jobs (backup_id, tool, command, spec, {columns})
-        VALUES (%s, 'custom', '/bin/true', '{{"tool": "custom", "params": {{"command": "/bin/true"}}}}', {values})""",
-                    (backup_id,))
+        VALUES (%s, 'custom', '/bin/true', '{{"tool": "custom", "params": {{"command": "/bin/true"}}}}', {values})"""
+    error = refused(admin, forged, (backup_id,))
+    assert error.pgcode == "42501"  # 011: no hand INSERT at all
+    error = refused(db, forged, (backup_id,))  # the table's owner without the marker meets the same checks
     assert error.pgcode == "55000" and "enqueue_backup_job" in error.diag.message_hint
     assert scalar(db, "SELECT count(*) FROM pggit.backup_jobs") == 0
     assert backup(db, backup_id)["status"] == "in_progress"
@@ -166,10 +176,15 @@ def test_admin_inserting_a_job_that_is_not_freshly_queued_is_refused(db, login, 
 def test_admin_inserting_a_second_job_for_a_backup_is_refused(db, login):
     backup_id, _ = schedule_dump(db)
     admin, _ = login(ADMIN)
-    error = refused(admin, """
+    second = """
         INSERT INTO pggit.backup_jobs (backup_id, tool, command, spec)
-        VALUES (%s, 'custom', '/bin/true', '{"tool": "custom", "params": {"command": "/bin/true"}}')""", (backup_id,))
+        VALUES (%s, 'custom', '/bin/true', '{"tool": "custom", "params": {"command": "/bin/true"}}')"""
+    assert refused(admin, second, (backup_id,)).pgcode == "42501"
+    error = refused(db, second, (backup_id,))
     assert error.pgcode == "55000" and "already has a job" in error.diag.message_primary
+    # past every trigger (the owner with the marker): the unique index still holds
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        force(db, second, (backup_id,))
     assert scalar(db, "SELECT count(*) FROM pggit.backup_jobs WHERE backup_id = %s", (backup_id,)) == 1
 
 
