@@ -227,7 +227,7 @@ BEGIN
     IF v_job.job_id IS NOT NULL AND v_job.status = 'completed' AND v_backup.status = 'completed' THEN
         -- claimed_by is NULL only for a job claimed before 009 recorded the claim's login: nobody
         -- knows which login that was, so only an admin records its sizes
-        IF NOT v_admin AND NOT (v_job.claimed_via = 'guide' AND v_job.claimed_by = session_user::text) THEN
+        IF NOT v_admin AND NOT coalesce(v_job.claimed_via = 'guide' AND v_job.claimed_by = session_user::text, false) THEN
             RAISE EXCEPTION 'pggit: backup % was completed by its job %, which login % did not claim with get_next_backup_job',
                     p_backup_id, v_job.job_id, session_user
                 USING ERRCODE = '42501',
