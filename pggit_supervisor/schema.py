@@ -16,6 +16,8 @@ from pathlib import Path
 import psycopg2
 
 BOOTSTRAP = "000_bootstrap.sql"
+# run before the bootstrap on every install: refuses a pggit schema a non-superuser controls
+PREFLIGHT = "preflight.sql"
 _NUMBERED = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 # any constant: serialises concurrent installers on one database
 _LOCK_KEY = 0x70676769_74  # "pggit"
@@ -69,7 +71,10 @@ def installed_versions(conn) -> list[int]:
 
 
 def install(dsn: str, directory: Path | None = None, log=print) -> list[Migration]:
-    """Applies every numbered file not yet recorded; returns the ones applied."""
+    """Applies every numbered file not yet recorded; returns the ones applied.
+
+    The preflight runs first, every time (numbered files run once): a pggit schema whose
+    objects a non-superuser owns or may create is refused before anything is written."""
     directory = directory or schema_dir()
     pending = migrations(directory)
     applied: list[Migration] = []
@@ -80,6 +85,12 @@ def install(dsn: str, directory: Path | None = None, log=print) -> list[Migratio
             cur.execute("SET client_min_messages = warning")
             cur.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         conn.autocommit = False
+        if (directory / PREFLIGHT).is_file():  # the files of an older release have none
+            try:
+                with conn, conn.cursor() as cur:
+                    cur.execute((directory / PREFLIGHT).read_text())
+            except psycopg2.Error as exc:
+                raise SchemaError(f"{directory / PREFLIGHT}: {str(exc).strip()}") from exc
         with conn, conn.cursor() as cur:
             cur.execute((directory / BOOTSTRAP).read_text())
         with conn:

@@ -9,6 +9,8 @@ SET client_min_messages = warning;
 -- one installer at a time (the same key as `pggit-supervisor schema install`)
 SELECT pg_advisory_lock(482771167604) \gset
 
+-- every time, before anything is written: refuses a pggit schema a non-superuser controls
+\ir preflight.sql
 \ir 000_bootstrap.sql
 
 SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 1) AS pggit_apply \gset
@@ -78,6 +80,13 @@ SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 
 \if :pggit_apply
 BEGIN;
 \ir 010_backup_guards.sql
+COMMIT;
+\endif
+
+SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 11) AS pggit_apply \gset
+\if :pggit_apply
+BEGIN;
+\ir 011_hardening.sql
 COMMIT;
 \endif
 

@@ -28,7 +28,10 @@ def backup(conn, backup_id):
 
 
 def force(conn, sql, params=None):
-    """Runs an UPDATE as the queue functions do (past the hand-edit rule): to move time along."""
+    """Runs a statement as the queue functions do (past the hand-edit rules): to move time along,
+    or to forge a job with an INSERT. Test-only: it works because the tests connect as the tables'
+    owner (a superuser), the one role whose marker the triggers accept outside the queue
+    functions; no role granted to a user can do this."""
     with conn.cursor() as cur:
         cur.execute("SET pggit.queue_internal = 'on'")
         try:

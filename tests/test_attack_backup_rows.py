@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 
 import psycopg2
+import psycopg2.extras
 import pytest
 from psycopg2 import sql
 
@@ -111,7 +112,10 @@ def test_admin_updating_a_backups_facts_by_hand_is_refused(db, login, assignment
     backup_id, _ = schedule_dump(db)
     before = backup(db, backup_id)
     admin, _ = login(ADMIN)
+    # the admin may UPDATE only backup_name (011); the table's owner meets the trigger's refusal
     error = refused(admin, f"UPDATE pggit.backups SET {assignment} WHERE backup_id = %s", (backup_id,))
+    assert error.pgcode == "42501"
+    error = refused(db, f"UPDATE pggit.backups SET {assignment} WHERE backup_id = %s", (backup_id,))
     assert error.pgcode == "55000"
     assert "pggit.backup_jobs" in error.diag.message_hint, "a backup with a job changes through its job"
     assert backup(db, backup_id) == before
@@ -121,6 +125,9 @@ def test_admin_marking_a_hand_registered_backup_completed_by_update_is_refused(d
     admin, _ = login(ADMIN)
     backup_id = scalar(admin, "SELECT pggit.register_backup('by-hand', 'full', 'custom', 's3://b/x', NULL, 'main')")
     error = refused(admin, "UPDATE pggit.backups SET status = 'completed', verified_at = now() WHERE backup_id = %s",
+                    (backup_id,))
+    assert error.pgcode == "42501"
+    error = refused(db, "UPDATE pggit.backups SET status = 'completed', verified_at = now() WHERE backup_id = %s",
                     (backup_id,))
     assert error.pgcode == "55000" and "pggit.complete_backup" in error.diag.message_hint
     assert backup(db, backup_id)["status"] == "in_progress"
@@ -136,11 +143,13 @@ def test_table_owner_updating_a_backups_facts_without_the_queue_marker_is_refuse
 
 def test_admin_inserting_a_backup_that_is_already_completed_and_verified_is_refused(db, login):
     admin, _ = login(ADMIN)
-    error = refused(admin, """
+    forged = """
         INSERT INTO pggit.backups (backup_name, backup_type, backup_tool, location, branch_name, status,
                                    verified_at, completed_at, backup_size, checksum)
         VALUES ('forged', 'full', 'pg_dump', 'file:///backups/forged.dump', 'main', 'completed',
-                now(), now(), 1000, 'sha256:00')""")
+                now(), now(), 1000, 'sha256:00')"""
+    assert refused(admin, forged).pgcode == "42501"  # 011: register_backup is the way
+    error = refused(db, forged)  # the table's owner meets the trigger
     assert error.pgcode == "55000" and "pggit.register_backup" in error.diag.message_hint
     assert scalar(db, "SELECT count(*) FROM pggit.backups") == 0
 
@@ -154,10 +163,12 @@ def test_admin_inserting_a_backup_that_is_already_completed_and_verified_is_refu
 def test_admin_inserting_a_job_that_is_not_freshly_queued_is_refused(db, login, columns, values):
     admin, _ = login(ADMIN)
     backup_id = scalar(admin, "SELECT pggit.register_backup('custom-1', 'full', 'custom', 's3://b/x', NULL, 'main')")
-    error = refused(admin, f"""
+    forged = f"""
         INSERT INTO pggit.backup_jobs (backup_id, tool, command, spec, {columns})
-        VALUES (%s, 'custom', '/bin/true', '{{"tool": "custom", "params": {{"command": "/bin/true"}}}}', {values})""",
-                    (backup_id,))
+        VALUES (%s, 'custom', '/bin/true', '{{"tool": "custom", "params": {{"command": "/bin/true"}}}}', {values})"""
+    error = refused(admin, forged, (backup_id,))
+    assert error.pgcode == "42501"  # 011: no hand INSERT at all
+    error = refused(db, forged, (backup_id,))  # the table's owner without the marker meets the same checks
     assert error.pgcode == "55000" and "enqueue_backup_job" in error.diag.message_hint
     assert scalar(db, "SELECT count(*) FROM pggit.backup_jobs") == 0
     assert backup(db, backup_id)["status"] == "in_progress"
@@ -166,10 +177,15 @@ def test_admin_inserting_a_job_that_is_not_freshly_queued_is_refused(db, login, 
 def test_admin_inserting_a_second_job_for_a_backup_is_refused(db, login):
     backup_id, _ = schedule_dump(db)
     admin, _ = login(ADMIN)
-    error = refused(admin, """
+    second = """
         INSERT INTO pggit.backup_jobs (backup_id, tool, command, spec)
-        VALUES (%s, 'custom', '/bin/true', '{"tool": "custom", "params": {"command": "/bin/true"}}')""", (backup_id,))
+        VALUES (%s, 'custom', '/bin/true', '{"tool": "custom", "params": {"command": "/bin/true"}}')"""
+    assert refused(admin, second, (backup_id,)).pgcode == "42501"
+    error = refused(db, second, (backup_id,))
     assert error.pgcode == "55000" and "already has a job" in error.diag.message_primary
+    # past every trigger (the owner with the marker): the unique index still holds
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        force(db, second, (backup_id,))
     assert scalar(db, "SELECT count(*) FROM pggit.backup_jobs WHERE backup_id = %s", (backup_id,)) == 1
 
 
@@ -269,3 +285,133 @@ def test_worker_recording_sizes_on_a_backup_whose_job_another_login_claimed_is_r
     assert error.pgcode == "42501"
     assert backup(db, backup_id)["backup_size"] is None
     assert scalar(host_a, "SELECT pggit.complete_backup(%s, 1000000, 500000, 'gzip')", (backup_id,)) is True
+
+
+# --- 011: hand INSERTs of jobs, hand writes to backups, pre-009 claims, numbers in a spec ---------
+
+def claim_stanza(conn, worker_id):
+    rows = query(conn, "SELECT * FROM pggit.claim_backup_job(%s, ARRAY['pgbackrest'], 600)", (worker_id,))
+    return rows[0] if rows else None
+
+
+def test_admin_inserting_a_pgbackrest_job_without_its_target_cannot_run_it_beside_another_on_the_stanza(db, login):
+    schedule_stanza(db, "ins")
+    host_a, _ = login(WORKER)
+    host_b, _ = login(WORKER)
+    assert claim_stanza(host_a, "host-a") is not None
+    admin, _ = login(ADMIN)
+    backup_id = scalar(admin, "SELECT pggit.register_backup('handmade-ins', 'full', 'pgbackrest', 'pgbackrest://ins')")
+    error = refused(admin, """
+        INSERT INTO pggit.backup_jobs (backup_id, tool, command, spec, target, priority)
+        VALUES (%s, 'pgbackrest', 'pgbackrest --stanza=ins --type=full --start-fast backup',
+                '{"tool": "pgbackrest", "params": {"stanza": "ins", "type": "full"}}', NULL, 0)""", (backup_id,))
+    assert error.pgcode == "42501"
+    assert claim_stanza(host_b, "host-b") is None, "pgBackRest is already backing up stanza ins on host-a"
+    assert scalar(db, "SELECT count(*) FROM pggit.backup_jobs WHERE backup_id = %s", (backup_id,)) == 0
+
+
+@pytest.mark.parametrize("forgery", ["restore_test of another backup", "custom whose command differs from its spec"])
+def test_admin_inserting_a_job_whose_spec_disagrees_with_its_row_is_refused(db, login, forgery):
+    admin, _ = login(ADMIN)
+    if forgery.startswith("restore_test"):
+        tested = scalar(admin, "SELECT pggit.register_backup('tested', 'snapshot', 'pg_dump', '/backups/t.dump')")
+        other = scalar(admin, "SELECT pggit.register_backup('other', 'snapshot', 'pg_dump', '/backups/o.dump')")
+        for backup_id in (tested, other):
+            assert scalar(admin, "SELECT pggit.complete_backup(%s, 1, 1, 'gzip')", (backup_id,)) is True
+        statement = """INSERT INTO pggit.backup_jobs (backup_id, tool, command, spec, target)
+                       VALUES (%s, 'restore_test', 'pggit-supervisor restore-test x',
+                               jsonb_build_object('tool', 'restore_test', 'params', jsonb_build_object(
+                                   'backup_id', %s::text, 'backup_tool', 'pg_dump', 'location', '/backups/o.dump')),
+                               'restore_test:' || %s)"""
+        params = (tested, other, tested)
+    else:
+        tested = scalar(admin, "SELECT pggit.register_backup('custom-x', 'full', 'custom', 's3://b/x')")
+        statement = """INSERT INTO pggit.backup_jobs (backup_id, tool, command, spec)
+                       VALUES (%s, 'custom', 'nightly-backup --to s3://b/x',
+                               '{"tool": "custom", "params": {"command": "exfiltrate --all"}}')"""
+        params = (tested,)
+    assert refused(admin, statement, params).pgcode == "42501"
+    assert scalar(db, "SELECT count(*) FROM pggit.backup_jobs") == 0
+    assert backup(db, tested)["restore_tested_at"] is None
+
+
+@pytest.mark.parametrize("name", ["x\nSTART TIMELINE: 9\n../../etc", "A" * (20 * 1024 * 1024), "../../etc/passwd"],
+                         ids=["newline", "20 MB", "path"])
+def test_admin_renaming_a_backup_to_a_name_register_backup_refuses_is_refused(db, login, name):
+    admin, _ = login(ADMIN)
+    backup_id = scalar(admin, "SELECT pggit.register_backup('ok-name', 'snapshot', 'pg_dump', '/backups/x.dump')")
+    error = refused(admin, "UPDATE pggit.backups SET backup_name = %s WHERE backup_id = %s", (name, backup_id))
+    assert error.pgcode == "22023" and "backup_name" in error.diag.message_primary
+    assert "letters, digits" in error.diag.message_hint
+    assert backup(db, backup_id)["backup_name"] == "ok-name"
+
+
+def test_admin_may_still_rename_a_backup_to_a_valid_name(db, login):
+    admin, _ = login(ADMIN)
+    backup_id = scalar(admin, "SELECT pggit.register_backup('ok-name', 'snapshot', 'pg_dump', '/backups/x.dump')")
+    admin.cursor().execute("UPDATE pggit.backups SET backup_name = 'nightly-2025.01.01' WHERE backup_id = %s", (backup_id,))
+    assert backup(db, backup_id)["backup_name"] == "nightly-2025.01.01"
+
+
+def test_admin_inserting_a_backup_with_a_bad_name_unknown_branch_relative_location_and_20_mb_metadata_is_refused(db, login):
+    admin, _ = login(ADMIN)
+    error = refused(admin, """
+        INSERT INTO pggit.backups (backup_name, backup_type, backup_tool, location, commit_hash, branch_name, metadata)
+        VALUES (E'evil\\nname', 'snapshot', 'pg_dump', 'file:--role=postgres',
+                (SELECT head_commit_hash FROM pggit.branches WHERE name = 'main'), 'no-such-branch',
+                jsonb_build_object('row_counts', '{}'::jsonb, 'pad', repeat('x', 20 * 1024 * 1024)))""")
+    assert error.pgcode == "42501"
+    assert scalar(db, "SELECT count(*) FROM pggit.backups") == 0
+
+
+def test_admin_rewriting_a_number_in_a_queued_jobs_spec_in_another_notation_is_refused(db, login):
+    _, job_id = schedule_dump(db, options='{"compression_level": 9}')
+    before = row_of(db, "pggit.backup_jobs", "job_id", job_id)
+    assert before["spec"]["params"]["compression_level"] == 9
+    admin, _ = login(ADMIN)
+    error = refused(admin, """UPDATE pggit.backup_jobs SET spec = jsonb_set(spec, '{params,compression_level}', '9.000')
+                              WHERE job_id = %s""", (job_id,))
+    assert error.pgcode == "55000" and "spec" in error.diag.message_primary
+    assert scalar(db, "SELECT spec::text FROM pggit.backup_jobs WHERE job_id = %s", (job_id,)) \
+        == scalar(db, "SELECT %s::jsonb::text", (psycopg2.extras.Json(before["spec"]),))
+
+
+def test_after_an_upgrade_from_0_1_0_no_worker_records_sizes_of_a_guide_job_claimed_before_009(empty_db, tmp_path):
+    """0.1.0 did not record which login claimed a job: only an admin may record its sizes."""
+    import shutil
+
+    from pggit_supervisor import schema
+
+    released = tmp_path / "0.1.0"
+    released.mkdir()
+    for migration in schema.migrations():
+        if migration.version <= 8:
+            shutil.copy(migration.path, released)
+    shutil.copy(schema.schema_dir() / schema.BOOTSTRAP, released)
+    schema.install(empty_db, released, log=lambda *_: None)
+    owner = psycopg2.connect(empty_db)
+    owner.autocommit = True
+    names = [f"pggit_atk_{secrets.token_hex(6)}" for _ in range(3)]
+    try:
+        for name, role in zip(names, (WORKER, WORKER, ADMIN)):
+            owner.cursor().execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(role)))
+        host_a, host_b, admin = (psycopg2.connect(empty_db, user=name) for name in names)
+        for conn in (host_a, host_b, admin):
+            conn.autocommit = True
+        backup_id = scalar(owner, "SELECT pggit.backup_pg_dump('main')")
+        job_id = query(host_a, "SELECT * FROM pggit.get_next_backup_job('host-a')")[0]["job_id"]
+        assert scalar(host_a, "SELECT pggit.complete_backup_job(%s, 'ok')", (job_id,)) is True
+        schema.install(empty_db, log=lambda *_: None)
+
+        error = refused(host_b, "SELECT pggit.complete_backup(%s, 1000, 10, 'gzip')", (backup_id,))
+        assert error.pgcode == "42501"
+        assert backup(owner, backup_id)["backup_size"] is None
+        assert scalar(admin, "SELECT pggit.complete_backup(%s, 1000, 10, 'gzip')", (backup_id,)) is True
+        assert backup(owner, backup_id)["backup_size"] == 1000
+        for conn in (host_a, host_b, admin):
+            conn.close()
+    finally:
+        for name in names:
+            owner.cursor().execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            owner.cursor().execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+        owner.close()

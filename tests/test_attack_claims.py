@@ -8,6 +8,7 @@ Each attempt must change nothing; A's own calls keep working afterwards.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import secrets
 import time
@@ -243,3 +244,65 @@ def test_a_burst_of_spoofed_ready_notifications_costs_at_most_one_claim_per_wake
     bound = math.ceil(burst / NOTIFY_MIN_GAP) + 1
     assert 1 <= spent <= bound, f"1000 NOTIFYs over {burst:.2f} s made {spent} claims (at most {bound} allowed)"
     assert query(db, "SELECT * FROM pggit.backup_jobs ORDER BY job_id") == before
+
+
+# --- 011: a worker's location is one its job's tool makes ----------------------------------------
+
+def schedule_barman(db, server):
+    backup_id = scalar(db, "SELECT pggit.backup_barman(%s)", (server,))
+    return backup_id, scalar(db, "SELECT job_id FROM pggit.backup_jobs WHERE backup_id = %s", (backup_id,))
+
+
+def schedule_custom(db):
+    backup_id = scalar(db, "SELECT pggit.register_backup('custom-1', 'full', 'custom', 's3://bucket/custom-1')")
+    return backup_id, scalar(db, "SELECT pggit.enqueue_backup_job(%s, 'nightly-backup --to s3', 'custom')", (backup_id,))
+
+
+SCHEDULERS = {
+    "pg_dump": lambda db: schedule_dump(db),
+    "pgbackrest": lambda db: schedule_stanza(db, "main"),
+    "barman": lambda db: schedule_barman(db, "pg1"),
+    "custom": schedule_custom,
+}
+
+
+@pytest.mark.parametrize("tool, location", [
+    ("pg_dump", "file:--role=postgres"),
+    ("pg_dump", "--role=postgres"),
+    ("pg_dump", "file://relative/x.dump"),
+    ("pg_dump", "file:///backups/../etc/passwd"),
+    ("pg_dump", "file:///backups//x.dump"),
+    ("pg_dump", "file:///backups/./x.dump"),
+    ("pg_dump", "/backups/x.dump"),
+    ("pgbackrest", "pgbackrest://other-stanza/20250101-000000F"),
+    ("pgbackrest", "pgbackrest://main/--force"),
+    ("barman", "barman://other/20250101T000000"),
+    ("barman", "barman://pg1/latest"),
+    ("barman", "file:///backups/x"),
+    ("custom", "s3://attacker/elsewhere"),
+])
+def test_a_worker_cannot_record_a_location_its_jobs_tool_does_not_make(db, hosts, tool, location):
+    host_a, _ = hosts
+    backup_id, job_id = SCHEDULERS[tool](db)
+    token = claim_as(host_a, "host-a", [tool])["claim_token"]
+    before_job, before_backup = job_row(db, job_id), backup_row(db, backup_id)
+    with pytest.raises(psycopg2.Error) as caught:
+        host_a.cursor().execute("SELECT pggit.finish_backup_job(%s, %s, 'done', %s::jsonb)",
+                                (job_id, token, json.dumps({"location": location, "verified": True})))
+    assert caught.value.pgcode == "22023" and "p_backup.location" in caught.value.diag.message_primary
+    assert caught.value.diag.message_hint
+    assert (job_row(db, job_id), backup_row(db, backup_id)) == (before_job, before_backup)
+
+
+@pytest.mark.parametrize("tool, location", [
+    ("pg_dump", "file:///var/lib/pggit/backups/main-20250101T000000Z.dump"),
+    ("pgbackrest", "pgbackrest://main/20250101-000000F_20250102-000000I"),
+    ("barman", "barman://pg1/20250101T000000"),
+])
+def test_a_worker_records_the_locations_its_jobs_tool_makes(db, hosts, tool, location):
+    host_a, _ = hosts
+    backup_id, job_id = SCHEDULERS[tool](db)
+    token = claim_as(host_a, "host-a", [tool])["claim_token"]
+    assert scalar(host_a, "SELECT pggit.finish_backup_job(%s, %s, 'done', %s::jsonb)",
+                  (job_id, token, json.dumps({"location": location}))) is True
+    assert backup_row(db, backup_id)["location"] == location
