@@ -10,7 +10,9 @@ PYTEST_ARGS ?=
 CHECK_FILES = tests/test_smoke.py tests/test_config.py tests/test_prerequisites.py \
               tests/test_queue.py tests/test_roles.py tests/test_hostile_inputs.py \
               tests/test_guide_api.py tests/test_schema_install.py tests/test_migration.py \
-              tests/test_runner.py tests/test_packaging.py tests/test_session_cluster.py
+              tests/test_runner.py tests/test_packaging.py tests/test_session_cluster.py \
+              tests/test_guide_flows.py tests/test_attack_backup_rows.py tests/test_attack_marker.py \
+              tests/test_attack_options.py
 
 .PHONY: test check lint demo venv deps clean deb
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
+from psycopg2.extensions import connection
+
+from .rows import one_row
 
 BOOTSTRAP = "000_bootstrap.sql"
 # run before the bootstrap on every install: refuses a pggit schema a non-superuser controls
@@ -47,8 +51,11 @@ def schema_dir() -> Path:
     for candidate in candidates:
         if (candidate / BOOTSTRAP).is_file():
             return candidate
-    raise SchemaError("schema files not found; looked in " + ", ".join(str(c) for c in candidates)
-                      + " (set PGGIT_SCHEMA_DIR to the directory holding 000_bootstrap.sql)")
+    raise SchemaError(
+        "schema files not found; looked in "
+        + ", ".join(str(c) for c in candidates)
+        + " (set PGGIT_SCHEMA_DIR to the directory holding 000_bootstrap.sql)"
+    )
 
 
 def migrations(directory: Path | None = None) -> list[Migration]:
@@ -61,16 +68,16 @@ def migrations(directory: Path | None = None) -> list[Migration]:
     return found
 
 
-def installed_versions(conn) -> list[int]:
+def installed_versions(conn: connection) -> list[int]:
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('pggit.backup_schema_migrations') IS NOT NULL")
-        if not cur.fetchone()[0]:
+        if not one_row(cur)[0]:
             return []
         cur.execute("SELECT version FROM pggit.backup_schema_migrations ORDER BY version")
         return [row[0] for row in cur.fetchall()]
 
 
-def install(dsn: str, directory: Path | None = None, log=print) -> list[Migration]:
+def install(dsn: str, directory: Path | None = None, log: Callable[[str], object] = print) -> list[Migration]:
     """Applies every numbered file not yet recorded; returns the ones applied.
 
     The preflight runs first, every time (numbered files run once): a pggit schema whose

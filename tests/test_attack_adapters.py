@@ -19,11 +19,10 @@ import pytest
 from psycopg2 import sql
 
 from conftest import query, scalar
-from service import Service, wait_for_state
 from pggit_supervisor.config import default_tool
-from pggit_supervisor.tools.base import (InvalidJob, allowed_output_dir, make_scratch_dir, prepare_output_dir,
-                                        sha256_of)
+from pggit_supervisor.tools.base import InvalidJob, allowed_output_dir, make_scratch_dir, prepare_output_dir, sha256_of
 from pggit_supervisor.tools.pg_dump import open_snapshot
+from service import Service, wait_for_state
 
 ENDED = {"completed", "will_retry", "permanently_failed"}
 
@@ -78,7 +77,8 @@ def _hostile_rls_table(db, attacker: str, secret: str) -> None:
     Run by anyone else, the function reads what that login can read (a secret table the
     attacker has no access to) and carries it out in its error, into the job's last_error,
     which every pggit_backup_reader can select."""
-    db.cursor().execute(sql.SQL("""
+    db.cursor().execute(
+        sql.SQL("""
         CREATE SCHEMA vault; CREATE TABLE vault.keys (k text); INSERT INTO vault.keys VALUES ({secret});
         CREATE SCHEMA sneaky AUTHORIZATION {attacker};
         SET ROLE {attacker};
@@ -95,11 +95,13 @@ def _hostile_rls_table(db, attacker: str, secret: str) -> None:
         GRANT USAGE ON SCHEMA sneaky TO PUBLIC; GRANT SELECT ON sneaky.orders TO PUBLIC;
         RESET ROLE;
         CREATE TABLE public.plain AS SELECT g AS id FROM generate_series(1, 3) g;
-    """).format(secret=sql.Literal(secret), attacker=sql.Identifier(attacker), attacker_text=sql.Literal(attacker)))
+    """).format(secret=sql.Literal(secret), attacker=sql.Identifier(attacker), attacker_text=sql.Literal(attacker))
+    )
 
 
 def test_rls_policy_function_never_runs_as_the_worker_login_during_a_pg_dump_backup(
-        db, dsn, roles, service, backup_dir):
+    db, dsn, roles, service, backup_dir
+):
     secret = f"key-{secrets.token_hex(8)}"
     attacker = roles()
     worker = roles("pggit_backup_worker", "pg_read_all_data")
@@ -131,7 +133,8 @@ def test_rls_table_is_recorded_as_not_counted_while_every_other_table_is_counted
 
 
 def test_rls_table_of_another_owner_is_dumped_and_counted_by_a_bypassrls_login_without_running_its_policy(
-        db, dsn, roles, service, backup_dir):
+    db, dsn, roles, service, backup_dir
+):
     secret = f"key-{secrets.token_hex(8)}"
     attacker = roles()
     worker = roles("pggit_backup_worker", "pg_read_all_data", attributes="BYPASSRLS")
@@ -144,13 +147,15 @@ def test_rls_table_of_another_owner_is_dumped_and_counted_by_a_bypassrls_login_w
 
 
 def test_operator_planted_in_public_never_runs_as_the_service_login_while_rows_are_counted(
-        db, dsn, roles, service, backup_dir):
+    db, dsn, roles, service, backup_dir
+):
     """A user who may create objects in public (every user before PostgreSQL 15) defines
     !~~ (NOT LIKE) for name, name: with the default search_path it is a better match than
     pg_catalog's !~~ (name, text), so any unqualified NOT LIKE on a name column calls it, as
     the service's login (the shipped config's superuser)."""
     attacker = roles()
-    db.cursor().execute(sql.SQL("""
+    db.cursor().execute(
+        sql.SQL("""
         GRANT CREATE ON SCHEMA public TO {attacker};
         SET ROLE {attacker};
         CREATE FUNCTION public.sly(name, name) RETURNS boolean LANGUAGE plpgsql AS $$
@@ -162,7 +167,8 @@ def test_operator_planted_in_public_never_runs_as_the_service_login_while_rows_a
         END $$;
         CREATE OPERATOR public.!~~ (LEFTARG = name, RIGHTARG = name, FUNCTION = public.sly);
         RESET ROLE;
-    """).format(attacker=sql.Identifier(attacker), attacker_text=sql.Literal(attacker)))
+    """).format(attacker=sql.Identifier(attacker), attacker_text=sql.Literal(attacker))
+    )
     service(dsn, {"pg_dump": {"run_as": "postgres", "allowed_output_dirs": [str(backup_dir)]}})
     backup_id = scalar(db, "SELECT pggit.backup_pg_dump('main', NULL, 'custom', %s)", (str(backup_dir),))
     row = wait_for_state(db, _job_of(db, backup_id), ENDED, timeout=60)
@@ -173,9 +179,11 @@ def test_operator_planted_in_public_never_runs_as_the_service_login_while_rows_a
 def test_crafted_commit_hash_cannot_place_the_dump_outside_the_output_directory(db, dsn, service, backup_dir):
     inner = backup_dir / "dumps"
     hostile = "/../../.x"
-    db.cursor().execute("""INSERT INTO pggit.commits (hash, message) VALUES (%s, 'hostile');
+    db.cursor().execute(
+        """INSERT INTO pggit.commits (hash, message) VALUES (%s, 'hostile');
                            INSERT INTO pggit.branches (name, head_commit_hash) VALUES ('evil', %s)""",
-                        (hostile, hostile))
+        (hostile, hostile),
+    )
     service(dsn, {"pg_dump": {"run_as": "postgres", "allowed_output_dirs": [str(backup_dir)]}})
     backup_id = scalar(db, "SELECT pggit.backup_pg_dump('evil', NULL, 'custom', %s)", (str(inner),))
     wait_for_state(db, _job_of(db, backup_id), "completed", timeout=60)
@@ -200,8 +208,7 @@ def outside():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_symlink_swapped_into_the_output_path_after_the_check_creates_and_chowns_nothing_outside(
-        backup_dir, outside):
+def test_symlink_swapped_into_the_output_path_after_the_check_creates_and_chowns_nothing_outside(backup_dir, outside):
     tool = replace(default_tool("pg_dump"), run_as="postgres", allowed_output_dirs=(str(backup_dir),))
     (backup_dir / "nightly").mkdir()
     shutil.chown(backup_dir / "nightly", "postgres", "postgres")
@@ -228,7 +235,9 @@ def test_symlink_swapped_under_a_scratch_directory_parent_creates_nothing_outsid
 def test_symlink_planted_in_the_output_path_before_the_job_runs_is_refused(db, dsn, service, backup_dir, outside):
     os.symlink(outside, backup_dir / "planted")
     service(dsn, {"pg_dump": {"run_as": "postgres", "allowed_output_dirs": [str(backup_dir)]}})
-    backup_id = scalar(db, "SELECT pggit.backup_pg_dump('main', NULL, 'custom', %s)", (str(backup_dir / "planted" / "x"),))
+    backup_id = scalar(
+        db, "SELECT pggit.backup_pg_dump('main', NULL, 'custom', %s)", (str(backup_dir / "planted" / "x"),)
+    )
     row = wait_for_state(db, _job_of(db, backup_id), ENDED, timeout=60)
     assert row["job_state"] == "permanently_failed" and "allowed_output_dirs" in row["last_error"]
     assert os.listdir(outside) == []
@@ -259,8 +268,11 @@ def env_dumper(tmp_path):
 
 def _run_custom(db, tmp_path, script: Path, tag: str) -> dict[str, str]:
     out = tmp_path / f"env-{tag}"
-    backup_id = scalar(db, "SELECT pggit.register_backup(%s, 'full', 'custom', %s, p_branch_name := 'main')",
-                       (f"env-{tag}", str(tmp_path)))
+    backup_id = scalar(
+        db,
+        "SELECT pggit.register_backup(%s, 'full', 'custom', %s, p_branch_name := 'main')",
+        (f"env-{tag}", str(tmp_path)),
+    )
     job_id = scalar(db, "SELECT pggit.enqueue_backup_job(%s, %s, 'custom')", (backup_id, f"{script} {out}"))
     wait_for_state(db, str(job_id), "completed", timeout=30)
     return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
@@ -279,41 +291,69 @@ def test_custom_command_does_not_receive_the_services_database_password(db, dsn,
 
 
 def test_custom_command_whose_entry_says_pass_credentials_receives_them(db, dsn, service, tmp_path, env_dumper):
-    service(_dsn_with_credentials(dsn, tmp_path),
-            {"custom": {"allowed_commands": [{"path": str(env_dumper), "pass_credentials": True}]}})
+    service(
+        _dsn_with_credentials(dsn, tmp_path),
+        {"custom": {"allowed_commands": [{"path": str(env_dumper), "pass_credentials": True}]}},
+    )
     env = _run_custom(db, tmp_path, env_dumper, "trusted")
     assert env["PGPASSWORD"] == "s3cret-of-the-service" and env["PGPASSFILE"] == str(tmp_path / "pgpass")
 
 
 def _forge_job(db, tool: str, spec: dict) -> str:
     """A job row written by the table owner, as no queue function would have written it."""
-    backup_id = scalar(db, "SELECT pggit.register_backup(%s, 'full', %s, 'file:///forged/', p_branch_name := 'main')",
-                       (f"forged-{secrets.token_hex(4)}", tool))
-    return str(scalar(db, """INSERT INTO pggit.backup_jobs (backup_id, tool, command, spec, max_attempts)
+    backup_id = scalar(
+        db,
+        "SELECT pggit.register_backup(%s, 'full', %s, 'file:///forged/', p_branch_name := 'main')",
+        (f"forged-{secrets.token_hex(4)}", tool),
+    )
+    return str(
+        scalar(
+            db,
+            """INSERT INTO pggit.backup_jobs (backup_id, tool, command, spec, max_attempts)
                              VALUES (%s, %s, 'forged', %s::jsonb, 3) RETURNING job_id""",
-                      (backup_id, tool, json.dumps(spec))))
+            (backup_id, tool, json.dumps(spec)),
+        )
+    )
 
 
 FORGED = [
     pytest.param("pg_basebackup", {"format": "../tar"}, "parameter format", id="basebackup-format"),
     pytest.param("pg_basebackup", {"checkpoint": "now"}, "parameter checkpoint", id="basebackup-checkpoint"),
-    pytest.param("pg_basebackup", {"format": "tar", "compression": "gzip --no-sync"}, "parameter compression",
-                 id="basebackup-compression"),
-    pytest.param("pg_basebackup", {"format": "tar", "compression": "gzip", "compression_level": "five"},
-                 "parameter compression_level", id="basebackup-level-not-an-integer"),
-    pytest.param("pg_basebackup", {"format": "tar", "compression": "gzip", "compression_level": 99},
-                 "parameter compression_level", id="basebackup-level-out-of-range"),
-    pytest.param("pg_dump", {"format": "custom", "compression_level": "9x"}, "parameter compression_level",
-                 id="pg_dump-level-not-an-integer"),
+    pytest.param(
+        "pg_basebackup",
+        {"format": "tar", "compression": "gzip --no-sync"},
+        "parameter compression",
+        id="basebackup-compression",
+    ),
+    pytest.param(
+        "pg_basebackup",
+        {"format": "tar", "compression": "gzip", "compression_level": "five"},
+        "parameter compression_level",
+        id="basebackup-level-not-an-integer",
+    ),
+    pytest.param(
+        "pg_basebackup",
+        {"format": "tar", "compression": "gzip", "compression_level": 99},
+        "parameter compression_level",
+        id="basebackup-level-out-of-range",
+    ),
+    pytest.param(
+        "pg_dump",
+        {"format": "custom", "compression_level": "9x"},
+        "parameter compression_level",
+        id="pg_dump-level-not-an-integer",
+    ),
     pytest.param("pg_dump", {"format": "directory", "jobs": "2 --no-sync"}, "parameter jobs", id="pg_dump-jobs"),
-    pytest.param("pg_dump", {"format": "custom", "schema": 'x" --exclude-schema="*'}, "parameter schema",
-                 id="pg_dump-schema"),
+    pytest.param(
+        "pg_dump", {"format": "custom", "schema": 'x" --exclude-schema="*'}, "parameter schema", id="pg_dump-schema"
+    ),
 ]
 
 
 @pytest.mark.parametrize("tool,params,named", FORGED)
-def test_forged_job_parameter_fails_the_job_permanently_naming_the_parameter(db, dsn, service, backup_dir,
-                                                                             tool, params, named):
+def test_forged_job_parameter_fails_the_job_permanently_naming_the_parameter(
+    db, dsn, service, backup_dir, tool, params, named
+):
     service(dsn, {tool: {"run_as": "postgres", "allowed_output_dirs": [str(backup_dir)]}})
     job_id = _forge_job(db, tool, {"tool": tool, "params": {"output_dir": str(backup_dir), **params}})
     row = wait_for_state(db, job_id, ENDED, timeout=30)
@@ -324,8 +364,11 @@ def test_forged_job_parameter_fails_the_job_permanently_naming_the_parameter(db,
 
 def test_forged_timeout_that_is_not_an_integer_fails_the_job_permanently(db, dsn, service, backup_dir):
     service(dsn, {"pg_dump": {"run_as": "postgres", "allowed_output_dirs": [str(backup_dir)]}})
-    job_id = _forge_job(db, "pg_dump", {"tool": "pg_dump", "timeout_seconds": "soon",
-                                        "params": {"output_dir": str(backup_dir), "format": "custom"}})
+    job_id = _forge_job(
+        db,
+        "pg_dump",
+        {"tool": "pg_dump", "timeout_seconds": "soon", "params": {"output_dir": str(backup_dir), "format": "custom"}},
+    )
     row = wait_for_state(db, job_id, ENDED, timeout=30)
     assert row["job_state"] == "permanently_failed" and "timeout_seconds" in row["last_error"], row
     assert "allowed" in row["last_error"]

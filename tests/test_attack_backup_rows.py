@@ -31,7 +31,9 @@ def login(dsn, db):
 
     def _login(granted: str):
         name = f"pggit_atk_{secrets.token_hex(6)}"
-        db.cursor().execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(granted)))
+        db.cursor().execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(granted))
+        )
         created.append(name)
         conn = psycopg2.connect(dsn, user=name)
         conn.autocommit = True
@@ -59,8 +61,10 @@ def row_of(conn, table, key, value):
 
 
 def fail_for_good(conn, job_id, token):
-    assert scalar(conn, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'tool exited 1', false)",
-                  (job_id, token)) == "permanently_failed"
+    assert (
+        scalar(conn, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'tool exited 1', false)", (job_id, token))
+        == "permanently_failed"
+    )
 
 
 def test_worker_completing_a_backup_whose_job_is_queued_is_refused(db, login):
@@ -83,8 +87,12 @@ def test_worker_failing_a_backup_while_its_job_runs_is_refused(db, login):
     error = refused(attacker, "SELECT pggit.fail_backup(%s, 'disk full')", (backup_id,))
     assert error.pgcode == "42501", "fail_backup is the admin's, for backups registered by hand"
     assert backup(db, backup_id)["status"] == "in_progress"
-    assert scalar(db, "SELECT pggit.finish_backup_job(%s, %s, 'ok', '{\"backup_size\": 42}')",
-                  (job_id, held["claim_token"])) is True
+    assert (
+        scalar(
+            db, "SELECT pggit.finish_backup_job(%s, %s, 'ok', '{\"backup_size\": 42}')", (job_id, held["claim_token"])
+        )
+        is True
+    )
     row = backup(db, backup_id)
     assert (row["status"], row["backup_size"]) == ("completed", 42), "the real result is recorded"
 
@@ -98,16 +106,19 @@ def test_admin_fails_a_backup_while_its_job_runs_is_refused_too(db, login):
     assert backup(db, backup_id)["status"] == "in_progress"
 
 
-@pytest.mark.parametrize("assignment", [
-    "status = 'completed', verified_at = now()",
-    "verified_at = now()",
-    "checksum = 'sha256:00'",
-    "backup_size = 1, compressed_size = 1",
-    "location = 'file:--role=postgres'",
-    "restore_tested_at = now(), restore_test_result = 'passed'",
-    "status = 'failed', error_message = 'forged'",
-    "metadata = metadata || '{\"row_counts\": {}}'",
-])
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "status = 'completed', verified_at = now()",
+        "verified_at = now()",
+        "checksum = 'sha256:00'",
+        "backup_size = 1, compressed_size = 1",
+        "location = 'file:--role=postgres'",
+        "restore_tested_at = now(), restore_test_result = 'passed'",
+        "status = 'failed', error_message = 'forged'",
+        "metadata = metadata || '{\"row_counts\": {}}'",
+    ],
+)
 def test_admin_updating_a_backups_facts_by_hand_is_refused(db, login, assignment):
     backup_id, _ = schedule_dump(db)
     before = backup(db, backup_id)
@@ -124,19 +135,22 @@ def test_admin_updating_a_backups_facts_by_hand_is_refused(db, login, assignment
 def test_admin_marking_a_hand_registered_backup_completed_by_update_is_refused(db, login):
     admin, _ = login(ADMIN)
     backup_id = scalar(admin, "SELECT pggit.register_backup('by-hand', 'full', 'custom', 's3://b/x', NULL, 'main')")
-    error = refused(admin, "UPDATE pggit.backups SET status = 'completed', verified_at = now() WHERE backup_id = %s",
-                    (backup_id,))
+    error = refused(
+        admin, "UPDATE pggit.backups SET status = 'completed', verified_at = now() WHERE backup_id = %s", (backup_id,)
+    )
     assert error.pgcode == "42501"
-    error = refused(db, "UPDATE pggit.backups SET status = 'completed', verified_at = now() WHERE backup_id = %s",
-                    (backup_id,))
+    error = refused(
+        db, "UPDATE pggit.backups SET status = 'completed', verified_at = now() WHERE backup_id = %s", (backup_id,)
+    )
     assert error.pgcode == "55000" and "pggit.complete_backup" in error.diag.message_hint
     assert backup(db, backup_id)["status"] == "in_progress"
 
 
 def test_table_owner_updating_a_backups_facts_without_the_queue_marker_is_refused(db):
     backup_id, _ = schedule_dump(db)
-    error = refused(db, "UPDATE pggit.backups SET status = 'completed', verified_at = now() WHERE backup_id = %s",
-                    (backup_id,))
+    error = refused(
+        db, "UPDATE pggit.backups SET status = 'completed', verified_at = now() WHERE backup_id = %s", (backup_id,)
+    )
     assert error.pgcode == "55000"
     assert backup(db, backup_id)["status"] == "in_progress"
 
@@ -154,12 +168,15 @@ def test_admin_inserting_a_backup_that_is_already_completed_and_verified_is_refu
     assert scalar(db, "SELECT count(*) FROM pggit.backups") == 0
 
 
-@pytest.mark.parametrize("columns, values", [
-    ("status, completed_at", "'completed', now()"),
-    ("status, locked_by, lease_expires_at", "'running', 'w1', now() + interval '1 hour'"),
-    ("attempts", "3"),
-    ("claimed_via", "'guide'"),
-])
+@pytest.mark.parametrize(
+    "columns, values",
+    [
+        ("status, completed_at", "'completed', now()"),
+        ("status, locked_by, lease_expires_at", "'running', 'w1', now() + interval '1 hour'"),
+        ("attempts", "3"),
+        ("claimed_via", "'guide'"),
+    ],
+)
 def test_admin_inserting_a_job_that_is_not_freshly_queued_is_refused(db, login, columns, values):
     admin, _ = login(ADMIN)
     backup_id = scalar(admin, "SELECT pggit.register_backup('custom-1', 'full', 'custom', 's3://b/x', NULL, 'main')")
@@ -189,14 +206,17 @@ def test_admin_inserting_a_second_job_for_a_backup_is_refused(db, login):
     assert scalar(db, "SELECT count(*) FROM pggit.backup_jobs WHERE backup_id = %s", (backup_id,)) == 1
 
 
-@pytest.mark.parametrize("assignment", [
-    """spec = '{"tool": "custom", "params": {"command": "/bin/sh -c id"}}'""",
-    "command = 'rm -rf /'",
-    "tool = 'custom'",
-    "target = NULL",
-    "backup_id = (SELECT backup_id FROM pggit.backups ORDER BY created_at LIMIT 1)",
-    """metadata = '{"webhook_url": "https://attacker.example/"}'""",
-])
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        """spec = '{"tool": "custom", "params": {"command": "/bin/sh -c id"}}'""",
+        "command = 'rm -rf /'",
+        "tool = 'custom'",
+        "target = NULL",
+        "backup_id = (SELECT backup_id FROM pggit.backups ORDER BY created_at LIMIT 1)",
+        """metadata = '{"webhook_url": "https://attacker.example/"}'""",
+    ],
+)
 def test_admin_rewriting_a_queued_jobs_spec_command_tool_or_target_is_refused(db, login, assignment):
     schedule_dump(db)
     _, job_id = schedule_dump(db, schema="public")
@@ -207,20 +227,23 @@ def test_admin_rewriting_a_queued_jobs_spec_command_tool_or_target_is_refused(db
     assert row_of(db, "pggit.backup_jobs", "job_id", job_id) == before
 
 
-@pytest.mark.parametrize("assignment", [
-    "claim_token = claim_token + 1",
-    "claimed_by = session_user",
-    "claim_secret_sha256 = sha256('x')",
-    "claimed_via = 'guide'",
-    "locked_by = 'host-b'",
-    "lease_expires_at = now() + interval '1 day'",
-    "heartbeat_at = now()",
-    "started_at = now() - interval '1 day'",
-    "completed_at = now()",
-    "output = 'forged'",
-    """result = '{"exit_code": 0}'""",
-    "last_error = 'forged'",
-])
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "claim_token = claim_token + 1",
+        "claimed_by = session_user",
+        "claim_secret_sha256 = sha256('x')",
+        "claimed_via = 'guide'",
+        "locked_by = 'host-b'",
+        "lease_expires_at = now() + interval '1 day'",
+        "heartbeat_at = now()",
+        "started_at = now() - interval '1 day'",
+        "completed_at = now()",
+        "output = 'forged'",
+        """result = '{"exit_code": 0}'""",
+        "last_error = 'forged'",
+    ],
+)
 def test_admin_forging_a_running_jobs_claim_columns_is_refused(db, login, assignment):
     _, job_id = schedule_dump(db)
     claim(db, "host-a")
@@ -242,8 +265,12 @@ def test_admin_turning_a_workers_claim_into_a_guide_claim_to_complete_it_tokenle
 
 def test_admin_lowering_max_attempts_of_a_job_waiting_for_retry_is_refused(db, login):
     backup_id, job_id = schedule_dump(db)
-    assert scalar(db, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'connection refused')",
-                  (job_id, claim(db)["claim_token"])) == "will_retry"
+    assert (
+        scalar(
+            db, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'connection refused')", (job_id, claim(db)["claim_token"])
+        )
+        == "will_retry"
+    )
     admin, _ = login(ADMIN)
     error = refused(admin, "UPDATE pggit.backup_jobs SET max_attempts = 1 WHERE job_id = %s", (job_id,))
     assert error.pgcode == "55000" and "max_attempts" in error.diag.message_primary
@@ -289,6 +316,7 @@ def test_worker_recording_sizes_on_a_backup_whose_job_another_login_claimed_is_r
 
 # --- 011: hand INSERTs of jobs, hand writes to backups, pre-009 claims, numbers in a spec ---------
 
+
 def claim_stanza(conn, worker_id):
     rows = query(conn, "SELECT * FROM pggit.claim_backup_job(%s, ARRAY['pgbackrest'], 600)", (worker_id,))
     return rows[0] if rows else None
@@ -301,10 +329,14 @@ def test_admin_inserting_a_pgbackrest_job_without_its_target_cannot_run_it_besid
     assert claim_stanza(host_a, "host-a") is not None
     admin, _ = login(ADMIN)
     backup_id = scalar(admin, "SELECT pggit.register_backup('handmade-ins', 'full', 'pgbackrest', 'pgbackrest://ins')")
-    error = refused(admin, """
+    error = refused(
+        admin,
+        """
         INSERT INTO pggit.backup_jobs (backup_id, tool, command, spec, target, priority)
         VALUES (%s, 'pgbackrest', 'pgbackrest --stanza=ins --type=full --start-fast backup',
-                '{"tool": "pgbackrest", "params": {"stanza": "ins", "type": "full"}}', NULL, 0)""", (backup_id,))
+                '{"tool": "pgbackrest", "params": {"stanza": "ins", "type": "full"}}', NULL, 0)""",
+        (backup_id,),
+    )
     assert error.pgcode == "42501"
     assert claim_stanza(host_b, "host-b") is None, "pgBackRest is already backing up stanza ins on host-a"
     assert scalar(db, "SELECT count(*) FROM pggit.backup_jobs WHERE backup_id = %s", (backup_id,)) == 0
@@ -335,8 +367,11 @@ def test_admin_inserting_a_job_whose_spec_disagrees_with_its_row_is_refused(db, 
     assert backup(db, tested)["restore_tested_at"] is None
 
 
-@pytest.mark.parametrize("name", ["x\nSTART TIMELINE: 9\n../../etc", "A" * (20 * 1024 * 1024), "../../etc/passwd"],
-                         ids=["newline", "20 MB", "path"])
+@pytest.mark.parametrize(
+    "name",
+    ["x\nSTART TIMELINE: 9\n../../etc", "A" * (20 * 1024 * 1024), "../../etc/passwd"],
+    ids=["newline", "20 MB", "path"],
+)
 def test_admin_renaming_a_backup_to_a_name_register_backup_refuses_is_refused(db, login, name):
     admin, _ = login(ADMIN)
     backup_id = scalar(admin, "SELECT pggit.register_backup('ok-name', 'snapshot', 'pg_dump', '/backups/x.dump')")
@@ -349,17 +384,24 @@ def test_admin_renaming_a_backup_to_a_name_register_backup_refuses_is_refused(db
 def test_admin_may_still_rename_a_backup_to_a_valid_name(db, login):
     admin, _ = login(ADMIN)
     backup_id = scalar(admin, "SELECT pggit.register_backup('ok-name', 'snapshot', 'pg_dump', '/backups/x.dump')")
-    admin.cursor().execute("UPDATE pggit.backups SET backup_name = 'nightly-2025.01.01' WHERE backup_id = %s", (backup_id,))
+    admin.cursor().execute(
+        "UPDATE pggit.backups SET backup_name = 'nightly-2025.01.01' WHERE backup_id = %s", (backup_id,)
+    )
     assert backup(db, backup_id)["backup_name"] == "nightly-2025.01.01"
 
 
-def test_admin_inserting_a_backup_with_a_bad_name_unknown_branch_relative_location_and_20_mb_metadata_is_refused(db, login):
+def test_admin_inserting_a_backup_with_a_bad_name_unknown_branch_relative_location_and_20_mb_metadata_is_refused(
+    db, login
+):
     admin, _ = login(ADMIN)
-    error = refused(admin, """
+    error = refused(
+        admin,
+        """
         INSERT INTO pggit.backups (backup_name, backup_type, backup_tool, location, commit_hash, branch_name, metadata)
         VALUES (E'evil\\nname', 'snapshot', 'pg_dump', 'file:--role=postgres',
                 (SELECT head_commit_hash FROM pggit.branches WHERE name = 'main'), 'no-such-branch',
-                jsonb_build_object('row_counts', '{}'::jsonb, 'pad', repeat('x', 20 * 1024 * 1024)))""")
+                jsonb_build_object('row_counts', '{}'::jsonb, 'pad', repeat('x', 20 * 1024 * 1024)))""",
+    )
     assert error.pgcode == "42501"
     assert scalar(db, "SELECT count(*) FROM pggit.backups") == 0
 
@@ -369,11 +411,16 @@ def test_admin_rewriting_a_number_in_a_queued_jobs_spec_in_another_notation_is_r
     before = row_of(db, "pggit.backup_jobs", "job_id", job_id)
     assert before["spec"]["params"]["compression_level"] == 9
     admin, _ = login(ADMIN)
-    error = refused(admin, """UPDATE pggit.backup_jobs SET spec = jsonb_set(spec, '{params,compression_level}', '9.000')
-                              WHERE job_id = %s""", (job_id,))
+    error = refused(
+        admin,
+        """UPDATE pggit.backup_jobs SET spec = jsonb_set(spec, '{params,compression_level}', '9.000')
+                              WHERE job_id = %s""",
+        (job_id,),
+    )
     assert error.pgcode == "55000" and "spec" in error.diag.message_primary
-    assert scalar(db, "SELECT spec::text FROM pggit.backup_jobs WHERE job_id = %s", (job_id,)) \
-        == scalar(db, "SELECT %s::jsonb::text", (psycopg2.extras.Json(before["spec"]),))
+    assert scalar(db, "SELECT spec::text FROM pggit.backup_jobs WHERE job_id = %s", (job_id,)) == scalar(
+        db, "SELECT %s::jsonb::text", (psycopg2.extras.Json(before["spec"]),)
+    )
 
 
 def test_after_an_upgrade_from_0_1_0_no_worker_records_sizes_of_a_guide_job_claimed_before_009(empty_db, tmp_path):
@@ -393,8 +440,10 @@ def test_after_an_upgrade_from_0_1_0_no_worker_records_sizes_of_a_guide_job_clai
     owner.autocommit = True
     names = [f"pggit_atk_{secrets.token_hex(6)}" for _ in range(3)]
     try:
-        for name, role in zip(names, (WORKER, WORKER, ADMIN)):
-            owner.cursor().execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(role)))
+        for name, role in zip(names, (WORKER, WORKER, ADMIN), strict=True):
+            owner.cursor().execute(
+                sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(role))
+            )
         host_a, host_b, admin = (psycopg2.connect(empty_db, user=name) for name in names)
         for conn in (host_a, host_b, admin):
             conn.autocommit = True

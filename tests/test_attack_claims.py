@@ -86,13 +86,19 @@ def attempt(conn, statement, params=None):
 
 def readable_values(conn, relation) -> list[str]:
     """Every value of every column of `relation` that this login may select, as text."""
-    columns = [r["attname"] for r in query(conn, """
+    columns = [
+        r["attname"]
+        for r in query(
+            conn,
+            """
         SELECT a.attname FROM pg_attribute a
-         WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped""", (relation,))]
+         WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped""",
+            (relation,),
+        )
+    ]
     values = []
     for column in columns:
-        rows = attempt(conn, sql.SQL("SELECT {}::text FROM {}").format(
-            sql.Identifier(column), sql.SQL(relation)))
+        rows = attempt(conn, sql.SQL("SELECT {}::text FROM {}").format(sql.Identifier(column), sql.SQL(relation)))
         if isinstance(rows, list):
             values += [row[0] for row in rows if row[0] is not None]
     return values
@@ -105,8 +111,9 @@ def test_another_host_cannot_finish_a_claim_with_forged_facts(db, hosts):
     before_job, before_backup = job_row(db, job_id), backup_row(db, backup_id)
     forged = '{"backup_size": 1, "verified": true, "location": "file:///nowhere", "checksum": "sha256:00"}'
     # even holding A's token (read, leaked or guessed), B's login is not the claim's
-    assert attempt(host_b, "SELECT pggit.finish_backup_job(%s, %s, 'done', %s)",
-                   (job_id, held["claim_token"], forged)) == [(False,)]
+    assert attempt(
+        host_b, "SELECT pggit.finish_backup_job(%s, %s, 'done', %s)", (job_id, held["claim_token"], forged)
+    ) == [(False,)]
     assert job_row(db, job_id) == before_job and backup_row(db, backup_id) == before_backup
     assert scalar(host_a, "SELECT pggit.finish_backup_job(%s, %s, 'done')", (job_id, held["claim_token"])) is True
     assert backup_row(db, backup_id)["verified_at"] is None
@@ -117,8 +124,9 @@ def test_another_host_cannot_fail_a_claim(db, hosts):
     _, job_id = schedule_dump(db)
     held = claim_as(host_a, "host-a/1")
     before = job_row(db, job_id)
-    assert attempt(host_b, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'sabotage', false)",
-                   (job_id, held["claim_token"])) == [(None,)]
+    assert attempt(
+        host_b, "SELECT pggit.fail_claimed_backup_job(%s, %s, 'sabotage', false)", (job_id, held["claim_token"])
+    ) == [(None,)]
     assert job_row(db, job_id) == before
     assert scalar(host_a, "SELECT pggit.heartbeat_backup_job(%s, %s)", (job_id, held["claim_token"])) is True
 
@@ -139,8 +147,9 @@ def test_another_host_cannot_keep_a_dead_claim_alive_with_heartbeats(db, hosts):
     held = claim_as(host_a, "host-a/1")
     before = job_row(db, job_id)
     # B renewing A's lease would keep a crashed host's job from ever being rescued
-    assert attempt(host_b, "SELECT pggit.heartbeat_backup_job(%s, %s, 86400)",
-                   (job_id, held["claim_token"])) == [(False,)]
+    assert attempt(host_b, "SELECT pggit.heartbeat_backup_job(%s, %s, 86400)", (job_id, held["claim_token"])) == [
+        (False,)
+    ]
     assert job_row(db, job_id) == before
 
 
@@ -152,23 +161,39 @@ def test_no_role_can_read_or_guess_a_claims_token(db, login, hosts):
     # A's session last ran a call with the token in its text; other logins see "insufficient privilege"
     assert scalar(host_a, "SELECT pggit.heartbeat_backup_job(%s, %s)", (job_id, held["claim_token"])) is True
     digest = hashlib.sha256(token.encode()).hexdigest()
-    observers = {"reader": login("pggit_backup_reader")[0], "operator": login("pggit_backup_operator")[0],
-                 "worker B": host_b}
+    observers = {
+        "reader": login("pggit_backup_reader")[0],
+        "operator": login("pggit_backup_operator")[0],
+        "worker B": host_b,
+    }
     for who, conn in observers.items():
-        seen = [v for relation in ("pggit.backup_jobs", "pggit.backup_job_queue", "pg_stat_activity")
-                for v in readable_values(conn, relation)]
+        seen = [
+            v
+            for relation in ("pggit.backup_jobs", "pggit.backup_job_queue", "pg_stat_activity")
+            for v in readable_values(conn, relation)
+        ]
         assert seen, f"{who} reads the queue"
         leaks = [v for v in seen if token in v or digest in v or v == token]
         assert leaks == [], f"{who} can read A's claim token"
-        assert scalar(conn, "SELECT has_function_privilege('pggit._claim_job(text, text[], integer, text)', 'EXECUTE')") is False
+        assert (
+            scalar(conn, "SELECT has_function_privilege('pggit._claim_job(text, text[], integer, text)', 'EXECUTE')")
+            is False
+        )
     # no table or view anywhere exposes the claim's type (the claim functions alone return it)
-    assert scalar(db, """SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-                          WHERE a.atttypid = 'pggit.claimed_job'::regtype AND c.relkind IN ('r', 'v', 'm', 'p')""") == 0
+    assert (
+        scalar(
+            db,
+            """SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                          WHERE a.atttypid = 'pggit.claimed_job'::regtype AND c.relkind IN ('r', 'v', 'm', 'p')""",
+        )
+        == 0
+    )
     # B guesses: small counters (what 0.1.0 handed out) and every value it can read
     before = job_row(db, job_id)
     guesses = [str(n) for n in range(0, 5)] + readable_values(host_b, "pggit.backup_jobs")
-    accepted = [g for g in guesses
-                if attempt(host_b, "SELECT pggit.finish_backup_job(%s, %s)", (job_id, g)) == [(True,)]]
+    accepted = [
+        g for g in guesses if attempt(host_b, "SELECT pggit.finish_backup_job(%s, %s)", (job_id, g)) == [(True,)]
+    ]
     assert accepted == [] and job_row(db, job_id) == before
     # the token is 64 hex digits, different on every claim
     assert len(token) == 64 and int(token, 16) >= 0
@@ -211,14 +236,23 @@ def test_another_login_cannot_complete_or_fail_a_guide_claim_by_job_id(db, hosts
 
 
 def claim_calls(db) -> int:
-    return scalar(db, "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions "
-                      "WHERE schemaname = 'pggit' AND funcname = 'claim_backup_job'")
+    return scalar(
+        db,
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions "
+        "WHERE schemaname = 'pggit' AND funcname = 'claim_backup_job'",
+    )
 
 
 def worker_idle_after_a_claim(db) -> bool:
-    return scalar(db, """SELECT count(*) FROM pg_stat_activity
+    return (
+        scalar(
+            db,
+            """SELECT count(*) FROM pg_stat_activity
                           WHERE datname = current_database() AND application_name LIKE 'pggit-supervisor %%'
-                            AND state = 'idle' AND query LIKE '%%claim_backup_job%%'""") == 1
+                            AND state = 'idle' AND query LIKE '%%claim_backup_job%%'""",
+        )
+        == 1
+    )
 
 
 def test_a_burst_of_spoofed_ready_notifications_costs_at_most_one_claim_per_wake_up(db, dsn, login, tmp_path):
@@ -248,6 +282,7 @@ def test_a_burst_of_spoofed_ready_notifications_costs_at_most_one_claim_per_wake
 
 # --- 011: a worker's location is one its job's tool makes ----------------------------------------
 
+
 def schedule_barman(db, server):
     backup_id = scalar(db, "SELECT pggit.backup_barman(%s)", (server,))
     return backup_id, scalar(db, "SELECT job_id FROM pggit.backup_jobs WHERE backup_id = %s", (backup_id,))
@@ -255,7 +290,9 @@ def schedule_barman(db, server):
 
 def schedule_custom(db):
     backup_id = scalar(db, "SELECT pggit.register_backup('custom-1', 'full', 'custom', 's3://bucket/custom-1')")
-    return backup_id, scalar(db, "SELECT pggit.enqueue_backup_job(%s, 'nightly-backup --to s3', 'custom')", (backup_id,))
+    return backup_id, scalar(
+        db, "SELECT pggit.enqueue_backup_job(%s, 'nightly-backup --to s3', 'custom')", (backup_id,)
+    )
 
 
 SCHEDULERS = {
@@ -266,43 +303,57 @@ SCHEDULERS = {
 }
 
 
-@pytest.mark.parametrize("tool, location", [
-    ("pg_dump", "file:--role=postgres"),
-    ("pg_dump", "--role=postgres"),
-    ("pg_dump", "file://relative/x.dump"),
-    ("pg_dump", "file:///backups/../etc/passwd"),
-    ("pg_dump", "file:///backups//x.dump"),
-    ("pg_dump", "file:///backups/./x.dump"),
-    ("pg_dump", "/backups/x.dump"),
-    ("pgbackrest", "pgbackrest://other-stanza/20250101-000000F"),
-    ("pgbackrest", "pgbackrest://main/--force"),
-    ("barman", "barman://other/20250101T000000"),
-    ("barman", "barman://pg1/latest"),
-    ("barman", "file:///backups/x"),
-    ("custom", "s3://attacker/elsewhere"),
-])
+@pytest.mark.parametrize(
+    "tool, location",
+    [
+        ("pg_dump", "file:--role=postgres"),
+        ("pg_dump", "--role=postgres"),
+        ("pg_dump", "file://relative/x.dump"),
+        ("pg_dump", "file:///backups/../etc/passwd"),
+        ("pg_dump", "file:///backups//x.dump"),
+        ("pg_dump", "file:///backups/./x.dump"),
+        ("pg_dump", "/backups/x.dump"),
+        ("pgbackrest", "pgbackrest://other-stanza/20250101-000000F"),
+        ("pgbackrest", "pgbackrest://main/--force"),
+        ("barman", "barman://other/20250101T000000"),
+        ("barman", "barman://pg1/latest"),
+        ("barman", "file:///backups/x"),
+        ("custom", "s3://attacker/elsewhere"),
+    ],
+)
 def test_a_worker_cannot_record_a_location_its_jobs_tool_does_not_make(db, hosts, tool, location):
     host_a, _ = hosts
     backup_id, job_id = SCHEDULERS[tool](db)
     token = claim_as(host_a, "host-a", [tool])["claim_token"]
     before_job, before_backup = job_row(db, job_id), backup_row(db, backup_id)
     with pytest.raises(psycopg2.Error) as caught:
-        host_a.cursor().execute("SELECT pggit.finish_backup_job(%s, %s, 'done', %s::jsonb)",
-                                (job_id, token, json.dumps({"location": location, "verified": True})))
+        host_a.cursor().execute(
+            "SELECT pggit.finish_backup_job(%s, %s, 'done', %s::jsonb)",
+            (job_id, token, json.dumps({"location": location, "verified": True})),
+        )
     assert caught.value.pgcode == "22023" and "p_backup.location" in caught.value.diag.message_primary
     assert caught.value.diag.message_hint
     assert (job_row(db, job_id), backup_row(db, backup_id)) == (before_job, before_backup)
 
 
-@pytest.mark.parametrize("tool, location", [
-    ("pg_dump", "file:///var/lib/pggit/backups/main-20250101T000000Z.dump"),
-    ("pgbackrest", "pgbackrest://main/20250101-000000F_20250102-000000I"),
-    ("barman", "barman://pg1/20250101T000000"),
-])
+@pytest.mark.parametrize(
+    "tool, location",
+    [
+        ("pg_dump", "file:///var/lib/pggit/backups/main-20250101T000000Z.dump"),
+        ("pgbackrest", "pgbackrest://main/20250101-000000F_20250102-000000I"),
+        ("barman", "barman://pg1/20250101T000000"),
+    ],
+)
 def test_a_worker_records_the_locations_its_jobs_tool_makes(db, hosts, tool, location):
     host_a, _ = hosts
     backup_id, job_id = SCHEDULERS[tool](db)
     token = claim_as(host_a, "host-a", [tool])["claim_token"]
-    assert scalar(host_a, "SELECT pggit.finish_backup_job(%s, %s, 'done', %s::jsonb)",
-                  (job_id, token, json.dumps({"location": location}))) is True
+    assert (
+        scalar(
+            host_a,
+            "SELECT pggit.finish_backup_job(%s, %s, 'done', %s::jsonb)",
+            (job_id, token, json.dumps({"location": location})),
+        )
+        is True
+    )
     assert backup_row(db, backup_id)["location"] == location

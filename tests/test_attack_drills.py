@@ -33,7 +33,8 @@ BEGIN
         BEGIN
             -- read the queue with the restoring login's own identity, and leave the loot where
             -- the attacker can read it
-            EXECUTE $c$COPY (SELECT 1) TO PROGRAM 'psql -X -q -d {queue_db} -c "INSERT INTO {schema}.loot SELECT job_id::text FROM pggit.backup_jobs"'$c$;
+            EXECUTE $c$COPY (SELECT 1) TO PROGRAM 'psql -X -q -d {queue_db} -c "INSERT INTO {schema}.loot $c$
+                 || $c$SELECT job_id::text FROM pggit.backup_jobs"'$c$;
         EXCEPTION WHEN others THEN NULL;
         END;
     END IF;
@@ -106,14 +107,26 @@ def _server_state(db, attacker: str) -> list:
     """What the trap or the drill could change on the production server (other sessions share
     it, so only what concerns this test): the attacker's powers and memberships, the drill's
     own names, the objects of the queue's database."""
-    return [query(db, "SELECT rolsuper, rolcreaterole, rolreplication, rolbypassrls, rolcanlogin FROM pg_roles "
-                      "WHERE rolname = %s", (attacker,)),
-            query(db, "SELECT roleid::regrole::text FROM pg_auth_members WHERE member = %s::regrole ORDER BY 1",
-                  (attacker,)),
-            query(db, "SELECT datname FROM pg_database WHERE datname LIKE 'pggit\\_restore\\_test\\_%%' OR datname = 'drill'"),
-            query(db, "SELECT rolname FROM pg_roles WHERE rolname LIKE 'pggit\\_drill%%'"),
-            query(db, "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                      "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1, 2")]
+    return [
+        query(
+            db,
+            "SELECT rolsuper, rolcreaterole, rolreplication, rolbypassrls, rolcanlogin FROM pg_roles "
+            "WHERE rolname = %s",
+            (attacker,),
+        ),
+        query(
+            db, "SELECT roleid::regrole::text FROM pg_auth_members WHERE member = %s::regrole ORDER BY 1", (attacker,)
+        ),
+        query(
+            db, "SELECT datname FROM pg_database WHERE datname LIKE 'pggit\\_restore\\_test\\_%%' OR datname = 'drill'"
+        ),
+        query(db, "SELECT rolname FROM pg_roles WHERE rolname LIKE 'pggit\\_drill%%'"),
+        query(
+            db,
+            "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1, 2",
+        ),
+    ]
 
 
 def _dump_and_drill(db, backup_dir) -> tuple[str, dict]:
@@ -125,8 +138,9 @@ def _dump_and_drill(db, backup_dir) -> tuple[str, dict]:
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_hostile_function_in_a_drilled_dump_cannot_make_its_author_superuser(service, db, attacker, backup_dir,
-                                                                            drill_tmpdir, variant):
+def test_hostile_function_in_a_drilled_dump_cannot_make_its_author_superuser(
+    service, db, attacker, backup_dir, drill_tmpdir, variant
+):
     _plant(db.dsn, attacker, variant)
     assert not scalar(db, "SELECT rolsuper FROM pg_roles WHERE rolname = %s", (attacker,))
     service()
@@ -134,8 +148,9 @@ def test_hostile_function_in_a_drilled_dump_cannot_make_its_author_superuser(ser
     backup_id, drill = _dump_and_drill(db, backup_dir)
     assert drill["job_state"] == "completed", drill["last_error"]
     assert scalar(db, "SELECT restore_test_result FROM pggit.backups WHERE backup_id = %s", (backup_id,)) == "passed"
-    assert not scalar(db, "SELECT rolsuper FROM pg_roles WHERE rolname = %s", (attacker,)), \
+    assert not scalar(db, "SELECT rolsuper FROM pg_roles WHERE rolname = %s", (attacker,)), (
         "the trap ran with the restoring login's rights on the production server"
+    )
     assert _server_state(db, attacker) == before, "the drill changed the production server"
     assert not list(drill_tmpdir.iterdir()), "the sandbox is removed"
 
@@ -171,29 +186,45 @@ def test_killed_worker_leaves_no_postgres_of_its_drill_running(service, db, atta
     def drill_servers() -> list[psutil.Process]:
         found = []
         for proc in psutil.process_iter(["username", "name", "cmdline"]):
-            if (proc.info["username"] == DRILL_USER and proc.info["name"] == "postgres"
-                    and str(drill_tmpdir) in " ".join(proc.info["cmdline"] or [])):
+            if (
+                proc.info["username"] == DRILL_USER
+                and proc.info["name"] == "postgres"
+                and str(drill_tmpdir) in " ".join(proc.info["cmdline"] or [])
+            ):
                 found.append(proc)
         return found
 
-    postmaster = wait_until(lambda: [p for p in drill_servers() if "-D" in (p.info["cmdline"] or [])], 60,
-                            "the drill's postgres running as the drill user")[0]
+    postmaster = wait_until(
+        lambda: [p for p in drill_servers() if "-D" in (p.info["cmdline"] or [])],
+        60,
+        "the drill's postgres running as the drill user",
+    )[0]
     sandbox_root = Path(postmaster.info["cmdline"][postmaster.info["cmdline"].index("-D") + 1]).parent
-    worker = wait_until(lambda: next((w for w in svc.workers() if w.pid in
-                                      {a.pid for a in postmaster.parents()}), None), 10, "the drill's worker")
+    worker = wait_until(
+        lambda: next((w for w in svc.workers() if w.pid in {a.pid for a in postmaster.parents()}), None),
+        10,
+        "the drill's worker",
+    )
     # the attacker's slow rows keep pg_restore busy: the worker dies in the middle of the drill
     wait_until(lambda: any(p.name() == "pg_restore" for p in worker.children(recursive=True)), 30, "pg_restore running")
     os.kill(worker.pid, signal.SIGKILL)
-    wait_until(lambda: not postmaster.is_running() or postmaster.status() == psutil.STATUS_ZOMBIE, 15,
-               "the killed worker's drill server gone")
-    wait_until(lambda: not [p for p in drill_servers() if str(sandbox_root) in " ".join(p.info["cmdline"] or [])],
-               15, "every process of the killed drill gone")
+    wait_until(
+        lambda: not postmaster.is_running() or postmaster.status() == psutil.STATUS_ZOMBIE,
+        15,
+        "the killed worker's drill server gone",
+    )
+    wait_until(
+        lambda: not [p for p in drill_servers() if str(sandbox_root) in " ".join(p.info["cmdline"] or [])],
+        15,
+        "every process of the killed drill gone",
+    )
     # the next attempt sweeps what the killed one left on disk, then drills to the end
     row = wait_for_state(db, drill, {"completed", "permanently_failed"}, timeout=120)
     assert row["job_state"] == "completed", row["last_error"]
     assert not sandbox_root.exists(), "the killed drill's sandbox was removed"
-    assert not [p for p in drill_servers() if str(drill_tmpdir) in " ".join(p.cmdline())], \
+    assert not [p for p in drill_servers() if str(drill_tmpdir) in " ".join(p.cmdline())], (
         "no drill server outlives its drill"
+    )
     assert not list(drill_tmpdir.iterdir())
 
 
@@ -202,14 +233,30 @@ def dumped(db, backup_dir):
     """A real custom-format dump of a small table, registered as a completed backup by hand."""
     db.cursor().execute("CREATE TABLE public.items AS SELECT g AS id FROM generate_series(1, 10) g")
     path = backup_dir / "items.dump"
-    subprocess.run(["runuser", "-u", "postgres", "--", "pg_dump", "--format=custom", f"--file={path}",
-                    "--table=public.items", db.dsn], check=True)
+    subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "pg_dump",
+            "--format=custom",
+            f"--file={path}",
+            "--table=public.items",
+            db.dsn,
+        ],
+        check=True,
+    )
     return path
 
 
 def _register(db, location: str) -> str:
-    backup_id = scalar(db, "SELECT pggit.register_backup('by-hand', 'full', 'pg_dump', %s, p_branch_name := 'main', "
-                           "p_metadata := '{\"format\": \"custom\"}')", (location,))
+    backup_id = scalar(
+        db,
+        "SELECT pggit.register_backup('by-hand', 'full', 'pg_dump', %s, p_branch_name := 'main', "
+        'p_metadata := \'{"format": "custom"}\')',
+        (location,),
+    )
     db.cursor().execute("SELECT pggit.complete_backup(%s)", (backup_id,))
     return str(backup_id)
 
@@ -228,12 +275,17 @@ def _tables(dsn: str) -> int:
         conn.close()
 
 
-def test_restore_into_a_target_as_superuser_or_createrole_is_refused_without_the_trust_flag(db, dumped, empty_db,
-                                                                                             tmp_path, backup_dir):
+def test_restore_into_a_target_as_superuser_or_createrole_is_refused_without_the_trust_flag(
+    db, dumped, empty_db, tmp_path, backup_dir
+):
     backup_id = _register(db, f"file://{dumped}")
     config = _config(tmp_path, db, str(backup_dir))
-    refused = subprocess.run(CLI + ["restore", backup_id, "--target-dsn", empty_db, "-c", str(config)],
-                             capture_output=True, text=True, cwd=ROOT)
+    refused = subprocess.run(
+        CLI + ["restore", backup_id, "--target-dsn", empty_db, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert refused.returncode == 1 and "--trust-backup-contents" in refused.stderr and "SUPERUSER" in refused.stderr
     assert _tables(empty_db) == 0, "nothing was restored"
 
@@ -243,13 +295,21 @@ def test_restore_into_a_target_as_superuser_or_createrole_is_refused_without_the
     try:
         for login in (creator, member):
             target = psycopg2.extensions.make_dsn(empty_db, user=login)
-            out = subprocess.run(CLI + ["restore", backup_id, "--target-dsn", target, "-c", str(config)],
-                                 capture_output=True, text=True, cwd=ROOT)
+            out = subprocess.run(
+                CLI + ["restore", backup_id, "--target-dsn", target, "-c", str(config)],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
             assert out.returncode == 1 and "CREATEROLE" in out.stderr and "--trust-backup-contents" in out.stderr, login
         assert _tables(empty_db) == 0
 
-        trusted = subprocess.run(CLI + ["restore", backup_id, "--target-dsn", empty_db, "-c", str(config),
-                                        "--trust-backup-contents"], capture_output=True, text=True, cwd=ROOT)
+        trusted = subprocess.run(
+            CLI + ["restore", backup_id, "--target-dsn", empty_db, "-c", str(config), "--trust-backup-contents"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         assert trusted.returncode == 0, trusted.stderr
         assert _tables(empty_db) == 1
     finally:
@@ -269,8 +329,12 @@ def test_restore_as_the_unprivileged_owner_of_the_target_runs_without_the_flag(d
         admin_target.cursor().execute(f'ALTER SCHEMA public OWNER TO "{owner}"')
         admin_target.close()
         backup_id = _register(db, f"file://{dumped}")
-        out = subprocess.run(CLI + ["restore", backup_id, "--target-dsn", target, "-c", str(_config(tmp_path, db, str(backup_dir)))],
-                             capture_output=True, text=True, cwd=ROOT)
+        out = subprocess.run(
+            CLI + ["restore", backup_id, "--target-dsn", target, "-c", str(_config(tmp_path, db, str(backup_dir)))],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         assert out.returncode == 0, out.stderr
         assert _tables(target) == 1
     finally:
@@ -279,12 +343,19 @@ def test_restore_as_the_unprivileged_owner_of_the_target_runs_without_the_flag(d
         admin.close()
 
 
-def test_relative_file_location_is_refused_by_restore_even_from_inside_an_allowed_directory(db, dumped, empty_db,
-                                                                                             tmp_path, backup_dir):
+def test_relative_file_location_is_refused_by_restore_even_from_inside_an_allowed_directory(
+    db, dumped, empty_db, tmp_path, backup_dir
+):
     backup_id = _register(db, "file:--role=postgres")
-    out = subprocess.run(CLI + ["restore", backup_id, "--target-dsn", empty_db, "-c", str(_config(tmp_path, db, str(backup_dir)))],
-                         capture_output=True, text=True, cwd=str(backup_dir))
-    assert out.returncode == 1 and "restore refused" in out.stderr and "not an absolute file:// path" in out.stderr, out.stderr
+    out = subprocess.run(
+        CLI + ["restore", backup_id, "--target-dsn", empty_db, "-c", str(_config(tmp_path, db, str(backup_dir)))],
+        capture_output=True,
+        text=True,
+        cwd=str(backup_dir),
+    )
+    assert out.returncode == 1 and "restore refused" in out.stderr and "not an absolute file:// path" in out.stderr, (
+        out.stderr
+    )
     assert _tables(empty_db) == 0
 
 

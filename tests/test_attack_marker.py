@@ -50,7 +50,9 @@ def login(dsn, db):
 
     def _login(granted: str):
         name = f"pggit_mark_{secrets.token_hex(6)}"
-        db.cursor().execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(granted)))
+        db.cursor().execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(granted))
+        )
         created.append(name)
         conn = psycopg2.connect(dsn, user=name)
         conn.autocommit = True
@@ -99,7 +101,9 @@ def test_two_admin_sessions_with_the_marker_cannot_enqueue_two_jobs_for_one_back
 
     def enqueue_second():
         try:
-            outcome["job"] = scalar(second, "SELECT pggit.enqueue_backup_job(%s, 'other-script --b', 'custom')", (backup_id,))
+            outcome["job"] = scalar(
+                second, "SELECT pggit.enqueue_backup_job(%s, 'other-script --b', 'custom')", (backup_id,)
+            )
         except psycopg2.Error as exc:
             outcome["error"] = exc
 
@@ -111,8 +115,9 @@ def test_two_admin_sessions_with_the_marker_cannot_enqueue_two_jobs_for_one_back
     assert not racer.is_alive()
     assert "job" not in outcome, "a second job for one backup would race the first to decide its outcome"
     assert outcome["error"].pgcode in ("55000", "22023", "23505")
-    assert [r["command"] for r in query(db, "SELECT command FROM pggit.backup_jobs WHERE backup_id = %s", (backup_id,))] \
-        == ["my-script --a"]
+    assert [
+        r["command"] for r in query(db, "SELECT command FROM pggit.backup_jobs WHERE backup_id = %s", (backup_id,))
+    ] == ["my-script --a"]
 
 
 def test_admin_with_the_marker_still_meets_the_backup_rows_checks_inside_register_backup(db, login):
@@ -123,14 +128,20 @@ def test_admin_with_the_marker_still_meets_the_backup_rows_checks_inside_registe
     # inside register_backup the marker is off: the row went through the INSERT checks
     row = query(db, "SELECT status, created_by FROM pggit.backups WHERE backup_id = %s", (backup_id,))[0]
     assert row == {"status": "in_progress", "created_by": scalar(admin, "SELECT session_user::text")}
-    assert scalar(admin, "SELECT current_setting('pggit.queue_internal')") == "on", "the caller's own setting is untouched"
+    assert scalar(admin, "SELECT current_setting('pggit.queue_internal')") == "on", (
+        "the caller's own setting is untouched"
+    )
 
 
 def test_only_the_queue_functions_run_with_the_marker_on_and_every_other_security_definer_has_it_off(db):
-    rows = query(db, """
+    rows = query(
+        db,
+        """
         SELECT p.oid::regprocedure::text AS fn,
-               (SELECT split_part(c, '=', 2) FROM unnest(p.proconfig) c WHERE c LIKE 'pggit.queue_internal=%%') AS marker
-          FROM pg_proc p WHERE p.pronamespace = 'pggit'::regnamespace AND p.prosecdef""")
+               (SELECT split_part(c, '=', 2) FROM unnest(p.proconfig) c
+                 WHERE c LIKE 'pggit.queue_internal=%%') AS marker
+          FROM pg_proc p WHERE p.pronamespace = 'pggit'::regnamespace AND p.prosecdef""",
+    )
     on = {r["fn"] for r in rows if r["marker"] == "on"}
     assert on == QUEUE_FUNCTIONS, "a new queue function belongs in QUEUE_FUNCTIONS; anything else gets the marker off"
     assert [r["fn"] for r in rows if r["marker"] not in ("on", "off")] == []

@@ -51,13 +51,21 @@ def basebackup(branch="main", path="/backups", options="{}"):
     return BASEBACKUP, (branch, path, options)
 
 
-def enqueue(backup_id=REGISTERED, command="my-script.sh --output /backups", tool="custom", max_attempts=3,
-            metadata="{}"):
+def enqueue(
+    backup_id=REGISTERED, command="my-script.sh --output /backups", tool="custom", max_attempts=3, metadata="{}"
+):
     return ENQUEUE, (backup_id, command, tool, max_attempts, metadata)
 
 
-def register(name="custom-001", backup_type="full", tool="custom", location="s3://bucket/custom-001",
-             commit=None, branch="main", metadata="{}"):
+def register(
+    name="custom-001",
+    backup_type="full",
+    tool="custom",
+    location="s3://bucket/custom-001",
+    commit=None,
+    branch="main",
+    metadata="{}",
+):
     return REGISTER, (name, backup_type, tool, location, commit, branch, metadata)
 
 
@@ -111,7 +119,7 @@ CASES = [
     case("pgbackrest-option-type-unknown", pgbackrest(options=opts(type="weekly")), "p_options.type"),
     # --- backup_barman ---
     case("barman-server-null", barman(server=None), "p_server_name"),
-    case("barman-server-all", barman(server="all"), "p_server_name", "not \"all\""),
+    case("barman-server-all", barman(server="all"), "p_server_name", 'not "all"'),
     case("barman-server-ALL", barman(server="ALL"), "p_server_name"),
     case("barman-server-pipe", barman(server="pg|cat"), "p_server_name"),
     case("barman-server-parent-dir", barman(server="../x"), "p_server_name"),
@@ -121,8 +129,12 @@ CASES = [
     case("barman-branch-null", barman(branch=None), "p_branch_name"),
     case("barman-wait-maybe", barman(options=opts(wait="maybe")), "p_options.wait", "true or false"),
     case("barman-wait-number", barman(options=opts(wait=3)), "p_options.wait"),
-    case("barman-reuse-backup-sideways", barman(options=opts(reuse__backup="sideways")), "p_options.reuse-backup",
-         "off, copy, link"),
+    case(
+        "barman-reuse-backup-sideways",
+        barman(options=opts(reuse__backup="sideways")),
+        "p_options.reuse-backup",
+        "off, copy, link",
+    ),
     case("barman-reuse-backup-boolean", barman(options=opts(reuse__backup=True)), "p_options.reuse-backup"),
     case("barman-options-unknown-key", barman(options=opts(immediate=True)), "p_options", "wait"),
     # --- backup_pg_dump ---
@@ -150,20 +162,34 @@ CASES = [
     case("pg_dump-path-null", pg_dump(path=None), "p_output_path"),
     case("pg_dump-path-empty", pg_dump(path=""), "p_output_path"),
     case("pg_dump-path-2000-chars", pg_dump(path="/" + "a" * 1999), "p_output_path"),
-    case("pg_dump-compression-level-10", pg_dump(options=opts(compression_level=10)), "p_options.compression_level",
-         "0 to 9"),
-    case("pg_dump-compression-level-minus-1", pg_dump(options=opts(compression_level=-1)),
-         "p_options.compression_level"),
-    case("pg_dump-compression-level-with-command", pg_dump(options=opts(compression_level="9; rm")),
-         "p_options.compression_level"),
-    case("pg_dump-compression-level-array", pg_dump(options=opts(compression_level=[])),
-         "p_options.compression_level"),
-    case("pg_dump-compression-level-object", pg_dump(options=opts(compression_level={})),
-         "p_options.compression_level"),
-    case("pg_dump-compression-level-empty-string", pg_dump(options=opts(compression_level="")),
-         "p_options.compression_level"),
-    case("pg_dump-compression-level-with-tar", pg_dump(fmt="tar", options=opts(compression_level=5)),
-         "p_options.compression_level"),
+    case(
+        "pg_dump-compression-level-10",
+        pg_dump(options=opts(compression_level=10)),
+        "p_options.compression_level",
+        "0 to 9",
+    ),
+    case(
+        "pg_dump-compression-level-minus-1", pg_dump(options=opts(compression_level=-1)), "p_options.compression_level"
+    ),
+    case(
+        "pg_dump-compression-level-with-command",
+        pg_dump(options=opts(compression_level="9; rm")),
+        "p_options.compression_level",
+    ),
+    case("pg_dump-compression-level-array", pg_dump(options=opts(compression_level=[])), "p_options.compression_level"),
+    case(
+        "pg_dump-compression-level-object", pg_dump(options=opts(compression_level={})), "p_options.compression_level"
+    ),
+    case(
+        "pg_dump-compression-level-empty-string",
+        pg_dump(options=opts(compression_level="")),
+        "p_options.compression_level",
+    ),
+    case(
+        "pg_dump-compression-level-with-tar",
+        pg_dump(fmt="tar", options=opts(compression_level=5)),
+        "p_options.compression_level",
+    ),
     case("pg_dump-jobs-0", pg_dump(fmt="directory", options=opts(jobs=0)), "p_options.jobs", "1 to 64"),
     case("pg_dump-jobs-65", pg_dump(fmt="directory", options=opts(jobs=65)), "p_options.jobs"),
     case("pg_dump-jobs-with-tar", pg_dump(fmt="tar", options=opts(jobs=4)), "p_options.jobs", "directory"),
@@ -173,30 +199,47 @@ CASES = [
     case("pg_dump-priority-high", pg_dump(options=opts(priority="high")), "p_options.priority"),
     case("pg_dump-timeout-0", pg_dump(options=opts(timeout_seconds=0)), "p_options.timeout_seconds"),
     case("pg_dump-webhook-ftp", pg_dump(options=opts(webhook_url="ftp://x")), "p_options.webhook_url", "http"),
-    case("pg_dump-webhook-javascript", pg_dump(options=opts(webhook_url="javascript:alert(1)")),
-         "p_options.webhook_url"),
+    case(
+        "pg_dump-webhook-javascript", pg_dump(options=opts(webhook_url="javascript:alert(1)")), "p_options.webhook_url"
+    ),
     case("pg_dump-webhook-space", pg_dump(options=opts(webhook_url="http://a b")), "p_options.webhook_url"),
     case("pg_dump-webhook-newline", pg_dump(options=opts(webhook_url="http://x\n")), "p_options.webhook_url"),
     case("pg_dump-webhook-number", pg_dump(options=opts(webhook_url=123)), "p_options.webhook_url"),
     case("pg_dump-webhook-file", pg_dump(options=opts(webhook_url="file:///etc/passwd")), "p_options.webhook_url"),
     case("pg_dump-webhook-backticks", pg_dump(options=opts(webhook_url="http://x/`id`")), "p_options.webhook_url"),
-    case("pg_dump-webhook-too-long", pg_dump(options=opts(webhook_url="https://x/" + "a" * 3000)),
-         "p_options.webhook_url"),
+    case(
+        "pg_dump-webhook-too-long",
+        pg_dump(options=opts(webhook_url="https://x/" + "a" * 3000)),
+        "p_options.webhook_url",
+    ),
     case("pg_dump-notify-yes", pg_dump(options=opts(notify_on_success="yes")), "p_options.notify_on_success"),
     case("pg_dump-options-unknown-key", pg_dump(options=opts(file="/etc/passwd")), "p_options", "compression_level"),
     # --- backup_pg_basebackup ---
     case("basebackup-path-dot-dot", basebackup(path="/backups/../x"), "p_output_path"),
     case("basebackup-path-relative", basebackup(path="x"), "p_output_path"),
-    case("basebackup-gzip-with-plain", basebackup(options=opts(compression="gzip")), "p_options.compression",
-         "tar"),
-    case("basebackup-compression-bzip2", basebackup(options=opts(format="tar", compression="bzip2")),
-         "p_options.compression", "gzip, lz4, zstd"),
-    case("basebackup-level-without-compression", basebackup(options=opts(compression_level=5)),
-         "p_options.compression_level"),
-    case("basebackup-gzip-level-10", basebackup(options=opts(format="tar", compression="gzip", compression_level=10)),
-         "p_options.compression_level"),
-    case("basebackup-checkpoint-slow", basebackup(options=opts(checkpoint="slow")), "p_options.checkpoint",
-         "fast, spread"),
+    case("basebackup-gzip-with-plain", basebackup(options=opts(compression="gzip")), "p_options.compression", "tar"),
+    case(
+        "basebackup-compression-bzip2",
+        basebackup(options=opts(format="tar", compression="bzip2")),
+        "p_options.compression",
+        "gzip, lz4, zstd",
+    ),
+    case(
+        "basebackup-level-without-compression",
+        basebackup(options=opts(compression_level=5)),
+        "p_options.compression_level",
+    ),
+    case(
+        "basebackup-gzip-level-10",
+        basebackup(options=opts(format="tar", compression="gzip", compression_level=10)),
+        "p_options.compression_level",
+    ),
+    case(
+        "basebackup-checkpoint-slow",
+        basebackup(options=opts(checkpoint="slow")),
+        "p_options.checkpoint",
+        "fast, spread",
+    ),
     case("basebackup-format-zip", basebackup(options=opts(format="zip")), "p_options.format"),
     case("basebackup-options-unknown-key", basebackup(options=opts(wal_method="none")), "p_options", "checkpoint"),
     # --- enqueue_backup_job ---
@@ -269,9 +312,13 @@ CASES = [
 def shared_dsn(postgresql_server):
     """A database of this module's own, cloned from the session's schema template."""
     janitor = DatabaseJanitor(
-        user=postgresql_server.user, host=postgresql_server.host, port=postgresql_server.port,
-        password=postgresql_server.password, dbname=f"pggit_hostile_{secrets.token_hex(4)}",
-        template_dbname=postgresql_server.template_dbname)
+        user=postgresql_server.user,
+        host=postgresql_server.host,
+        port=postgresql_server.port,
+        password=postgresql_server.password,
+        dbname=f"pggit_hostile_{secrets.token_hex(4)}",
+        template_dbname=postgresql_server.template_dbname,
+    )
     with janitor:
         yield make_dsn(janitor.host, janitor.port, janitor.user, janitor.dbname, janitor.password)
 
@@ -290,8 +337,10 @@ def seeded(shared_dsn):
     connection = psycopg2.connect(shared_dsn)
     connection.autocommit = True
     try:
-        registered = scalar(connection, "SELECT pggit.register_backup('seed-custom', 'full', 'custom', "
-                                        "'s3://bucket/seed', NULL, 'main')")
+        registered = scalar(
+            connection,
+            "SELECT pggit.register_backup('seed-custom', 'full', 'custom', 's3://bucket/seed', NULL, 'main')",
+        )
         scalar(connection, "SELECT pggit.backup_pgbackrest('full', 'main', 'seed')")
     finally:
         connection.close()
@@ -300,13 +349,16 @@ def seeded(shared_dsn):
 
 def table_state(conn):
     """Row counts and a digest of every row of backups and backup_jobs."""
-    return query(conn, """
+    return query(
+        conn,
+        """
         SELECT (SELECT count(*) FROM pggit.backups) AS backups,
                (SELECT count(*) FROM pggit.backup_jobs) AS jobs,
                (SELECT md5(coalesce(string_agg(b::text, '|' ORDER BY b.backup_id), '')) FROM pggit.backups b)
                    AS backups_digest,
                (SELECT md5(coalesce(string_agg(j::text, '|' ORDER BY j.job_id), '')) FROM pggit.backup_jobs j)
-                   AS jobs_digest""")[0]
+                   AS jobs_digest""",
+    )[0]
 
 
 def execute(conn, statement, args=None):
@@ -317,7 +369,8 @@ def execute(conn, statement, args=None):
 
 @pytest.mark.parametrize("statement, args, param, hint_part", CASES)
 def test_hostile_input_is_refused_with_22023_naming_the_parameter_and_writes_nothing(
-        conn, seeded, statement, args, param, hint_part):
+    conn, seeded, statement, args, param, hint_part
+):
     args = tuple(seeded if arg is REGISTERED else arg for arg in args)
     before = table_state(conn)
     with pytest.raises(psycopg2.Error) as caught:
@@ -332,11 +385,17 @@ def test_hostile_input_is_refused_with_22023_naming_the_parameter_and_writes_not
     assert table_state(conn) == before
 
 
-@pytest.mark.parametrize("statement, sqlstate", [
-    ("SELECT pggit.backup_pg_dump('main', NULL, 'custom', '/backups/' || chr(0))", "54000"),
-    ("""SELECT pggit.backup_pg_dump('main', NULL, 'custom', '/backups', '{"webhook_url": "http://x/\\u0000"}')""",
-     "22P05"),
-], ids=["nul-in-path", "nul-in-json-option"])
+@pytest.mark.parametrize(
+    "statement, sqlstate",
+    [
+        ("SELECT pggit.backup_pg_dump('main', NULL, 'custom', '/backups/' || chr(0))", "54000"),
+        (
+            """SELECT pggit.backup_pg_dump('main', NULL, 'custom', '/backups', '{"webhook_url": "http://x/\\u0000"}')""",
+            "22P05",
+        ),
+    ],
+    ids=["nul-in-path", "nul-in-json-option"],
+)
 def test_nul_characters_are_refused_before_reaching_any_function(conn, statement, sqlstate):
     before = table_state(conn)
     with pytest.raises(psycopg2.Error) as caught:
@@ -359,10 +418,12 @@ def test_unicode_space_around_an_integer_option_is_a_22023_error_naming_the_opti
     # (here U+2003) but the numeric cast does not accept them, so the call fails with 22P02 "invalid
     # input syntax for type numeric" instead of 22023 naming p_options.compression_level with a HINT.
     assert failure == ("22023", "p_options.compression_level"), (
-        f"an EM SPACE before a digit string gave (sqlstate, column) = {failure}")
+        f"an EM SPACE before a digit string gave (sqlstate, column) = {failure}"
+    )
 
 
 # --- the guide's loose-but-valid forms --------------------------------------------------------------
+
 
 def spec_params(conn, backup_id):
     return scalar(conn, "SELECT spec -> 'params' FROM pggit.backup_jobs WHERE backup_id = %s", (backup_id,))
@@ -374,10 +435,22 @@ def command_of(conn, backup_id):
 
 def test_compression_level_given_as_a_string_is_stored_as_a_number(conn):
     backup_id = scalar(conn, *pg_dump(options=opts(compression_level="9")))
-    assert scalar(conn, "SELECT spec #> '{params,compression_level}' FROM pggit.backup_jobs WHERE backup_id = %s",
-                  (backup_id,)) == 9
-    assert scalar(conn, "SELECT jsonb_typeof(spec #> '{params,compression_level}') FROM pggit.backup_jobs "
-                        "WHERE backup_id = %s", (backup_id,)) == "number"
+    assert (
+        scalar(
+            conn,
+            "SELECT spec #> '{params,compression_level}' FROM pggit.backup_jobs WHERE backup_id = %s",
+            (backup_id,),
+        )
+        == 9
+    )
+    assert (
+        scalar(
+            conn,
+            "SELECT jsonb_typeof(spec #> '{params,compression_level}') FROM pggit.backup_jobs WHERE backup_id = %s",
+            (backup_id,),
+        )
+        == "number"
+    )
     assert "--compress=9" in command_of(conn, backup_id).split()
 
 
@@ -419,7 +492,16 @@ def test_output_path_is_normalised(conn):
 STANZA_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 DANGEROUS = list(";|&$`'\"\\<>(){}[]*?~!#%^ \t\n\r/=,:@+") + [
-    "..", "--", "$(id)", "`id`", "é", "\u2028", "\u00a0", "\u200b", "\U0001f4a3"]
+    "..",
+    "--",
+    "$(id)",
+    "`id`",
+    "é",
+    "\u2028",
+    "\u00a0",
+    "\u200b",
+    "\U0001f4a3",
+]
 
 
 def random_stanzas(count=200, seed=20240611):

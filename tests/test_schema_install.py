@@ -15,11 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "pggit_supervisor"]
 
 
-
-
 def _psql_install(dsn):
-    return subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", "schema/install.sql"],
-                          cwd=ROOT, capture_output=True, text=True)
+    return subprocess.run(
+        ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", "schema/install.sql"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
 
 
 def _fingerprint(dsn):
@@ -27,11 +29,17 @@ def _fingerprint(dsn):
     conn = psycopg2.connect(dsn)
     try:
         return (
-            query(conn, """SELECT p.oid::regprocedure::text AS fn, md5(pg_get_functiondef(p.oid)) AS body,
+            query(
+                conn,
+                """SELECT p.oid::regprocedure::text AS fn, md5(pg_get_functiondef(p.oid)) AS body,
                                   p.proacl::text AS acl
-                             FROM pg_proc p WHERE p.pronamespace = 'pggit'::regnamespace ORDER BY 1"""),
-            query(conn, """SELECT c.relname, c.relkind, c.relacl::text AS acl FROM pg_class c
-                            WHERE c.relnamespace = 'pggit'::regnamespace ORDER BY 1"""),
+                             FROM pg_proc p WHERE p.pronamespace = 'pggit'::regnamespace ORDER BY 1""",
+            ),
+            query(
+                conn,
+                """SELECT c.relname, c.relkind, c.relacl::text AS acl FROM pg_class c
+                            WHERE c.relnamespace = 'pggit'::regnamespace ORDER BY 1""",
+            ),
             query(conn, "SELECT name, head_commit_hash FROM pggit.branches ORDER BY name"),
             query(conn, "SELECT count(*) AS commits FROM pggit.commits"),
             query(conn, "SELECT version, name FROM pggit.backup_schema_migrations ORDER BY version"),
@@ -109,8 +117,9 @@ def test_install_sql_applies_every_numbered_file_in_order():
     assert included == ["000_bootstrap.sql"] + files
     assert guarded == [m.version for m in schema.migrations()]
     for migration in schema.migrations():
-        assert f"VALUES ({migration.version}, '{migration.name}')" in migration.path.read_text(), \
+        assert f"VALUES ({migration.version}, '{migration.name}')" in migration.path.read_text(), (
             f"{migration.name} must record its own version"
+        )
 
 
 def test_cli_version_help_and_database_errors():
@@ -118,8 +127,12 @@ def test_cli_version_help_and_database_errors():
     assert version.returncode == 0 and version.stdout.strip() == f"pggit-supervisor {__version__}"
     helptext = subprocess.run(CLI + ["--help"], capture_output=True, text=True, cwd=ROOT)
     assert helptext.returncode == 0 and "schema" in helptext.stdout
-    bad = subprocess.run(CLI + ["schema", "status", "--dsn", "host=127.0.0.1 port=1 connect_timeout=2"],
-                         capture_output=True, text=True, cwd=ROOT)
+    bad = subprocess.run(
+        CLI + ["schema", "status", "--dsn", "host=127.0.0.1 port=1 connect_timeout=2"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert bad.returncode == 1 and bad.stderr.startswith("pggit-supervisor: database error:")
     assert "Traceback" not in bad.stderr
 
@@ -139,5 +152,11 @@ def test_a_real_pggit_installs_grants_on_its_own_schema_and_tables_are_kept(empt
     assert scalar(conn, "SELECT has_table_privilege('public', 'pggit.commits', 'SELECT')") is True
     assert scalar(conn, "SELECT has_function_privilege('public', 'pggit._core_helper()', 'EXECUTE')") is True
     assert scalar(conn, "SELECT has_table_privilege('public', 'pggit.backup_jobs', 'SELECT')") is False
-    assert scalar(conn, "SELECT has_function_privilege('public', 'pggit.backup_pg_dump(text,text,text,text,jsonb)', 'EXECUTE')") is False
+    assert (
+        scalar(
+            conn,
+            "SELECT has_function_privilege('public', 'pggit.backup_pg_dump(text,text,text,text,jsonb)', 'EXECUTE')",
+        )
+        is False
+    )
     conn.close()
