@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 import psycopg2
 import psycopg2.extras
 import pytest
+from psycopg2 import sql
 from pytest_postgresql import factories
 
 import prerequisites
@@ -144,6 +146,41 @@ def connect(dsn):
 @pytest.fixture
 def db(connect):
     return connect()
+
+
+@pytest.fixture
+def login_as(dsn, db):
+    """login_as(*roles) -> (autocommit connection, name) of a new LOGIN role that is a member of
+    `roles` (none: a login with no pggit role, like PUBLIC). What it owned and the role go afterwards."""
+    created: list[str] = []
+    opened = []
+
+    def _login_as(*roles: str | None):
+        name = f"pggit_t_{secrets.token_hex(6)}"
+        with db.cursor() as cur:
+            cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+            created.append(name)
+            for role in filter(None, roles):
+                cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(name)))
+        conn = psycopg2.connect(dsn, user=name)
+        conn.autocommit = True
+        opened.append(conn)
+        return conn, name
+
+    yield _login_as
+    for conn in opened:
+        conn.close()
+    with db.cursor() as cur:
+        for name in created:
+            cur.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(name)))
+            cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def login(login_as):
+    """login(role) -> autocommit connection of a new LOGIN role IN ROLE `role`."""
+    return lambda role: login_as(role)[0]
 
 
 def query(conn, sql, params=None):

@@ -23,32 +23,6 @@ WORKER = "pggit_backup_worker"
 ADMIN = "pggit_backup_admin"
 
 
-@pytest.fixture
-def login(dsn, db):
-    """login(role) -> (autocommit connection, name) of a new LOGIN role IN ROLE `role`."""
-    created: list[str] = []
-    opened = []
-
-    def _login(granted: str):
-        name = f"pggit_atk_{secrets.token_hex(6)}"
-        db.cursor().execute(
-            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(granted))
-        )
-        created.append(name)
-        conn = psycopg2.connect(dsn, user=name)
-        conn.autocommit = True
-        opened.append(conn)
-        return conn, name
-
-    yield _login
-    for conn in opened:
-        conn.close()
-    with db.cursor() as cur:
-        for name in created:
-            cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-
-
 def refused(conn, statement, params=None) -> psycopg2.Error:
     """Runs a statement that must fail; returns the error."""
     with pytest.raises(psycopg2.Error) as caught:
@@ -67,9 +41,9 @@ def fail_for_good(conn, job_id, token):
     )
 
 
-def test_worker_completing_a_backup_whose_job_is_queued_is_refused(db, login):
+def test_worker_completing_a_backup_whose_job_is_queued_is_refused(db, login_as):
     backup_id, job_id = schedule_dump(db)
-    attacker, _ = login(WORKER)
+    attacker, _ = login_as(WORKER)
     error = refused(attacker, "SELECT pggit.complete_backup(%s, 1000, 500, 'gzip')", (backup_id,))
     assert error.pgcode == "55000" and str(backup_id) in error.diag.message_primary
     assert "job" in error.diag.message_hint
@@ -80,10 +54,10 @@ def test_worker_completing_a_backup_whose_job_is_queued_is_refused(db, login):
     assert (row["status"], row["backup_size"]) == ("failed", None)
 
 
-def test_worker_failing_a_backup_while_its_job_runs_is_refused(db, login):
+def test_worker_failing_a_backup_while_its_job_runs_is_refused(db, login_as):
     backup_id, job_id = schedule_dump(db)
     held = claim(db, "host-a")
-    attacker, _ = login(WORKER)
+    attacker, _ = login_as(WORKER)
     error = refused(attacker, "SELECT pggit.fail_backup(%s, 'disk full')", (backup_id,))
     assert error.pgcode == "42501", "fail_backup is the admin's, for backups registered by hand"
     assert backup(db, backup_id)["status"] == "in_progress"
@@ -97,10 +71,10 @@ def test_worker_failing_a_backup_while_its_job_runs_is_refused(db, login):
     assert (row["status"], row["backup_size"]) == ("completed", 42), "the real result is recorded"
 
 
-def test_admin_fails_a_backup_while_its_job_runs_is_refused_too(db, login):
+def test_admin_fails_a_backup_while_its_job_runs_is_refused_too(db, login_as):
     backup_id, _ = schedule_dump(db)
     claim(db, "host-a")
-    admin, _ = login(ADMIN)
+    admin, _ = login_as(ADMIN)
     error = refused(admin, "SELECT pggit.fail_backup(%s, 'disk full')", (backup_id,))
     assert error.pgcode == "55000" and "cancelled" in error.diag.message_hint
     assert backup(db, backup_id)["status"] == "in_progress"
@@ -119,10 +93,10 @@ def test_admin_fails_a_backup_while_its_job_runs_is_refused_too(db, login):
         "metadata = metadata || '{\"row_counts\": {}}'",
     ],
 )
-def test_admin_updating_a_backups_facts_by_hand_is_refused(db, login, assignment):
+def test_admin_updating_a_backups_facts_by_hand_is_refused(db, login_as, assignment):
     backup_id, _ = schedule_dump(db)
     before = backup(db, backup_id)
-    admin, _ = login(ADMIN)
+    admin, _ = login_as(ADMIN)
     # the admin may UPDATE only backup_name (011); the table's owner meets the trigger's refusal
     error = refused(admin, f"UPDATE pggit.backups SET {assignment} WHERE backup_id = %s", (backup_id,))
     assert error.pgcode == "42501"
@@ -132,8 +106,8 @@ def test_admin_updating_a_backups_facts_by_hand_is_refused(db, login, assignment
     assert backup(db, backup_id) == before
 
 
-def test_admin_marking_a_hand_registered_backup_completed_by_update_is_refused(db, login):
-    admin, _ = login(ADMIN)
+def test_admin_marking_a_hand_registered_backup_completed_by_update_is_refused(db, login_as):
+    admin, _ = login_as(ADMIN)
     backup_id = scalar(admin, "SELECT pggit.register_backup('by-hand', 'full', 'custom', 's3://b/x', NULL, 'main')")
     error = refused(
         admin, "UPDATE pggit.backups SET status = 'completed', verified_at = now() WHERE backup_id = %s", (backup_id,)
@@ -155,8 +129,8 @@ def test_table_owner_updating_a_backups_facts_without_the_queue_marker_is_refuse
     assert backup(db, backup_id)["status"] == "in_progress"
 
 
-def test_admin_inserting_a_backup_that_is_already_completed_and_verified_is_refused(db, login):
-    admin, _ = login(ADMIN)
+def test_admin_inserting_a_backup_that_is_already_completed_and_verified_is_refused(db, login_as):
+    admin, _ = login_as(ADMIN)
     forged = """
         INSERT INTO pggit.backups (backup_name, backup_type, backup_tool, location, branch_name, status,
                                    verified_at, completed_at, backup_size, checksum)
@@ -177,8 +151,8 @@ def test_admin_inserting_a_backup_that_is_already_completed_and_verified_is_refu
         ("claimed_via", "'guide'"),
     ],
 )
-def test_admin_inserting_a_job_that_is_not_freshly_queued_is_refused(db, login, columns, values):
-    admin, _ = login(ADMIN)
+def test_admin_inserting_a_job_that_is_not_freshly_queued_is_refused(db, login_as, columns, values):
+    admin, _ = login_as(ADMIN)
     backup_id = scalar(admin, "SELECT pggit.register_backup('custom-1', 'full', 'custom', 's3://b/x', NULL, 'main')")
     forged = f"""
         INSERT INTO pggit.backup_jobs (backup_id, tool, command, spec, {columns})
@@ -191,9 +165,9 @@ def test_admin_inserting_a_job_that_is_not_freshly_queued_is_refused(db, login, 
     assert backup(db, backup_id)["status"] == "in_progress"
 
 
-def test_admin_inserting_a_second_job_for_a_backup_is_refused(db, login):
+def test_admin_inserting_a_second_job_for_a_backup_is_refused(db, login_as):
     backup_id, _ = schedule_dump(db)
-    admin, _ = login(ADMIN)
+    admin, _ = login_as(ADMIN)
     second = """
         INSERT INTO pggit.backup_jobs (backup_id, tool, command, spec)
         VALUES (%s, 'custom', '/bin/true', '{"tool": "custom", "params": {"command": "/bin/true"}}')"""
@@ -217,11 +191,11 @@ def test_admin_inserting_a_second_job_for_a_backup_is_refused(db, login):
         """metadata = '{"webhook_url": "https://attacker.example/"}'""",
     ],
 )
-def test_admin_rewriting_a_queued_jobs_spec_command_tool_or_target_is_refused(db, login, assignment):
+def test_admin_rewriting_a_queued_jobs_spec_command_tool_or_target_is_refused(db, login_as, assignment):
     schedule_dump(db)
     _, job_id = schedule_dump(db, schema="public")
     before = row_of(db, "pggit.backup_jobs", "job_id", job_id)
-    admin, _ = login(ADMIN)
+    admin, _ = login_as(ADMIN)
     error = refused(admin, f"UPDATE pggit.backup_jobs SET {assignment} WHERE job_id = %s", (job_id,))
     assert error.pgcode == "55000" and "cannot change after it is enqueued" in error.diag.message_primary
     assert row_of(db, "pggit.backup_jobs", "job_id", job_id) == before
@@ -244,26 +218,26 @@ def test_admin_rewriting_a_queued_jobs_spec_command_tool_or_target_is_refused(db
         "last_error = 'forged'",
     ],
 )
-def test_admin_forging_a_running_jobs_claim_columns_is_refused(db, login, assignment):
+def test_admin_forging_a_running_jobs_claim_columns_is_refused(db, login_as, assignment):
     _, job_id = schedule_dump(db)
     claim(db, "host-a")
     before = row_of(db, "pggit.backup_jobs", "job_id", job_id)
-    admin, _ = login(ADMIN)
+    admin, _ = login_as(ADMIN)
     error = refused(admin, f"UPDATE pggit.backup_jobs SET {assignment} WHERE job_id = %s", (job_id,))
     assert error.pgcode == "55000" and "queue functions" in error.diag.message_primary
     assert row_of(db, "pggit.backup_jobs", "job_id", job_id) == before
 
 
-def test_admin_turning_a_workers_claim_into_a_guide_claim_to_complete_it_tokenless_is_refused(db, login):
+def test_admin_turning_a_workers_claim_into_a_guide_claim_to_complete_it_tokenless_is_refused(db, login_as):
     backup_id, job_id = schedule_dump(db)
     claim(db, "host-a")
-    admin, _ = login(ADMIN)
+    admin, _ = login_as(ADMIN)
     refused(admin, "UPDATE pggit.backup_jobs SET claimed_via = 'guide' WHERE job_id = %s", (job_id,))
     assert scalar(admin, "SELECT pggit.complete_backup_job(%s, 'forged')", (job_id,)) is False
     assert (job(db, job_id)["job_state"], backup(db, backup_id)["status"]) == ("in_progress", "in_progress")
 
 
-def test_admin_lowering_max_attempts_of_a_job_waiting_for_retry_is_refused(db, login):
+def test_admin_lowering_max_attempts_of_a_job_waiting_for_retry_is_refused(db, login_as):
     backup_id, job_id = schedule_dump(db)
     assert (
         scalar(
@@ -271,18 +245,18 @@ def test_admin_lowering_max_attempts_of_a_job_waiting_for_retry_is_refused(db, l
         )
         == "will_retry"
     )
-    admin, _ = login(ADMIN)
+    admin, _ = login_as(ADMIN)
     error = refused(admin, "UPDATE pggit.backup_jobs SET max_attempts = 1 WHERE job_id = %s", (job_id,))
     assert error.pgcode == "55000" and "max_attempts" in error.diag.message_primary
     # otherwise the job would be permanently failed while its backup stays in progress for ever
     assert (job(db, job_id)["job_state"], backup(db, backup_id)["status"]) == ("will_retry", "in_progress")
 
 
-def test_admin_deleting_a_running_job_to_start_a_second_backup_of_its_stanza_is_refused(db, login):
+def test_admin_deleting_a_running_job_to_start_a_second_backup_of_its_stanza_is_refused(db, login_as):
     _, first = schedule_stanza(db, "shared")
     _, second = schedule_stanza(db, "shared")
     assert claim(db, "host-a")["job_id"] == first
-    admin, _ = login(ADMIN)
+    admin, _ = login_as(ADMIN)
     error = refused(admin, "DELETE FROM pggit.backup_jobs WHERE job_id = %s", (first,))
     assert error.pgcode == "55000" and "status = 'cancelled'" in error.diag.message_hint
     assert claim(db, "host-b") is None, "pgBackRest is still backing up that stanza"
@@ -290,21 +264,21 @@ def test_admin_deleting_a_running_job_to_start_a_second_backup_of_its_stanza_is_
     assert job(db, second)["job_state"] == "ready"
 
 
-def test_admin_deleting_the_backup_of_a_running_job_is_refused(db, login):
+def test_admin_deleting_the_backup_of_a_running_job_is_refused(db, login_as):
     backup_id, job_id = schedule_stanza(db, "shared")
     schedule_stanza(db, "shared")
     claim(db, "host-a")
-    admin, _ = login(ADMIN)
+    admin, _ = login_as(ADMIN)
     error = refused(admin, "DELETE FROM pggit.backups WHERE backup_id = %s", (backup_id,))
     assert error.pgcode == "55000" and str(backup_id) in error.diag.message_primary
     assert claim(db, "host-b") is None
     assert job(db, job_id)["job_state"] == "in_progress"
 
 
-def test_worker_recording_sizes_on_a_backup_whose_job_another_login_claimed_is_refused(db, login):
+def test_worker_recording_sizes_on_a_backup_whose_job_another_login_claimed_is_refused(db, login_as):
     backup_id, job_id = schedule_dump(db)
-    host_a, name_a = login(WORKER)
-    host_b, _ = login(WORKER)
+    host_a, name_a = login_as(WORKER)
+    host_b, _ = login_as(WORKER)
     assert query(host_a, "SELECT * FROM pggit.get_next_backup_job('host-a')")[0]["job_id"] == job_id
     force(db, "UPDATE pggit.backup_jobs SET claimed_by = %s WHERE job_id = %s", (name_a, job_id))  # as 009 records it
     assert scalar(host_a, "SELECT pggit.complete_backup_job(%s, 'ok')", (job_id,)) is True
@@ -322,12 +296,12 @@ def claim_stanza(conn, worker_id):
     return rows[0] if rows else None
 
 
-def test_admin_inserting_a_pgbackrest_job_without_its_target_cannot_run_it_beside_another_on_the_stanza(db, login):
+def test_admin_inserting_a_pgbackrest_job_without_its_target_cannot_run_it_beside_another_on_the_stanza(db, login_as):
     schedule_stanza(db, "ins")
-    host_a, _ = login(WORKER)
-    host_b, _ = login(WORKER)
+    host_a, _ = login_as(WORKER)
+    host_b, _ = login_as(WORKER)
     assert claim_stanza(host_a, "host-a") is not None
-    admin, _ = login(ADMIN)
+    admin, _ = login_as(ADMIN)
     backup_id = scalar(admin, "SELECT pggit.register_backup('handmade-ins', 'full', 'pgbackrest', 'pgbackrest://ins')")
     error = refused(
         admin,
@@ -343,8 +317,8 @@ def test_admin_inserting_a_pgbackrest_job_without_its_target_cannot_run_it_besid
 
 
 @pytest.mark.parametrize("forgery", ["restore_test of another backup", "custom whose command differs from its spec"])
-def test_admin_inserting_a_job_whose_spec_disagrees_with_its_row_is_refused(db, login, forgery):
-    admin, _ = login(ADMIN)
+def test_admin_inserting_a_job_whose_spec_disagrees_with_its_row_is_refused(db, login_as, forgery):
+    admin, _ = login_as(ADMIN)
     if forgery.startswith("restore_test"):
         tested = scalar(admin, "SELECT pggit.register_backup('tested', 'snapshot', 'pg_dump', '/backups/t.dump')")
         other = scalar(admin, "SELECT pggit.register_backup('other', 'snapshot', 'pg_dump', '/backups/o.dump')")
@@ -372,8 +346,8 @@ def test_admin_inserting_a_job_whose_spec_disagrees_with_its_row_is_refused(db, 
     ["x\nSTART TIMELINE: 9\n../../etc", "A" * (20 * 1024 * 1024), "../../etc/passwd"],
     ids=["newline", "20 MB", "path"],
 )
-def test_admin_renaming_a_backup_to_a_name_register_backup_refuses_is_refused(db, login, name):
-    admin, _ = login(ADMIN)
+def test_admin_renaming_a_backup_to_a_name_register_backup_refuses_is_refused(db, login_as, name):
+    admin, _ = login_as(ADMIN)
     backup_id = scalar(admin, "SELECT pggit.register_backup('ok-name', 'snapshot', 'pg_dump', '/backups/x.dump')")
     error = refused(admin, "UPDATE pggit.backups SET backup_name = %s WHERE backup_id = %s", (name, backup_id))
     assert error.pgcode == "22023" and "backup_name" in error.diag.message_primary
@@ -381,8 +355,8 @@ def test_admin_renaming_a_backup_to_a_name_register_backup_refuses_is_refused(db
     assert backup(db, backup_id)["backup_name"] == "ok-name"
 
 
-def test_admin_may_still_rename_a_backup_to_a_valid_name(db, login):
-    admin, _ = login(ADMIN)
+def test_admin_may_still_rename_a_backup_to_a_valid_name(db, login_as):
+    admin, _ = login_as(ADMIN)
     backup_id = scalar(admin, "SELECT pggit.register_backup('ok-name', 'snapshot', 'pg_dump', '/backups/x.dump')")
     admin.cursor().execute(
         "UPDATE pggit.backups SET backup_name = 'nightly-2025.01.01' WHERE backup_id = %s", (backup_id,)
@@ -391,9 +365,9 @@ def test_admin_may_still_rename_a_backup_to_a_valid_name(db, login):
 
 
 def test_admin_inserting_a_backup_with_a_bad_name_unknown_branch_relative_location_and_20_mb_metadata_is_refused(
-    db, login
+    db, login_as
 ):
-    admin, _ = login(ADMIN)
+    admin, _ = login_as(ADMIN)
     error = refused(
         admin,
         """
@@ -406,11 +380,11 @@ def test_admin_inserting_a_backup_with_a_bad_name_unknown_branch_relative_locati
     assert scalar(db, "SELECT count(*) FROM pggit.backups") == 0
 
 
-def test_admin_rewriting_a_number_in_a_queued_jobs_spec_in_another_notation_is_refused(db, login):
+def test_admin_rewriting_a_number_in_a_queued_jobs_spec_in_another_notation_is_refused(db, login_as):
     _, job_id = schedule_dump(db, options='{"compression_level": 9}')
     before = row_of(db, "pggit.backup_jobs", "job_id", job_id)
     assert before["spec"]["params"]["compression_level"] == 9
-    admin, _ = login(ADMIN)
+    admin, _ = login_as(ADMIN)
     error = refused(
         admin,
         """UPDATE pggit.backup_jobs SET spec = jsonb_set(spec, '{params,compression_level}', '9.000')

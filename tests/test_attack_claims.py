@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import secrets
 import time
 
 import psycopg2
@@ -28,36 +27,9 @@ WORKER = "pggit_backup_worker"
 
 
 @pytest.fixture
-def login(dsn, db):
-    """login(*roles) -> (autocommit connection, name) of a new LOGIN role IN ROLE roles."""
-    created: list[str] = []
-    opened = []
-
-    def _login(*roles: str):
-        name = f"pggit_atk_{secrets.token_hex(6)}"
-        statement = sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name))
-        if roles:
-            statement += sql.SQL(" IN ROLE ") + sql.SQL(", ").join(sql.Identifier(r) for r in roles)
-        db.cursor().execute(statement)
-        created.append(name)
-        conn = psycopg2.connect(dsn, user=name)
-        conn.autocommit = True
-        opened.append(conn)
-        return conn, name
-
-    yield _login
-    for conn in opened:
-        conn.close()
-    with db.cursor() as cur:
-        for name in created:
-            cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def hosts(login):
+def hosts(login_as):
     """(A's connection, B's connection): two hosts, each with its own worker login."""
-    return login(WORKER)[0], login(WORKER)[0]
+    return login_as(WORKER)[0], login_as(WORKER)[0]
 
 
 def claim_as(conn, worker_id, tools=None):
@@ -153,7 +125,7 @@ def test_another_host_cannot_keep_a_dead_claim_alive_with_heartbeats(db, hosts):
     assert job_row(db, job_id) == before
 
 
-def test_no_role_can_read_or_guess_a_claims_token(db, login, hosts):
+def test_no_role_can_read_or_guess_a_claims_token(db, login_as, hosts):
     host_a, host_b = hosts
     _, job_id = schedule_dump(db)
     held = claim_as(host_a, "host-a/1")
@@ -162,8 +134,8 @@ def test_no_role_can_read_or_guess_a_claims_token(db, login, hosts):
     assert scalar(host_a, "SELECT pggit.heartbeat_backup_job(%s, %s)", (job_id, held["claim_token"])) is True
     digest = hashlib.sha256(token.encode()).hexdigest()
     observers = {
-        "reader": login("pggit_backup_reader")[0],
-        "operator": login("pggit_backup_operator")[0],
+        "reader": login_as("pggit_backup_reader")[0],
+        "operator": login_as("pggit_backup_operator")[0],
         "worker B": host_b,
     }
     for who, conn in observers.items():
@@ -255,14 +227,14 @@ def worker_idle_after_a_claim(db) -> bool:
     )
 
 
-def test_a_burst_of_spoofed_ready_notifications_costs_at_most_one_claim_per_wake_up(db, dsn, login, tmp_path):
+def test_a_burst_of_spoofed_ready_notifications_costs_at_most_one_claim_per_wake_up(db, dsn, login_as, tmp_path):
     # count every claim the worker makes (its session starts after this); a backend's counts
     # are flushed for certain when it exits, so they are read after the service stopped
     dbname = scalar(db, "SELECT current_database()")
     db.cursor().execute(sql.SQL("ALTER DATABASE {} SET track_functions = 'all'").format(sql.Identifier(dbname)))
     schedule_dump(db)  # a job the service has no tool for: it must stay exactly as it is
     before = query(db, "SELECT * FROM pggit.backup_jobs ORDER BY job_id")
-    attacker, _ = login()  # no pggit role at all: PUBLIC may connect and NOTIFY
+    attacker, _ = login_as()  # no pggit role at all: PUBLIC may connect and NOTIFY
     service = Service(tmp_path, dsn, workers=1, poll_interval=600).start()
     try:
         wait_until(lambda: worker_idle_after_a_claim(db), 20, "the worker's first claim")

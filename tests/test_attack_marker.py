@@ -7,12 +7,10 @@ admin login with the marker set, against real worker logins; both worked before 
 
 from __future__ import annotations
 
-import secrets
 import threading
 
 import psycopg2
 import pytest
-from psycopg2 import sql
 
 from conftest import query, scalar
 from queue_helpers import job
@@ -40,32 +38,6 @@ QUEUE_FUNCTIONS = {
     "pggit.complete_backup(uuid,bigint,bigint,text)",
     "pggit.fail_backup(uuid,text)",
 }
-
-
-@pytest.fixture
-def login(dsn, db):
-    """login(role) -> autocommit connection of a new LOGIN role IN ROLE `role`."""
-    created: list[str] = []
-    opened = []
-
-    def _login(granted: str):
-        name = f"pggit_mark_{secrets.token_hex(6)}"
-        db.cursor().execute(
-            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(granted))
-        )
-        created.append(name)
-        conn = psycopg2.connect(dsn, user=name)
-        conn.autocommit = True
-        opened.append(conn)
-        return conn
-
-    yield _login
-    for conn in opened:
-        conn.close()
-    with db.cursor() as cur:
-        for name in created:
-            cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 def claim_as(conn, worker_id):

@@ -8,41 +8,14 @@ characters, a number at 32. Each call is made by a real operator or admin login.
 from __future__ import annotations
 
 import json
-import secrets
 
 import psycopg2
 import pytest
-from psycopg2 import sql
 
 from conftest import scalar
 
 OPERATOR = "pggit_backup_operator"
 ADMIN = "pggit_backup_admin"
-
-
-@pytest.fixture
-def login(dsn, db):
-    created: list[str] = []
-    opened = []
-
-    def _login(granted: str):
-        name = f"pggit_opt_{secrets.token_hex(6)}"
-        db.cursor().execute(
-            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(granted))
-        )
-        created.append(name)
-        conn = psycopg2.connect(dsn, user=name)
-        conn.autocommit = True
-        opened.append(conn)
-        return conn
-
-    yield _login
-    for conn in opened:
-        conn.close()
-    with db.cursor() as cur:
-        for name in created:
-            cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 def rows(db) -> tuple[int, int]:

@@ -8,12 +8,10 @@ does; registering and completing by hand run as a login IN ROLE pggit_backup_adm
 
 from __future__ import annotations
 
-import secrets
 import shutil
 
 import psycopg2
 import pytest
-from psycopg2 import sql
 
 from conftest import query, scalar
 from pggit_supervisor import schema
@@ -21,32 +19,6 @@ from queue_helpers import backup, claim, schedule_dump, schedule_stanza
 
 WORKER = "pggit_backup_worker"
 ADMIN = "pggit_backup_admin"
-
-
-@pytest.fixture
-def login(dsn, db):
-    """login(role) -> autocommit connection of a new LOGIN role IN ROLE `role`."""
-    created: list[str] = []
-    opened = []
-
-    def _login(granted: str):
-        name = f"pggit_flow_{secrets.token_hex(6)}"
-        db.cursor().execute(
-            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(granted))
-        )
-        created.append(name)
-        conn = psycopg2.connect(dsn, user=name)
-        conn.autocommit = True
-        opened.append(conn)
-        return conn
-
-    yield _login
-    for conn in opened:
-        conn.close()
-    with db.cursor() as cur:
-        for name in created:
-            cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 def refused(conn, statement, params=None) -> psycopg2.Error:

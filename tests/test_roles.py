@@ -6,8 +6,6 @@ checks run exactly as a real login would; the roles are dropped again after the 
 
 from __future__ import annotations
 
-import secrets
-
 import psycopg2
 import psycopg2.errors
 import pytest
@@ -55,34 +53,6 @@ API_CALLS = {
     "get_backup_info": "SELECT * FROM pggit.get_backup_info(gen_random_uuid())",
 }
 QUEUE_RELATIONS = ["pggit.backups", "pggit.backup_jobs", "pggit.backup_job_queue"]
-
-
-@pytest.fixture
-def login_as(dsn, db):
-    """login_as(role or None) -> (autocommit connection, login name) of a new LOGIN role."""
-    created: list[str] = []
-    opened = []
-
-    def _login_as(granted: str | None):
-        name = f"pggit_t_{secrets.token_hex(6)}"
-        with db.cursor() as cur:
-            cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-            created.append(name)
-            if granted:
-                cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(granted), sql.Identifier(name)))
-        conn = psycopg2.connect(dsn, user=name)
-        conn.autocommit = True
-        opened.append(conn)
-        return conn, name
-
-    yield _login_as
-    for conn in opened:
-        conn.close()
-    with db.cursor() as cur:
-        for name in created:
-            cur.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(name)))
-            cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 def run(conn, statement, params=None):
