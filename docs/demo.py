@@ -25,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pggit_supervisor import schema  # noqa: E402
+from pggit_supervisor import sandbox, schema  # noqa: E402
 
 IS_ROOT = os.geteuid() == 0
 DB_USER = "postgres" if IS_ROOT else pwd.getpwuid(os.getuid()).pw_name
@@ -94,20 +94,7 @@ def ensure_drill_user() -> bool:
         pwd.getpwnam(DRILL_USER)
         return False
     except KeyError:
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--user-group",
-                "--no-create-home",
-                "--home-dir",
-                "/nonexistent",
-                "--shell",
-                "/usr/sbin/nologin",
-                DRILL_USER,
-            ],
-            check=True,
-        )
+        subprocess.run(sandbox.useradd_argv(DRILL_USER), check=True)
         return True
 
 

@@ -50,7 +50,27 @@ STOP_TIMEOUT_SECONDS = 60.0
 _READY_POLL_SECONDS = 0.25
 # a new sandbox is locked within microseconds of being made: one older than this was abandoned
 _STAGING_GRACE_SECONDS = 600
-USERADD = "useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin"
+# the drill user as the Debian package's sysusers.d entry makes it (the error that names a missing
+# one, the tests and the demo all use this one argv)
+USERADD_ARGV = (
+    "useradd",
+    "--system",
+    "--user-group",
+    "--no-create-home",
+    "--home-dir",
+    "/nonexistent",
+    "--shell",
+    "/usr/sbin/nologin",
+    "--comment",
+    "pgGit restore drills",
+)
+USERADD = shlex.join(USERADD_ARGV)
+
+
+def useradd_argv(user: str) -> list[str]:
+    """The argv that creates `user` as an unprivileged drill user."""
+    return [*USERADD_ARGV, user]
+
 
 # Settings every sandbox runs with, whatever the copied cluster had. The ones that decide who
 # can reach the server or what it runs are also given on the command line, which beats every

@@ -28,7 +28,7 @@ from pytest_postgresql import factories
 
 import prerequisites
 from cluster import BIN, IS_ROOT, Cluster, free_port
-from pggit_supervisor import schema
+from pggit_supervisor import sandbox, schema
 
 _SERVER_VARIABLES = ("PGGIT_TEST_PGHOST", "PGGIT_TEST_PGPORT", "PGGIT_TEST_PGUSER")
 OWN_SERVER = not any(os.environ.get(name) for name in _SERVER_VARIABLES)
@@ -87,23 +87,7 @@ def drill_user():
         pwd.getpwnam(DRILL_USER)
         created = False
     except KeyError:
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--user-group",
-                "--no-create-home",
-                "--home-dir",
-                "/nonexistent",
-                "--shell",
-                "/usr/sbin/nologin",
-                "--comment",
-                "pgGit restore drills",
-                DRILL_USER,
-            ],
-            check=True,
-            capture_output=True,
-        )
+        subprocess.run(sandbox.useradd_argv(DRILL_USER), check=True, capture_output=True)
         created = True
     yield DRILL_USER
     if created:
