@@ -48,7 +48,7 @@ def say(text: str) -> None:
 def run_as_db_user(argv: list[str]) -> None:
     if IS_ROOT:
         argv = ["runuser", "-u", "postgres", "--", *argv]
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, cwd="/")  # a checkout under /root is 0700
 
 
 def pg_bin() -> Path:
@@ -111,7 +111,7 @@ def show(conn, title: str, sql: str) -> list[dict]:
         print("-+-".join("-" * w for w in widths))
         for r in cells:
             print(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
-    print(f"({len(rows)} rows)")
+    print(f"({len(rows)} rows)", flush=True)
     return rows
 
 
@@ -181,13 +181,13 @@ def main() -> int:
         say("scheduling backups from SQL, as the guide does")
         for sql in SCHEDULE:
             statement = sql.format(dir=backups)
-            print(statement)
+            print(statement, flush=True)
             conn.cursor().execute(statement)
 
         wait_for_queue(conn)
         say("scheduling a restore drill of every completed backup")
         statement = "SELECT pggit.schedule_restore_test(backup_id) FROM pggit.list_backups(p_status := 'completed')"
-        print(statement)
+        print(statement, flush=True)
         conn.cursor().execute(statement)
         wait_for_queue(conn)
 
@@ -222,6 +222,7 @@ def main() -> int:
                 + [str(pg_bin() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                cwd="/",
             )
         shutil.rmtree(work, ignore_errors=True)
         if made_user:

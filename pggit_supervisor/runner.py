@@ -278,7 +278,8 @@ def _start(spec: RunSpec, account: _Account | None, env: dict[str, str]) -> subp
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
-            cwd=spec.cwd,
+            # the service's own directory may be one the tool's user cannot enter
+            cwd=spec.cwd or "/",
             close_fds=True,
             start_new_session=True,
             user=user,

@@ -107,6 +107,13 @@ def test_successful_tool_is_ok():
     assert (result.exit_code, result.timed_out, result.stopped_reason) == (0, False, None)
 
 
+def test_tool_without_a_cwd_runs_in_the_root_directory_not_the_services(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # e.g. a checkout the tool's user cannot enter
+    result = run_tool(RunSpec(("/bin/pwd",), {}, 10))
+
+    assert result.ok and result.stdout.text().strip() == "/"
+
+
 def test_five_megabytes_on_both_streams_finish_without_deadlock_and_stay_bounded():
     total, limit = 5 * MiB, 32 * 1024
     result = run_tool(

@@ -72,7 +72,7 @@ def _job_of(db, backup_id):
     ],
 )
 def test_dump_is_verified_recorded_and_restores_to_the_same_data(
-    service, db, orders, backup_dir, empty_db, fmt, options
+    service, db, orders, backup_dir, empty_db, fmt, options, tmp_path
 ):
     service()
     backup_id = scalar(
@@ -104,7 +104,7 @@ def test_dump_is_verified_recorded_and_restores_to_the_same_data(
         cwd=ROOT,
     )
     assert out.returncode == 2 and "nonexistent.yaml" in out.stderr, "a named config that is missing is an error"
-    config = Path(tempfile.mkdtemp()) / "c.yaml"
+    config = tmp_path / "c.yaml"
     config.write_text(
         f"dsn: '{db.dsn}'\ntools:\n  pg_dump: {{run_as: postgres, allowed_output_dirs: [{backup_dir}]}}\n"
     )
