@@ -22,7 +22,7 @@ from pggit_supervisor import config, restore
 from pggit_supervisor.tools import NAME_PATTERN, PARAMETERS, TOOLS, Choice, IntRange, InvalidJob, Parameter
 from pggit_supervisor.tools.barman import RESERVED_SERVERS, REUSE_BACKUP_ALIASES, BarmanParams
 from pggit_supervisor.tools.pg_basebackup import COMPRESSION_LEVELS, BaseBackupParams
-from pggit_supervisor.tools.pg_dump import DumpParams
+from pggit_supervisor.tools.pg_dump import SCHEMA_NAME, DumpParams
 from pggit_supervisor.tools.pgbackrest import BackRestParams
 
 PARSERS: Mapping[str, Callable[[Mapping[str, Any]], object]] = {
@@ -252,6 +252,22 @@ def test_sql_and_python_refuse_the_same_reserved_barman_servers(db):
         reserved = name.lower() in RESERVED_SERVERS
         stored = sql_params(db, "SELECT pggit.backup_barman(%s, 'main', '{}')", (name,))
         assert (stored is None) == reserved == (not python_accepts("barman", {"server": name})), name
+
+
+def test_sql_and_python_accept_the_same_pg_dump_schema_names(db):
+    def sql_pattern_accepts(name: str) -> bool:
+        try:
+            scalar(db, "SELECT pggit.backup_pg_dump('main', %s)", (name,))
+        except psycopg2.errors.InvalidParameterValue as refused:
+            assert refused.diag.column_name == "p_schema", refused
+            # a name the pattern allows is then looked up: "no schema named ..."
+            return "no schema named" in refused.diag.message_primary
+        return True
+
+    names = ["public", "pggit", "_x", "a" * 63, "a" * 64, "9a", "a-b", "a.b", "A_1", "a b", "", "é", 'a"b']
+    verdicts = {name: (sql_pattern_accepts(name), SCHEMA_NAME.fullmatch(name) is not None) for name in names}
+    assert {n: sql for n, (sql, _) in verdicts.items()} == {n: py for n, (_, py) in verdicts.items()}
+    assert sum(sql for sql, _ in verdicts.values()) >= 4
 
 
 # --- parameters ---------------------------------------------------------------------------------
