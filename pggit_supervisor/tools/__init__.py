@@ -1,9 +1,15 @@
-"""Tool adapters by name. Adding a tool is adding a module and a line here."""
+"""The registry of tools: each tool's adapter, and the vocabulary the SQL shares with it (tool
+names, the stanza/server name pattern, each tool's parameter values). Adding a tool is adding a
+module and a line here; tests/test_vocabulary.py checks that the SQL says the same."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from . import barman, pg_basebackup, pg_dump, pgbackrest
 from .barman import BarmanAdapter
-from .base import Adapter, Context, InvalidJob, Invocation, Outcome
+from .base import NAME_PATTERN, Adapter, Choice, Context, IntRange, InvalidJob, Invocation, Outcome, Parameter
 from .custom import CustomAdapter
 from .pg_basebackup import PgBaseBackupAdapter
 from .pg_dump import PgDumpAdapter
@@ -22,6 +28,20 @@ ADAPTERS: dict[str, Adapter] = {
     )
 }
 
+# every tool a job may name (pggit.backup_jobs.tool, the claim's p_tools)
+TOOLS: tuple[str, ...] = tuple(ADAPTERS)
+
+# the tools a pggit.backup_<tool> function schedules, and the parameter values it validates
+# (pg_basebackup's compression_level range depends on the method: pg_basebackup.COMPRESSION_LEVELS)
+PARAMETERS: Mapping[str, Mapping[str, Parameter]] = MappingProxyType(
+    {
+        "pg_dump": pg_dump.PARAMETERS,
+        "pg_basebackup": pg_basebackup.PARAMETERS,
+        "pgbackrest": pgbackrest.PARAMETERS,
+        "barman": barman.PARAMETERS,
+    }
+)
+
 
 def adapter_for(tool: str) -> Adapter:
     try:
@@ -33,4 +53,18 @@ def adapter_for(tool: str) -> Adapter:
         ) from None
 
 
-__all__ = ["ADAPTERS", "Adapter", "Context", "InvalidJob", "Invocation", "Outcome", "adapter_for"]
+__all__ = [
+    "ADAPTERS",
+    "NAME_PATTERN",
+    "PARAMETERS",
+    "TOOLS",
+    "Adapter",
+    "Choice",
+    "Context",
+    "IntRange",
+    "InvalidJob",
+    "Invocation",
+    "Outcome",
+    "Parameter",
+    "adapter_for",
+]

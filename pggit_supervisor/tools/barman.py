@@ -14,30 +14,36 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from ..config import ToolConfig
 from ..queue import ClaimedJob
 from ..runner import RunAsError, RunnerError, RunResult
 from .base import (
+    NAME_PATTERN,
+    Choice,
     Context,
     InvalidJob,
     Invocation,
     Outcome,
+    Parameter,
     failure_from,
     job_timeout,
     param_bool,
-    param_choice,
     param_text,
     run_check,
     spec_params,
     tool_run,
 )
 
-SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # as pggit._require_name
 RESERVED_SERVERS = ("all", "barman")  # `barman backup all` backs up every server
 BACKUP_ID = re.compile(r"\d{8}T\d{6}")
-REUSE_MODES = ("off", "copy", "link")
+# the values pggit.backup_barman validates (p_options."reuse-backup", stored as reuse_backup);
+# it also takes Barman's other name for link and stores link
+REUSE_BACKUP = Choice(("off", "copy", "link"))
+REUSE_BACKUP_ALIASES: Mapping[str, str] = MappingProxyType({"incremental": "link"})
+PARAMETERS: Mapping[str, Parameter] = MappingProxyType({"reuse_backup": REUSE_BACKUP})
 # Only the rsync executors copy file by file and can hard-link or copy unchanged files from
 # the previous backup; pg_basebackup (backup_method = postgres) always copies everything.
 REUSING_METHODS = ("rsync", "local-rsync")
@@ -365,7 +371,7 @@ def restore_argv(tool: ToolConfig, location: str, target_dir: str) -> list[str]:
     Raises ValueError for a location that is not barman://SERVER/BACKUP_ID or a relative target.
     """
     match = LOCATION.fullmatch(location)
-    if not match or not SERVER_NAME.fullmatch(match["server"]) or not BACKUP_ID.fullmatch(match["backup_id"]):
+    if not match or not NAME_PATTERN.fullmatch(match["server"]) or not BACKUP_ID.fullmatch(match["backup_id"]):
         raise ValueError(f"{location!r} is not a Barman backup location (barman://SERVER/YYYYMMDDTHHMMSS)")
     if not os.path.isabs(target_dir):
         raise ValueError(f"restore target {target_dir!r} is not an absolute path")
@@ -383,7 +389,7 @@ class BarmanParams:
 
     @classmethod
     def parse(cls, params: Mapping[str, Any]) -> BarmanParams:
-        server = param_text(params, "server", SERVER_NAME, "a Barman server name: 1-63 letters, digits, _ . -")
+        server = param_text(params, "server", NAME_PATTERN, "a Barman server name: 1-63 letters, digits, _ . -")
         if server.lower() in RESERVED_SERVERS:
             raise InvalidJob(
                 f"parameter server: {server!r} is reserved by Barman "
@@ -391,7 +397,7 @@ class BarmanParams:
             )
         reuse = params.get("reuse_backup")
         if reuse is not None:
-            reuse = param_choice(params, "reuse_backup", REUSE_MODES)
+            reuse = REUSE_BACKUP.parse(params, "reuse_backup")
         return cls(server, param_bool(params, "wait", True), reuse)
 
 

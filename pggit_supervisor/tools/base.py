@@ -220,6 +220,38 @@ def param_dir(params: Mapping[str, Any], key: str = "output_dir") -> str:
     return os.path.normpath(value)
 
 
+# -- the vocabulary of a job's parameters: each adapter declares its values once, its parse
+# uses the declaration, and tests/test_vocabulary.py checks the SQL against it -----------------
+
+# a pgBackRest stanza or a Barman server: the tool's own argument (as pggit._require_name)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A string parameter with a fixed set of values; `default` is what a spec without it means."""
+
+    values: tuple[str, ...]
+    default: str | None = None
+
+    def parse(self, params: Mapping[str, Any], key: str) -> str:
+        return param_choice(params, key, self.values, self.default)
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An optional integer parameter from `low` to `high`."""
+
+    low: int
+    high: int
+
+    def parse(self, params: Mapping[str, Any], key: str) -> int | None:
+        return param_int(params, key, self.low, self.high)
+
+
+Parameter = Choice | IntRange
+
+
 def tool_run(ctx: Context, job: ClaimedJob, argv: list[str], env: Mapping[str, str], cwd: str | None = None) -> RunSpec:
     return RunSpec(
         argv=tuple(argv),

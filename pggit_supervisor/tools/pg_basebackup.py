@@ -13,15 +13,19 @@ import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from ..queue import ClaimedJob
 from ..runner import RunResult
 from .base import (
+    Choice,
     Context,
+    IntRange,
     InvalidJob,
     Invocation,
     Outcome,
+    Parameter,
     allowed_output_dir,
     backup_stem,
     failure_from,
@@ -29,9 +33,7 @@ from .base import (
     make_scratch_dir,
     open_real_dir,
     open_regular,
-    param_choice,
     param_dir,
-    param_int,
     partial_path,
     prepare_output_dir,
     run_check,
@@ -43,11 +45,18 @@ from .base import (
 )
 
 TAR = "/bin/tar"
-FORMATS = ("plain", "tar")
-COMPRESSIONS = ("none", "gzip", "lz4", "zstd")
+# the values pggit.backup_pg_basebackup validates (p_options.format, .compression, .checkpoint;
+# .compression_level has a range per compression method)
+FORMAT = Choice(("plain", "tar"), "plain")
+COMPRESSION = Choice(("none", "gzip", "lz4", "zstd"), "none")
 # the levels pg_basebackup 15 accepts per method (as pggit.backup_pg_basebackup checks them)
-COMPRESSION_LEVELS = {"gzip": 9, "lz4": 12, "zstd": 22}
-CHECKPOINTS = ("fast", "spread")
+COMPRESSION_LEVELS: Mapping[str, IntRange] = MappingProxyType(
+    {"gzip": IntRange(1, 9), "lz4": IntRange(1, 12), "zstd": IntRange(1, 22)}
+)
+CHECKPOINT = Choice(("fast", "spread"), "fast")
+PARAMETERS: Mapping[str, Parameter] = MappingProxyType(
+    {"format": FORMAT, "compression": COMPRESSION, "checkpoint": CHECKPOINT}
+)
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
@@ -64,19 +73,19 @@ class BaseBackupParams:
 
     @classmethod
     def parse(cls, params: Mapping[str, Any]) -> BaseBackupParams:
-        fmt = param_choice(params, "format", FORMATS, "plain")
-        compression = param_choice(params, "compression", COMPRESSIONS, "none")
+        fmt = FORMAT.parse(params, "format")
+        compression = COMPRESSION.parse(params, "compression")
         if compression != "none" and fmt != "tar":
             raise InvalidJob(
                 f"parameter compression: {compression!r} needs the tar format (allowed with format plain: none)"
             )
-        level = param_int(params, "compression_level", 1, COMPRESSION_LEVELS.get(compression, 22))
+        level = COMPRESSION_LEVELS.get(compression, COMPRESSION_LEVELS["zstd"]).parse(params, "compression_level")
         if level is not None and compression == "none":
             raise InvalidJob(
                 "parameter compression_level: needs a compression method "
                 "(allowed: gzip, lz4 or zstd with the tar format)"
             )
-        checkpoint = param_choice(params, "checkpoint", CHECKPOINTS, "fast")
+        checkpoint = CHECKPOINT.parse(params, "checkpoint")
         return cls(param_dir(params), fmt, compression, level, checkpoint)
 
 

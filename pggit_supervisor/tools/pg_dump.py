@@ -12,6 +12,7 @@ import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
 import psycopg2
@@ -22,18 +23,19 @@ from ..queue import ClaimedJob
 from ..rows import one_row
 from ..runner import RunResult
 from .base import (
+    Choice,
     Context,
+    IntRange,
     InvalidJob,
     Invocation,
     Outcome,
+    Parameter,
     allowed_output_dir,
     backup_stem,
     failure_from,
     libpq_env,
     open_regular,
-    param_choice,
     param_dir,
-    param_int,
     param_text,
     partial_path,
     prepare_output_dir,
@@ -44,6 +46,13 @@ from .base import (
 )
 
 FORMATS = {"custom": ".dump", "directory": "", "tar": ".tar", "plain": ".sql"}
+# the values pggit.backup_pg_dump validates (p_format, p_options.compression_level, .jobs)
+FORMAT = Choice(tuple(FORMATS))
+COMPRESSION_LEVEL = IntRange(0, 9)
+JOBS = IntRange(1, 64)
+PARAMETERS: Mapping[str, Parameter] = MappingProxyType(
+    {"format": FORMAT, "compression_level": COMPRESSION_LEVEL, "jobs": JOBS}
+)
 SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # as pggit.backup_pg_dump's p_schema
 # The snapshot session runs no code but the server's own: policies raise instead of running
 # (row_security = off, as pg_dump does), and only pg_catalog resolves functions and operators.
@@ -69,14 +78,14 @@ class DumpParams:
 
     @classmethod
     def parse(cls, params: Mapping[str, Any]) -> DumpParams:
-        fmt = param_choice(params, "format", tuple(FORMATS))
-        level = param_int(params, "compression_level", 0, 9)
+        fmt = FORMAT.parse(params, "format")
+        level = COMPRESSION_LEVEL.parse(params, "compression_level")
         if level is not None and fmt == "tar":
             raise InvalidJob(
                 "parameter compression_level: pg_dump cannot compress the tar format "
                 "(allowed: custom, directory or plain format)"
             )
-        jobs = param_int(params, "jobs", 1, 64)
+        jobs = JOBS.parse(params, "jobs")
         if jobs is not None and fmt in ("tar", "plain"):
             raise InvalidJob(f"parameter jobs: not possible with the {fmt} format (allowed: directory, custom)")
         schema = param_text(

@@ -15,32 +15,37 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import Any
 
 from ..config import ToolConfig
 from ..queue import ClaimedJob
 from ..runner import RunAsError, RunnerError, RunResult, ToolStartError
 from .base import (
+    NAME_PATTERN,
+    Choice,
     Context,
+    IntRange,
     InvalidJob,
     Invocation,
     Outcome,
+    Parameter,
     failure_from,
-    param_choice,
-    param_int,
     param_text,
     run_check,
     spec_params,
     tool_run,
 )
 
-TYPES = ("full", "incr", "diff")
+# the values pggit.backup_pgbackrest validates (p_backup_type, p_options.repo)
+TYPE = Choice(("full", "incr", "diff"))
+REPO = IntRange(1, 256)
+PARAMETERS: Mapping[str, Parameter] = MappingProxyType({"type": TYPE, "repo": REPO})
 DEFAULT_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 # `info` lists every backup of the stanza (about 600 bytes each): the runner's default 32 KiB
 # capture would cut the JSON of a stanza with a few dozen backups.
 CHECK_OUTPUT_LIMIT = 16 << 20
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _LABEL = re.compile(r"\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?")
 _REPORTED_LABEL = re.compile(r"new backup label = (\S+)")
 _VERIFY_BACKUP = re.compile(r"^\s*backup: (\S+), status: ([\w-]+)(.*)$")
@@ -462,7 +467,7 @@ def parse_location(location: str) -> tuple[str, str]:
     """(stanza, label) of a `pgbackrest://STANZA/LABEL` location; ValueError otherwise."""
     prefix = "pgbackrest://"
     stanza, _, label = location[len(prefix) :].partition("/") if location.startswith(prefix) else ("", "", "")
-    if not _NAME.fullmatch(stanza) or not _LABEL.fullmatch(label):
+    if not NAME_PATTERN.fullmatch(stanza) or not _LABEL.fullmatch(label):
         raise ValueError(
             f"not a pgBackRest backup location: {location!r} "
             "(expected pgbackrest://STANZA/LABEL, e.g. pgbackrest://main/20250101-000000F)"
@@ -502,8 +507,8 @@ class BackRestParams:
 
     @classmethod
     def parse(cls, params: Mapping[str, Any]) -> BackRestParams:
-        stanza = param_text(params, "stanza", _NAME, "a pgBackRest stanza name: 1-63 letters, digits, _ . -")
-        return cls(stanza, param_choice(params, "type", TYPES), param_int(params, "repo", 1, 256))
+        stanza = param_text(params, "stanza", NAME_PATTERN, "a pgBackRest stanza name: 1-63 letters, digits, _ . -")
+        return cls(stanza, TYPE.parse(params, "type"), REPO.parse(params, "repo"))
 
 
 def _command(tool: ToolConfig, stanza: str, repo: int | None) -> list[str]:
