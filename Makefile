@@ -5,14 +5,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PYTEST_ARGS ?=
-# The fast tests (about 40 s): SQL, config, schema and migration, the runner with a fake tool;
-# no supervisor processes and no real pgBackRest, Barman or pg_basebackup (the slow marker).
+# The fast tests (about 40 s): SQL, config, schema and migration, the runner with a fake tool,
+# the supervisor's rules and pipe parser in-process (tests/test_unit_*.py); no supervisor
+# processes and no real pgBackRest, Barman or pg_basebackup (the slow marker).
 CHECK_FILES = tests/test_smoke.py tests/test_config.py tests/test_prerequisites.py \
               tests/test_queue.py tests/test_roles.py tests/test_hostile_inputs.py \
               tests/test_guide_api.py tests/test_schema_install.py tests/test_migration.py \
               tests/test_runner.py tests/test_packaging.py tests/test_session_cluster.py \
               tests/test_guide_flows.py tests/test_attack_backup_rows.py tests/test_attack_marker.py \
-              tests/test_attack_options.py
+              tests/test_attack_options.py tests/test_unit_policies.py tests/test_unit_pipe_protocol.py \
+              tests/test_unit_supervisor.py
 
 .PHONY: test check lint demo venv deps clean deb
 
