@@ -8,7 +8,15 @@ import sys
 from collections.abc import Callable
 
 from . import __version__, schema
-from .config import Config, ConfigError, config_summary, listener_config, load_config, resolve_config_path
+from .config import (
+    ENV_OVERRIDES,
+    Config,
+    ConfigError,
+    config_summary,
+    listener_config,
+    load_config,
+    resolve_config_path,
+)
 
 EXIT_CONFIG = 2
 
@@ -236,8 +244,7 @@ def listener_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pggit-backup-listener",
         description="The guide's backup listener: the supervisor configured from the environment "
-        "(PGGIT_POLL_INTERVAL, PGGIT_WORKER_ID, PGGIT_LOG_LEVEL, PGGIT_WORKERS, "
-        "PGGIT_CONFIG for a YAML file) and the DSN argument.",
+        f"({', '.join(ENV_OVERRIDES)}, PGGIT_CONFIG for a YAML file) and the DSN argument.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("dsn", help="the queue database, e.g. postgresql://postgres@localhost:5432/mydb")

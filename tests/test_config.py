@@ -13,15 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
-from pggit_supervisor import config as config_module
 from pggit_supervisor.config import (
     DEFAULT_CONFIG_PATH,
     Config,
     ConfigError,
     ToolConfig,
-    apply_overrides,
     config_summary,
     default_tool,
+    host,
     listener_config,
     load_config,
     resolve_config_path,
@@ -568,22 +567,8 @@ def test_heartbeat_from_environment_is_named_when_it_conflicts_with_file_lease(t
     ]
 
 
-def test_apply_overrides_returns_a_checked_copy(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, BASE), {}, check_paths=False)
-
-    changed = apply_overrides(config, {"PGGIT_WORKERS": "3"}, dsn="dbname=other")
-
-    assert (changed.workers, changed.dsn, changed.tools) == (3, "dbname=other", config.tools)
-    assert config.workers == 1
-    with pytest.raises(ConfigError) as raised:
-        apply_overrides(config, {"PGGIT_WORKERS": "0"})
-    assert raised.value.problems == ["environment: PGGIT_WORKERS: must be between 1 and 64, got 0 (allowed: 1-64)"]
-
-
 def only_installed(monkeypatch: pytest.MonkeyPatch, *paths: str) -> None:
-    monkeypatch.setattr(
-        config_module, "_executable_problem", lambda path: None if path in paths else f"{path} does not exist"
-    )
+    monkeypatch.setattr(host, "executable_problem", lambda path: None if path in paths else f"{path} does not exist")
 
 
 def test_listener_config_needs_no_file(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -598,7 +583,7 @@ def test_listener_config_needs_no_file(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_listener_config_enables_installed_builtins_but_never_custom(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config_module, "_executable_problem", lambda path: None)
+    monkeypatch.setattr(host, "executable_problem", lambda path: None)
 
     tools = listener_config("dbname=db", {}).tools
 
@@ -717,7 +702,7 @@ def test_path_checks_pass_for_real_executables_and_users(tmp_path: Path) -> None
 
 
 def test_default_tool_path_is_checked_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config_module, "_executable_problem", lambda path: f"{path} does not exist")
+    monkeypatch.setattr(host, "executable_problem", lambda path: f"{path} does not exist")
     path = write(tmp_path, merged(BASE, {"tools": {"barman": {}}}))
 
     assert problems_of(path, check_paths=True) == [

@@ -1,0 +1,391 @@
+"""Every setting of the supervisor, declared once: name, kind, default, environment variable, doc.
+
+The loader checks a file against this table, the PGGIT_* overrides come from it, the man page's
+SETTINGS section is rendered from it, and a test holds conf/supervisor.yaml to it; so a setting is
+added here and nowhere else by hand. Kinds are values (bounds, allowed names), not code paths:
+what a kind accepts is in its fields, how a value is checked is in the loader, what the machine
+must provide (an executable, a user) is in host.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+DEFAULT_CONFIG_PATH = "/etc/pggit/supervisor.yaml"
+CONFIG_PATH_VARIABLE = "PGGIT_CONFIG"  # names the file; not a setting, so not in the table
+
+WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,62}")
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class Required:
+    """The default of a setting that has none: leaving it out is an error."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED = Required()
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A default the loader works out when the key is left out (the host name, the top-level
+    kill_grace, the tools installed here); `doc` says which, for the docs."""
+
+    doc: str
+    inherits: str = ""  # a top-level key whose value it takes
+
+
+@dataclass(frozen=True)
+class Integer:
+    low: int
+    high: int
+    unit: str = " seconds"
+
+
+@dataclass(frozen=True)
+class Number:
+    """A float; integers are accepted, NaN and infinities are not."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of `values`, in any case; stored upper-cased."""
+
+    values: tuple[str, ...]
+    what: str
+
+
+@dataclass(frozen=True)
+class Name:
+    """A string matching `pattern`, none of `refused`; `host` names the check host.py makes."""
+
+    pattern: re.Pattern[str]
+    must: str  # "must <must>, got ..."
+    refused: tuple[str, ...] = ()
+    allowed: str = ""  # defaults to the anchored pattern
+    host: str | None = None
+
+    def allowed_text(self) -> str:
+        return self.allowed or f"^{self.pattern.pattern}$"
+
+
+@dataclass(frozen=True)
+class Dsn:
+    allowed: str = "a postgresql:// URI or a libpq key=value string"
+
+
+@dataclass(frozen=True)
+class Boolean:
+    pass
+
+
+@dataclass(frozen=True)
+class Path:
+    """An absolute path without `..`; `executable` has host.py check it is an executable file,
+    `not_root` refuses "/" (a directory allow-list containing / allows everything)."""
+
+    allowed: str
+    executable: bool = False
+    not_root: bool = False
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A non-empty list; each item is `item`, or a mapping of `entry`'s keys when `entry` is
+    set (the mapping's `entry.main` key holds what a plain item would be)."""
+
+    item: Kind
+    must: str  # "must <must>, got ..."
+    allowed: str
+    entry: Section | None = None
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: Kind
+    doc: str  # one line, shown in the man page and in the documented example
+    default: Any = REQUIRED
+    env: str | None = None
+    null_is_default: bool = False  # `key:` with no value means the default, not an error
+
+    def default_text(self) -> str:
+        """The default as the docs write it."""
+        return show_default(self.default)
+
+
+@dataclass(frozen=True)
+class Section:
+    """A mapping with fixed keys; empty or left out, every key takes its default. `many` makes
+    it a mapping of named entries (tools: {pg_dump: ..., barman: ...}), each its own Section."""
+
+    name: str
+    doc: str
+    settings: tuple[Setting | Section, ...] = ()
+    main: str = ""  # ListOf entries: the key that carries the plain item
+    many: tuple[Section, ...] = ()
+    what: str = ""  # `many`: what one entry is, for messages ("tool")
+    default: Any = None  # `many`: Derived when the loader fills it in
+
+    def keys(self) -> tuple[str, ...]:
+        """The names a mapping may hold, as messages list them: sorted, the `main` key first."""
+        names = sorted(item.name for item in (self.many or self.settings))
+        return tuple(sorted(names, key=lambda name: name != self.main))
+
+    def get(self, name: str) -> Setting | Section:
+        for item in self.many or self.settings:
+            if item.name == name:
+                return item
+        raise KeyError(name)
+
+
+Kind: TypeAlias = Integer | Number | Choice | Name | Dsn | Boolean | Path | ListOf | Section
+
+
+def show_default(default: Any) -> str:
+    if isinstance(default, Required):
+        return "none (required)"
+    if isinstance(default, Derived):
+        return default.doc
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, float):
+        return f"{default:g}"
+    if isinstance(default, tuple):
+        return f"[{', '.join(map(str, default))}]"
+    return str(default)
+
+
+EXECUTABLE = "an absolute path to an executable file"
+_PATH_LIST = "be a non-empty list of absolute paths"
+_SECONDS = "seconds between SIGTERM and SIGKILL when this tool's process tree is stopped"
+
+
+def _tool(name: str, doc: str, path: str | None, timeout: int, *extra: Setting) -> Section:
+    """One tool's section: what every tool has, plus `extra`, in the order they are checked."""
+    common: list[Setting] = []
+    if path is not None:
+        common.append(Setting("path", Path(EXECUTABLE, executable=True), "the tool's executable", path))
+    common.append(
+        Setting(
+            "run_as",
+            Name(USER_NAME, "be a user name", host="user"),
+            "the OS user the tool runs as",
+            Derived("the service's own user"),
+            null_is_default=True,
+        )
+    )
+    common.append(Setting("timeout", Integer(1, 604800), "seconds before the tool is stopped", timeout))
+    inherited = Derived("the top-level kill_grace", inherits="kill_grace")
+    common.append(Setting("kill_grace", Integer(1, 600), _SECONDS, inherited))
+    return Section(name, doc, (*common, *extra))
+
+
+_OUTPUT_DIRS = Setting(
+    "allowed_output_dirs",
+    ListOf(
+        Path("an absolute directory path", not_root=True),
+        _PATH_LIST,
+        "a non-empty list of absolute paths of directories",
+    ),
+    "backups may only be written below these directories",
+    ("/backups",),
+)
+_TOOL_CONFIG = Setting(
+    "config",
+    Path("an absolute path to the tool's configuration file"),
+    "the tool's own configuration file, passed to it",
+    Derived("the tool's own default"),
+    null_is_default=True,
+)
+_COMMAND_ENTRY = Section(
+    "entry",
+    "a command given as a mapping",
+    (
+        Setting("path", Path(EXECUTABLE, executable=True), "the command's executable"),
+        Setting("pass_credentials", Boolean(), "give this command the service's database credentials", False),
+    ),
+    main="path",
+)
+_ALLOWED_COMMANDS = Setting(
+    "allowed_commands",
+    ListOf(
+        Path(EXECUTABLE, executable=True),
+        _PATH_LIST,
+        "a non-empty list of absolute paths of executables",
+        _COMMAND_ENTRY,
+    ),
+    "the only commands a custom job may run: paths, or {path, pass_credentials} mappings",
+)
+
+TOOLS = Section(
+    "tools",
+    "the tools workers may run: only those named here",
+    many=(
+        _tool("pg_dump", "the pg_dump tool, for pggit.backup_pg_dump()", "/usr/bin/pg_dump", 21600, _OUTPUT_DIRS),
+        _tool(
+            "pg_basebackup",
+            "the pg_basebackup tool, for pggit.backup_pg_basebackup()",
+            "/usr/bin/pg_basebackup",
+            21600,
+            _OUTPUT_DIRS,
+        ),
+        _tool(
+            "pgbackrest",
+            "the pgBackRest tool, for pggit.backup_pgbackrest()",
+            "/usr/bin/pgbackrest",
+            86400,
+            _TOOL_CONFIG,
+        ),
+        _tool("barman", "the Barman tool, for pggit.backup_barman()", "/usr/bin/barman", 86400, _TOOL_CONFIG),
+        _tool("custom", "the allowed commands, for jobs queued with tool custom", None, 3600, _ALLOWED_COMMANDS),
+    ),
+    what="tool",
+    default=Derived("every built-in tool installed at its default path (never custom)"),
+)
+
+RETRY = Section(
+    "retry",
+    "backoff for failed jobs: the delay doubles per attempt from base_delay up to max_delay",
+    (
+        Setting("base_delay", Integer(1, 86400), "seconds before the first retry", 300),
+        Setting("max_delay", Integer(1, 604800), "cap on the retry delay, at least base_delay", 21600),
+    ),
+)
+
+# In the order they are checked, which is the order their problems are listed in.
+ROOT = Section(
+    "",
+    "the supervisor's settings",
+    (
+        Setting("dsn", Dsn(), "the queue database (also what pg_dump and pg_basebackup back up by default)"),
+        Setting(
+            "worker_id",
+            Name(WORKER_ID, "be 1-63 letters, digits or _.:@- starting with a letter or digit"),
+            "the name this host's workers report in the queue",
+            Derived("the host name"),
+            env="PGGIT_WORKER_ID",
+        ),
+        Setting(
+            "workers", Integer(1, 64, unit=""), "worker processes; each runs one job at a time", 1, env="PGGIT_WORKERS"
+        ),
+        Setting(
+            "poll_interval",
+            Number(0.1, 3600),
+            "seconds between queue polls when no NOTIFY arrives",
+            10.0,
+            env="PGGIT_POLL_INTERVAL",
+        ),
+        Setting(
+            "heartbeat_interval",
+            Number(0.1, 3600),
+            "seconds between lease renewals while a job runs",
+            10.0,
+            env="PGGIT_HEARTBEAT_INTERVAL",
+        ),
+        Setting(
+            "lease_seconds",
+            Integer(5, 86400),
+            "seconds a running job may go without a heartbeat, at least twice heartbeat_interval",
+            60,
+            env="PGGIT_LEASE_SECONDS",
+        ),
+        Setting("shutdown_timeout", Integer(0, 86400), "seconds running jobs get to finish after SIGTERM", 300),
+        Setting(
+            "log_level",
+            Choice(LOG_LEVELS, "a log level name"),
+            "the lowest level logged",
+            "INFO",
+            env="PGGIT_LOG_LEVEL",
+        ),
+        Setting(
+            "kill_grace",
+            Integer(1, 600),
+            "seconds between SIGTERM and SIGKILL when a tool's process tree is stopped",
+            10,
+        ),
+        Setting(
+            "worker_timeout",
+            Number(1, 3600),
+            "seconds a worker may stay silent to the supervisor before it is replaced",
+            60.0,
+        ),
+        Setting(
+            "drill_user",
+            Name(
+                USER_NAME,
+                "be the name of an unprivileged user",
+                refused=("root",),
+                allowed=f"^{USER_NAME.pattern}$ but not root; default pggit-drill",
+            ),
+            "the unprivileged OS user restore drills run their throwaway cluster as",
+            "pggit-drill",
+        ),
+        RETRY,
+        TOOLS,
+    ),
+)
+
+
+def walk(section: Section = ROOT, prefix: str = "") -> Iterator[tuple[str, Setting]]:
+    """Every setting with its dotted path, tools.<name>.<key> for each tool, `[]` for list entries."""
+    for item in section.many or section.settings:
+        path = f"{prefix}{item.name}"
+        if isinstance(item, Section):
+            yield from walk(item, f"{path}.")
+            continue
+        yield path, item
+        if isinstance(item.kind, ListOf) and item.kind.entry is not None:
+            yield from walk(item.kind.entry, f"{path}[].")
+
+
+def environment_variables() -> dict[str, str]:
+    """PGGIT_* variable -> top-level key it overrides."""
+    return {setting.env: setting.name for setting in ROOT.settings if isinstance(setting, Setting) and setting.env}
+
+
+def tool_names() -> tuple[str, ...]:
+    return TOOLS.keys()
+
+
+def builtin_tools() -> tuple[Section, ...]:
+    """The tools with an executable of their own (all but custom), in the listener's order."""
+    return tuple(section for section in TOOLS.many if "path" in section.keys())
+
+
+def allowed_of(kind: Kind) -> str:
+    """What a kind accepts, as `(allowed: ...)` and the man page say it."""
+    if isinstance(kind, Integer):
+        return f"{kind.low}-{kind.high}{kind.unit}"
+    if isinstance(kind, Number):
+        return f"{kind.low:g}-{kind.high:g}"
+    if isinstance(kind, Choice):
+        return ", ".join(kind.values)
+    if isinstance(kind, Name):
+        return kind.allowed_text()
+    if isinstance(kind, Boolean):
+        return "true, false"
+    if isinstance(kind, (Dsn, Path, ListOf)):
+        return kind.allowed
+    return ", ".join(kind.keys())
+
+
+def tool(name: str) -> Section:
+    section = TOOLS.get(name)
+    assert isinstance(section, Section)
+    return section
+
+
+def default_of(section: Section, name: str) -> Any:
+    item = section.get(name)
+    assert isinstance(item, Setting)
+    return item.default
