@@ -205,8 +205,13 @@ def test_killed_worker_leaves_no_postgres_of_its_drill_running(service, db, atta
         10,
         "the drill's worker",
     )
+
     # the attacker's slow rows keep pg_restore busy: the worker dies in the middle of the drill
-    wait_until(lambda: any(p.name() == "pg_restore" for p in worker.children(recursive=True)), 30, "pg_restore running")
+    def restoring() -> bool:  # a child may exit between the listing and the look at its name
+        children = set(worker.children(recursive=True))
+        return any(p.info["name"] == "pg_restore" for p in psutil.process_iter(["name"]) if p in children)
+
+    wait_until(restoring, 30, "pg_restore running")
     os.kill(worker.pid, signal.SIGKILL)
     wait_until(
         lambda: not postmaster.is_running() or postmaster.status() == psutil.STATUS_ZOMBIE,
@@ -222,7 +227,7 @@ def test_killed_worker_leaves_no_postgres_of_its_drill_running(service, db, atta
     row = wait_for_state(db, drill, {"completed", "permanently_failed"}, timeout=120)
     assert row["job_state"] == "completed", row["last_error"]
     assert not sandbox_root.exists(), "the killed drill's sandbox was removed"
-    assert not [p for p in drill_servers() if str(drill_tmpdir) in " ".join(p.cmdline())], (
+    assert not [p for p in drill_servers() if str(drill_tmpdir) in " ".join(p.info["cmdline"] or [])], (
         "no drill server outlives its drill"
     )
     assert not list(drill_tmpdir.iterdir())

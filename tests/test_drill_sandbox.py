@@ -50,8 +50,10 @@ def _slow_dump(db, backup_dir, rows: int = 40) -> str:
 
 
 def _drill_servers(drill_tmpdir: Path) -> list[psutil.Process]:
+    """The drill user's processes of this sandbox; their name and cmdline are read once, here
+    (`proc.info`), since a short-lived one such as initdb may be gone a moment later."""
     found = []
-    for proc in psutil.process_iter(["username", "cmdline"]):
+    for proc in psutil.process_iter(["username", "cmdline", "name"]):
         if proc.info["username"] == DRILL_USER and str(drill_tmpdir) in " ".join(proc.info["cmdline"] or []):
             found.append(proc)
     return found
@@ -59,7 +61,9 @@ def _drill_servers(drill_tmpdir: Path) -> list[psutil.Process]:
 
 def _postmaster(drill_tmpdir: Path) -> psutil.Process:
     return wait_until(
-        lambda: next((p for p in _drill_servers(drill_tmpdir) if "-D" in p.cmdline()), None), 60, "the drill's postgres"
+        lambda: next((p for p in _drill_servers(drill_tmpdir) if "-D" in (p.info["cmdline"] or [])), None),
+        60,
+        "the drill's postgres",
     )
 
 
@@ -95,7 +99,9 @@ def test_cancelled_drill_leaves_no_server_and_no_file(service, db, backup_dir, d
     backup_id = _slow_dump(db, backup_dir)
     drill = str(scalar(db, "SELECT pggit.schedule_restore_test(%s)", (backup_id,)))
     _postmaster(drill_tmpdir)
-    wait_until(lambda: any(p.name() == "pg_restore" for p in _drill_servers(drill_tmpdir)), 30, "pg_restore running")
+    wait_until(
+        lambda: any(p.info["name"] == "pg_restore" for p in _drill_servers(drill_tmpdir)), 30, "pg_restore running"
+    )
     db.cursor().execute("UPDATE pggit.backup_jobs SET status = 'cancelled' WHERE job_id = %s", (drill,))
     svc.wait_for_log("job stopped: cancelled", timeout=30)
     _assert_nothing_left(drill_tmpdir)
