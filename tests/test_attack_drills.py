@@ -253,10 +253,10 @@ def test_killed_worker_leaves_no_postgres_of_its_drill_running(service, db, atta
         "the drill's worker",
     )
     # the attacker's slow rows keep pg_restore busy: the worker dies in the middle of the drill
-    wait_until(lambda: any(p.name() == "pg_restore" for p in worker.children(recursive=True)), 30, "pg_restore running")
+    wait_until(lambda: "pg_restore" in _names(worker.children(recursive=True)), 30, "pg_restore running")
     os.kill(worker.pid, signal.SIGKILL)
     wait_until(
-        lambda: not postmaster.is_running() or postmaster.status() == psutil.STATUS_ZOMBIE,
+        lambda: _gone(postmaster),
         15,
         "the killed worker's drill server gone",
     )
@@ -269,10 +269,29 @@ def test_killed_worker_leaves_no_postgres_of_its_drill_running(service, db, atta
     row = wait_for_state(db, drill, {"completed", "permanently_failed"}, timeout=120)
     assert row["job_state"] == "completed", row["last_error"]
     assert not sandbox_root.exists(), "the killed drill's sandbox was removed"
-    assert not [p for p in drill_servers() if str(drill_tmpdir) in " ".join(p.cmdline())], (
+    assert not [p for p in drill_servers() if str(drill_tmpdir) in " ".join(p.info["cmdline"] or [])], (
         "no drill server outlives its drill"
     )
     assert not list(drill_tmpdir.iterdir())
+
+
+def _names(procs: list[psutil.Process]) -> set[str]:
+    """The names of those of `procs` still there: one may exit between the listing and the look."""
+    names = set()
+    for proc in procs:
+        try:
+            names.add(proc.name())
+        except psutil.NoSuchProcess:
+            pass
+    return names
+
+
+def _gone(proc: psutil.Process) -> bool:
+    """True once `proc` has exited (a zombie has), also when it goes between two looks at it."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 @pytest.fixture

@@ -51,15 +51,25 @@ def _slow_dump(db, backup_dir, rows: int = 40) -> str:
 
 def _drill_servers(drill_tmpdir: Path) -> list[psutil.Process]:
     found = []
-    for proc in psutil.process_iter(["username", "cmdline"]):
+    for proc in psutil.process_iter(["username", "name", "cmdline"]):
         if proc.info["username"] == DRILL_USER and str(drill_tmpdir) in " ".join(proc.info["cmdline"] or []):
             found.append(proc)
     return found
 
 
 def _postmaster(drill_tmpdir: Path) -> psutil.Process:
+    """The drill's postmaster: a postgres with -D (pg_ctl, which has -D too, is gone soon)."""
     return wait_until(
-        lambda: next((p for p in _drill_servers(drill_tmpdir) if "-D" in p.cmdline()), None), 60, "the drill's postgres"
+        lambda: next(
+            (
+                p
+                for p in _drill_servers(drill_tmpdir)
+                if p.info["name"] == "postgres" and "-D" in (p.info["cmdline"] or [])
+            ),
+            None,
+        ),
+        60,
+        "the drill's postgres",
     )
 
 
@@ -73,7 +83,7 @@ def test_drill_server_runs_as_the_drill_user_on_a_private_socket_only(service, d
     backup_id = _slow_dump(db, backup_dir)
     drill = str(scalar(db, "SELECT pggit.schedule_restore_test(%s)", (backup_id,)))
     postmaster = _postmaster(drill_tmpdir)
-    root = Path(postmaster.cmdline()[postmaster.cmdline().index("-D") + 1]).parent
+    root = Path(postmaster.info["cmdline"][postmaster.info["cmdline"].index("-D") + 1]).parent
     assert postmaster.username() == DRILL_USER and postmaster.uids().real != 0
     entry = pwd.getpwnam(DRILL_USER)
     assert entry.pw_shell.endswith("nologin") and entry.pw_uid not in (0, pwd.getpwnam("postgres").pw_uid)
@@ -153,7 +163,9 @@ def test_cancelled_drill_leaves_no_server_and_no_file(service, db, backup_dir, d
     backup_id = _slow_dump(db, backup_dir)
     drill = str(scalar(db, "SELECT pggit.schedule_restore_test(%s)", (backup_id,)))
     _postmaster(drill_tmpdir)
-    wait_until(lambda: any(p.name() == "pg_restore" for p in _drill_servers(drill_tmpdir)), 30, "pg_restore running")
+    wait_until(
+        lambda: any(p.info["name"] == "pg_restore" for p in _drill_servers(drill_tmpdir)), 30, "pg_restore running"
+    )
     db.cursor().execute("UPDATE pggit.backup_jobs SET status = 'cancelled' WHERE job_id = %s", (drill,))
     svc.wait_for_log("job stopped: cancelled", timeout=30)
     _assert_nothing_left(drill_tmpdir)
