@@ -8,6 +8,17 @@ pggit-drill), reachable only through a Unix socket in a private directory, and d
 drill ends. Hostile code then owns the superuser of an empty cluster, as an OS user that owns
 nothing, for a few minutes.
 
+That superuser can run shell commands (COPY ... TO PROGRAM), and the OS user could reach every
+server on the machine over TCP, where a `host ... trust` line would let it in as anyone. So the
+server (the postmaster and every backend, which run the dump's code) is started in a network
+namespace of its own, with no interface up: no TCP or UDP to anywhere, loopback included, and no
+abstract Unix sockets of the host. `unshare` makes it as the drill user, in a user namespace of
+its own where that user maps to itself (postgres's "not root" and data-directory ownership
+checks see the same uid); the worker still reaches the server through the socket file in `run/`,
+which a path reaches from any namespace. What the server can still reach: the host's Unix socket
+files by path (where peer authentication maps to the drill user, a role no server has, unless a
+`local ... trust` line lets anyone in) and the files any user may read.
+
 Layout of one sandbox, under $TMPDIR (the unit sets /var/lib/pggit/tmp):
 
     pggit-drill-XXXX/            root, 0755; flock()ed by the worker for the drill's life
@@ -39,7 +50,7 @@ from dataclasses import dataclass, field
 import psycopg2
 
 from .rows import one_row
-from .runner import RunSpec, run_tool
+from .runner import RunResult, RunSpec, run_tool
 
 PREFIX = "pggit-drill-"
 _NEW_PREFIX = ".pggit-drill-new-"
@@ -65,6 +76,23 @@ USERADD_ARGV = (
     "pgGit restore drills",
 )
 USERADD = shlex.join(USERADD_ARGV)
+
+
+# the namespaces the drill's server runs in; without --fork, unshare execs the command in place
+UNSHARE_ARGV = ("/usr/bin/unshare", "--user", "--map-current-user", "--net", "--")
+# the sysctls that switch off unprivileged user namespaces (the first one only on Debian's and
+# Ubuntu's kernels), with the value each needs
+_USERNS_SYSCTLS = (
+    ("kernel.unprivileged_userns_clone", "1"),
+    ("user.max_user_namespaces", "a positive number, e.g. 15000"),
+)
+_NAMESPACE_HINT = (
+    " (the drill's server runs in a user and network namespace of its own, so that code in a backup "
+    "reaches no server over the network; unprivileged user namespaces must be allowed: sysctl "
+    "kernel.unprivileged_userns_clone = 1 where it exists, user.max_user_namespaces > 0, "
+    "kernel.apparmor_restrict_unprivileged_userns = 0 where it exists, and RestrictNamespaces=user net "
+    "in a systemd unit)"
+)
 
 
 def useradd_argv(user: str) -> list[str]:
@@ -178,7 +206,9 @@ class Sandbox:
         }
         # pg_ctl hands -o to /bin/sh: every value is quoted for it
         options = " ".join(f"-c {shlex.quote(f'{key}={value}')}" for key, value in settings.items())
+        # unshare becomes pg_ctl, whose postmaster and backends inherit the empty network namespace
         return [
+            *UNSHARE_ARGV,
             os.path.join(self.bin_dir, "pg_ctl"),
             "-D",
             self.data,
@@ -214,6 +244,26 @@ def drill_account(user: str) -> pwd.struct_passwd:
     return entry
 
 
+def check_namespaces(proc_sys: str = "/proc/sys") -> None:
+    """Refuses a drill on a host where the drill's server could not get its own network
+    namespace: a drill never runs without that isolation."""
+    for name, wanted in _USERNS_SYSCTLS:
+        value = _read_own_file(os.path.join(proc_sys, *name.split(".")), 64).strip()
+        if value == "0":
+            raise SandboxError(
+                f"unprivileged user namespaces are switched off on this host (sysctl {name} = 0): "
+                "a restore drill runs its server in a network namespace of its own, made by the "
+                f"drill user, so that code in a backup reaches no server over the network; set "
+                f"{name} to {wanted} (`sysctl -w {name}=...` and a file in /etc/sysctl.d) to run drills"
+            )
+
+
+def namespace_hint(result: RunResult) -> str:
+    """What to add to a failed server start that unshare refused (systemd's RestrictNamespaces,
+    an AppArmor restriction, a limit reached): the fix, not only "Operation not permitted"."""
+    return _NAMESPACE_HINT if "unshare" in result.stderr.text() else ""
+
+
 def server_bin_dir(tool_path: str | None) -> str:
     """The server binaries (initdb, pg_ctl) next to the configured tool, else the newest
     installed: Debian's /usr/bin/pg_dump is a wrapper, the servers live in /usr/lib/postgresql."""
@@ -237,6 +287,7 @@ def create(user: str, bin_dir: str, port: int | None = None) -> Sandbox:
     """Makes the sandbox directories (locked before they get their visible name) and its
     settings; the cluster itself is made by initdb or a base backup copy."""
     entry = drill_account(user)
+    check_namespaces()
     sweep_stale(user)
     parent = tempfile.gettempdir()
     staging = tempfile.mkdtemp(prefix=_NEW_PREFIX, dir=parent)

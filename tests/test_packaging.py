@@ -58,3 +58,10 @@ def test_package_creates_the_drill_user_as_an_unprivileged_system_user():
     assert [line[1] for line in users] == ["pggit-drill"]
     assert users[0][-2:] == ["/nonexistent", "/usr/sbin/nologin"], "no home, no login shell"
     assert not [line for line in lines if line[0] == "m"], "the drill user joins no group (not pggit, not postgres)"
+
+
+def test_units_allow_drills_a_user_and_a_network_namespace_and_no_other():
+    for name in ("pggit-supervisor.service", "pggit-supervisor@.service"):
+        service = _service(name)["Service"]
+        # sandbox.UNSHARE_ARGV needs exactly these; a unit that forbids them fails every drill
+        assert sorted(service["RestrictNamespaces"].split()) == ["net", "user"], name

@@ -2,8 +2,9 @@
 backup is restored with pg_restore into a throwaway cluster made by initdb and every table's row
 count compared with the counts recorded at dump time; a pg_basebackup backup is laid out as the
 throwaway cluster's data directory, started and queried once it has finished recovery. Both run
-as the unprivileged drill user, reachable only over a private Unix socket, and are stopped and
-deleted whatever happens. A drill that fails is a finding about the backup: permanent."""
+as the unprivileged drill user, in a network namespace of their own (no network at all),
+reachable only over a private Unix socket, and are stopped and deleted whatever happens. A
+drill that fails is a finding about the backup: permanent."""
 
 from __future__ import annotations
 
@@ -120,7 +121,10 @@ class RestoreTestAdapter:
         started = run_check(ctx, job, box.start_argv(), {}, **as_drill)
         if not started.ok:
             return Outcome.failure(
-                failure_from(started, "starting the drill's sandbox:") + sandbox.log_tail(box), retryable=False
+                failure_from(started, "starting the drill's sandbox:")
+                + sandbox.namespace_hint(started)
+                + sandbox.log_tail(box),
+                retryable=False,
             )
         sandbox.wait_ready(box, sandbox.SUPERUSER, checkpoint=ctx.checkpoint)
         _prepare_drill_database(box, ctx.config.dsn, backup)
@@ -153,7 +157,10 @@ class RestoreTestAdapter:
         started = run_check(ctx, job, box.start_argv(), {}, run_as=box.user, cwd=box.root)
         if not started.ok:
             return Outcome.failure(
-                failure_from(started, "starting the restored copy:") + sandbox.log_tail(box), retryable=False
+                failure_from(started, "starting the restored copy:")
+                + sandbox.namespace_hint(started)
+                + sandbox.log_tail(box),
+                retryable=False,
             )
         sandbox.wait_ready(box, superuser, checkpoint=ctx.checkpoint)
         conn = psycopg2.connect(box.dsn(superuser, "postgres"))
