@@ -17,7 +17,9 @@ import pytest
 from psycopg2 import sql
 
 from conftest import query, scalar
+from pggit_supervisor import schema
 from queue_helpers import backup, claim, force, job, schedule_dump, schedule_stanza
+from release_0_1_0 import install_0_1_0
 
 WORKER = "pggit_backup_worker"
 ADMIN = "pggit_backup_admin"
@@ -399,17 +401,7 @@ def test_admin_rewriting_a_number_in_a_queued_jobs_spec_in_another_notation_is_r
 
 def test_after_an_upgrade_from_0_1_0_no_worker_records_sizes_of_a_guide_job_claimed_before_009(empty_db, tmp_path):
     """0.1.0 did not record which login claimed a job: only an admin may record its sizes."""
-    import shutil
-
-    from pggit_supervisor import schema
-
-    released = tmp_path / "0.1.0"
-    released.mkdir()
-    for migration in schema.migrations():
-        if migration.version <= 8:
-            shutil.copy(migration.path, released)
-    shutil.copy(schema.schema_dir() / schema.BOOTSTRAP, released)
-    schema.install(empty_db, released, log=lambda *_: None)
+    install_0_1_0(empty_db, tmp_path / "0.1.0")
     owner = psycopg2.connect(empty_db)
     owner.autocommit = True
     names = [f"pggit_atk_{secrets.token_hex(6)}" for _ in range(3)]

@@ -8,14 +8,13 @@ does; registering and completing by hand run as a login IN ROLE pggit_backup_adm
 
 from __future__ import annotations
 
-import shutil
-
 import psycopg2
 import pytest
 
 from conftest import query, scalar
 from pggit_supervisor import schema
 from queue_helpers import backup, claim, schedule_dump, schedule_stanza
+from release_0_1_0 import install_0_1_0
 
 WORKER = "pggit_backup_worker"
 ADMIN = "pggit_backup_admin"
@@ -188,13 +187,7 @@ def test_pg_dump_backup_is_recorded_as_a_snapshot_and_counted_like_any_backup(db
 
 
 def test_upgrading_from_0_1_0_records_its_pg_dump_backups_as_snapshots(empty_db, tmp_path):
-    released = tmp_path / "0.1.0"
-    released.mkdir()
-    for migration in schema.migrations():
-        if migration.version <= 8:
-            shutil.copy(migration.path, released)
-    shutil.copy(schema.schema_dir() / schema.BOOTSTRAP, released)
-    schema.install(empty_db, released, log=lambda *_: None)
+    install_0_1_0(empty_db, tmp_path / "0.1.0")
     conn = psycopg2.connect(empty_db)
     conn.autocommit = True
     try:

@@ -8,50 +8,15 @@ of its own, because roles and their memberships belong to the cluster, not to a 
 
 from __future__ import annotations
 
-import importlib.util
-import re
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg2
 import pytest
 
 from cluster import Cluster
 from pggit_supervisor import schema
+from release_0_1_0 import ROOT, install_0_1_0, released_files
 from schema_snapshot import differences, read, snapshot
-
-ROOT = Path(__file__).resolve().parent.parent
-BASELINE = "9f8134b6de8f0402b0ccf6a79434cb165c6e2d76"  # tag v0.1.0 (a clone may lack the tag)
-_NUMBERED = re.compile(r"^\d{3}_[a-z0-9_]+\.sql$")
-
-
-def git(*args: str) -> bytes:
-    done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True)
-    if done.returncode != 0:
-        raise AssertionError(
-            f"git {' '.join(args)} failed: {done.stderr.decode().strip()}\n"
-            f"this test needs a git checkout holding 0.1.0 ({BASELINE}); "
-            "in a shallow clone run: git fetch --unshallow"
-        )
-    return done.stdout
-
-
-def released_files() -> dict[str, bytes]:
-    """0.1.0's numbered schema files (000_bootstrap included), name -> bytes."""
-    names = git("ls-tree", "--name-only", f"{BASELINE}:schema").decode().split()
-    return {name: git("show", f"{BASELINE}:schema/{name}") for name in names if _NUMBERED.match(name)}
-
-
-def installer_of_0_1_0():
-    """0.1.0's own pggit_supervisor/schema.py, loaded from git under a name of its own."""
-    source = git("show", f"{BASELINE}:pggit_supervisor/schema.py").decode()
-    spec = importlib.util.spec_from_loader("pggit_schema_0_1_0", loader=None)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    exec(compile(source, f"{BASELINE}:pggit_supervisor/schema.py", "exec"), module.__dict__)
-    return module
 
 
 def new_database(cluster: Cluster, name: str) -> str:
@@ -69,11 +34,8 @@ def upgraded_and_fresh(tmp_path_factory) -> Iterator[tuple[str, str]]:
     try:
         for cluster in clusters:
             cluster.start()
-        old_dir = tmp_path_factory.mktemp("schema-0.1.0")
-        for name, content in released_files().items():
-            (old_dir / name).write_bytes(content)
         upgraded = new_database(clusters[0], "pggit")
-        applied_by_0_1_0 = installer_of_0_1_0().install(upgraded, directory=old_dir, log=lambda *_: None)
+        applied_by_0_1_0 = install_0_1_0(upgraded, tmp_path_factory.mktemp("schema-0.1.0"))
         assert [m.version for m in applied_by_0_1_0] == list(range(1, 9)), "0.1.0 had files 001..008"
         schema.install(upgraded, log=lambda *_: None)
         fresh = new_database(clusters[1], "pggit")
