@@ -118,15 +118,9 @@ class RestoreTestAdapter:
         made = run_check(ctx, job, box.initdb_argv(), {}, **as_drill)
         if not made.ok:
             return Outcome.failure(failure_from(made, "initdb of the drill's sandbox:"), retryable=False)
-        started = run_check(ctx, job, box.start_argv(), {}, **as_drill)
-        if not started.ok:
-            return Outcome.failure(
-                failure_from(started, "starting the drill's sandbox:")
-                + sandbox.namespace_hint(started)
-                + sandbox.log_tail(box),
-                retryable=False,
-            )
-        sandbox.wait_ready(box, sandbox.SUPERUSER, checkpoint=ctx.checkpoint)
+        not_started = _start_server(ctx, job, box, "starting the drill's sandbox:", sandbox.SUPERUSER)
+        if not_started:
+            return not_started
         _prepare_drill_database(box, ctx.config.dsn, backup)
         if "script" in notes:
             dump = notes["script"]
@@ -154,15 +148,9 @@ class RestoreTestAdapter:
         sandbox.give_tree(box.data, box.user)
         os.chmod(box.data, 0o700)
         superuser = _bootstrap_superuser(ctx.config.dsn)
-        started = run_check(ctx, job, box.start_argv(), {}, run_as=box.user, cwd=box.root)
-        if not started.ok:
-            return Outcome.failure(
-                failure_from(started, "starting the restored copy:")
-                + sandbox.namespace_hint(started)
-                + sandbox.log_tail(box),
-                retryable=False,
-            )
-        sandbox.wait_ready(box, superuser, checkpoint=ctx.checkpoint)
+        not_started = _start_server(ctx, job, box, "starting the restored copy:", superuser)
+        if not_started:
+            return not_started
         conn = psycopg2.connect(box.dsn(superuser, "postgres"))
         try:
             with conn.cursor() as cur:
@@ -199,6 +187,19 @@ def _prepare_drill_database(box: sandbox.Sandbox, source_dsn: str, backup: resto
     finally:
         conn.close()
     restore.prepare_target_database(box.dsn(sandbox.SUPERUSER, DRILL_DATABASE), backup)
+
+
+def _start_server(ctx: Context, job: ClaimedJob, box: sandbox.Sandbox, what: str, user: str) -> Outcome | None:
+    """Starts the sandbox's server as the drill user and waits until `user` can query it; the
+    failed ending (with why the namespace or the server refused) when it did not start."""
+    started = run_check(ctx, job, box.start_argv(), {}, run_as=box.user, cwd=box.root)
+    if not started.ok:
+        return Outcome.failure(
+            failure_from(started, what) + sandbox.namespace_hint(started) + sandbox.log_tail(box),
+            retryable=False,
+        )
+    sandbox.wait_ready(box, user, checkpoint=ctx.checkpoint)
+    return None
 
 
 def _check_dump(box: sandbox.Sandbox, backup: restore.Backup) -> Outcome:
