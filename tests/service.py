@@ -94,7 +94,16 @@ class Service:
         return wait_until(found, timeout, f"log line /{pattern}/ x{count}\n--- log ---\n{self.log()}")
 
     def workers(self) -> list[psutil.Process]:
-        return [p for p in psutil.Process(self.proc.pid).children() if "pggit_supervisor" in " ".join(p.cmdline())]
+        """The supervisor's live worker processes. One that exited a moment ago is a zombie until the
+        supervisor reaps it, and its cmdline can no longer be read: it is not a worker any more."""
+        found = []
+        for child in psutil.Process(self.proc.pid).children():
+            try:
+                if "pggit_supervisor" in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.NoSuchProcess:  # ZombieProcess is one
+                pass
+        return found
 
     def signal(self, signum: int) -> None:
         os.kill(self.proc.pid, signum)
