@@ -20,6 +20,7 @@ from typing import Any, BinaryIO, Literal, Protocol, overload
 from psycopg2.extensions import parse_dsn
 
 from ..config import Config, ToolConfig
+from ..errors import Stopped
 from ..queue import ClaimedJob
 from ..runner import RunResult, RunSpec, run_tool
 
@@ -54,11 +55,6 @@ _MAX_TIMEOUT_SECONDS = 604800  # as pggit._common_options allows
 
 class InvalidJob(Exception):
     """The job cannot run as specified (parameters, paths, allowlist): retrying cannot help."""
-
-
-class Stopped(Exception):
-    """The worker's tick asked to stop (job cancelled, service stopping) during long work of
-    the adapter's own (hashing, reading an archive): the reason is the tick's."""
 
 
 @dataclass(frozen=True)
