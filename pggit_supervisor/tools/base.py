@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Literal, Protocol, overload
 from psycopg2.extensions import parse_dsn
 
 from ..config import Config, ToolConfig
-from ..errors import Stopped
+from ..errors import JobError, Stopped
 from ..queue import ClaimedJob
 from ..runner import RunResult, RunSpec, run_tool
 
@@ -53,8 +53,11 @@ _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 _MAX_TIMEOUT_SECONDS = 604800  # as pggit._common_options allows
 
 
-class InvalidJob(Exception):
-    """The job cannot run as specified (parameters, paths, allowlist): retrying cannot help."""
+class InvalidJob(JobError):
+    """Transitional: a JobError that is never retryable (being replaced by errors.invalid())."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
 
 
 @dataclass(frozen=True)
