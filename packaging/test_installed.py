@@ -8,7 +8,7 @@ would (the unit's ExecStart, as the unit's user, with a NOTIFY_SOCKET this scrip
 WATCHDOG_USEC set) sends READY and WATCHDOG, runs a pg_dump backup scheduled from SQL and its
 restore drill (in a sandbox that is gone afterwards), and stops cleanly on SIGTERM with STOPPING.
 
-The database is on a throwaway cluster of its own (tests/cluster.py), not the machine's server,
+The database is on a throwaway cluster of its own (tests/helpers/cluster.py), not the machine's server,
 whose configuration (port, authentication) is the machine's business.
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from cluster import Cluster  # noqa: E402
+from helpers.cluster import Cluster  # noqa: E402
 
 UNIT = "/lib/systemd/system/pggit-supervisor.service"
 CONFIG = "/etc/pggit/supervisor.yaml"

@@ -1,11 +1,21 @@
-"""Shared fixtures: a fresh database per test, cloned from a template that has the schema.
+"""Fixtures every layer needs: the session's server, a fresh database per test (cloned from a
+template that has the schema), logins, and directories other OS users can use.
 
 The template is built once per session by our own installer (the same code as
 `pggit-supervisor schema install`), so every test starts from exactly what a user installs.
+The server is a throwaway cluster of the run's own (helpers/session.py says how to point the
+run at another one).
 
-The server is a throwaway cluster of the run's own (trust auth on a free port, removed at the
-end, even after a crash), so the tests do not depend on how the machine's PostgreSQL is set up.
-PGGIT_TEST_PGHOST / PGGIT_TEST_PGPORT / PGGIT_TEST_PGUSER point the run at a server instead.
+Where a test goes (`make check` runs unit, sql and tools without the slow or service marks;
+`make test` runs everything):
+- unit/     in-process, no database and no processes of ours: the supervisor's rules and pipe
+            protocol, the settings declaration and loader, the prerequisites check
+- sql/      the SQL API through real logins: queue, roles, guides, attacks on the SQL, schema
+            install and migration, the session cluster
+- service/  real `pggit-supervisor` processes and their workers: lifecycle, jobs, drills, the CLI
+- tools/    the runner with a fake tool, each real tool adapter, the packaging files
+- helpers/  modules more than one test imports (`from helpers.db import query`); never import
+            from a conftest.py. A layer's own fixtures live in its conftest.py.
 """
 
 from __future__ import annotations
@@ -21,34 +31,15 @@ import uuid
 from pathlib import Path
 
 import psycopg2
-import psycopg2.extras
 import pytest
 from psycopg2 import sql
 from pytest_postgresql import factories
 
-import prerequisites
-from cluster import BIN, IS_ROOT, Cluster, free_port
+from helpers import prerequisites
+from helpers.cluster import BIN, IS_ROOT, Cluster
+from helpers.db import make_dsn
+from helpers.session import DRILL_USER, OWN_SERVER, PG_HOST, PG_PORT, PG_USER, SESSION_SERVER_CONF
 from pggit_supervisor import sandbox, schema
-
-_SERVER_VARIABLES = ("PGGIT_TEST_PGHOST", "PGGIT_TEST_PGPORT", "PGGIT_TEST_PGUSER")
-OWN_SERVER = not any(os.environ.get(name) for name in _SERVER_VARIABLES)
-PG_HOST = os.environ.get("PGGIT_TEST_PGHOST") or "127.0.0.1"
-# The session cluster's port is chosen now, so modules can import it; the cluster starts at
-# session start (pytest_sessionstart), after the check for missing tools.
-PG_PORT = free_port() if OWN_SERVER else int(os.environ.get("PGGIT_TEST_PGPORT") or "5432")
-PG_USER = os.environ.get("PGGIT_TEST_PGUSER") or "postgres"
-DRILL_USER = "pggit-drill"  # the default drill_user, which the Debian package creates
-# Enough for the concurrency tests; wal_level and wal senders (in Cluster) for pg_basebackup.
-SESSION_SERVER_CONF = "max_connections = 200\n"
-
-# What a test runs as another OS user must be readable by that user, wherever the checkout is
-# (a checkout under /root, mode 0700, is not): a copy in a directory everyone can read.
-_SHARED_DIR = Path(tempfile.mkdtemp(prefix="pggit-test-shared-", dir="/tmp"))
-os.chmod(_SHARED_DIR, 0o755)
-atexit.register(shutil.rmtree, _SHARED_DIR, ignore_errors=True)
-FAKE_TOOL = str(_SHARED_DIR / "fake_tool.py")
-shutil.copy(Path(__file__).with_name("fake_tool.py"), FAKE_TOOL)
-os.chmod(FAKE_TOOL, 0o755)
 
 
 def pytest_sessionstart(session) -> None:
@@ -60,13 +51,6 @@ def pytest_sessionstart(session) -> None:
         cluster.remove_when_this_process_ends()
         atexit.register(cluster.remove)
         cluster.start()
-
-
-def make_dsn(host, port, user, dbname, password=None) -> str:
-    parts = [f"host={host}", f"port={port}", f"user={user}", f"dbname={dbname}"]
-    if password:
-        parts.append(f"password={password}")
-    return " ".join(parts)
 
 
 def _install_schema(host, port, user, dbname, password, **_ignored):
@@ -165,19 +149,6 @@ def login_as(dsn, db):
 def login(login_as):
     """login(role) -> autocommit connection of a new LOGIN role IN ROLE `role`."""
     return lambda role: login_as(role)[0]
-
-
-def query(conn, sql, params=None):
-    """All rows as dicts."""
-    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-        cur.execute(sql, params)
-        return cur.fetchall() if cur.description else []
-
-
-def scalar(conn, sql, params=None):
-    with conn.cursor() as cur:
-        cur.execute(sql, params)
-        return cur.fetchone()[0]
 
 
 @pytest.fixture

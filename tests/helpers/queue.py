@@ -1,6 +1,6 @@
 """Small helpers for queue tests: schedule, claim and read jobs."""
 
-from conftest import query, scalar
+from helpers.db import query, scalar
 
 
 def schedule_dump(conn, schema=None, options="{}"):

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
+
 BASELINE = "9f8134b6de8f0402b0ccf6a79434cb165c6e2d76"  # tag v0.1.0 (a clone may lack the tag)
 _NUMBERED = re.compile(r"^\d{3}_[a-z0-9_]+\.sql$")
 

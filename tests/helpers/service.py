@@ -16,9 +16,9 @@ from typing import Any
 import psutil
 import yaml
 
-from conftest import FAKE_TOOL, query, scalar
-
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
+from helpers.db import query, scalar
+from helpers.session import FAKE_TOOL
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

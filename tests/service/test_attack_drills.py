@@ -16,8 +16,10 @@ import psutil
 import psycopg2
 import pytest
 
-from conftest import DRILL_USER, PG_HOST, PG_PORT, make_dsn, query, scalar
-from service import ROOT, Service, wait_for_state, wait_until
+from helpers import ROOT
+from helpers.db import make_dsn, query, scalar
+from helpers.service import Service, wait_for_state, wait_until
+from helpers.session import DRILL_USER, PG_HOST, PG_PORT
 
 CLI = [sys.executable, "-m", "pggit_supervisor"]
 

@@ -10,8 +10,8 @@ import uuid
 import psycopg2
 import yaml
 
-from conftest import scalar
-from service import ROOT
+from helpers import ROOT
+from helpers.db import scalar
 
 
 def _check(tmp_path, dsn: str, *extra: str) -> subprocess.CompletedProcess:

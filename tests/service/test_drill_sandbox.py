@@ -14,10 +14,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import DRILL_USER, scalar
+from helpers.db import scalar
+from helpers.service import Service, wait_for_state, wait_until
+from helpers.session import DRILL_USER
 from pggit_supervisor import sandbox
 from pggit_supervisor.runner import RunSpec, run_tool
-from service import Service, wait_for_state, wait_until
 
 
 @pytest.fixture

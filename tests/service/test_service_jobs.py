@@ -12,10 +12,11 @@ from functools import partial
 import psycopg2
 import pytest
 
-from cluster import Cluster
-from conftest import scalar
+from helpers.cluster import Cluster
+from helpers.db import scalar
+from helpers.service import Service, gone, pids_of, queue_fake, wait_for_state, wait_until
+from helpers.session import FAKE_TOOL
 from pggit_supervisor import schema
-from service import FAKE_TOOL, Service, gone, pids_of, queue_fake, wait_for_state, wait_until
 
 
 @pytest.fixture

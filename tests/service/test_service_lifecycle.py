@@ -18,18 +18,10 @@ import psutil
 import pytest
 import yaml
 
-from conftest import PG_HOST, PG_PORT, PG_USER, query, scalar
-from service import (
-    FAKE_TOOL,
-    ROOT,
-    Service,
-    gone,
-    job_row,
-    pids_of,
-    queue_fake,
-    wait_for_state,
-    wait_until,
-)
+from helpers import ROOT
+from helpers.db import query, scalar
+from helpers.service import Service, gone, job_row, pids_of, queue_fake, wait_for_state, wait_until
+from helpers.session import FAKE_TOOL, PG_HOST, PG_PORT, PG_USER
 
 LISTENER = "import sys; from pggit_supervisor.cli import listener_main; sys.exit(listener_main())"
 TREE = ("--spawn-child", "--spawn-grandchild-setsid")  # a tool, its child, and a setsid grandchild

@@ -16,10 +16,10 @@ import psycopg2.extras
 import pytest
 from psycopg2 import sql
 
-from conftest import query, scalar
+from helpers.db import query, scalar
+from helpers.queue import backup, claim, force, job, schedule_dump, schedule_stanza
+from helpers.release_0_1_0 import install_0_1_0
 from pggit_supervisor import schema
-from queue_helpers import backup, claim, force, job, schedule_dump, schedule_stanza
-from release_0_1_0 import install_0_1_0
 
 WORKER = "pggit_backup_worker"
 ADMIN = "pggit_backup_admin"

@@ -16,9 +16,9 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from conftest import query, scalar
-from queue_helpers import schedule_dump, schedule_stanza
-from service import Service, wait_until
+from helpers.db import query, scalar
+from helpers.queue import schedule_dump, schedule_stanza
+from helpers.service import Service, wait_until
 
 # the worker's coalescing window (pggit_supervisor.worker.NOTIFY_MIN_GAP); 0.1.0 has none
 NOTIFY_MIN_GAP = 0.5

@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from conftest import scalar
+from helpers.db import scalar
 from pggit_supervisor import schema
 
 ROOT = schema.schema_dir()

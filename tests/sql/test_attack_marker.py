@@ -12,8 +12,8 @@ import threading
 import psycopg2
 import pytest
 
-from conftest import query, scalar
-from queue_helpers import job
+from helpers.db import query, scalar
+from helpers.queue import job
 
 ADMIN = "pggit_backup_admin"
 WORKER = "pggit_backup_worker"

@@ -12,7 +12,7 @@ import json
 import psycopg2
 import pytest
 
-from conftest import scalar
+from helpers.db import scalar
 
 OPERATOR = "pggit_backup_operator"
 ADMIN = "pggit_backup_admin"

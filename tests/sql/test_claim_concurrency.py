@@ -4,8 +4,8 @@ running jobs, even when the claims race."""
 import threading
 from collections import Counter
 
-from conftest import scalar
-from queue_helpers import claim, schedule_stanza
+from helpers.db import scalar
+from helpers.queue import claim, schedule_stanza
 
 
 def _run_claimers(connect, count, work):

@@ -3,7 +3,7 @@ example call the guide shows works as written."""
 
 import pytest
 
-from conftest import query, scalar
+from helpers.db import query, scalar
 
 GUIDE_SIGNATURES = {
     "backup_pgbackrest": (

@@ -11,10 +11,10 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from conftest import query, scalar
+from helpers.db import query, scalar
+from helpers.queue import backup, claim, schedule_dump, schedule_stanza
+from helpers.release_0_1_0 import install_0_1_0
 from pggit_supervisor import schema
-from queue_helpers import backup, claim, schedule_dump, schedule_stanza
-from release_0_1_0 import install_0_1_0
 
 WORKER = "pggit_backup_worker"
 ADMIN = "pggit_backup_admin"

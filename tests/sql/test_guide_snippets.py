@@ -3,8 +3,8 @@ unchanged and means what the guide says."""
 
 import pytest
 
-from conftest import query, scalar
-from queue_helpers import claim, force, schedule_dump, schedule_stanza
+from helpers.db import query, scalar
+from helpers.queue import claim, force, schedule_dump, schedule_stanza
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from conftest import make_dsn, query, scalar
+from helpers.db import make_dsn, query, scalar
 
 REGISTERED = object()  # stands for the id of a backup registered by the `seeded` fixture
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"

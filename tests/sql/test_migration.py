@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import psycopg2
 import pytest
 
-from cluster import Cluster
+from helpers.cluster import Cluster
+from helpers.release_0_1_0 import ROOT, install_0_1_0, released_files
+from helpers.schema_snapshot import differences, read, snapshot
 from pggit_supervisor import schema
-from release_0_1_0 import ROOT, install_0_1_0, released_files
-from schema_snapshot import differences, read, snapshot
 
 
 def new_database(cluster: Cluster, name: str) -> str:

@@ -7,8 +7,8 @@ import select
 import psycopg2
 import pytest
 
-from conftest import query, scalar
-from queue_helpers import backup, claim, force, job, schedule_dump, schedule_stanza
+from helpers.db import query, scalar
+from helpers.queue import backup, claim, force, job, schedule_dump, schedule_stanza
 
 
 def test_claim_marks_running_with_lease_token_and_attempt(db):

@@ -11,8 +11,8 @@ import psycopg2.errors
 import pytest
 from psycopg2 import sql
 
-from conftest import query, scalar
-from queue_helpers import force
+from helpers.db import query, scalar
+from helpers.queue import force
 
 READER = "pggit_backup_reader"
 OPERATOR = "pggit_backup_operator"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import psycopg2
 
-from conftest import query, scalar
+from helpers.db import query, scalar
 from pggit_supervisor import __version__, schema
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "pggit_supervisor"]
 
 

@@ -11,15 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-import conftest
-from conftest import scalar
+from helpers import session
+from helpers.db import scalar
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # what puts helpers on sys.path
 
 _STARTS_ITS_CLUSTER_AND_WAITS = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from cluster import Cluster
+from helpers.cluster import Cluster
 cluster = Cluster()
 cluster.remove_when_this_process_ends()
 cluster.start()
@@ -37,13 +37,13 @@ def _accepts(port: int) -> bool:
 def test_the_tests_use_a_cluster_of_their_own_unless_told_otherwise(db):
     data_directory = scalar(db, "SHOW data_directory")
 
-    if conftest.OWN_SERVER:
+    if session.OWN_SERVER:
         assert data_directory.startswith("/tmp/pggit-cluster-"), data_directory
-        assert conftest.PG_PORT != 5432
+        assert session.PG_PORT != 5432
         assert scalar(db, "SHOW fsync") == "off"
         assert scalar(db, "SHOW wal_level") == "replica"
     else:
-        assert conftest.PG_PORT == int(os.environ.get("PGGIT_TEST_PGPORT") or 5432)
+        assert session.PG_PORT == int(os.environ.get("PGGIT_TEST_PGPORT") or 5432)
 
 
 def test_a_cluster_is_stopped_and_removed_after_its_process_is_killed():

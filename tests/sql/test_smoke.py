@@ -1,4 +1,4 @@
-from conftest import scalar
+from helpers.db import scalar
 
 
 def test_fresh_database_has_main_branch_with_a_head_commit(db):

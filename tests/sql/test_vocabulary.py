@@ -17,7 +17,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from conftest import query, scalar
+from helpers.db import query, scalar
 from pggit_supervisor import config, restore
 from pggit_supervisor.tools import NAME_PATTERN, PARAMETERS, TOOLS, Choice, IntRange, InvalidJob, Parameter
 from pggit_supervisor.tools.barman import RESERVED_SERVERS, REUSE_BACKUP_ALIASES, BarmanParams

@@ -18,11 +18,11 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from conftest import query, scalar
+from helpers.db import query, scalar
+from helpers.service import Service, wait_for_state
 from pggit_supervisor.config import default_tool
 from pggit_supervisor.tools.base import InvalidJob, allowed_output_dir, make_scratch_dir, prepare_output_dir, sha256_of
 from pggit_supervisor.tools.pg_dump import open_snapshot
-from service import Service, wait_for_state
 
 ENDED = {"completed", "will_retry", "permanently_failed"}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pggit_supervisor import __version__
 
-DEBIAN = Path(__file__).resolve().parent.parent / "packaging" / "debian"
+DEBIAN = Path(__file__).resolve().parents[2] / "packaging" / "debian"
 
 
 def test_debian_changelog_and_the_python_package_have_one_version():

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import FAKE_TOOL
+from helpers.session import FAKE_TOOL
 from pggit_supervisor.proctree import kill_tree
 from pggit_supervisor.runner import (
     TOOL_PATH,
@@ -30,7 +30,7 @@ from pggit_supervisor.runner import (
     tool_environment,
 )
 
-REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+REPO_ROOT = str(Path(__file__).resolve().parents[2])
 # The venv's python lives under /root (mode 0700); a tool run as another user needs this one.
 SYSTEM_PYTHON = "/usr/bin/python3"
 MiB = 1 << 20

@@ -22,15 +22,15 @@ import psutil
 import psycopg2
 import pytest
 
-from cluster import BIN, Cluster, as_postgres, free_port
-from conftest import query, scalar
+from helpers.cluster import BIN, Cluster, as_postgres, free_port
+from helpers.db import query, scalar
+from helpers.service import Service, wait_for_state, wait_until
 from pggit_supervisor import schema
 from pggit_supervisor.config import Config, ToolConfig, Tools
 from pggit_supervisor.queue import ClaimedJob
 from pggit_supervisor.runner import TOOL_PATH, RunSpec, run_tool
 from pggit_supervisor.tools.barman import BarmanAdapter, restore_argv
 from pggit_supervisor.tools.base import Context, InvalidJob, Outcome
-from service import Service, wait_for_state, wait_until
 
 pytestmark = pytest.mark.slow
 

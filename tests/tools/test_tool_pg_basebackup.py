@@ -11,10 +11,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from cluster import BIN, Cluster, as_postgres, free_port
-from conftest import query, scalar
+from helpers import ROOT
+from helpers.cluster import BIN, Cluster, as_postgres, free_port
+from helpers.db import query, scalar
+from helpers.service import Service, wait_for_state
 from pggit_supervisor import schema
-from service import ROOT, Service, wait_for_state
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "pggit_supervisor"]

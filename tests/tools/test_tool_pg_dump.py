@@ -14,11 +14,13 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from conftest import PG_HOST, PG_PORT, PG_USER, query, scalar
+from helpers import ROOT
+from helpers.db import query, scalar
+from helpers.queue import force
+from helpers.service import Service, wait_for_state
+from helpers.session import PG_HOST, PG_PORT, PG_USER
 from pggit_supervisor.config import default_tool
 from pggit_supervisor.tools.pg_dump import _check_plain_trailer
-from queue_helpers import force
-from service import ROOT, Service, wait_for_state
 
 CLI = [sys.executable, "-m", "pggit_supervisor"]
 TABLE_DIGEST = "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY id)) FROM public.orders t"

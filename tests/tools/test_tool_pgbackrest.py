@@ -18,13 +18,13 @@ import psutil
 import psycopg2
 import pytest
 
-from cluster import BIN, Cluster, as_postgres, free_port
-from conftest import query, scalar
+from helpers.cluster import BIN, Cluster, as_postgres, free_port
+from helpers.db import query, scalar
+from helpers.service import Service, wait_until
 from pggit_supervisor import schema
 from pggit_supervisor.config import default_tool, load_config
 from pggit_supervisor.runner import CapturedOutput, RunResult
 from pggit_supervisor.tools.pgbackrest import explain_exit, judge_verify, new_label, parse_location, restore_argv
-from service import Service, wait_until
 
 PGBACKREST = "/usr/bin/pgbackrest"
 TABLE_DIGEST = "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY id)) FROM public.orders t"

@@ -26,7 +26,7 @@ from pggit_supervisor.config import (
     resolve_config_path,
 )
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "conf" / "supervisor.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "supervisor.yaml"
 DSN = "postgresql://pggit_backup@localhost:5432/mydb"
 TOP_KEYS = (
     "drill_user, dsn, heartbeat_interval, kill_grace, lease_seconds, log_level, poll_interval, "

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import prerequisites
-from cluster import BIN
+from helpers import prerequisites
+from helpers.cluster import BIN
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_on_this_machine_nothing_is_missing():
@@ -36,7 +36,7 @@ def test_a_run_without_pgbackrest_stops_at_session_start_naming_it(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path)}
 
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_smoke.py"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/sql/test_smoke.py"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -14,7 +14,7 @@ from pggit_supervisor.config import ConfigError, load_config, settings
 from pggit_supervisor.config.reference import man_section
 from pggit_supervisor.config.settings import Choice, Integer, Name, Number, Setting, allowed_of, show_default, walk
 
-ROOT_DIR = Path(__file__).resolve().parents[1]
+ROOT_DIR = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT_DIR / "conf" / "supervisor.yaml"
 MAN_PAGE = ROOT_DIR / "packaging" / "man" / "pggit-supervisor.1"
 LISTENER_MAN_PAGE = ROOT_DIR / "packaging" / "man" / "pggit-backup-listener.1"
