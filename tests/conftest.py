@@ -38,6 +38,7 @@ from pytest_postgresql import factories
 from helpers import prerequisites
 from helpers.cluster import BIN, IS_ROOT, Cluster
 from helpers.db import make_dsn
+from helpers.service import Service
 from helpers.session import DRILL_USER, OWN_SERVER, PG_HOST, PG_PORT, PG_USER, SESSION_SERVER_CONF
 from pggit_supervisor import sandbox, schema
 
@@ -149,6 +150,23 @@ def login_as(dsn, db):
 def login(login_as):
     """login(role) -> autocommit connection of a new LOGIN role IN ROLE `role`."""
     return lambda role: login_as(role)[0]
+
+
+@pytest.fixture
+def make_service(tmp_path, dsn):
+    """make_service(dsn=None, **settings) -> a Service (not started yet) with its config in tmp_path,
+    on the test's database unless `dsn` says otherwise; whatever each one left running is killed
+    at the end of the test, whatever its outcome."""
+    made: list[Service] = []
+
+    def make(dsn: str | None = dsn, **settings) -> Service:
+        service = Service(tmp_path, dsn, **settings)
+        made.append(service)
+        return service
+
+    yield make
+    for service in made:
+        service.cleanup()
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ same module name, so `from conftest import ...` would get whichever one it loade
 - prerequisites, release_0_1_0, schema_snapshot, fake_tool: one job each, see their docstrings
 """
 
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: tests/helpers/ is two levels down
+CLI = [sys.executable, "-m", "pggit_supervisor"]  # the program, as the tests run it

@@ -32,3 +32,8 @@ def refused(conn, statement, params=None) -> psycopg2.Error:
     with pytest.raises(psycopg2.Error) as caught:
         conn.cursor().execute(statement, params)
     return caught.value
+
+
+# The package's roles (schema/), as a login is granted them
+WORKER = "pggit_backup_worker"
+ADMIN = "pggit_backup_admin"

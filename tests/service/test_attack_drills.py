@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,12 +15,11 @@ import psutil
 import psycopg2
 import pytest
 
-from helpers import ROOT
+from helpers import CLI, ROOT
 from helpers.db import make_dsn, query, scalar
-from helpers.service import Service, wait_for_state, wait_until
+from helpers.processes import wait_until
+from helpers.service import wait_for_state
 from helpers.session import DRILL_USER, PG_HOST, PG_PORT
-
-CLI = [sys.executable, "-m", "pggit_supervisor"]
 
 # The attacker's trap, run by whoever evaluates it: as its author (the attacker testing it in
 # production) it does nothing; as anyone else (the login that restores the dump) it acts.
@@ -70,21 +68,6 @@ def attacker(db):
     db.cursor().execute(f'CREATE ROLE "{name}" LOGIN; CREATE SCHEMA "{name}" AUTHORIZATION "{name}"')
     yield name
     db.cursor().execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE; DROP OWNED BY "{name}"; DROP ROLE IF EXISTS "{name}"')
-
-
-@pytest.fixture
-def service(tmp_path, dsn, backup_dir, drill_tmpdir):
-    started = []
-
-    def start(**settings):
-        settings.setdefault("tools", {"pg_dump": {"run_as": "postgres", "allowed_output_dirs": [str(backup_dir)]}})
-        svc = Service(tmp_path, dsn, **settings).start(env={"TMPDIR": str(drill_tmpdir)})
-        started.append(svc)
-        return svc
-
-    yield start
-    for svc in started:
-        svc.cleanup()
 
 
 def _as(dsn: str, user: str):

@@ -15,25 +15,11 @@ import psutil
 import pytest
 
 from helpers.db import scalar
-from helpers.service import Service, wait_for_state, wait_until
+from helpers.processes import wait_until
+from helpers.service import wait_for_state
 from helpers.session import DRILL_USER
 from pggit_supervisor import sandbox
 from pggit_supervisor.runner import RunSpec, run_tool
-
-
-@pytest.fixture
-def service(tmp_path, dsn, backup_dir, drill_tmpdir):
-    started = []
-
-    def start(**settings):
-        settings.setdefault("tools", {"pg_dump": {"run_as": "postgres", "allowed_output_dirs": [str(backup_dir)]}})
-        svc = Service(tmp_path, dsn, **settings).start(env={"TMPDIR": str(drill_tmpdir)})
-        started.append(svc)
-        return svc
-
-    yield start
-    for svc in started:
-        svc.cleanup()
 
 
 def _slow_dump(db, backup_dir, rows: int = 40) -> str:

@@ -10,32 +10,18 @@ from collections import Counter
 from functools import partial
 
 import psycopg2
-import pytest
 
 from helpers.cluster import Cluster
 from helpers.db import scalar
-from helpers.service import Service, gone, pids_of, queue_fake, wait_for_state, wait_until
+from helpers.processes import gone, wait_until
+from helpers.service import pids_of, queue_fake, wait_for_state
 from helpers.session import FAKE_TOOL
 from pggit_supervisor import schema
 
 
-@pytest.fixture
-def service_factory(tmp_path, dsn):
-    started = []
-
-    def make(**settings):
-        service = Service(tmp_path, settings.pop("dsn", dsn), **settings)
-        started.append(service)
-        return service
-
-    yield make
-    for service in started:
-        service.cleanup()
-
-
-def test_many_jobs_are_drained_by_several_workers_and_none_runs_twice(service_factory, db, tmp_path):
+def test_many_jobs_are_drained_by_several_workers_and_none_runs_twice(make_service, db, tmp_path):
     jobs = [queue_fake(db, tmp_path, "--sleep", "0.05", tag=f"j{i}") for i in range(30)]
-    service = service_factory(workers=3).start()
+    service = make_service(workers=3).start()
     for _, job_id, _ in jobs:
         wait_for_state(db, job_id, "completed", timeout=60)
     runs = Counter(len(pids_of(pid_file).get("tool", [])) for _, _, pid_file in jobs)
@@ -46,8 +32,8 @@ def test_many_jobs_are_drained_by_several_workers_and_none_runs_twice(service_fa
     assert service.stop() == 0
 
 
-def test_notify_wakes_an_idle_worker_long_before_the_poll(service_factory, db, tmp_path):
-    service = service_factory(workers=1, poll_interval=60).start()
+def test_notify_wakes_an_idle_worker_long_before_the_poll(make_service, db, tmp_path):
+    service = make_service(workers=1, poll_interval=60).start()
     service.wait_for_log("worker started")
     time.sleep(1)  # the worker is now waiting on LISTEN, with 59 s of poll left
     queued = time.monotonic()
@@ -56,8 +42,8 @@ def test_notify_wakes_an_idle_worker_long_before_the_poll(service_factory, db, t
     assert time.monotonic() - queued < 5, "picked up by NOTIFY, not by the 60 s poll"
 
 
-def test_timeout_kills_the_tool_its_child_and_its_setsid_grandchild(service_factory, db, tmp_path):
-    service_factory(workers=1, tools={"custom": {"allowed_commands": [FAKE_TOOL], "timeout": 2}}).start()
+def test_timeout_kills_the_tool_its_child_and_its_setsid_grandchild(make_service, db, tmp_path):
+    make_service(workers=1, tools={"custom": {"allowed_commands": [FAKE_TOOL], "timeout": 2}}).start()
     _, job_id, pid_file = queue_fake(
         db, tmp_path, "--sleep", "600", "--spawn-child", "--spawn-grandchild-setsid", "--ignore-term", tag="slow"
     )
@@ -69,14 +55,14 @@ def test_timeout_kills_the_tool_its_child_and_its_setsid_grandchild(service_fact
         assert wait_until(partial(gone, pid), 5, f"pid {pid} gone")
 
 
-def test_job_timeout_option_is_capped_by_the_tool_maximum(service_factory, db, tmp_path):
-    service_factory(workers=1, tools={"custom": {"allowed_commands": [FAKE_TOOL], "timeout": 2}}).start()
+def test_job_timeout_option_is_capped_by_the_tool_maximum(make_service, db, tmp_path):
+    make_service(workers=1, tools={"custom": {"allowed_commands": [FAKE_TOOL], "timeout": 2}}).start()
     _, job_id, _ = queue_fake(db, tmp_path, "--sleep", "600", tag="capped", metadata='{"timeout_seconds": 3600}')
     assert wait_for_state(db, job_id, "will_retry", timeout=20)["last_error"].startswith("timed out after 2 s")
 
 
-def test_cancelling_a_running_job_with_the_guides_update_stops_its_tool(service_factory, db, tmp_path):
-    service = service_factory(workers=1).start()
+def test_cancelling_a_running_job_with_the_guides_update_stops_its_tool(make_service, db, tmp_path):
+    service = make_service(workers=1).start()
     backup_id, job_id, pid_file = queue_fake(db, tmp_path, "--sleep", "600", "--spawn-child", tag="cancel")
     wait_for_state(db, job_id, "in_progress")
     tool_pids = wait_until(
@@ -93,8 +79,8 @@ def test_cancelling_a_running_job_with_the_guides_update_stops_its_tool(service_
     assert scalar(db, "SELECT status FROM pggit.backup_jobs WHERE job_id = %s", (job_id,)) == "cancelled"
 
 
-def test_failed_tool_is_retried_with_backoff_and_a_bad_command_fails_for_good(service_factory, db, tmp_path):
-    service_factory(workers=1, retry={"base_delay": 60, "max_delay": 600}).start()
+def test_failed_tool_is_retried_with_backoff_and_a_bad_command_fails_for_good(make_service, db, tmp_path):
+    make_service(workers=1, retry={"base_delay": 60, "max_delay": 600}).start()
     _, failing, _ = queue_fake(db, tmp_path, "--exit", "3", tag="exit3")
     row = wait_for_state(db, failing, "will_retry")
     assert "exit 3" in row["last_error"]
@@ -112,13 +98,13 @@ def test_failed_tool_is_retried_with_backoff_and_a_bad_command_fails_for_good(se
     assert row["attempts"] == 1 or row["attempts"] == row["max_attempts"]
 
 
-def test_result_of_a_job_that_ends_while_postgresql_is_down_is_recorded_once_it_is_back(service_factory, tmp_path):
+def test_result_of_a_job_that_ends_while_postgresql_is_down_is_recorded_once_it_is_back(make_service, tmp_path):
     cluster = Cluster().start()
     try:
         schema.install(cluster.dsn, log=lambda *_: None)
         conn = psycopg2.connect(cluster.dsn)
         conn.autocommit = True
-        service = service_factory(dsn=cluster.dsn, workers=1, lease_seconds=30).start()
+        service = make_service(dsn=cluster.dsn, workers=1, lease_seconds=30).start()
         _, job_id, pid_file = queue_fake(conn, tmp_path, "--sleep", "2", tag="restart")
         wait_for_state(conn, job_id, "in_progress")
         conn.close()
@@ -141,7 +127,7 @@ def test_result_of_a_job_that_ends_while_postgresql_is_down_is_recorded_once_it_
         cluster.remove()
 
 
-def test_webhook_hears_about_a_completed_job(service_factory, db, tmp_path):
+def test_webhook_hears_about_a_completed_job(make_service, db, tmp_path):
     received = []
 
     class Hook(http.server.BaseHTTPRequestHandler):
@@ -156,7 +142,7 @@ def test_webhook_hears_about_a_completed_job(service_factory, db, tmp_path):
     server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        service_factory(workers=1).start()
+        make_service(workers=1).start()
         url = f"http://127.0.0.1:{server.server_port}/hook"
         _, job_id, _ = queue_fake(
             db, tmp_path, tag="hook", metadata=json.dumps({"webhook_url": url, "notify_on_success": True})
@@ -168,12 +154,12 @@ def test_webhook_hears_about_a_completed_job(service_factory, db, tmp_path):
         server.shutdown()
 
 
-def test_systemd_hears_ready_then_watchdog_pings_then_stopping_last(service_factory, tmp_path):
+def test_systemd_hears_ready_then_watchdog_pings_then_stopping_last(make_service, tmp_path):
     sock_path = str(tmp_path / "notify.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(sock_path)
     listener.settimeout(0.2)
-    service = service_factory(workers=2).start(env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "1000000"})
+    service = make_service(workers=2).start(env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "1000000"})
     messages = []
 
     def receive_for(seconds):
@@ -196,10 +182,10 @@ def test_systemd_hears_ready_then_watchdog_pings_then_stopping_last(service_fact
     assert any("2/2 workers alive" in m for m in messages), "STATUS reports the workers"
 
 
-def test_what_a_finished_tool_left_running_ends_with_its_job(service_factory, db, tmp_path):
+def test_what_a_finished_tool_left_running_ends_with_its_job(make_service, db, tmp_path):
     """A tool that exits leaving a child and a setsid grandchild behind (a daemon it started):
     the worker, their subreaper, ends them once the job is recorded."""
-    service = service_factory(workers=1).start()
+    service = make_service(workers=1).start()
     _, job_id, pid_file = queue_fake(
         db, tmp_path, "--sleep", "0.5", "--spawn-child", "--spawn-grandchild-setsid", tag="daemon"
     )
@@ -211,10 +197,10 @@ def test_what_a_finished_tool_left_running_ends_with_its_job(service_factory, db
     service.wait_for_log("ended a process the tool left behind")
 
 
-def test_supervisor_idles_while_it_waits_for_a_job_during_shutdown(service_factory, db, tmp_path):
+def test_supervisor_idles_while_it_waits_for_a_job_during_shutdown(make_service, db, tmp_path):
     import psutil
 
-    service = service_factory(workers=1, shutdown_timeout=30).start(
+    service = make_service(workers=1, shutdown_timeout=30).start(
         env={"WATCHDOG_USEC": "1000000", "NOTIFY_SOCKET": str(tmp_path / "none")}
     )
     _, job_id, _ = queue_fake(db, tmp_path, "--sleep", "600", tag="long")

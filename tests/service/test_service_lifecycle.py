@@ -20,7 +20,8 @@ import yaml
 
 from helpers import ROOT
 from helpers.db import query, scalar
-from helpers.service import Service, gone, job_row, pids_of, queue_fake, wait_for_state, wait_until
+from helpers.processes import gone, wait_until
+from helpers.service import Service, job_row, pids_of, queue_fake, wait_for_state
 from helpers.session import FAKE_TOOL, PG_HOST, PG_PORT, PG_USER
 
 LISTENER = "import sys; from pggit_supervisor.cli import listener_main; sys.exit(listener_main())"

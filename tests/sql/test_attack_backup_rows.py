@@ -16,20 +16,10 @@ import psycopg2.extras
 import pytest
 from psycopg2 import sql
 
-from helpers.db import query, scalar
+from helpers.db import ADMIN, WORKER, query, refused, scalar
 from helpers.queue import backup, claim, force, job, schedule_dump, schedule_stanza
 from helpers.release_0_1_0 import install_0_1_0
 from pggit_supervisor import schema
-
-WORKER = "pggit_backup_worker"
-ADMIN = "pggit_backup_admin"
-
-
-def refused(conn, statement, params=None) -> psycopg2.Error:
-    """Runs a statement that must fail; returns the error."""
-    with pytest.raises(psycopg2.Error) as caught:
-        conn.cursor().execute(statement, params)
-    return caught.value
 
 
 def row_of(conn, table, key, value):

@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import time
 
 import psycopg2
 import pytest
 from psycopg2 import sql
 
-from helpers.db import query, scalar
+from helpers.db import WORKER, query, scalar
 from helpers.queue import schedule_dump, schedule_stanza
-from helpers.service import Service, wait_until
-
-# the worker's coalescing window (pggit_supervisor.worker.NOTIFY_MIN_GAP); 0.1.0 has none
-NOTIFY_MIN_GAP = 0.5
-
-WORKER = "pggit_backup_worker"
 
 
 @pytest.fixture
@@ -205,51 +197,6 @@ def test_another_login_cannot_complete_or_fail_a_guide_claim_by_job_id(db, hosts
     assert job_row(db, job_id) == before_job and backup_row(db, backup_id) == before_backup
     assert scalar(host_a, "SELECT pggit.complete_backup_job(%s, 'ok')", (job_id,)) is True
     assert backup_row(db, backup_id)["status"] == "completed"
-
-
-def claim_calls(db) -> int:
-    return scalar(
-        db,
-        "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions "
-        "WHERE schemaname = 'pggit' AND funcname = 'claim_backup_job'",
-    )
-
-
-def worker_idle_after_a_claim(db) -> bool:
-    return (
-        scalar(
-            db,
-            """SELECT count(*) FROM pg_stat_activity
-                          WHERE datname = current_database() AND application_name LIKE 'pggit-supervisor %%'
-                            AND state = 'idle' AND query LIKE '%%claim_backup_job%%'""",
-        )
-        == 1
-    )
-
-
-def test_a_burst_of_spoofed_ready_notifications_costs_at_most_one_claim_per_wake_up(db, dsn, login_as, tmp_path):
-    # count every claim the worker makes (its session starts after this); a backend's counts
-    # are flushed for certain when it exits, so they are read after the service stopped
-    dbname = scalar(db, "SELECT current_database()")
-    db.cursor().execute(sql.SQL("ALTER DATABASE {} SET track_functions = 'all'").format(sql.Identifier(dbname)))
-    schedule_dump(db)  # a job the service has no tool for: it must stay exactly as it is
-    before = query(db, "SELECT * FROM pggit.backup_jobs ORDER BY job_id")
-    attacker, _ = login_as()  # no pggit role at all: PUBLIC may connect and NOTIFY
-    service = Service(tmp_path, dsn, workers=1, poll_interval=600).start()
-    try:
-        wait_until(lambda: worker_idle_after_a_claim(db), 20, "the worker's first claim")
-        started = time.monotonic()
-        for _ in range(1000):
-            attacker.cursor().execute("NOTIFY pggit_backup_job_ready, 'custom'")
-        burst = time.monotonic() - started
-        time.sleep(NOTIFY_MIN_GAP + 1.5)
-        assert service.stop() == 0
-    finally:
-        service.cleanup()
-    spent = claim_calls(db) - 1  # the claim it made on starting
-    bound = math.ceil(burst / NOTIFY_MIN_GAP) + 1
-    assert 1 <= spent <= bound, f"1000 NOTIFYs over {burst:.2f} s made {spent} claims (at most {bound} allowed)"
-    assert query(db, "SELECT * FROM pggit.backup_jobs ORDER BY job_id") == before
 
 
 # --- 011: a worker's location is one its job's tool makes ----------------------------------------

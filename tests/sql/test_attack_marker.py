@@ -12,11 +12,9 @@ import threading
 import psycopg2
 import pytest
 
-from helpers.db import query, scalar
+from helpers.db import ADMIN, WORKER, query, scalar
 from helpers.queue import job
 
-ADMIN = "pggit_backup_admin"
-WORKER = "pggit_backup_worker"
 OPERATOR = "pggit_backup_operator"
 
 # The functions that write queue rows as the queue does, and the two triggers that keep a

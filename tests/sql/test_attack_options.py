@@ -12,10 +12,9 @@ import json
 import psycopg2
 import pytest
 
-from helpers.db import scalar
+from helpers.db import ADMIN, scalar
 
 OPERATOR = "pggit_backup_operator"
-ADMIN = "pggit_backup_admin"
 
 
 def rows(db) -> tuple[int, int]:

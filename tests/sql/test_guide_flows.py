@@ -11,19 +11,10 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from helpers.db import query, scalar
+from helpers.db import ADMIN, WORKER, query, refused, scalar
 from helpers.queue import backup, claim, schedule_dump, schedule_stanza
 from helpers.release_0_1_0 import install_0_1_0
 from pggit_supervisor import schema
-
-WORKER = "pggit_backup_worker"
-ADMIN = "pggit_backup_admin"
-
-
-def refused(conn, statement, params=None) -> psycopg2.Error:
-    with pytest.raises(psycopg2.Error) as caught:
-        conn.cursor().execute(statement, params)
-    return caught.value
 
 
 def sizes(conn, backup_id):

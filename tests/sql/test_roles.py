@@ -11,13 +11,11 @@ import psycopg2.errors
 import pytest
 from psycopg2 import sql
 
-from helpers.db import query, scalar
+from helpers.db import ADMIN, WORKER, query, scalar
 from helpers.queue import force
 
 READER = "pggit_backup_reader"
 OPERATOR = "pggit_backup_operator"
-WORKER = "pggit_backup_worker"
-ADMIN = "pggit_backup_admin"
 
 SCHEDULE_CALLS = {
     "pgbackrest": "SELECT pggit.backup_pgbackrest('full', 'main', 'main')",

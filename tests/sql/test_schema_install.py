@@ -3,16 +3,15 @@
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import psycopg2
 
+from helpers import CLI
 from helpers.db import query, scalar
 from pggit_supervisor import __version__, schema
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "pggit_supervisor"]
 
 
 def _psql_install(dsn):

@@ -51,17 +51,11 @@ def roles(db):
 
 
 @pytest.fixture
-def service(tmp_path):
-    started: list[Service] = []
-
+def service(make_service):
     def start(dsn: str, tools: dict) -> Service:
-        svc = Service(tmp_path, dsn, workers=1, tools=tools).start()
-        started.append(svc)
-        return svc
+        return make_service(dsn, workers=1, tools=tools).start()
 
-    yield start
-    for svc in started:
-        svc.cleanup()
+    return start
 
 
 def _as(dsn: str, login: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from helpers.processes import gone, wait_until
 from helpers.session import FAKE_TOOL
 from pggit_supervisor.proctree import kill_tree
 from pggit_supervisor.runner import (
@@ -48,23 +49,6 @@ def spec_for(*args: str, python: str = sys.executable, **kwargs) -> RunSpec:
     kwargs.setdefault("env", {})
     kwargs.setdefault("timeout", 20.0)
     return RunSpec(argv=fake(*args, python=python), **kwargs)
-
-
-def is_gone(pid: int) -> bool:
-    # A zombie has exited: orphans' zombies wait on an init that may never reap them.
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def read_pids(path: Path) -> dict[str, int]:
@@ -162,7 +146,7 @@ def test_timeout_kills_tool_child_and_setsid_grandchild(tmp_path, leftover_pids)
     assert set(pids) == {"tool", "child", "grandchild"}
     # The grandchild really left the tool's session, so killing the group alone would miss it.
     assert sessions["grandchild"] != sessions["tool"] == pids["tool"]
-    assert wait_until(lambda: all(is_gone(pid) for pid in pids.values()), 2.0)
+    wait_until(lambda: all(gone(pid) for pid in pids.values()), 2.0, "the tool, its child and grandchild to be gone")
 
 
 def test_tool_ignoring_sigterm_is_killed_with_its_tree_after_the_grace(tmp_path, leftover_pids):
@@ -188,7 +172,7 @@ def test_tool_ignoring_sigterm_is_killed_with_its_tree_after_the_grace(tmp_path,
     assert set(pids.values()) <= set(result.kill_report.killed)
     assert result.kill_report.exited_on_term == ()
     assert 1.0 + 0.5 <= result.duration < 1.0 + 0.5 + 3.0
-    assert all(is_gone(pid) for pid in pids.values())
+    assert all(gone(pid) for pid in pids.values())
 
 
 def test_timeout_kills_an_orphaned_descendant_left_in_the_tools_group(tmp_path, leftover_pids):
@@ -210,7 +194,7 @@ def test_timeout_kills_an_orphaned_descendant_left_in_the_tools_group(tmp_path, 
 
     assert result.timed_out
     assert orphan_parent and orphan_parent[0] != pids["tool"]
-    assert wait_until(lambda: is_gone(pids["orphan"]), 2.0)
+    wait_until(lambda: gone(pids["orphan"]), 2.0, "the orphan to be gone")
 
 
 def test_on_tick_reason_stops_the_tree_promptly(tmp_path, leftover_pids):
@@ -243,7 +227,7 @@ def test_on_tick_reason_stops_the_tree_promptly(tmp_path, leftover_pids):
     assert returned - ticks[-1] < 1.0
     tool_pid = pids["tool"]
     assert started == [(tool_pid, tool_pid, tool_pid, os.getpid())]
-    assert all(is_gone(pid) for pid in pids.values())
+    assert all(gone(pid) for pid in pids.values())
 
 
 def test_exception_from_on_tick_kills_the_tree_and_propagates(tmp_path, leftover_pids):
@@ -263,7 +247,7 @@ def test_exception_from_on_tick_kills_the_tree_and_propagates(tmp_path, leftover
     leftover_pids.extend(pids.values())
 
     assert len(pids) == 2
-    assert all(is_gone(pid) for pid in pids.values())
+    assert all(gone(pid) for pid in pids.values())
 
 
 def test_tool_exit_is_not_held_up_by_a_child_keeping_the_pipes_open(tmp_path, leftover_pids):
@@ -484,7 +468,7 @@ def test_tool_dies_when_its_worker_is_killed(run_as, tmp_path, leftover_pids):
         env={**os.environ, "PYTHONPATH": REPO_ROOT},
     )
     try:
-        assert wait_until(pid_file.exists, 10.0), "the worker never started its tool"
+        wait_until(pid_file.exists, 10.0, "the worker to start its tool")
         tool_pid = int(pid_file.read_text())
         leftover_pids.append(tool_pid)
         tool = psutil.Process(tool_pid)
@@ -496,7 +480,7 @@ def test_tool_dies_when_its_worker_is_killed(run_as, tmp_path, leftover_pids):
         worker.kill()
         worker.wait()
 
-        assert wait_until(lambda: is_gone(tool_pid), 3.0), "the tool outlived its worker"
+        wait_until(lambda: gone(tool_pid), 3.0, "the tool to die with its worker")
     finally:
         worker.kill()
         worker.wait()

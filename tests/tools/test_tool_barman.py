@@ -24,7 +24,8 @@ import pytest
 
 from helpers.cluster import BIN, Cluster, as_postgres, free_port
 from helpers.db import query, scalar
-from helpers.service import Service, wait_for_state, wait_until
+from helpers.processes import wait_until
+from helpers.service import Service, wait_for_state
 from pggit_supervisor import schema
 from pggit_supervisor.config import Config, ToolConfig, Tools
 from pggit_supervisor.queue import ClaimedJob

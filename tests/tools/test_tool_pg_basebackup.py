@@ -4,21 +4,19 @@ and compared with the source; and the restore drill that does the same by itself
 
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import psycopg2
 import pytest
 
-from helpers import ROOT
+from helpers import CLI, ROOT
 from helpers.cluster import BIN, Cluster, as_postgres, free_port
 from helpers.db import query, scalar
 from helpers.service import Service, wait_for_state
 from pggit_supervisor import schema
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, "-m", "pggit_supervisor"]
 TABLE_DIGEST = "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY id)) FROM public.orders t"
 
 

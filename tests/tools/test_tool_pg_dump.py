@@ -7,22 +7,20 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import psycopg2
 import pytest
 
-from helpers import ROOT
+from helpers import CLI, ROOT
 from helpers.db import query, scalar
 from helpers.queue import force
-from helpers.service import Service, wait_for_state
+from helpers.service import wait_for_state
 from helpers.session import PG_HOST, PG_PORT, PG_USER
 from pggit_supervisor.config import default_tool
 from pggit_supervisor.tools.pg_dump import _check_plain_trailer
 
-CLI = [sys.executable, "-m", "pggit_supervisor"]
 TABLE_DIGEST = "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY id)) FROM public.orders t"
 
 
@@ -36,22 +34,12 @@ def orders(db):
 
 
 @pytest.fixture
-def service(tmp_path, dsn, backup_dir):
-    started = []
-
+def service(make_service, backup_dir):
     def start(**tools):
-        svc = Service(
-            tmp_path,
-            dsn,
-            workers=2,
-            tools=tools or {"pg_dump": {"run_as": "postgres", "allowed_output_dirs": [str(backup_dir)]}},
-        ).start()
-        started.append(svc)
-        return svc
+        tools = tools or {"pg_dump": {"run_as": "postgres", "allowed_output_dirs": [str(backup_dir)]}}
+        return make_service(workers=2, tools=tools).start()
 
-    yield start
-    for svc in started:
-        svc.cleanup()
+    return start
 
 
 def _backup(db, backup_id):

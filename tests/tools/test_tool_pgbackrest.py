@@ -20,7 +20,8 @@ import pytest
 
 from helpers.cluster import BIN, Cluster, as_postgres, free_port
 from helpers.db import query, scalar
-from helpers.service import Service, wait_until
+from helpers.processes import wait_until
+from helpers.service import Service
 from pggit_supervisor import schema
 from pggit_supervisor.config import default_tool, load_config
 from pggit_supervisor.runner import CapturedOutput, RunResult

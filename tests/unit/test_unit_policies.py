@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from helpers.clock import FakeClock
 from pggit_supervisor.policies import (
     CRASH_WINDOW_SECONDS,
     HEALTHY_RUN_SECONDS,
@@ -18,21 +19,6 @@ from pggit_supervisor.policies import (
     ran_healthy,
     restart_delay,
 )
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
-
 
 # -- restart back-off -------------------------------------------------------------------------
 

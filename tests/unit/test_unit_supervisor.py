@@ -17,29 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers.clock import FakeClock
 from pggit_supervisor.config import Config
 from pggit_supervisor.policies import CRASH_WINDOW_SECONDS, HEALTHY_RUN_SECONDS, SlotBackoff, crash_loop_limit
 from pggit_supervisor.supervisor import EXIT_CRASH_LOOP, Supervisor, WorkerHandle
 from pggit_supervisor.systemd import Notifier
 
 WORKER_TIMEOUT = 30.0
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture
