@@ -5,16 +5,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PYTEST_ARGS ?=
-# The fast tests (about 40 s): SQL, config, schema and migration, the runner with a fake tool,
-# the supervisor's rules and pipe parser in-process (tests/test_unit_*.py); no supervisor
-# processes and no real pgBackRest, Barman or pg_basebackup (the slow marker).
-CHECK_FILES = tests/test_smoke.py tests/test_config.py tests/test_prerequisites.py \
-              tests/test_queue.py tests/test_roles.py tests/test_hostile_inputs.py \
-              tests/test_guide_api.py tests/test_schema_install.py tests/test_migration.py \
-              tests/test_runner.py tests/test_packaging.py tests/test_session_cluster.py \
-              tests/test_guide_flows.py tests/test_attack_backup_rows.py tests/test_attack_marker.py \
-              tests/test_attack_options.py tests/test_unit_policies.py tests/test_unit_pipe_protocol.py \
-              tests/test_unit_supervisor.py
+# The fast layers: tests/unit, tests/sql and tests/tools without the tests marked slow (real
+# pgBackRest, Barman, clusters of their own) or supervisor (a real pggit-supervisor process: every
+# test that uses the make_service fixture). That leaves the runner with its fake tool and the
+# packaging files of tests/tools; tests/service is left out whole. Layers: tests/conftest.py.
+CHECK_LAYERS = tests/unit tests/sql tests/tools
+CHECK_MARKS  = not slow and not supervisor
 
 .PHONY: test check lint demo venv deps clean deb
 
@@ -43,7 +39,7 @@ test: venv lint
 	$(PYTEST) $(PYTEST_ARGS)
 
 check: venv
-	$(PYTEST) -m 'not slow' $(CHECK_FILES) $(PYTEST_ARGS)
+	$(PYTEST) -m '$(CHECK_MARKS)' $(CHECK_LAYERS) $(PYTEST_ARGS)
 
 # All three run, so one look shows every finding; the target fails if any of them does.
 LINTED = pggit_supervisor tests docs packaging bench

@@ -6,8 +6,8 @@ The template is built once per session by our own installer (the same code as
 The server is a throwaway cluster of the run's own (helpers/session.py says how to point the
 run at another one).
 
-Where a test goes (`make check` runs unit, sql and tools without the slow or service marks;
-`make test` runs everything):
+Where a test goes (`make test` runs every layer; `make check` runs unit, sql and tools without
+the tests marked slow or supervisor, see the Makefile):
 - unit/     in-process, no database and no processes of ours: the supervisor's rules and pipe
             protocol, the settings declaration and loader, the prerequisites check
 - sql/      the SQL API through real logins: queue, roles, guides, attacks on the SQL, schema
@@ -41,6 +41,13 @@ from helpers.db import make_dsn
 from helpers.service import Service
 from helpers.session import DRILL_USER, OWN_SERVER, PG_HOST, PG_PORT, PG_USER, SESSION_SERVER_CONF
 from pggit_supervisor import sandbox, schema
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """`make check` leaves out what starts a supervisor: the tests that build one with make_service."""
+    for item in items:
+        if "make_service" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.supervisor)
 
 
 def pytest_sessionstart(session) -> None:
