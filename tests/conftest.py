@@ -16,6 +16,9 @@ the tests marked slow or supervisor, see the Makefile):
 - tools/    the runner with a fake tool, each real tool adapter, the packaging files
 - helpers/  modules more than one test imports (`from helpers.db import query`); never import
             from a conftest.py. A layer's own fixtures live in its conftest.py.
+A test that starts a supervisor builds it with make_service (below), which marks it `supervisor`.
+Test file names are unique across the layers: the layer directories are not packages, so pytest
+imports each test module by its file name.
 """
 
 from __future__ import annotations
