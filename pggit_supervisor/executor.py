@@ -95,20 +95,19 @@ class JobControl(Protocol):
 # -- one job ----------------------------------------------------------------------------------
 
 
-def execute(job: ClaimedJob, config: Config, worker_id: str, control: JobControl) -> Ending:
-    """Runs `job` and returns how it ended; every error of the job becomes that ending."""
-    ctx = Context(
-        config,
-        tool_section(config, job),
-        datetime.now(timezone.utc),
-        worker_id,
-        tick=control.tick,
-        on_start=lambda _pid, pgid: control.tool_started(pgid),
-    )
+def execute(
+    job: ClaimedJob,
+    config: Config,
+    worker_id: str,
+    control: JobControl,
+    find_adapter: Callable[[str], Adapter] = adapter_for,
+) -> Ending:
+    """Runs `job` and returns how it ended; every error of the job becomes that ending.
+    `find_adapter` is the registry's lookup (a test may give its own adapter)."""
     where = dict(job=job.job_id, worker=worker_id)
     step = _Step()
     try:
-        ending = _run_job(job, ctx, control, step)
+        ending = _run_job(job, config, worker_id, control, step, find_adapter)
     except Stopped as stop:  # the tick said stop during the adapter's own long work
         ending = Abandoned(str(stop))
     except JobError as exc:
@@ -138,8 +137,23 @@ class _Step:
         return Failure(message, retryable)
 
 
-def _run_job(job: ClaimedJob, ctx: Context, control: JobControl, step: _Step) -> Ending:
-    adapter = adapter_for(job.tool)
+def _run_job(
+    job: ClaimedJob,
+    config: Config,
+    worker_id: str,
+    control: JobControl,
+    step: _Step,
+    find_adapter: Callable[[str], Adapter],
+) -> Ending:
+    adapter = find_adapter(job.tool)  # first: an unknown tool has no config section either
+    ctx = Context(
+        config,
+        tool_section(config, job),
+        datetime.now(timezone.utc),
+        worker_id,
+        tick=control.tick,
+        on_start=lambda _pid, pgid: control.tool_started(pgid),
+    )
     invocation = adapter.prepare(job, ctx)
     with _cleanup(adapter, invocation, job, ctx.worker_id) as keep:
         step.name = "running"
