@@ -161,8 +161,14 @@ class Completer:
         notify = job.spec.get("notify", {})
         if not webhooks.should_notify(notify, ok, state == "permanently_failed"):
             return
+        try:
+            self._post(job, notify["webhook_url"], state, message, facts)
+        except Exception:  # a bug: the job is recorded already, and the worker lives
+            log.exception("posting the webhook failed" + self._where(job))
+
+    def _post(self, job: ClaimedJob, url: str, state: str, message: str, facts: Any) -> None:
         webhooks.post(
-            notify["webhook_url"],
+            url,
             {
                 "job_id": job.job_id,
                 "backup_id": job.backup_id,

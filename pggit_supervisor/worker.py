@@ -290,13 +290,13 @@ class _Control:
         try:
             if not queue.record_command(self.job, argv):
                 self.claim_lost = True  # the next tick stops the tool
-        except psycopg2.Error as exc:
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            self.worker.lost_connection(exc)  # the next tick reconnects
+        except psycopg2.Error as exc:  # refused (e.g. over the size limit): the job runs on
             log.warning(
                 "could not record the command that runs"
                 + fields(job=self.job.job_id, worker=self.worker.name, error=_one_line(exc))
             )
-            if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-                self.worker.lost_connection(exc)
 
 
 def _reap_children() -> None:

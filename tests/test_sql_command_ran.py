@@ -9,6 +9,7 @@ import psycopg2
 import pytest
 
 from conftest import query, scalar
+from pggit_supervisor.queue import MAX_COMMAND_BYTES
 from queue_helpers import claim, job, schedule_dump
 
 WORKER = "pggit_backup_worker"
@@ -66,7 +67,7 @@ def test_another_login_or_a_wrong_token_or_an_ended_claim_records_nothing(db, lo
     assert job_row(db, job_id) == released and job(db, job_id)["command_source"] == "requested"
 
 
-@pytest.mark.parametrize("command", ["", None, "x" * 16385])
+@pytest.mark.parametrize("command", ["", None, "x" * (MAX_COMMAND_BYTES + 1)])
 def test_an_empty_or_oversized_command_is_refused_with_a_clear_error(db, login_as, command):
     _, job_id = schedule_dump(db)
     worker, _ = login_as(WORKER)
