@@ -60,15 +60,15 @@ class Completer:
 
     def complete(self, job: ClaimedJob, ending: Ending) -> None:
         """Records `ending` for `job`, then what follows it; never raises for the database."""
-        if isinstance(ending, HandedBack):
-            self._hand_back(job, ending)
-        elif isinstance(ending, Abandoned):
-            if self.link.aborting:  # the service began stopping meanwhile: give the job back
+        match ending:
+            case HandedBack():
+                self._hand_back(job, ending)
+            case Abandoned() if self.link.aborting:  # the service began stopping meanwhile
                 self._hand_back(job, HandedBack(SHUTDOWN))
-            else:
+            case Abandoned():
                 self._abandon(job)
-        else:
-            self._report(job, ending)
+            case Completed() | Failed():
+                self._report(job, ending)
 
     def deliver(
         self, job: ClaimedJob, what: str, call: Callable[[Queue], T], confirm: Callable[[Queue], bool]

@@ -10,6 +10,7 @@ deadline, all on the monotonic clock.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import pwd
 import signal
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 DEFAULT_OUTPUT_LIMIT = 32 * 1024
+# exec failures no retry can cure: no such file, permission denied, not an executable format
+_LASTING_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ENOEXEC, errno.ELOOP})
 TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -278,9 +281,10 @@ def _start(spec: RunSpec, account: _Account | None, env: dict[str, str]) -> subp
             preexec_fn=_parent_death_signal(os.getpid()),
         )
     except (OSError, ValueError, subprocess.SubprocessError) as err:
-        # EACCES/ENOENT here means the binary changed under us (not found above); anything else
-        # (fork or exec out of memory, too many processes) may pass
-        lasting = isinstance(err, (FileNotFoundError, PermissionError, ValueError))
+        # the binary changed under us since the check above, or is no program: that stays so
+        # until the host changes; anything else (fork or exec out of memory, too many
+        # processes, a failed prctl) may pass. ValueError: an argv Popen refuses (a NUL byte).
+        lasting = isinstance(err, ValueError) or (isinstance(err, OSError) and err.errno in _LASTING_ERRNOS)
         raise ToolStartError(
             f"tool {spec.tool_name}: cannot start {spec.argv[0]}{who}: {err}", retryable=not lasting
         ) from err
