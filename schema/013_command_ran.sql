@@ -9,7 +9,8 @@
 -- pggit.backup_jobs.command itself never changes (it is what the job is); the argv goes to the
 -- new column ran_command. A retry's tool replaces the previous attempt's when it starts. A
 -- restore drill records its main command: the copy of the backup into the drill's sandbox
--- (the drill's initdb, pg_ctl and pg_restore are in the job's output and result).
+-- (its initdb, pg_ctl and pg_restore follow from the job; one that fails is named in its error).
+-- pggit.get_backup_info's jobs say the same (command, command_source).
 
 ALTER TABLE pggit.backup_jobs ADD COLUMN IF NOT EXISTS ran_command text;
 ALTER TABLE pggit.backup_jobs ADD COLUMN IF NOT EXISTS ran_command_at timestamptz;
@@ -85,6 +86,51 @@ COMMENT ON COLUMN pggit.backup_job_queue.command_source IS
     'which command `command` shows: ''requested'' (rendered when the job was scheduled) or ''ran'' (the exact argv a worker started)';
 COMMENT ON COLUMN pggit.backup_job_queue.requested_command IS
     'the command rendered when the job was scheduled, from what was asked';
+
+-- 006's get_backup_info, its jobs saying which command they show, as the view does.
+CREATE OR REPLACE FUNCTION pggit.get_backup_info(p_backup_id UUID)
+RETURNS TABLE (
+    backup_id        uuid,
+    backup_name      text,
+    backup_type      text,
+    backup_tool      text,
+    status           text,
+    branch_name      text,
+    commit_hash      text,
+    location         text,
+    backup_size      bigint,
+    compressed_size  bigint,
+    compression_type text,
+    checksum         text,
+    error_message    text,
+    metadata         jsonb,
+    created_at       timestamptz,
+    started_at       timestamptz,
+    completed_at     timestamptz,
+    jobs             jsonb
+)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pggit, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pggit.backups b WHERE b.backup_id = p_backup_id) THEN
+        RAISE EXCEPTION 'pggit: no backup with id %', coalesce(p_backup_id::text, 'NULL')
+            USING ERRCODE = 'P0002', HINT = 'SELECT backup_id FROM pggit.list_backups() lists the known backups';
+    END IF;
+    RETURN QUERY
+        SELECT b.backup_id, b.backup_name, b.backup_type, b.backup_tool, b.status, b.branch_name,
+               b.commit_hash, b.location, b.backup_size, b.compressed_size, b.compression_type,
+               b.checksum, b.error_message, b.metadata, b.created_at, b.started_at, b.completed_at,
+               coalesce((SELECT jsonb_agg(jsonb_build_object(
+                            'job_id', q.job_id, 'tool', q.tool, 'status', q.status, 'job_state', q.job_state,
+                            'attempts', q.attempts, 'max_attempts', q.max_attempts, 'worker_id', q.worker_id,
+                            'command', q.command, 'command_source', q.command_source,
+                            'last_error', q.last_error, 'next_retry_at', q.next_retry_at,
+                            'started_at', q.started_at, 'completed_at', q.completed_at) ORDER BY q.created_at)
+                           FROM pggit.backup_job_queue q WHERE q.backup_id = b.backup_id), '[]'::jsonb)
+          FROM pggit.backups b
+         WHERE b.backup_id = p_backup_id;
+END
+$$;
 
 INSERT INTO pggit.backup_schema_migrations (version, name) VALUES (13, '013_command_ran')
     ON CONFLICT (version) DO NOTHING;

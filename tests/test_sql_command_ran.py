@@ -47,6 +47,8 @@ def test_the_claimer_records_the_command_that_ran_and_the_view_shows_it(db, logi
     stored = job_row(db, job_id)
     assert stored["command"] == requested, "the job's own command (what was asked) never changes"
     assert stored["ran_command"] == RAN and stored["ran_command_at"] is not None
+    info = query(db, "SELECT jobs FROM pggit.get_backup_info(%s)", (row["backup_id"],))[0]["jobs"]
+    assert [(j["command"], j["command_source"]) for j in info] == [(RAN, "ran")], "get_backup_info says the same"
     # the finished job keeps showing what ran
     assert scalar(worker, "SELECT pggit.finish_backup_job(%s, %s, 'done')", (job_id, held["claim_token"])) is True
     assert job(db, job_id)["command_source"] == "ran"
