@@ -282,8 +282,8 @@ class _Control:
         self.worker.tell("busy", self.job.job_id, pgid)
 
     def command_ran(self, argv: Sequence[str]) -> None:
-        """One attempt, never blocking the tool: the view keeps the requested command if the
-        database cannot be reached now (the run record in the result still has the argv)."""
+        """One attempt, not retried: if the database cannot be reached now, the view keeps the
+        requested command (the run record in the job's result still has the argv)."""
         queue = self.worker.ensure_connected()
         if queue is None:
             return
