@@ -7,6 +7,8 @@ import os
 import sys
 from collections.abc import Callable
 
+import psycopg2
+
 from . import __version__, schema
 from .config import (
     ENV_OVERRIDES,
@@ -17,6 +19,7 @@ from .config import (
     load_config,
     resolve_config_path,
 )
+from .errors import PggitError
 
 EXIT_CONFIG = 2
 
@@ -54,8 +57,6 @@ def _check_config(args: argparse.Namespace) -> int:
 def queue_login_warnings(dsn: str) -> list[str]:
     """What check-config says about the queue login's rights (it connects for that, briefly;
     an unreachable database is a note, not a failure: the file itself is valid)."""
-    import psycopg2
-
     from .rows import one_row
 
     try:
@@ -227,17 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return func(args)
-    except schema.SchemaError as exc:
-        print(f"pggit-supervisor: {exc}", file=sys.stderr)
-        return 1
-    except ConfigError as exc:
+    except ConfigError as exc:  # every problem of the file, one line each
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    except Exception as exc:  # psycopg2.OperationalError and friends: one line, no traceback
-        if exc.__class__.__module__.startswith("psycopg2"):
-            print(f"pggit-supervisor: database error: {str(exc).strip()}", file=sys.stderr)
-            return 1
-        raise
+    except PggitError as exc:  # our own errors say what to fix: one line, no traceback
+        print(f"pggit-supervisor: {exc}", file=sys.stderr)
+        return 1
+    except psycopg2.Error as exc:  # the database refused or could not be reached
+        print(f"pggit-supervisor: database error: {str(exc).strip()}", file=sys.stderr)
+        return 1
 
 
 def listener_main(argv: list[str] | None = None) -> int:

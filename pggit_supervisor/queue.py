@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,8 @@ SESSION_OPTIONS = "-c statement_timeout=20s -c lock_timeout=10s -c idle_in_trans
 # What the queue functions accept (schema/009): a report over these limits is refused with 22023.
 MAX_TEXT_BYTES = 64 * 1024
 MAX_JSON_BYTES = 256 * 1024
+# what pggit.record_job_command accepts (schema/013)
+MAX_COMMAND_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,13 @@ class Queue:
             "SELECT pggit.heartbeat_backup_job(%s, %s, %s)", (job.job_id, job.claim_token, int(lease_seconds))
         )
 
+    def record_command(self, job: ClaimedJob, argv: Sequence[str]) -> bool:
+        """Records the argv the job's tool has just started, shell-quoted for reading (schema/013);
+        False if the claim is no longer ours."""
+        return self._one(
+            "SELECT pggit.record_job_command(%s, %s, %s)", (job.job_id, job.claim_token, shell_command(argv))
+        )
+
     def finish(self, job: ClaimedJob, output: str, facts: Mapping[str, Any], result: Mapping[str, Any]) -> bool:
         return self._one(
             "SELECT pggit.finish_backup_job(%s, %s, %s, %s, %s)",
@@ -149,6 +159,12 @@ class Queue:
         count = sum(1 for n in self.conn.notifies if n.payload in tools)
         self.conn.notifies.clear()
         return count
+
+
+def shell_command(argv: Sequence[str]) -> str:
+    """The argv as one line a person can read and paste into a shell (NULs, which no argv can
+    hold anyway, replaced as fit_text does)."""
+    return shlex.join(argv).replace("\x00", "\ufffd")
 
 
 def fit_text(text: str | None, limit: int = MAX_TEXT_BYTES) -> str | None:

@@ -10,9 +10,9 @@ deadline, all on the monotonic clock.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import pwd
-import selectors
 import signal
 import subprocess
 import time
@@ -20,31 +20,48 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from pggit_supervisor.linux import PR_SET_PDEATHSIG, prctl_function
-from pggit_supervisor.proctree import KillReport, kill_tree
+from .errors import JobError
+from .linux import PR_SET_PDEATHSIG, prctl_function
+from .proctree import KillReport
+from .tool_session import CapturedOutput, ToolSession
+
+__all__ = [
+    "DEFAULT_OUTPUT_LIMIT",
+    "TOOL_PATH",
+    "CapturedOutput",
+    "RunAsError",
+    "RunResult",
+    "RunSpec",
+    "RunnerError",
+    "ToolStartError",
+    "run_tool",
+    "tool_environment",
+]
 
 DEFAULT_OUTPUT_LIMIT = 32 * 1024
+# exec failures no retry can cure: no such file, permission denied, not an executable format
+_LASTING_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ENOEXEC, errno.ELOOP})
 TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-_READ_SIZE = 65536
-# How long output is still read after the tool exited: a descendant may hold the pipes open
-# forever, and the job must not wait for it.
-_DRAIN_AFTER_EXIT_SECONDS = 1.0
-# Without a pidfd the exit is noticed by polling this often.
-_EXIT_POLL_SECONDS = 0.05
-_FINAL_READS = 64
 
-
-class RunnerError(Exception):
-    """A tool could not be run at all; the message says what to fix."""
+class RunnerError(JobError):
+    """A tool could not be run at all; the message says what to fix, `retryable` whether a
+    later attempt can help (a fork that failed for lack of memory can; a missing binary cannot)."""
 
 
 class ToolStartError(RunnerError):
-    """The executable is missing, not absolute, not executable, or exec failed."""
+    """The executable is missing, not absolute, not executable (never retryable: the host must
+    change first), or exec failed (retryable unless said otherwise)."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message, retryable=retryable)
 
 
 class RunAsError(RunnerError):
-    """The tool cannot run as the requested user."""
+    """The tool cannot run as the requested user: the host or the config must change first."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
 
 
 @dataclass(frozen=True)
@@ -77,30 +94,6 @@ class RunSpec:
     def tool_name(self) -> str:
         """The executable's base name, for messages ('pg_dump')."""
         return os.path.basename(self.argv[0])
-
-
-@dataclass(frozen=True)
-class CapturedOutput:
-    """A bounded capture of one stream: the first and last bytes, and how many were in between."""
-
-    head: bytes = b""
-    tail: bytes = b""
-    dropped: int = 0
-
-    @property
-    def total_bytes(self) -> int:
-        """How many bytes the tool wrote to this stream."""
-        return len(self.head) + self.dropped + len(self.tail)
-
-    def text(self) -> str:
-        """The capture as text; invalid UTF-8 is replaced, a gap is marked with its size."""
-        if not self.dropped:
-            return (self.head + self.tail).decode("utf-8", errors="replace")
-        return (
-            self.head.decode("utf-8", errors="replace")
-            + f"\n...[{self.dropped} bytes dropped]...\n"
-            + self.tail.decode("utf-8", errors="replace")
-        )
 
 
 @dataclass(frozen=True)
@@ -186,7 +179,7 @@ def run_tool(
     env = tool_environment(account.name if account else None, spec.env)
     started = time.monotonic()
     proc = _start(spec, account, env)
-    session = _Session(proc, spec.output_limit)
+    session = ToolSession(proc, spec.output_limit)
     try:
         if on_start is not None:
             on_start(proc.pid, proc.pid)  # start_new_session: the tool leads its own group
@@ -288,7 +281,13 @@ def _start(spec: RunSpec, account: _Account | None, env: dict[str, str]) -> subp
             preexec_fn=_parent_death_signal(os.getpid()),
         )
     except (OSError, ValueError, subprocess.SubprocessError) as err:
-        raise ToolStartError(f"tool {spec.tool_name}: cannot start {spec.argv[0]}{who}: {err}") from err
+        # the binary changed under us since the check above, or is no program: that stays so
+        # until the host changes; anything else (fork or exec out of memory, too many
+        # processes, a failed prctl) may pass. ValueError: an argv Popen refuses (a NUL byte).
+        lasting = isinstance(err, ValueError) or (isinstance(err, OSError) and err.errno in _LASTING_ERRNOS)
+        raise ToolStartError(
+            f"tool {spec.tool_name}: cannot start {spec.argv[0]}{who}: {err}", retryable=not lasting
+        ) from err
 
 
 def _parent_death_signal(parent_pid: int) -> Callable[[], None]:
@@ -308,159 +307,6 @@ def _parent_death_signal(parent_pid: int) -> Callable[[], None]:
             os._exit(1)  # the worker died before prctl: the signal will never come
 
     return set_parent_death_signal
-
-
-class _BoundedBuffer:
-    """Keeps the first and last `limit` bytes of a stream and counts the bytes in between."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._head = bytearray()
-        self._tail = bytearray()
-        self._dropped = 0
-
-    def feed(self, data: bytes) -> None:
-        room = self._limit - len(self._head)
-        if room > 0:
-            self._head += data[:room]
-            data = data[room:]
-        if not data:
-            return
-        self._tail += data
-        excess = len(self._tail) - self._limit
-        if excess > 0:
-            del self._tail[:excess]
-            self._dropped += excess
-
-    def freeze(self) -> CapturedOutput:
-        return CapturedOutput(bytes(self._head), bytes(self._tail), self._dropped)
-
-
-class _Session:
-    """One running tool: its pipes, its exit notification, its reaping."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], output_limit: int) -> None:
-        self.proc = proc
-        self.stdout = _BoundedBuffer(output_limit)
-        self.stderr = _BoundedBuffer(output_limit)
-        self._selector = selectors.DefaultSelector()
-        self._pipes = 0
-        for stream, buffer in ((proc.stdout, self.stdout), (proc.stderr, self.stderr)):
-            assert stream is not None  # both were opened with subprocess.PIPE
-            os.set_blocking(stream.fileno(), False)
-            self._selector.register(stream.fileno(), selectors.EVENT_READ, buffer)
-            self._pipes += 1
-        self._pidfd = _open_pidfd(proc.pid)
-        if self._pidfd is not None:
-            self._selector.register(self._pidfd, selectors.EVENT_READ, None)
-        self._exited = False
-
-    def watch(
-        self, deadline: float, on_tick: Callable[[], str | None] | None, tick_interval: float
-    ) -> tuple[bool, str | None]:
-        """Read output until the tool exits (-> False, None), times out or is told to stop."""
-        next_tick = time.monotonic() + tick_interval if on_tick else float("inf")
-        drain_until = float("inf")
-        while True:
-            now = time.monotonic()
-            if self._exited:
-                if now >= drain_until or not self._pipes:
-                    return False, None
-                wake = drain_until
-            else:
-                if now >= deadline:
-                    return True, None
-                if on_tick is not None and now >= next_tick:
-                    reason = on_tick()
-                    if reason is not None:
-                        return False, reason
-                    now = time.monotonic()
-                    next_tick = now + tick_interval
-                wake = min(deadline, next_tick)
-            self.pump(wake - now)
-            if not self._exited and self._has_exited():
-                self._exited = True
-                drain_until = time.monotonic() + _DRAIN_AFTER_EXIT_SECONDS
-
-    def pump(self, timeout: float) -> bool:
-        """Wait up to `timeout` s for output or the tool's exit, reading what arrives.
-
-        Returns whether anything arrived.
-        """
-        timeout = max(0.0, timeout)
-        if self._pidfd is None and not self._exited:
-            timeout = min(timeout, _EXIT_POLL_SECONDS)
-        if not self._selector.get_map():
-            time.sleep(timeout)
-            return False
-        events = self._selector.select(timeout)
-        for key, _ in events:
-            if key.data is None:
-                # The pidfd stays readable once the tool exited; stop watching it.
-                self._selector.unregister(key.fd)
-                continue
-            try:
-                data = os.read(key.fd, _READ_SIZE)
-            except BlockingIOError:
-                continue
-            if data:
-                key.data.feed(data)
-            else:
-                self._selector.unregister(key.fd)
-                self._pipes -= 1
-        return bool(events)
-
-    def kill(self, grace: float) -> KillReport:
-        """Kill the tool's tree, still reading output meanwhile; the tool stays unreaped."""
-        report = kill_tree(self.proc.pid, self.proc.pid, grace, pause=self.pump)
-        # What the tree wrote before dying is still in the pipes; bounded in case a survivor
-        # keeps writing.
-        for _ in range(_FINAL_READS):
-            if not self.pump(0):
-                break
-        return report
-
-    def reap(self) -> int | None:
-        """Reap the exited tool with wait4 for its rusage; returns its peak RSS in bytes.
-
-        Popen never waits for this pid: its returncode is set here, so Popen.poll()/wait()
-        do not try to reap a pid that may already belong to another process.
-        """
-        if not self._has_exited():
-            return None  # it survived SIGKILL (uninterruptible sleep); never block the worker
-        try:
-            _, status, usage = os.wait4(self.proc.pid, 0)
-        except ChildProcessError:
-            return None  # reaped elsewhere (SIGCHLD ignored?): status and rusage are lost
-        self.proc.returncode = os.waitstatus_to_exitcode(status)
-        return usage.ru_maxrss * 1024  # KiB on Linux
-
-    def close(self) -> None:
-        self._selector.close()
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-    def _has_exited(self) -> bool:
-        if self.proc.returncode is not None:
-            return True
-        try:
-            # WNOWAIT: look without reaping, so the pid (and the tool's pgid) cannot be reused
-            # while the tree is still being killed.
-            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return True
-        return info is not None
-
-
-def _open_pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None  # old kernel or seccomp: fall back to polling
 
 
 def _signal_name(signum: int) -> str:

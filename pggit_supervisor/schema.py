@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg2
 from psycopg2.extensions import connection
 
+from .errors import PggitError
 from .rows import one_row
 
 BOOTSTRAP = "000_bootstrap.sql"
@@ -34,7 +35,7 @@ class Migration:
     path: Path
 
 
-class SchemaError(Exception):
+class SchemaError(PggitError):
     """The schema files cannot be found or applied."""
 
 

@@ -3,6 +3,7 @@ in SQL). Best effort: a webhook that fails is logged, never retried, and never f
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import urllib.request
@@ -33,7 +34,9 @@ def post(url: str, payload: Mapping[str, Any], job_id: str, worker: str) -> bool
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
             ok = 200 <= response.status < 300
-    except Exception as exc:  # noqa: BLE001 - a bad endpoint (garbage status line, ...) must never reach the worker
+    # what a bad endpoint can do: refuse or drop the connection, time out, fail TLS (OSError,
+    # URLError among them), speak garbage (HTTPException), or be no URL urllib can open (ValueError)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         log.warning("webhook failed" + fields(job=job_id, worker=worker, error=str(exc)))
         return False
     log.info("webhook sent" + fields(job=job_id, worker=worker, ok=ok))

@@ -1,4 +1,5 @@
-"""One worker process: claims one job at a time, runs its tool, reports the result.
+"""One worker process: its loop and plumbing. It claims one job at a time, has the executor run
+it and the completer record how it ended.
 
 Forked by the supervisor. It has its own database connection, LISTENs for ready jobs and also
 polls, renews its job's lease while the tool runs, and tells the supervisor through a pipe that
@@ -15,27 +16,24 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable
-from datetime import datetime, timezone
+from collections.abc import Sequence
 from typing import Any
 
 import psutil
 import psycopg2
 
-from . import linux, webhooks
-from .config import Config, ToolConfig, default_tool
+from . import linux
+from .completer import ABORT_DELIVERY_SECONDS, Completer
+from .config import Config
+from .executor import LOST_CLAIM, SHUTDOWN, HandedBack, execute
 from .log import fields
 from .proctree import kill_tree
 from .queue import ClaimedJob, Queue, connect
-from .runner import RunAsError, RunnerError, RunResult, run_tool
-from .tools import ADAPTERS, Context, InvalidJob, Outcome, adapter_for
-from .tools.base import Stopped
+from .tools import ADAPTERS
 
-SHUTDOWN = "service stopping"
-LOST_CLAIM = "job cancelled or no longer held by this worker"
+__all__ = ["ABORT_DELIVERY_SECONDS", "Worker"]
+
 MAX_CONNECT_DELAY = 30.0
-# while shutting down, a result that cannot be delivered in this time is left to the lease
-ABORT_DELIVERY_SECONDS = 5.0
 # at most one claim per this many seconds however many ready NOTIFYs arrive (see wait_for_work)
 NOTIFY_MIN_GAP = 0.5
 
@@ -55,7 +53,7 @@ class Worker:
         self.queue: Queue | None = None  # over this worker's connection; None while it has none
         self.stopping = False
         self.aborting = False
-        self.claim_lost = False  # set by the running job's heartbeat
+        self.completer = Completer(self, config.retry)
         self.connect_failures = 0
         self.ever_connected = False
         self.next_connect = 0.0
@@ -139,40 +137,6 @@ class Worker:
                 pass
         self.queue = None
 
-    def deliver(
-        self, job: ClaimedJob, what: str, call: Callable[[Queue], Any], confirm: Callable[[Queue], bool]
-    ) -> Any:
-        """Runs `call` until the database answers: a result must not be dropped because the
-        server restarted. If an earlier attempt may have committed unseen, `confirm` tells."""
-        uncertain = False
-        give_up = None
-        while True:
-            if self.aborting and give_up is None:
-                give_up = time.monotonic() + ABORT_DELIVERY_SECONDS
-            if give_up is not None and time.monotonic() > give_up:
-                log.error(
-                    f"could not record {what}: the database is unreachable and the service is "
-                    "stopping; the job's lease will return it to the queue" + fields(job=job.job_id, worker=self.name)
-                )
-                return None
-            queue = self.ensure_connected()
-            if queue is not None:
-                try:
-                    if uncertain and confirm(queue):
-                        return True
-                    return call(queue)
-                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                    self.lost_connection(exc)
-                    uncertain = True
-                except psycopg2.Error as exc:  # the database refused the call itself: retrying cannot help
-                    log.error(
-                        f"could not record {what}: {_one_line(exc)}; the job's lease will return it "
-                        "to the queue" + fields(job=job.job_id, worker=self.name)
-                    )
-                    return None
-            self.beat()
-            time.sleep(0.5)
-
     # -- the main loop ----------------------------------------------------------------------
 
     def run(self) -> int:
@@ -251,119 +215,22 @@ class Worker:
     # -- one job ----------------------------------------------------------------------------
 
     def run_job(self, job: ClaimedJob) -> None:
-        where = dict(job=job.job_id, worker=self.name)
         log.info(
             "job claimed"
-            + fields(**where, tool=job.tool, attempt=f"{job.attempts}/{job.max_attempts}", backup=job.backup_name)
+            + fields(
+                job=job.job_id,
+                worker=self.name,
+                tool=job.tool,
+                attempt=f"{job.attempts}/{job.max_attempts}",
+                backup=job.backup_name,
+            )
         )
         self.tell("busy", job.job_id, 0)
-        ctx = Context(
-            self.config,
-            self.tool_section(job),
-            datetime.now(timezone.utc),
-            self.name,
-            tick=self._ticker(job),
-            on_start=lambda pid, pgid: self.tell("busy", job.job_id, pgid),
-        )
-        try:
-            adapter = adapter_for(job.tool)
-            invocation = adapter.prepare(job, ctx)
-        except InvalidJob as exc:
-            self.report(job, Outcome.failure(f"invalid job: {exc}", retryable=False), {})
-            return
-        except Exception as exc:  # a disk, database or adapter error: this attempt failed, the worker lives
-            if self.aborting or self.claim_lost:
-                self.stopped_early(job)
-                return
-            log.exception("preparing the job failed" + fields(**where))
-            self.report(job, Outcome.failure(f"cannot prepare {job.tool}: {_one_line(exc)}"), {})
-            return
-        try:
-            result = run_tool(
-                invocation.run,
-                on_tick=ctx.tick,
-                tick_interval=min(1.0, self.config.heartbeat_interval),
-                on_start=ctx.on_start,
-            )
-            self.tell("busy", job.job_id, 0)
-        except RunnerError as exc:
-            adapter.discard(invocation)
-            self.report(job, Outcome.failure(str(exc), retryable=not isinstance(exc, RunAsError)), {})
-            return
-        if result.stopped_reason is not None:
-            adapter.discard(invocation)
-            self.stopped(job, result)
-            return
-        if result.timed_out:
-            adapter.discard(invocation)
-            outcome = Outcome.failure(f"timed out after {result.timeout:g} s (tool tree killed)")
-        else:
-            try:
-                outcome = adapter.collect(job, invocation, result, ctx)
-            except Stopped:
-                adapter.discard(invocation)
-                self.stopped_early(job)
-                return
-            except Exception as exc:  # a bug or a disk error while collecting: the job failed, the worker lives
-                log.exception("collecting the result failed" + fields(**where))
-                adapter.discard(invocation)
-                outcome = Outcome.failure(f"collecting the result failed: {exc}")
-        if (self.aborting or self.claim_lost) and not outcome.ok:
-            # a verification cut short by a shutdown or a cancel says nothing about the backup
-            self.stopped_early(job)
-            return
-        self.report(job, outcome, _result_record(result, self.name))
+        ending = execute(job, self.config, self.name, _Control(self, job))
+        self.completer.complete(job, ending)
 
-    def tool_section(self, job: ClaimedJob) -> ToolConfig:
-        """The config section a job runs under; a restore drill uses its backup's tool's."""
-        name = str(job.params.get("backup_tool")) if job.tool == "restore_test" else job.tool
-        return self.config.tools.get(name) or default_tool(name, self.config.kill_grace)
-
-    def _ticker(self, job: ClaimedJob) -> Callable[[], str | None]:
-        next_heartbeat = time.monotonic() + self.config.heartbeat_interval
-        self.claim_lost = False
-
-        def tick() -> str | None:
-            nonlocal next_heartbeat
-            self.beat()
-            if self.aborting:
-                return SHUTDOWN
-            if self.claim_lost:
-                return LOST_CLAIM
-            if time.monotonic() < next_heartbeat:
-                return None
-            next_heartbeat = time.monotonic() + self.config.heartbeat_interval
-            queue = self.ensure_connected()
-            if queue is None:
-                return None  # keep the tool running; the result is delivered once the database is back
-            try:
-                if not queue.heartbeat(job, self.config.lease_seconds):
-                    self.claim_lost = True
-                    return LOST_CLAIM
-            except psycopg2.Error as exc:
-                self.lost_connection(exc)
-            return None
-
-        return tick
-
-    def stopped(self, job: ClaimedJob, result: RunResult) -> None:
-        log.warning(
-            f"tool stopped: {result.stopped_reason}" + fields(job=job.job_id, worker=self.name, run=result.summary())
-        )
-        self.stopped_early(job)
-
-    def stopped_early(self, job: ClaimedJob) -> None:
-        """The job ended before a result: handed back when the service stops, else (cancelled,
-        claim lost) nothing is reported and the job's target is freed."""
-        if self.aborting:
-            self.hand_back(job)
-            return
-        log.warning(
-            "job stopped: cancelled or no longer held by this worker; nothing reported"
-            + fields(job=job.job_id, worker=self.name)
-        )
-        self.deliver(job, "the cancelled job's release", lambda q: q.abandon(job), lambda q: True)
-        self.tell("idle", "stopped")
+    def hand_back(self, job: ClaimedJob) -> None:
+        self.completer.complete(job, HandedBack(SHUTDOWN))
 
     def end_leftovers(self, job: ClaimedJob) -> None:
         """Processes a tool left behind (re-parented to us, the subreaper) end with its job."""
@@ -376,63 +243,59 @@ class Worker:
             )
         _reap_children()
 
-    def hand_back(self, job: ClaimedJob) -> None:
-        released = self.deliver(
-            job,
-            "the job's release",
-            lambda q: q.release(job, f"{SHUTDOWN}: handed back by {self.name}"),
-            lambda q: q.outcome_of(job) == "queued",
-        )
-        log.info("job handed back to the queue" + fields(job=job.job_id, worker=self.name, released=bool(released)))
-        self.tell("idle", "stopped")
 
-    def report(self, job: ClaimedJob, outcome: Outcome, record: dict[str, Any]) -> None:
-        where = dict(job=job.job_id, worker=self.name)
-        retry = self.config.retry
-        if outcome.ok:
-            recorded = self.deliver(
-                job,
-                "the job's result",
-                lambda q: q.finish(job, outcome.message, outcome.facts, record),
-                lambda q: q.outcome_of(job) == "completed",
-            )
-            state = "completed" if recorded else None
-        else:
-            state = self.deliver(
-                job,
-                "the job's failure",
-                lambda q: q.fail(job, outcome.message, outcome.retryable, retry.base_delay, retry.max_delay, record),
-                lambda q: q.outcome_of(job) == "failed",
-            )
-            state = "failed" if state is True else state
-        if state is None:
+class _Control:
+    """One job's link to its worker: the lease heartbeat, the stop flags, the supervisor's pipe,
+    and the record of the command that ran (executor.JobControl)."""
+
+    def __init__(self, worker: Worker, job: ClaimedJob) -> None:
+        self.worker = worker
+        self.job = job
+        self.claim_lost = False
+        self.next_heartbeat = time.monotonic() + worker.config.heartbeat_interval
+
+    def interrupted(self) -> str | None:
+        if self.worker.aborting:
+            return SHUTDOWN
+        return LOST_CLAIM if self.claim_lost else None
+
+    def tick(self) -> str | None:
+        worker = self.worker
+        worker.beat()
+        if (reason := self.interrupted()) is not None:
+            return reason
+        if time.monotonic() < self.next_heartbeat:
+            return None
+        self.next_heartbeat = time.monotonic() + worker.config.heartbeat_interval
+        queue = worker.ensure_connected()
+        if queue is None:
+            return None  # keep the tool running; the result is delivered once the database is back
+        try:
+            if not queue.heartbeat(self.job, worker.config.lease_seconds):
+                self.claim_lost = True
+                return LOST_CLAIM
+        except psycopg2.Error as exc:
+            worker.lost_connection(exc)
+        return None
+
+    def tool_started(self, pgid: int) -> None:
+        self.worker.tell("busy", self.job.job_id, pgid)
+
+    def command_ran(self, argv: Sequence[str]) -> None:
+        """One attempt, not retried: if the database cannot be reached now, the view keeps the
+        requested command (the run record in the job's result still has the argv)."""
+        queue = self.worker.ensure_connected()
+        if queue is None:
+            return
+        try:
+            if not queue.record_command(self.job, argv):
+                self.claim_lost = True  # the next tick stops the tool
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            self.worker.lost_connection(exc)  # the next tick reconnects
+        except psycopg2.Error as exc:  # refused (e.g. over the size limit): the job runs on
             log.warning(
-                "result discarded: the claim was lost (cancelled, rescued or deleted)"
-                + fields(**where, outcome=outcome.message)
-            )
-        elif outcome.ok:
-            log.info("job completed" + fields(**where, result=outcome.message))
-        else:
-            log.warning("job failed" + fields(**where, state=state, error=outcome.message))
-        self.tell("idle", "ok" if outcome.ok else "failed")
-        notify = job.spec.get("notify", {})
-        if state is not None and webhooks.should_notify(notify, outcome.ok, state == "permanently_failed"):
-            webhooks.post(
-                notify["webhook_url"],
-                {
-                    "job_id": job.job_id,
-                    "backup_id": job.backup_id,
-                    "backup_name": job.backup_name,
-                    "tool": job.tool,
-                    "state": state,
-                    "message": outcome.message,
-                    "commit_hash": job.commit_hash,
-                    "branch": job.branch_name,
-                    "worker": self.name,
-                    "facts": dict(outcome.facts),
-                },
-                job.job_id,
-                self.name,
+                "could not record the command that runs"
+                + fields(job=self.job.job_id, worker=self.worker.name, error=_one_line(exc))
             )
 
 
@@ -443,20 +306,6 @@ def _reap_children() -> None:
                 return
         except ChildProcessError:
             return
-
-
-def _result_record(result: RunResult, worker: str) -> dict[str, Any]:
-    return {
-        "worker": worker,
-        "exit_code": result.exit_code,
-        "signal": result.signal,
-        "timed_out": result.timed_out,
-        "duration_seconds": round(result.duration, 3),
-        "peak_rss_bytes": result.peak_rss_bytes,
-        "stdout_tail": result.stdout.text()[-2000:],
-        "stderr_tail": result.stderr.text()[-4000:],
-        "output_dropped_bytes": result.stdout.dropped + result.stderr.dropped,
-    }
 
 
 def _one_line(exc: Exception) -> str:

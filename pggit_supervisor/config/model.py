@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import psycopg2
 from psycopg2.extensions import parse_dsn
 
+from ..errors import PggitError
 from . import settings
 from .settings import RETRY, ROOT, default_of
 
@@ -30,7 +31,7 @@ DEFAULT_WORKER_TIMEOUT: float = default_of(ROOT, "worker_timeout")
 DEFAULT_DRILL_USER: str = default_of(ROOT, "drill_user")
 
 
-class ConfigError(Exception):
+class ConfigError(PggitError):
     """Every problem found, one `WHERE: key.path: what is wrong (allowed: ...)` line each."""
 
     def __init__(self, problems: Sequence[str]) -> None:

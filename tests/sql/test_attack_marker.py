@@ -25,6 +25,7 @@ QUEUE_FUNCTIONS = {
     "pggit.claim_backup_job(text,text[],integer)",
     "pggit.get_next_backup_job(text)",
     "pggit.heartbeat_backup_job(uuid,text,integer)",
+    "pggit.record_job_command(uuid,text,text)",
     "pggit.finish_backup_job(uuid,text,text,jsonb,jsonb)",
     "pggit.fail_backup_job(uuid,text,integer)",
     "pggit.fail_claimed_backup_job(uuid,text,text,boolean,integer,integer,jsonb)",

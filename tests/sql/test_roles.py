@@ -36,6 +36,7 @@ API_CALLS = {
     "get_next_backup_job": "SELECT * FROM pggit.get_next_backup_job('w1')",
     "claim_backup_job": "SELECT * FROM pggit.claim_backup_job('w1')",
     "heartbeat_backup_job": f"SELECT pggit.heartbeat_backup_job(gen_random_uuid(), '{NO_TOKEN}')",
+    "record_job_command": f"SELECT pggit.record_job_command(gen_random_uuid(), '{NO_TOKEN}', 'x')",
     "finish_backup_job": f"SELECT pggit.finish_backup_job(gen_random_uuid(), '{NO_TOKEN}')",
     "fail_claimed_backup_job": f"SELECT pggit.fail_claimed_backup_job(gen_random_uuid(), '{NO_TOKEN}', 'x')",
     "complete_backup_job": "SELECT pggit.complete_backup_job(gen_random_uuid(), 'ok')",
