@@ -8,9 +8,9 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from conftest import query, scalar
+from helpers.db import query, scalar
+from helpers.queue import claim, job, schedule_dump
 from pggit_supervisor.queue import MAX_COMMAND_BYTES
-from queue_helpers import claim, job, schedule_dump
 
 WORKER = "pggit_backup_worker"
 RAN = "/usr/lib/postgresql/16/bin/pg_dump --format=custom '--file=/backups/.pggit-x.partial' --snapshot=00000003-1"

@@ -11,22 +11,15 @@ import shutil
 
 import pytest
 
-from conftest import scalar
-from service import FAKE_TOOL, Service, job_row, wait_for_state, wait_until
+from helpers.db import scalar
+from helpers.processes import wait_until
+from helpers.service import job_row, wait_for_state
+from helpers.session import FAKE_TOOL
 
 
 @pytest.fixture
-def service(tmp_path, dsn):
-    started = []
-
-    def start(**settings):
-        svc = Service(tmp_path, dsn, workers=1, **settings).start()
-        started.append(svc)
-        return svc
-
-    yield start
-    for svc in started:
-        svc.cleanup()
+def service(make_service):
+    return lambda **settings: make_service(workers=1, **settings).start()
 
 
 def enqueue_custom(db, tmp_path, command, name="named", max_attempts=3):
