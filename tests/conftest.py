@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
@@ -71,7 +72,6 @@ def _install_schema(host, port, user, dbname, password, **_ignored):
 postgresql_server = factories.postgresql_noproc(
     host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=f"pggit_test_{os.getpid()}", load=[_install_schema]
 )
-postgresql = factories.postgresql("postgresql_server")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -101,9 +101,28 @@ def drill_tmpdir():
 
 
 @pytest.fixture
-def dsn(postgresql) -> str:
-    info = postgresql.info
-    return make_dsn(info.host, info.port, info.user, info.dbname)
+def dsn(postgresql_server) -> Iterator[str]:
+    """A fresh database for the test, cloned from the session's template (the installed schema).
+
+    Cloned with STRATEGY FILE_COPY: copying the template's files takes about 0.14 s against 0.35 s
+    for the default WAL_LOG, which writes every block of the template to the WAL; the
+    clone is most of the cost of a SQL test. Dropped afterwards, whoever is still connected."""
+    server = postgresql_server
+    name = f"pggit_t_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(make_dsn(server.host, server.port, server.user, "postgres", server.password))
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+                    sql.Identifier(name), sql.Identifier(server.template_dbname)
+                )
+            )
+        yield make_dsn(server.host, server.port, server.user, name, server.password)
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    finally:
+        admin.close()
 
 
 @pytest.fixture
