@@ -24,11 +24,12 @@ import psycopg2
 
 from . import linux, webhooks
 from .config import Config, ToolConfig, default_tool
+from .errors import JobError
 from .log import fields
 from .proctree import kill_tree
 from .queue import ClaimedJob, Queue, connect
 from .runner import RunAsError, RunnerError, RunResult, run_tool
-from .tools import ADAPTERS, Context, InvalidJob, Outcome, adapter_for
+from .tools import ADAPTERS, Context, Outcome, adapter_for
 from .tools.base import Stopped
 
 SHUTDOWN = "service stopping"
@@ -268,10 +269,10 @@ class Worker:
         try:
             adapter = adapter_for(job.tool)
             invocation = adapter.prepare(job, ctx)
-        except InvalidJob as exc:
-            self.report(job, Outcome.failure(f"invalid job: {exc}", retryable=False), {})
-            return
         except Exception as exc:  # a disk, database or adapter error: this attempt failed, the worker lives
+            if isinstance(exc, JobError) and not exc.retryable:
+                self.report(job, Outcome.failure(f"invalid job: {exc}", retryable=False), {})
+                return
             if self.aborting or self.claim_lost:
                 self.stopped_early(job)
                 return
