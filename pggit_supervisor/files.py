@@ -23,7 +23,7 @@ TAR = "/bin/tar"
 # A file name component taken from the database: letters, digits and _ . - only
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 # hashing checks in with the worker after this many bytes (about a second of disk reads)
-_CHECKPOINT_BYTES = 256 << 20
+_CHECKPOINT_BYTES = 64 << 20
 
 Checkpoint = Callable[[], None]
 
