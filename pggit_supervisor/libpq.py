@@ -98,21 +98,25 @@ class TickingSession:
             self.conn.close()
 
     def _wait(self, deadline: float | None) -> None:
-        last_check = time.monotonic()
+        next_check = time.monotonic() + POLL_SECONDS
         while True:
             state = self.conn.poll()
             if state == POLL_OK:
                 return
+            # never wait past the next checkpoint: a query's answer may take minutes
+            timeout = max(0.0, next_check - time.monotonic())
             if state == POLL_READ:
-                select.select([self.conn.fileno()], [], [], POLL_SECONDS)
+                select.select([self.conn.fileno()], [], [], timeout)
             elif state == POLL_WRITE:
-                select.select([], [self.conn.fileno()], [], POLL_SECONDS)
+                select.select([], [self.conn.fileno()], [], timeout)
             now = time.monotonic()
             if deadline is not None and now > deadline:
                 self.conn.close()
                 raise psycopg2.OperationalError("connection timed out (connect_timeout)")
-            if self._checkpoint is not None and now - last_check >= POLL_SECONDS:
-                last_check = now
+            if now < next_check:
+                continue
+            next_check = now + POLL_SECONDS
+            if self._checkpoint is not None:
                 try:
                     self._checkpoint()
                 except BaseException:
