@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import psycopg2
 
-from . import __version__, schema
+from . import __version__, restore, schema
 from .config import (
     ENV_OVERRIDES,
     Config,
@@ -19,7 +19,8 @@ from .config import (
     load_config,
     resolve_config_path,
 )
-from .errors import PggitError
+from .errors import JobError, PggitError
+from .tools.restoring import RestoreTarget
 
 EXIT_CONFIG = 2
 
@@ -86,68 +87,32 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    """Restores one backup: pg_dump into an empty database, pg_basebackup into an empty
-    directory; for pgBackRest and Barman prints (with --execute runs) the tool's own restore."""
-    from . import restore
-    from .config import default_tool
-    from .runner import RunSpec, run_tool
-    from .tools import barman, pgbackrest
-
+    """Restores one backup through its tool's adapter: pg_dump into an empty database,
+    pg_basebackup into an empty directory; for pgBackRest and Barman prints (with --execute
+    runs) the tool's own restore."""
     path = resolve_config_path(args.config, os.environ)
     config = load_config(path, dsn=args.dsn) if os.path.exists(path) or args.config else None
     dsn = args.dsn or (config.dsn if config else None)
     if not dsn:
         print(f"pggit-supervisor: no queue database: give --dsn or a config ({path} does not exist)", file=sys.stderr)
         return EXIT_CONFIG
+    target = RestoreTarget(dsn=args.target_dsn, directory=args.target_dir, jobs=args.jobs)
+    request = restore.Request(args.backup_id, target, args.trust_backup_contents, args.execute)
     try:
-        backup = restore.load_backup(dsn, args.backup_id)
-        tool = (config.tools.get(backup.tool) if config else None) or default_tool(backup.tool)
-        if backup.tool in ("pg_dump", "pg_basebackup"):
-            restore.confine(backup, tool)
-        if backup.tool == "pg_dump":
-            if not args.target_dsn:
-                raise restore.RestoreError("a pg_dump backup is restored into a database: give --target-dsn")
-            restore.check_target_login(args.target_dsn, args.trust_backup_contents)
-            restore.check_empty_database(args.target_dsn)
-            restore.prepare_target_database(args.target_dsn, backup)
-            result = restore.restore_dump(backup, tool, args.target_dsn, args.jobs)
-        elif backup.tool in ("pg_basebackup", "pgbackrest", "barman"):
-            if not args.target_dir:
-                raise restore.RestoreError(f"a {backup.tool} backup is restored into a directory: give --target-dir")
-            restore.check_empty_dir(args.target_dir)
-            if backup.tool == "pg_basebackup":
-                result = restore.restore_basebackup(backup, tool, args.target_dir)
-            else:
-                if backup.tool == "pgbackrest":
-                    argv = pgbackrest.restore_argv(
-                        tool, backup.location, args.target_dir, repo=backup.metadata.get("repo")
-                    )
-                else:
-                    argv = barman.restore_argv(tool, backup.location, args.target_dir)
-                print(restore.describe(argv))
-                if not args.execute:
-                    print(f"(not run: add --execute to run it as {tool.run_as or 'the current user'})")
-                    return 0
-                result = run_tool(
-                    RunSpec(
-                        tuple(argv), {}, restore.RESTORE_TIMEOUT, run_as=tool.run_as, kill_grace=float(tool.kill_grace)
-                    )
-                )
-                if result.ok and backup.tool == "barman":
-                    print(
-                        f"note: the files belong to {tool.run_as or 'barman'}: chown -R postgres: "
-                        f"{args.target_dir} before starting it, and set its port"
-                    )
-        else:
-            raise restore.RestoreError(f"backups made by {backup.tool} are restored by their own tooling")
-    except restore.RestoreError as exc:
+        restored = restore.restore(dsn, config, request)
+    except JobError as exc:
         print(f"pggit-supervisor: restore refused: {exc}", file=sys.stderr)
         return 1
+    result = restored.result
+    if result is None:
+        return 0  # shown, not run
     if not result.ok:
         print(f"pggit-supervisor: restore failed: {result.summary()}\n{result.stderr.text()}", file=sys.stderr)
         return 1
-    target = args.target_dsn and "the target database" or args.target_dir
-    print(f"restored backup {backup.backup_id} ({backup.tool}) into {target}: {result.summary()}")
+    if restored.plan.note:
+        print(restored.plan.note)
+    where = "the target database" if args.target_dsn else args.target_dir
+    print(f"restored backup {restored.backup.backup_id} ({restored.backup.tool}) into {where}: {result.summary()}")
     return 0
 
 

@@ -37,11 +37,9 @@ from __future__ import annotations
 import fcntl
 import glob
 import os
-import pwd
 import shlex
 import shutil
 import socket
-import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,8 +47,34 @@ from dataclasses import dataclass, field
 
 import psycopg2
 
+from .errors import invalid
 from .rows import one_row
-from .runner import RunResult, RunSpec, run_tool
+from .runner import RunSpec, run_tool
+from .sandbox_host import (
+    UNSHARE_ARGV,
+    USERADD,
+    check_namespaces,
+    drill_account,
+    namespace_hint,
+    read_own_file,
+    server_bin_dir,
+    useradd_argv,
+)
+
+# the host's checks, used by the drill and the tests through this module
+__all__ = [
+    "UNSHARE_ARGV",
+    "USERADD",
+    "Sandbox",
+    "check_namespaces",
+    "create",
+    "drill_account",
+    "namespace_hint",
+    "remove",
+    "server_bin_dir",
+    "useradd_argv",
+    "wait_ready",
+]
 
 PREFIX = "pggit-drill-"
 _NEW_PREFIX = ".pggit-drill-new-"
@@ -61,45 +85,6 @@ STOP_TIMEOUT_SECONDS = 60.0
 _READY_POLL_SECONDS = 0.25
 # a new sandbox is locked within microseconds of being made: one older than this was abandoned
 _STAGING_GRACE_SECONDS = 600
-# the drill user as the Debian package's sysusers.d entry makes it (the error that names a missing
-# one, the tests and the demo all use this one argv)
-USERADD_ARGV = (
-    "useradd",
-    "--system",
-    "--user-group",
-    "--no-create-home",
-    "--home-dir",
-    "/nonexistent",
-    "--shell",
-    "/usr/sbin/nologin",
-    "--comment",
-    "pgGit restore drills",
-)
-USERADD = shlex.join(USERADD_ARGV)
-
-
-# the namespaces the drill's server runs in; without --fork, unshare execs the command in place
-UNSHARE_ARGV = ("/usr/bin/unshare", "--user", "--map-current-user", "--net", "--")
-# the sysctls that switch off unprivileged user namespaces (the first one only on Debian's and
-# Ubuntu's kernels), with the value each needs
-_USERNS_SYSCTLS = (
-    ("kernel.unprivileged_userns_clone", "1"),
-    ("user.max_user_namespaces", "a positive number, e.g. 15000"),
-)
-_NAMESPACE_HINT = (
-    " (the drill's server runs in a user and network namespace of its own, so that code in a backup "
-    "reaches no server over the network; unprivileged user namespaces must be allowed: sysctl "
-    "kernel.unprivileged_userns_clone = 1 where it exists, user.max_user_namespaces > 0, "
-    "kernel.apparmor_restrict_unprivileged_userns = 0 where it exists, and RestrictNamespaces=user net "
-    "in a systemd unit)"
-)
-
-
-def useradd_argv(user: str) -> list[str]:
-    """The argv that creates `user` as an unprivileged drill user."""
-    return [*USERADD_ARGV, user]
-
-
 # Settings every sandbox runs with, whatever the copied cluster had. The ones that decide who
 # can reach the server or what it runs are also given on the command line, which beats every
 # file (postgresql.auto.conf of a copied cluster included).
@@ -118,10 +103,6 @@ logging_collector = off
 shared_preload_libraries = ''
 """
 _HBA = "# restore drill: trust, over the private Unix socket only\nlocal all all trust\n"
-
-
-class SandboxError(Exception):
-    """The sandbox cannot be made or used; the message says what to do. Retrying cannot help."""
 
 
 class DirLock:
@@ -226,63 +207,6 @@ class Sandbox:
         return os.path.join(self.root, name)
 
 
-def drill_account(user: str) -> pwd.struct_passwd:
-    """The drill user's passwd entry; a missing user is the operator's to create."""
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise SandboxError(
-            f"drill user {user!r} does not exist: restore drills run their throwaway "
-            f"cluster as that unprivileged user; create it with `{USERADD} {user}` "
-            "(the Debian package does) or set drill_user"
-        ) from None
-    if entry.pw_uid == 0:
-        raise SandboxError(
-            f"drill user {user!r} is root: a drill must run as an unprivileged user "
-            f"of its own; create one with `{USERADD} pggit-drill`"
-        )
-    return entry
-
-
-def check_namespaces(proc_sys: str = "/proc/sys") -> None:
-    """Refuses a drill on a host where the drill's server could not get its own network
-    namespace: a drill never runs without that isolation."""
-    for name, wanted in _USERNS_SYSCTLS:
-        value = _read_own_file(os.path.join(proc_sys, *name.split(".")), 64).strip()
-        if value == "0":
-            raise SandboxError(
-                f"unprivileged user namespaces are switched off on this host (sysctl {name} = 0): "
-                "a restore drill runs its server in a network namespace of its own, made by the "
-                f"drill user, so that code in a backup reaches no server over the network; set "
-                f"{name} to {wanted} (`sysctl -w {name}=...` and a file in /etc/sysctl.d) to run drills"
-            )
-
-
-def namespace_hint(result: RunResult) -> str:
-    """What to add to a failed server start that unshare refused (systemd's RestrictNamespaces,
-    an AppArmor restriction, a limit reached): the fix, not only "Operation not permitted"."""
-    return _NAMESPACE_HINT if "unshare" in result.stderr.text() else ""
-
-
-def server_bin_dir(tool_path: str | None) -> str:
-    """The server binaries (initdb, pg_ctl) next to the configured tool, else the newest
-    installed: Debian's /usr/bin/pg_dump is a wrapper, the servers live in /usr/lib/postgresql."""
-    if tool_path:
-        real = os.path.dirname(os.path.realpath(tool_path))
-        if os.path.exists(os.path.join(real, "initdb")):
-            return real
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-        key=lambda path: int(path.split("/")[4]) if path.split("/")[4].isdigit() else 0,
-    )
-    if not found:
-        raise SandboxError(
-            "no PostgreSQL server binaries (initdb) found: restore drills start a "
-            "throwaway cluster; install the postgresql package"
-        )
-    return os.path.dirname(found[-1])
-
-
 def create(user: str, bin_dir: str, port: int | None = None) -> Sandbox:
     """Makes the sandbox directories (locked before they get their visible name) and its
     settings; the cluster itself is made by initdb or a base backup copy."""
@@ -360,9 +284,9 @@ def wait_ready(
         except psycopg2.OperationalError as exc:
             last = " ".join(str(exc).split())
         if not os.path.exists(os.path.join(sandbox.data, "postmaster.pid")):
-            raise SandboxError(f"the drill's server stopped while starting ({last}){log_tail(sandbox)}")
+            raise invalid(f"the drill's server stopped while starting ({last}){log_tail(sandbox)}")
         if time.monotonic() > deadline:
-            raise SandboxError(
+            raise invalid(
                 f"the drill's server did not finish recovery within {deadline_seconds:g} s ({last}){log_tail(sandbox)}"
             )
         if checkpoint is not None:
@@ -434,27 +358,14 @@ def _stop(root: str, user: str, bin_dir: str | None) -> None:
 
 
 def _bin_dir_of(data: str) -> str | None:
-    version = _read_own_file(os.path.join(data, "PG_VERSION"), 16).strip()
+    version = read_own_file(os.path.join(data, "PG_VERSION"), 16).strip()
     path = f"/usr/lib/postgresql/{version}/bin"
     return path if version.isdigit() and os.path.isdir(path) else None
 
 
 def log_tail(sandbox: Sandbox, lines: int = 5) -> str:
-    text = _read_own_file(sandbox.log, 1 << 20)
+    text = read_own_file(sandbox.log, 1 << 20)
     return " | log: " + " | ".join(text[-8192:].splitlines()[-lines:]) if text else ""
-
-
-def _read_own_file(path: str, limit: int) -> str:
-    """Reads (as root) a file the drill user could have replaced: never through a link, never
-    a FIFO or device that would block or feed us forever; '' when it is anything else."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return ""
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            return ""
-        return handle.read(limit).decode("utf-8", errors="replace")
 
 
 def free_port() -> int:

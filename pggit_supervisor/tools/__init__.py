@@ -1,30 +1,38 @@
 """The registry of tools: each tool's adapter, and the vocabulary the SQL shares with it (tool
 names, the stanza/server name pattern, each tool's parameter values). Adding a tool is adding a
-module and a line here; tests/test_vocabulary.py checks that the SQL says the same."""
+module and a line here; tests/test_vocabulary.py checks that the SQL says the same. The restore
+drill gets the adapters whose backups it can drill from here, so it imports none of them."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from ..errors import invalid
 from . import barman, pg_basebackup, pg_dump, pgbackrest
 from .barman import BarmanAdapter
-from .base import NAME_PATTERN, Adapter, Choice, Context, IntRange, InvalidJob, Invocation, Outcome, Parameter
+from .base import Adapter, Context, Invocation, Outcome, Verification
 from .custom import CustomAdapter
+from .params import NAME_PATTERN, Choice, IntRange, Parameter
 from .pg_basebackup import PgBaseBackupAdapter
 from .pg_dump import PgDumpAdapter
 from .pgbackrest import PgBackRestAdapter
 from .restore_test import RestoreTestAdapter
+from .restoring import Restorer
+
+_PG_DUMP = PgDumpAdapter()
+_PG_BASEBACKUP = PgBaseBackupAdapter()
 
 ADAPTERS: dict[str, Adapter] = {
     adapter.name: adapter
     for adapter in (
-        PgDumpAdapter(),
-        PgBaseBackupAdapter(),
+        _PG_DUMP,
+        _PG_BASEBACKUP,
         PgBackRestAdapter(),
         BarmanAdapter(),
         CustomAdapter(),
-        RestoreTestAdapter(),
+        # a drill restores a dump into a fresh cluster, a base backup as its data directory
+        RestoreTestAdapter(database=_PG_DUMP, directory=_PG_BASEBACKUP),
     )
 }
 
@@ -47,10 +55,23 @@ def adapter_for(tool: str) -> Adapter:
     try:
         return ADAPTERS[tool]
     except KeyError:
-        raise InvalidJob(
+        raise invalid(
             f"no adapter for tool {tool!r} in this version of pggit-supervisor "
             f"(available: {', '.join(sorted(ADAPTERS))})"
         ) from None
+
+
+def restorer_for(tool: str) -> Restorer:
+    """The adapter that restores backups made by `tool`; refused for good for a tool whose
+    backups are restored by its own tooling (custom commands) or that makes none."""
+    adapter = ADAPTERS.get(tool)
+    if not isinstance(adapter, Restorer):
+        restorable = sorted(name for name, each in ADAPTERS.items() if isinstance(each, Restorer))
+        raise invalid(
+            f"backups made by {tool[:40]} are restored by their own tooling "
+            f"(pggit-supervisor restores: {', '.join(restorable)})"
+        )
+    return adapter
 
 
 __all__ = [
@@ -62,9 +83,11 @@ __all__ = [
     "Choice",
     "Context",
     "IntRange",
-    "InvalidJob",
     "Invocation",
     "Outcome",
     "Parameter",
+    "Restorer",
+    "Verification",
     "adapter_for",
+    "restorer_for",
 ]

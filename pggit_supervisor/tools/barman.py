@@ -9,8 +9,6 @@ so the server section needs `path_prefix = /usr/lib/postgresql/15/bin`.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,27 +16,24 @@ from types import MappingProxyType
 from typing import Any
 
 from ..config import ToolConfig
+from ..errors import JobError, invalid, transient
 from ..queue import ClaimedJob
-from ..runner import RunAsError, RunnerError, RunResult
-from .base import (
-    NAME_PATTERN,
-    Choice,
-    Context,
-    InvalidJob,
-    Invocation,
-    Outcome,
-    Parameter,
-    failure_from,
-    job_timeout,
-    param_bool,
-    param_text,
-    run_check,
-    spec_params,
-    tool_run,
+from ..runner import RunnerError, RunResult
+from .barman_commands import (
+    QUERY_OUTPUT_LIMIT,
+    QUERY_TIMEOUT,
+    barman_argv,
+    config_name,
+    last_lines,
+    new_backup,
+    parsed,
+    restore_argv,
 )
+from .base import Context, Invocation, Outcome, Verification, failure_from, run_check, tool_run
+from .params import NAME_PATTERN, Choice, Parameter, job_timeout, param_bool, param_text, spec_params
+from .restoring import Backup, RestorePlan, RestoresInto, RestoreTarget
 
 RESERVED_SERVERS = ("all", "barman")  # `barman backup all` backs up every server
-BACKUP_ID = re.compile(r"\d{8}T\d{6}")
 # the values pggit.backup_barman validates (p_options."reuse-backup", stored as reuse_backup);
 # it also takes Barman's other name for link and stores link
 REUSE_BACKUP = Choice(("off", "copy", "link"))
@@ -47,16 +42,6 @@ PARAMETERS: Mapping[str, Parameter] = MappingProxyType({"reuse_backup": REUSE_BA
 # Only the rsync executors copy file by file and can hard-link or copy unchanged files from
 # the previous backup; pg_basebackup (backup_method = postgres) always copies everything.
 REUSING_METHODS = ("rsync", "local-rsync")
-# list/show/check/version answer from Barman's catalogue and config: minutes mean a hang
-QUERY_TIMEOUT = 600.0
-# a JSON answer must be read whole: a catalogue of thousands of backups still fits
-QUERY_OUTPUT_LIMIT = 4 << 20
-LOCATION = re.compile(r"barman://(?P<server>[^/]+)/(?P<backup_id>[^/]+)")
-# What `barman backup` prints when it starts copying; names the backup this run made.
-_STARTED = re.compile(
-    r"Starting backup (?:using \S+ method for server \S+ in \S*/base/|copy via \S+ for )"
-    r"(\d{8}T\d{6})"
-)
 _NO_CHECKSUM = (
     "Barman records no checksum of a backup; its integrity is checked with "
     "barman verify-backup (pg_verifybackup against the backup_manifest)"
@@ -65,6 +50,7 @@ _NO_CHECKSUM = (
 
 class BarmanAdapter:
     name = "barman"
+    restores_into: RestoresInto = "directory"
 
     def prepare(self, job: ClaimedJob, ctx: Context) -> Invocation:
         params = BarmanParams.parse(spec_params(job))
@@ -72,12 +58,12 @@ class BarmanAdapter:
         before = self._backups(job, ctx, server)
         settings = self._server_settings(job, ctx, server)
         if settings.get("active") is False:
-            raise InvalidJob(
-                f"Barman server {server!r} is inactive (active = false in {_config_name(ctx.tool)}): "
+            raise invalid(
+                f"Barman server {server!r} is inactive (active = false in {config_name(ctx.tool)}): "
                 "barman backup skips it; set active = true or schedule another server"
             )
         method = str(settings.get("backup_method") or "rsync")
-        argv = _barman(ctx.tool, "backup")
+        argv = barman_argv(ctx.tool, "backup")
         if wait:
             argv.append("--wait")
         reuse_note = None
@@ -114,16 +100,16 @@ class BarmanAdapter:
             if not result.ok:
                 return self._failure(job, result, ctx, server)
             return self._collect_backup(job, invocation, result, ctx)
-        except InvalidJob as exc:  # the server vanished from Barman's config during the run
-            return Outcome.failure(str(exc), retryable=False)
-        except OSError as exc:
+        except JobError as exc:
+            if not exc.retryable:  # the server vanished from Barman's config during the run
+                return Outcome.failure(exc.message, retryable=False)
             return Outcome.failure(f"barman backup {result.summary()}, then reading Barman's catalogue failed: {exc}")
 
     def _collect_backup(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
         notes = invocation.notes
         server = notes["server"]
         after = self._backups(job, ctx, server)
-        backup_id = _new_backup(after, notes["before"], result.stdout.text())
+        backup_id = new_backup(after, notes["before"], result.stdout.text())
         if backup_id is None:
             new = sorted(after - set(notes["before"]))
             return Outcome.failure(
@@ -133,7 +119,7 @@ class BarmanAdapter:
                     "is this job's; another Barman process is backing up the same server"
                     if new
                     else f"no new backup of server {server!r} is in Barman's catalogue "
-                    f"(is the server disabled in {_config_name(ctx.tool)}?)"
+                    f"(is the server disabled in {config_name(ctx.tool)}?)"
                 )
             )
         info = self._show_backup(job, ctx, server, backup_id)
@@ -153,16 +139,28 @@ class BarmanAdapter:
                     else ""
                 )
             )
-        verified, verification = self._verify(job, ctx, server, backup_id, status, notes)
-        if verified is None:
-            return Outcome.failure(f"verification failed: {verification}", retryable=True)
-        return self._success(job, ctx, notes, result, backup_id, info, verified, verification)
+        verification = self._verify(job, ctx, server, backup_id, status, notes)
+        if verification.fails_job:
+            return verification.failure()
+        return self._success(job, ctx, notes, result, backup_id, info, verification)
 
     def discard(self, invocation: Invocation) -> None:
         """Nothing to remove. Barman marks a run that fails, or is stopped while copying, FAILED
         in its own catalogue; one stopped while waiting for WAL leaves a complete backup that
         Barman marks DONE when the WAL arrives. Only Barman (`barman delete`, retention
         policies) removes backups from its catalogue."""
+
+    def restore_plan(self, backup: Backup, tool: ToolConfig, target: RestoreTarget) -> RestorePlan:
+        """`barman recover` into target.directory as Barman's user; shown first, run only when
+        asked. Its files belong to that user: the note says what to do before starting it."""
+        if target.directory is None:
+            raise invalid(f"a {self.name} backup is restored into a directory: give --target-dir")
+        argv = restore_argv(tool, backup.location, target.directory)
+        note = (
+            f"note: the files belong to {tool.run_as or 'barman'}: chown -R postgres: "
+            f"{target.directory} before starting it, and set its port"
+        )
+        return RestorePlan.of(tool, [argv], ask_first=True, note=note)
 
     # -- Barman's answers -----------------------------------------------------------------
 
@@ -172,34 +170,32 @@ class BarmanAdapter:
             return run_check(
                 ctx,
                 job,
-                _barman(ctx.tool, *args),
+                barman_argv(ctx.tool, *args),
                 {},
                 cwd="/",
                 timeout=min(job_timeout(job, ctx.tool), timeout),
                 output_limit=QUERY_OUTPUT_LIMIT,
             )
-        except RunAsError as exc:
-            raise InvalidJob(str(exc)) from None
-        except RunnerError as exc:
-            raise OSError(str(exc)) from None  # the worker's "cannot prepare": retryable
+        except RunnerError as exc:  # the runner says whether a retry can help
+            raise JobError(str(exc), retryable=exc.retryable) from None
 
     def _json(self, job: ClaimedJob, ctx: Context, server: str, *args: str) -> Mapping[str, Any]:
-        """`barman -f json ARGS`; an unknown server is InvalidJob, other errors are OSError."""
+        """`barman -f json ARGS`; an unknown server is refused for good, other errors may pass."""
         result = self._query(job, ctx, "-f", "json", *args)
-        answer = _parsed(result)
+        answer = parsed(result)
         errors = [str(error) for error in answer.get("_ERROR", [])] if answer is not None else []
         if any(error.startswith("Unknown server") for error in errors):
-            raise InvalidJob(self._unknown_server(job, ctx, server))
+            raise invalid(self._unknown_server(job, ctx, server))
         if not result.ok or errors or answer is None:
             detail = " | ".join(errors) if errors else failure_from(result, "barman")
-            raise OSError(f"barman {' '.join(args)} {result.summary()}: {detail}")
+            raise transient(f"barman {' '.join(args)} {result.summary()}: {detail}")
         return answer
 
     def _unknown_server(self, job: ClaimedJob, ctx: Context, server: str) -> str:
-        listed = _parsed(self._query(job, ctx, "-f", "json", "list-servers")) or {}
+        listed = parsed(self._query(job, ctx, "-f", "json", "list-servers")) or {}
         known = sorted(name for name in listed if not name.startswith("_"))
         return (
-            f"Barman server {server!r} is not configured in {_config_name(ctx.tool)} "
+            f"Barman server {server!r} is not configured in {config_name(ctx.tool)} "
             f"(known: {', '.join(known) or 'none'})"
         )
 
@@ -220,7 +216,7 @@ class BarmanAdapter:
         """'3.4.0' from `barman --version`; None if it cannot tell (the backup is still good)."""
         try:
             result = self._query(job, ctx, "--version")
-        except (OSError, InvalidJob):
+        except JobError:
             return None
         words = (result.stdout.text() or result.stderr.text()).split()
         return words[0] if result.ok and words else None
@@ -233,7 +229,7 @@ class BarmanAdapter:
         summary = f"barman backup {result.summary()}"
         if result.exit_code == 2:
             return Outcome.failure(
-                f"{summary}: Barman rejected the command line ({_last_lines(text)}); "
+                f"{summary}: Barman rejected the command line ({last_lines(text)}); "
                 f"check that {ctx.tool.path} is Barman 3.x",
                 retryable=False,
             )
@@ -258,8 +254,8 @@ class BarmanAdapter:
 
     def _failing_checks(self, job: ClaimedJob, ctx: Context, server: str) -> str:
         try:
-            answer = (_parsed(self._query(job, ctx, "-f", "json", "check", server)) or {}).get(server, {})
-        except (OSError, InvalidJob) as exc:
+            answer = (parsed(self._query(job, ctx, "-f", "json", "check", server)) or {}).get(server, {})
+        except JobError as exc:
             return f"(could not run barman check: {exc})"
         failing = [
             name.replace("_", " ") + (f" ({check['hint']})" if check.get("hint") else "")
@@ -270,36 +266,35 @@ class BarmanAdapter:
 
     def _verify(
         self, job: ClaimedJob, ctx: Context, server: str, backup_id: str, status: str, notes: Mapping[str, Any]
-    ) -> tuple[bool | None, str]:
-        """(True, how) verified; (False, why) not verifiable; (None, what failed) failed."""
+    ) -> Verification:
         if status != "DONE":
-            return False, (
+            return Verification.unverifiable(
                 f"not verified: the backup is {status} (wait = false); run barman verify-backup "
                 f"{server} {backup_id} once Barman has its WAL and marks it DONE"
             )
         if notes["compression"]:
-            return False, (
+            return Verification.unverifiable(
                 f"not verified: server {server!r} keeps backups compressed "
                 f"(backup_compression = {notes['compression']}), and pg_verifybackup reads plain ones only"
             )
         # verify-backup reads every file: give it the job's whole time, not a query's
         check = self._query(job, ctx, "-f", "json", "verify-backup", server, backup_id, timeout=float("inf"))
-        errors = [str(error).strip() for error in (_parsed(check) or {}).get("_ERROR", [])]
+        errors = [str(error).strip() for error in (parsed(check) or {}).get("_ERROR", [])]
         if check.ok and not errors:
-            return True, "barman verify-backup (pg_verifybackup of the backup_manifest)"
+            return Verification.passed("barman verify-backup (pg_verifybackup of the backup_manifest)")
         detail = " | ".join(errors) or failure_from(check, "barman verify-backup")
         if "pg_verifybackup not found" in detail:
-            return None, (
+            return Verification.failed(
                 f"Barman cannot find pg_verifybackup (path_prefix = {notes['path_prefix']}); set "
                 f"path_prefix = /usr/lib/postgresql/<version>/bin in the [{server}] section"
             )
         if re.search(r'backup_manifest".*No such file', detail):
-            return False, (
+            return Verification.unverifiable(
                 f"not verified: backup {backup_id} has no backup_manifest for pg_verifybackup "
                 f"(backup_method = {notes['backup_method']}, compression = {notes['compression']}); "
                 f"barman generate-manifest {server} {backup_id} can make one"
             )
-        return None, f"barman verify-backup {server} {backup_id} {check.summary()}: {detail}"
+        return Verification.failed(f"barman verify-backup {server} {backup_id} {check.summary()}: {detail}")
 
     def _success(
         self,
@@ -309,8 +304,7 @@ class BarmanAdapter:
         result: RunResult,
         backup_id: str,
         info: Mapping[str, Any],
-        verified: bool,
-        verification: str,
+        verification: Verification,
     ) -> Outcome:
         server = notes["server"]
         base = info.get("base_backup_information", {})
@@ -335,13 +329,13 @@ class BarmanAdapter:
             "checksum_note": _NO_CHECKSUM,
             "duration_seconds": round(result.duration, 3),
         }
-        metadata["verified_by" if verified else "verification"] = verification
+        metadata.update(verification.facts())
         if notes["reuse_backup"] is not None:
             metadata["reuse_backup"] = dict(notes["reuse_backup"])
         reuse = notes["reuse_backup"] or {}
         message = (
             f"barman backup {result.summary()}: {server}/{backup_id} {info.get('status')}, {size} bytes, "
-            + ("verified" if verified else verification)
+            + verification.summary
             + (f"; reuse-backup={reuse['requested']} ignored: {reuse['reason']}" if reuse.get("reason") else "")
         )
         return Outcome.success(
@@ -352,30 +346,9 @@ class BarmanAdapter:
             compressed_size=size if compression else None,
             compression_type=compression or "none",
             checksum=None,
-            verified=verified,
+            verified=verification.verified,
             metadata=metadata,
         )
-
-
-def restore_argv(tool: ToolConfig, location: str, target_dir: str) -> list[str]:
-    """`barman [-c CFG] recover SERVER BACKUP_ID TARGET_DIR` for a barman://SERVER/BACKUP_ID location.
-
-    A local recovery (no --remote-ssh-command): run it as Barman's user (the tool's run_as), so
-    the files it writes are owned by barman; chown -R them to the PostgreSQL user before starting
-    the cluster. Recovering to the end of the backup (no --target-*), Barman 3.4 also copies the
-    WAL segments from begin_wal to end_wal into TARGET_DIR/pg_wal, so the cluster reaches a
-    consistent state by itself: no --get-wal, restore_command or recovery.signal is needed.
-    The restored postgresql.conf is the source's (its port, unix_socket_directories): override
-    them (`pg_ctl -o "-p PORT -k DIR"`) to start it on the same host. Barman creates TARGET_DIR
-    if missing and writes over what it holds: the caller makes sure it is new or empty.
-    Raises ValueError for a location that is not barman://SERVER/BACKUP_ID or a relative target.
-    """
-    match = LOCATION.fullmatch(location)
-    if not match or not NAME_PATTERN.fullmatch(match["server"]) or not BACKUP_ID.fullmatch(match["backup_id"]):
-        raise ValueError(f"{location!r} is not a Barman backup location (barman://SERVER/YYYYMMDDTHHMMSS)")
-    if not os.path.isabs(target_dir):
-        raise ValueError(f"restore target {target_dir!r} is not an absolute path")
-    return _barman(tool, "recover", match["server"], match["backup_id"], target_dir)
 
 
 @dataclass(frozen=True)
@@ -391,7 +364,7 @@ class BarmanParams:
     def parse(cls, params: Mapping[str, Any]) -> BarmanParams:
         server = param_text(params, "server", NAME_PATTERN, "a Barman server name: 1-63 letters, digits, _ . -")
         if server.lower() in RESERVED_SERVERS:
-            raise InvalidJob(
+            raise invalid(
                 f"parameter server: {server!r} is reserved by Barman "
                 f"(allowed: the name of one server section, not {' or '.join(RESERVED_SERVERS)})"
             )
@@ -399,36 +372,3 @@ class BarmanParams:
         if reuse is not None:
             reuse = REUSE_BACKUP.parse(params, "reuse_backup")
         return cls(server, param_bool(params, "wait", True), reuse)
-
-
-def _barman(tool: ToolConfig, *args: str) -> list[str]:
-    """`barman [-c CFG] ARGS`: -c and -f are global options, before the sub-command."""
-    return [tool.executable(), *(["-c", tool.config] if tool.config else []), *args]
-
-
-def _parsed(result: RunResult) -> dict[str, Any] | None:
-    """The JSON object a `barman -f json` run printed; None if it printed none, or not all of it."""
-    if result.stdout.dropped:
-        return None
-    try:
-        answer = json.loads(result.stdout.text() or "{}")
-    except ValueError:
-        return None
-    return answer if isinstance(answer, dict) else None
-
-
-def _config_name(tool: ToolConfig) -> str:
-    return tool.config or "Barman's default configuration (~/.barman.conf, /etc/barman.conf)"
-
-
-def _new_backup(after: set[str], before: tuple[str, ...], stdout: str) -> str | None:
-    """The backup this run made: the new id Barman named when it started, else the only new id."""
-    new = set(after) - set(before)
-    named = _STARTED.search(stdout)
-    if named and named.group(1) in new:
-        return named.group(1)
-    return new.pop() if len(new) == 1 else None
-
-
-def _last_lines(text: str, count: int = 3) -> str:
-    return " | ".join(line.strip() for line in text.strip().splitlines()[-count:])

@@ -11,9 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import invalid
+from ..libpq import libpq_env
 from ..queue import ClaimedJob
 from ..runner import RunResult
-from .base import Context, InvalidJob, Invocation, Outcome, failure_from, libpq_env, spec_params, tool_run
+from .base import Context, Invocation, Outcome, failure_from, tool_run
+from .params import spec_params
 
 # as pggit.enqueue_backup_job checks p_command
 _COMMAND = re.compile(r"[^\x00-\x1f\x7f;|&$`<>\\*?(){}]{1,4096}")
@@ -34,13 +37,13 @@ class CustomParams:
     def parse(cls, params: Mapping[str, Any]) -> CustomParams:
         command = params.get("command")
         if not isinstance(command, str) or not _COMMAND.fullmatch(command):
-            raise InvalidJob(f"parameter command: {command!r} is not allowed (allowed: {_COMMAND_ALLOWED})")
+            raise invalid(f"parameter command: {command!r} is not allowed (allowed: {_COMMAND_ALLOWED})")
         try:
             argv = shlex.split(command)
         except ValueError as exc:
-            raise InvalidJob(f"command cannot be split into words ({exc}): {command!r}") from exc
+            raise invalid(f"command cannot be split into words ({exc}): {command!r}") from exc
         if not argv:
-            raise InvalidJob(f"parameter command: is empty (allowed: {_COMMAND_ALLOWED})")
+            raise invalid(f"parameter command: is empty (allowed: {_COMMAND_ALLOWED})")
         return cls(tuple(argv))
 
 
@@ -81,4 +84,4 @@ def resolve_allowed(word: str, allowed: tuple[str, ...]) -> str:
         matches = [path for path in allowed if os.path.basename(path) == word]
         if len(matches) == 1:
             return matches[0]
-    raise InvalidJob(f"command not allowed by configuration: {word} (tools.custom.allowed_commands: {listing})")
+    raise invalid(f"command not allowed by configuration: {word} (tools.custom.allowed_commands: {listing})")

@@ -1,4 +1,5 @@
-"""pg_dump: a logical backup of the queue's database (or one schema of it).
+"""pg_dump: a logical backup of the queue's database (or one schema of it), and its restore
+with pg_restore (psql for a plain dump) into an empty database.
 
 The dump is written under a temporary name and renamed only once pg_dump succeeded and the
 archive was read back in full, so a file with the final name is always a complete dump.
@@ -16,52 +17,37 @@ from types import MappingProxyType
 from typing import Any
 
 import psycopg2
-from psycopg2 import sql
-from psycopg2.extensions import connection
 
-from ..queue import ClaimedJob
-from ..rows import one_row
-from ..runner import RunResult
-from .base import (
-    Choice,
-    Context,
-    IntRange,
-    InvalidJob,
-    Invocation,
-    Outcome,
-    Parameter,
+from ..config import ToolConfig
+from ..errors import invalid
+from ..files import (
+    Checkpoint,
     allowed_output_dir,
-    backup_stem,
-    failure_from,
-    libpq_env,
+    give_to,
     open_regular,
-    param_dir,
-    param_text,
     partial_path,
     prepare_output_dir,
-    run_check,
+    remove_path,
     sha256_of,
-    spec_params,
-    tool_run,
 )
+from ..libpq import libpq_env
+from ..queue import ClaimedJob
+from ..runner import RunResult
+from .base import Context, Invocation, Outcome, Verification, backup_stem, failure_from, run_check, tool_run
+from .params import Choice, IntRange, Parameter, param_dir, param_text, spec_params
+from .pg_dump_snapshot import RLS_REFUSED, open_snapshot
+from .restoring import Backup, RestorePlan, RestoresInto, RestoreTarget, confine
 
 FORMATS = {"custom": ".dump", "directory": "", "tar": ".tar", "plain": ".sql"}
+DUMP_FORMATS = tuple(FORMATS)
 # the values pggit.backup_pg_dump validates (p_format, p_options.compression_level, .jobs)
-FORMAT = Choice(tuple(FORMATS))
+FORMAT = Choice(DUMP_FORMATS)
 COMPRESSION_LEVEL = IntRange(0, 9)
 JOBS = IntRange(1, 64)
 PARAMETERS: Mapping[str, Parameter] = MappingProxyType(
     {"format": FORMAT, "compression_level": COMPRESSION_LEVEL, "jobs": JOBS}
 )
 SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # as pggit.backup_pg_dump's p_schema
-# The snapshot session runs no code but the server's own: policies raise instead of running
-# (row_security = off, as pg_dump does), and only pg_catalog resolves functions and operators.
-SNAPSHOT_OPTIONS = "-c statement_timeout=120s -c lock_timeout=10s -c row_security=off -c search_path=pg_catalog,pg_temp"
-_RLS_REFUSED = "would be affected by row-level security policy"
-# Row counts for the restore drill are taken only up to this database size: counting is a full
-# scan of every table, which on a large database would double the backup's I/O.
-ROW_COUNT_MAX_BYTES = 2 << 30
-ROW_COUNT_MAX_TABLES = 1000
 _PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
 
 
@@ -81,13 +67,13 @@ class DumpParams:
         fmt = FORMAT.parse(params, "format")
         level = COMPRESSION_LEVEL.parse(params, "compression_level")
         if level is not None and fmt == "tar":
-            raise InvalidJob(
+            raise invalid(
                 "parameter compression_level: pg_dump cannot compress the tar format "
                 "(allowed: custom, directory or plain format)"
             )
         jobs = JOBS.parse(params, "jobs")
         if jobs is not None and fmt in ("tar", "plain"):
-            raise InvalidJob(f"parameter jobs: not possible with the {fmt} format (allowed: directory, custom)")
+            raise invalid(f"parameter jobs: not possible with the {fmt} format (allowed: directory, custom)")
         schema = param_text(
             params, "schema", SCHEMA_NAME, "the exact name of a schema (letters, digits, _)", required=False
         )
@@ -96,6 +82,7 @@ class DumpParams:
 
 class PgDumpAdapter:
     name = "pg_dump"
+    restores_into: RestoresInto = "database"
 
     def prepare(self, job: ClaimedJob, ctx: Context) -> Invocation:
         params = DumpParams.parse(spec_params(job))
@@ -104,7 +91,7 @@ class PgDumpAdapter:
         prepare_output_dir(directory, ctx.tool)
         suffix = FORMATS[fmt] + (".gz" if fmt == "plain" and level else "")
         final = os.path.join(directory, backup_stem(job, ctx.now) + suffix)
-        partial = partial_path(directory, job, suffix)
+        partial = partial_path(directory, job.job_id, suffix)
 
         argv = [ctx.tool.executable(), f"--format={fmt}", f"--file={partial}", "--no-password"]
         if params.schema:
@@ -115,26 +102,20 @@ class PgDumpAdapter:
         if params.jobs and fmt == "directory":
             argv.append(f"--jobs={params.jobs}")
         run = tool_run(ctx, job, argv, libpq_env(ctx.config.dsn, job.database_name), cwd=directory)
-        snapshot = open_snapshot(ctx.config.dsn, job.database_name, params.schema)
+        snapshot = open_snapshot(ctx.config.dsn, job.database_name, params.schema, ctx.checkpoint)
         argv.append(f"--snapshot={snapshot.snapshot_id}")
         return Invocation(
             replace(run, argv=tuple(argv)),
-            {
-                "format": fmt,
-                "final": final,
-                "partial": partial,
-                "compression_level": level,
-                "jobs": params.jobs,
-                "snapshot": snapshot,
-            },
+            {"params": params, "final": final, "partial": partial, "snapshot": snapshot},
         )
 
     def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
         notes = invocation.notes
+        params: DumpParams = notes["params"]
         notes["snapshot"].close()
         if not result.ok:
             self.discard(invocation)
-            if _RLS_REFUSED in result.stderr.text():
+            if RLS_REFUSED in result.stderr.text():
                 return Outcome.failure(
                     failure_from(result, "pg_dump") + " -- the service's login cannot read "
                     "a table with row-level security; pg_dump needs a login with BYPASSRLS "
@@ -142,66 +123,150 @@ class PgDumpAdapter:
                     retryable=False,
                 )
             return Outcome.failure(failure_from(result, "pg_dump"))
-        problem = self._verify(job, invocation, ctx)
-        if problem:
+        verification = self._verify(job, params.format, notes["partial"], ctx)
+        if not verification.verified:
             self.discard(invocation)
-            return Outcome.failure(f"verification failed: {problem}")
+            return verification.failure()
         # hashed under the temporary name: a stop while hashing leaves no file with the final name
-        checksum, size, files = sha256_of(notes["partial"], ctx)
+        checksum, size, files = sha256_of(notes["partial"], ctx.checkpoint)
         os.rename(notes["partial"], notes["final"])
-        compression = _compression(notes["format"], notes["compression_level"])
+        compression = _compression(params.format, params.compression_level)
         metadata = {
             "file": notes["final"],
-            "format": notes["format"],
-            "verified_by": self._verifier(notes),
+            "format": params.format,
+            **verification.facts(),
             "duration_seconds": round(result.duration, 3),
         }
         if files:
             metadata["files"] = files
-        if notes["jobs"]:
-            metadata["restore_jobs"] = notes["jobs"]
+        if params.jobs:
+            metadata["restore_jobs"] = params.jobs
         metadata.update(notes["snapshot"].facts())
         return Outcome.success(
-            f"pg_dump {result.summary()}, {size} bytes, verified",
+            f"pg_dump {result.summary()}, {size} bytes, {verification.summary}",
             backup_size=size,
             compressed_size=size if compression != "none" else None,
             compression_type=compression,
             checksum=checksum,
-            verified=True,
+            verified=verification.verified,
             location=f"file://{notes['final']}",
             metadata=metadata,
         )
 
     def discard(self, invocation: Invocation) -> None:
         invocation.notes["snapshot"].close()
-        partial = invocation.notes["partial"]
-        if os.path.isdir(partial):
-            shutil.rmtree(partial, ignore_errors=True)
-        elif os.path.lexists(partial):
-            os.unlink(partial)
+        remove_path(invocation.notes["partial"])
 
-    @staticmethod
-    def _verifier(notes: Mapping[str, Any]) -> str:
-        return "plain trailer" if notes["format"] == "plain" else "pg_restore --file=/dev/null"
-
-    def _verify(self, job: ClaimedJob, invocation: Invocation, ctx: Context) -> str | None:
+    def _verify(self, job: ClaimedJob, fmt: str, partial: str, ctx: Context) -> Verification:
         """Read the whole archive back: pg_restore --list alone passes a truncated file."""
-        notes = invocation.notes
-        if notes["format"] == "plain":
-            return _check_plain_trailer(notes["partial"], ctx)
+        if fmt == "plain":
+            problem = _check_plain_trailer(partial, ctx.checkpoint)
+            return Verification.failed(problem) if problem else Verification.passed("plain trailer")
         pg_restore = os.path.join(os.path.dirname(ctx.tool.executable()), "pg_restore")
-        check = run_check(ctx, job, [pg_restore, "--file=/dev/null", notes["partial"]], {})
-        return None if check.ok else failure_from(check, "pg_restore")
+        check = run_check(ctx, job, [pg_restore, "--file=/dev/null", partial], {})
+        if not check.ok:
+            return Verification.failed(failure_from(check, "pg_restore"))
+        return Verification.passed("pg_restore --file=/dev/null")
+
+    # -- restore: into an empty database ----------------------------------------------------
+
+    def restore_plan(self, backup: Backup, tool: ToolConfig, target: RestoreTarget) -> RestorePlan:
+        """pg_restore (psql for a plain dump) as the tool's user into the target database;
+        `tool.path` names the client binaries' directory. A gzip'd plain dump is decompressed
+        into target.scratch first (psql reads plain SQL only)."""
+        if target.dsn is None:
+            raise invalid("a pg_dump backup is restored into a database: give --target-dsn")
+        source = target.source or confine(backup, tool)
+        fmt = dump_format(backup)
+        env = libpq_env(target.dsn)
+        dbname = env.pop("PGDATABASE", None) or "postgres"
+        compressed_script = fmt == "plain" and source.endswith(".gz")
+        if compressed_script:
+            if target.scratch is None:
+                raise invalid(f"backup {backup.backup_id}: a compressed plain dump needs a scratch directory")
+            script = os.path.join(target.scratch, "dump.sql")
+        argv = dump_restore_argv(
+            backup, os.path.dirname(tool.path or "/usr/bin/pg_dump"), script if compressed_script else source, dbname
+        )
+        jobs = restore_jobs(backup, target.jobs)
+        if jobs and fmt in ("custom", "directory"):
+            argv.insert(-1, f"--jobs={jobs}")
+        target_dsn = target.dsn
+
+        def setup() -> None:
+            prepare_target_database(target_dsn, backup)
+            if compressed_script:
+                decompress(source, script, tool.run_as)
+
+        return RestorePlan.of(tool, [argv], env, setup=setup)
 
 
-def _check_plain_trailer(path: str, ctx: Context | None = None) -> str | None:
+def dump_format(backup: Backup) -> str:
+    """The dump's format as recorded; anything else is refused before an argv is built."""
+    fmt = backup.metadata.get("format") or "custom"
+    if fmt not in DUMP_FORMATS:
+        raise invalid(
+            f"backup {backup.backup_id}: metadata.format {str(fmt)[:40]!r} is not one of {', '.join(DUMP_FORMATS)}"
+        )
+    return fmt
+
+
+def restore_jobs(backup: Backup, jobs: int | None) -> int | None:
+    value = jobs if jobs is not None else backup.metadata.get("restore_jobs")
+    if value is None:
+        return None
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 64:
+        raise invalid(
+            f"backup {backup.backup_id}: restore jobs {str(value)[:20]!r} is not a number of "
+            "parallel jobs (allowed: 1-64)"
+        )
+    return number
+
+
+def dump_restore_argv(backup: Backup, bin_dir: str, source: str, dbname: str) -> list[str]:
+    """pg_restore (or psql for a plain dump, given its decompressed script) into `dbname`."""
+    if not os.path.isabs(source):
+        raise invalid(f"backup {backup.backup_id}: {source!r} is not an absolute path")
+    if dump_format(backup) == "plain":
+        psql = os.path.join(bin_dir, "psql")
+        return [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-d", dbname, "-f", source]
+    return [os.path.join(bin_dir, "pg_restore"), "--exit-on-error", "--no-owner", f"--dbname={dbname}", source]
+
+
+def prepare_target_database(dsn: str, backup: Backup) -> None:
+    """A dump of the public schema alone starts with CREATE SCHEMA public, which an empty new
+    database already has: drop that empty schema first (the target was checked empty)."""
+    if (backup.metadata.get("params") or {}).get("schema") != "public":
+        return
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DROP SCHEMA IF EXISTS public")
+    finally:
+        conn.close()
+
+
+def decompress(source: str, script: str, run_as: str | None) -> None:
+    """The gzip'd plain dump `source` as plain SQL in `script`, given to `run_as`."""
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    with gzip.open(os.fdopen(fd, "rb"), "rb") as compressed, open(script, "xb") as target:
+        shutil.copyfileobj(compressed, target)
+    give_to(script, run_as)
+
+
+def _check_plain_trailer(path: str, checkpoint: Checkpoint | None = None) -> str | None:
     try:
         with open_regular(path) as raw, gzip.open(raw, "rb") if path.endswith(".gz.partial") else raw as handle:
             tail = b""
             while chunk := handle.read(1 << 20):
                 tail = (tail + chunk)[-4096:]
-                if ctx is not None:
-                    ctx.checkpoint()
+                if checkpoint is not None:
+                    checkpoint()
     except (OSError, EOFError) as exc:
         return f"cannot read {path}: {exc}"
     return None if _PLAIN_TRAILER in tail else "the dump does not end with pg_dump's completion line"
@@ -211,101 +276,3 @@ def _compression(fmt: str, level: int | None) -> str:
     if fmt == "tar" or level == 0 or (fmt == "plain" and not level):
         return "none"
     return "gzip"
-
-
-class Snapshot:
-    """A transaction whose snapshot pg_dump shares (--snapshot): the row counts recorded for the
-    restore drill are those of exactly the data in the dump. Held open until pg_dump is done."""
-
-    def __init__(
-        self,
-        conn: connection,
-        snapshot_id: str,
-        counts: dict[str, int] | None,
-        skipped: str | None,
-        uncounted: dict[str, str] | None = None,
-    ) -> None:
-        self.conn = conn
-        self.snapshot_id = snapshot_id
-        self.counts = counts
-        self.skipped = skipped
-        self.uncounted = uncounted or {}
-
-    def facts(self) -> dict:
-        if self.counts is None:
-            return {"row_counts_skipped": self.skipped}
-        facts: dict[str, Any] = {"row_counts": self.counts}
-        if self.uncounted:
-            facts["row_counts_uncounted"] = self.uncounted
-        return facts
-
-    def close(self) -> None:
-        if not self.conn.closed:
-            self.conn.close()
-
-
-def open_snapshot(dsn: str, dbname: str, schema: str | None) -> Snapshot:
-    """Exports the snapshot pg_dump will use and counts each table's rows in it.
-
-    Every object of the database may belong to someone else, so the session runs none of
-    their code: with row_security = off a table whose policies would apply raises instead of
-    running its owner's policy functions, and that table is recorded as not counted (with why);
-    search_path is pg_catalog only and every name is qualified, so no function, operator or cast
-    of another schema is picked. count(*) of a plain table runs nothing else."""
-    conn = psycopg2.connect(
-        dsn, dbname=dbname, application_name="pggit-supervisor snapshot", connect_timeout=10, options=SNAPSHOT_OPTIONS
-    )
-    try:
-        conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT pg_catalog.pg_export_snapshot(), pg_catalog.pg_database_size(pg_catalog.current_database())"
-            )
-            snapshot_id, size = one_row(cur)
-            if size > ROW_COUNT_MAX_BYTES:
-                return Snapshot(conn, snapshot_id, None, f"database larger than {ROW_COUNT_MAX_BYTES >> 30} GiB")
-            cur.execute(
-                """SELECT n.nspname::text, c.relname::text
-                             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                            WHERE c.relkind = 'r' AND n.nspname <> ALL (ARRAY['pg_catalog', 'information_schema'])
-                              AND pg_catalog.left(n.nspname::text, 3) <> 'pg_'
-                              AND (%(schema)s::text IS NULL OR n.nspname::text = %(schema)s::text)
-                              AND pg_catalog.has_table_privilege(c.oid, 'SELECT')
-                            ORDER BY 1, 2 LIMIT %(limit)s::integer""",
-                {"schema": schema, "limit": ROW_COUNT_MAX_TABLES + 1},
-            )
-            tables = cur.fetchall()
-            if len(tables) > ROW_COUNT_MAX_TABLES:
-                return Snapshot(conn, snapshot_id, None, f"more than {ROW_COUNT_MAX_TABLES} tables")
-            counts: dict[str, int] = {}
-            uncounted: dict[str, str] = {}
-            for nspname, relname in tables:
-                name = f"{nspname}.{relname}"
-                # a savepoint per table: one refused count leaves the snapshot's transaction usable
-                cur.execute("SAVEPOINT count_one")
-                try:
-                    cur.execute(
-                        sql.SQL("SELECT pg_catalog.count(*) FROM {}.{}").format(
-                            sql.Identifier(nspname), sql.Identifier(relname)
-                        )
-                    )
-                    counts[name] = one_row(cur)[0]
-                    cur.execute("RELEASE SAVEPOINT count_one")
-                except psycopg2.Error as exc:
-                    cur.execute("ROLLBACK TO SAVEPOINT count_one")
-                    uncounted[name] = _why_uncounted(exc)
-        return Snapshot(conn, snapshot_id, counts, None, uncounted)
-    except BaseException:
-        conn.close()
-        raise
-
-
-def _why_uncounted(exc: psycopg2.Error) -> str:
-    message = ((exc.diag.message_primary or str(exc)).strip().splitlines() or ["no message"])[0][:200]
-    # 42501 with SELECT granted (the tables were chosen by has_table_privilege): row security
-    if exc.pgcode == "42501" or _RLS_REFUSED in message:
-        return (
-            "row-level security: the policies of its owner would apply to this login, "
-            f"and they are never run ({message})"
-        )
-    return message

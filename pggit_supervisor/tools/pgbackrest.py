@@ -19,29 +19,18 @@ from types import MappingProxyType
 from typing import Any
 
 from ..config import ToolConfig
+from ..errors import JobError, invalid, transient
 from ..queue import ClaimedJob
-from ..runner import RunAsError, RunnerError, RunResult, ToolStartError
-from .base import (
-    NAME_PATTERN,
-    Choice,
-    Context,
-    IntRange,
-    InvalidJob,
-    Invocation,
-    Outcome,
-    Parameter,
-    failure_from,
-    param_text,
-    run_check,
-    spec_params,
-    tool_run,
-)
+from ..runner import RunnerError, RunResult
+from .base import Context, Invocation, Outcome, Verification, run_check, tool_run
+from .params import NAME_PATTERN, Choice, IntRange, Parameter, param_text, spec_params
+from .pgbackrest_exits import EXIT_CODES, config_shown, explain_exit
+from .restoring import Backup, RestorePlan, RestoresInto, RestoreTarget
 
 # the values pggit.backup_pgbackrest validates (p_backup_type, p_options.repo)
 TYPE = Choice(("full", "incr", "diff"))
 REPO = IntRange(1, 256)
 PARAMETERS: Mapping[str, Parameter] = MappingProxyType({"type": TYPE, "repo": REPO})
-DEFAULT_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 # `info` lists every backup of the stanza (about 600 bytes each): the runner's default 32 KiB
 # capture would cut the JSON of a stanza with a few dozen backups.
 CHECK_OUTPUT_LIMIT = 16 << 20
@@ -59,143 +48,25 @@ _CHECKSUM_NOTE = (
 )
 
 
-@dataclass(frozen=True)
-class ExitCode:
-    """What one of pgBackRest's exit codes means for the operator, and whether a retry can help."""
-
-    name: str
-    meaning: str  # may name {stanza}, {config}, {user}
-    retryable: bool
-
-
-# pgBackRest's exit code is its error code (src/build/error/error.yaml).
-EXIT_CODES: Mapping[int, ExitCode] = {
-    28: ExitCode("FileInvalidError", "a repository file is invalid (backup.info / archive.info damaged?)", False),
-    31: ExitCode(
-        "OptionInvalidError",
-        "invalid option: pgBackRest rejected an option of the command or of "
-        "{config}; check the [{stanza}] and [global] sections",
-        False,
-    ),
-    32: ExitCode(
-        "OptionInvalidValueError", "bad option value: check the job's type/repo and the values in {config}", False
-    ),
-    37: ExitCode(
-        "OptionRequiredError",
-        "a required option is missing: is there a [{stanza}] section with pg1-path in {config}?",
-        False,
-    ),
-    41: ExitCode(
-        "FileOpenError",
-        "cannot open a file: {user} must be able to read {config}, the data "
-        "directory and write the repository, lock-path and log-path",
-        False,
-    ),
-    44: ExitCode(
-        "ArchiveMismatchError",
-        "the stanza's archive does not match this database (a new initdb or "
-        "a major upgrade?): run pgbackrest --stanza={stanza} stanza-upgrade, or fix pg1-path",
-        False,
-    ),
-    46: ExitCode("VersionNotSupportedError", "this PostgreSQL version is not supported by this pgBackRest", False),
-    47: ExitCode(
-        "PathCreateError",
-        "cannot create a directory: {user} must be able to write the repository, lock-path and log-path",
-        False,
-    ),
-    49: ExitCode("HostConnectError", "cannot reach the repository or database host", True),
-    50: ExitCode(
-        "LockAcquireError",
-        "another pgBackRest process holds the stanza lock (another backup or "
-        "expire of stanza '{stanza}' is running); retry later",
-        True,
-    ),
-    51: ExitCode(
-        "BackupMismatchError",
-        "the stanza's backup history does not match this database: run "
-        "pgbackrest --stanza={stanza} stanza-upgrade, or fix pg1-path",
-        False,
-    ),
-    55: ExitCode(
-        "FileMissingError",
-        "a file pgBackRest needs is missing: {config} itself, or the stanza's "
-        "archive.info/backup.info (run pgbackrest --stanza={stanza} stanza-create)",
-        False,
-    ),
-    56: ExitCode(
-        "DbConnectError",
-        "cannot connect to PostgreSQL: is the server running, and are pg1-port / "
-        "pg1-socket-path in {config} right? {user} must be a database superuser role",
-        True,
-    ),
-    57: ExitCode("DbQueryError", "a query to PostgreSQL failed", True),
-    58: ExitCode(
-        "DbMismatchError",
-        "the database does not match the stanza (system id or version): run "
-        "pgbackrest --stanza={stanza} stanza-upgrade, or fix pg1-path",
-        False,
-    ),
-    62: ExitCode("StopError", "pgBackRest is stopped for this stanza: run pgbackrest --stanza={stanza} start", True),
-    63: ExitCode("TermError", "pgBackRest was terminated by a signal", True),
-    64: ExitCode("FileWriteError", "cannot write to the repository (disk full?)", True),
-    68: ExitCode(
-        "ArchiveCommandInvalidError",
-        "archive_command does not call pgbackrest: set archive_command = "
-        "'pgbackrest --stanza={stanza} archive-push %p' (plus --config if needed) and reload",
-        False,
-    ),
-    82: ExitCode(
-        "ArchiveTimeoutError",
-        "WAL did not reach the archive in time: check that archive_command "
-        "works (pg_stat_archiver.failed_count, the server log) and archive-timeout",
-        True,
-    ),
-    87: ExitCode(
-        "ArchiveDisabledError",
-        "archive_mode is off: set archive_mode = on (needs a restart) and "
-        "archive_command = 'pgbackrest --stanza={stanza} archive-push %p'",
-        False,
-    ),
-    88: ExitCode(
-        "FileOwnerError",
-        "a file has the wrong owner: run pgBackRest as the cluster's owner (tools.pgbackrest.run_as)",
-        False,
-    ),
-    101: ExitCode("ServiceError", "the repository storage service failed (e.g. an S3 5xx)", True),
-    103: ExitCode("RepoInvalidError", "no valid repository: check repo settings in {config} and the job's repo", False),
-    105: ExitCode("AccessError", "the repository storage refused access: check its credentials in {config}", False),
-}
-
-
 # pgBackRest's backup types as pggit.backups.backup_type names them
 BACKUP_TYPES = {"full": "full", "incr": "incremental", "diff": "differential"}
 
 
-class PgBackRestError(Exception):
-    """A pgBackRest command of this job failed; `retryable` says whether trying again can help."""
-
-    def __init__(self, message: str, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
+__all__ = ["EXIT_CODES", "PARAMETERS", "BackRestParams", "PgBackRestAdapter", "explain_exit", "restore_argv"]
 
 
 class PgBackRestAdapter:
     name = "pgbackrest"
+    restores_into: RestoresInto = "directory"
 
     def prepare(self, job: ClaimedJob, ctx: Context) -> Invocation:
         params = BackRestParams.parse(spec_params(job))
         stanza, kind, repo = params.stanza, params.type, params.repo
-        try:
-            entry = self._info(job, ctx, stanza, repo)
-        except PgBackRestError as exc:
-            if not exc.retryable:
-                raise InvalidJob(str(exc)) from None
-            # the worker records an OSError from prepare as a retryable failure
-            raise OSError(str(exc)) from None
+        entry = self._info(job, ctx, stanza, repo)  # a JobError that says whether a retry can help
         code = (entry or {}).get("status", {}).get("code")
         if entry is None or code in (1, 3):  # missing stanza path / missing stanza data
-            shown = _config_shown(ctx.tool)
-            raise InvalidJob(
+            shown = config_shown(ctx.tool)
+            raise invalid(
                 f"pgBackRest stanza '{stanza}' does not exist in {shown}: run stanza-create "
                 f"(as {ctx.tool.run_as or 'the cluster owner'}: "
                 f"{' '.join(_command(ctx.tool, stanza, None))} stanza-create)"
@@ -215,12 +86,21 @@ class PgBackRestAdapter:
             return Outcome.failure(message, retryable)
         try:
             return self._record(job, notes, result, ctx)
-        except PgBackRestError as exc:
-            return Outcome.failure(str(exc), exc.retryable)
+        except JobError as exc:
+            return Outcome.failure(exc.message, exc.retryable)
 
     def discard(self, invocation: Invocation) -> None:
         """Nothing to remove: a stopped backup leaves only pgBackRest's own partial backup in the
         repository, which the next backup of the stanza resumes or deletes."""
+
+    def restore_plan(self, backup: Backup, tool: ToolConfig, target: RestoreTarget) -> RestorePlan:
+        """`pgbackrest restore` of the backup's set into target.directory, as the tool's user;
+        shown first, run only when asked (it reads pgBackRest's repository, not a file of ours)."""
+        if target.directory is None:
+            raise invalid(f"a {self.name} backup is restored into a directory: give --target-dir")
+        repo = backup.metadata.get("repo")
+        argv = restore_argv(tool, backup.location, target.directory, repo=repo if isinstance(repo, int) else None)
+        return RestorePlan.of(tool, [argv], ask_first=True)
 
     # -- after a successful run --------------------------------------------------------------
 
@@ -236,8 +116,8 @@ class PgBackRestAdapter:
         backup = self._backup(job, ctx, stanza, repo, label)
         manifest = self._manifest(job, ctx, stanza, repo, label)
         verification = self._verify(job, ctx, stanza, repo, backup)
-        if not verification["ok"]:
-            return Outcome.failure(f"verification failed: {verification['problem']}")
+        if not verification.verified:
+            return verification.failure()
 
         info = backup.get("info", {})
         repository = info.get("repository", {})
@@ -268,8 +148,7 @@ class PgBackRestAdapter:
             "checksum_note": _CHECKSUM_NOTE
             if manifest.get("checksum")
             else f"no checksum recorded: {manifest.get('problem', 'the manifest has none')}",
-            "verification": verification["report"],
-            "verified": True,
+            **verification.facts(),
             "duration_seconds": round(result.duration, 3),
         }
         warnings = [line.strip() for line in result.stderr.text().splitlines() if "WARN:" in line][:10]
@@ -283,7 +162,7 @@ class PgBackRestAdapter:
         return Outcome.success(
             f"pgBackRest {made} backup {label} of stanza '{stanza}'{promoted}: {info.get('size')} bytes, "
             f"{repository.get('delta')} stored; {result.summary()}; verified by pgbackrest verify "
-            f"({verification['report']['scope']})",
+            f"({verification.details['scope']})",
             backup_size=info.get("size"),
             compressed_size=repository.get("size"),
             compression_type=manifest.get("compression_type"),
@@ -299,12 +178,11 @@ class PgBackRestAdapter:
     def _run(self, job: ClaimedJob, ctx: Context, argv: list[str]) -> RunResult:
         try:
             result = run_check(ctx, job, argv, {}, output_limit=CHECK_OUTPUT_LIMIT)
-        except RunnerError as exc:
-            fatal = isinstance(exc, (RunAsError, ToolStartError))
-            raise PgBackRestError(f"cannot run pgbackrest {_command_of(argv)}: {exc}", retryable=not fatal) from None
+        except RunnerError as exc:  # the runner says whether a retry can help
+            raise JobError(f"cannot run pgbackrest {_command_of(argv)}: {exc}", retryable=exc.retryable) from None
         if not result.ok:
             message, retryable = explain_exit(result, _command_of(argv), _stanza_of(argv), ctx.tool)
-            raise PgBackRestError(message, retryable)
+            raise JobError(message, retryable=retryable)
         return result
 
     def _info(
@@ -318,9 +196,8 @@ class PgBackRestAdapter:
         try:
             stanzas = json.loads(output.text())
         except ValueError:
-            raise PgBackRestError(
-                f"pgbackrest info printed no valid JSON ({output.total_bytes} bytes: {output.text()[:200]!r})",
-                retryable=True,
+            raise transient(
+                f"pgbackrest info printed no valid JSON ({output.total_bytes} bytes: {output.text()[:200]!r})"
             ) from None
         return next((s for s in stanzas if isinstance(s, dict) and s.get("name") == stanza), None)
 
@@ -329,7 +206,7 @@ class PgBackRestAdapter:
         found = [b for b in entry.get("backup", []) if b.get("label") == label]
         if not found:
             status = entry.get("status", {}).get("message", "stanza not listed")
-            raise PgBackRestError(f"pgbackrest info --set={label} found no such backup ({status})", retryable=True)
+            raise transient(f"pgbackrest info --set={label} found no such backup ({status})")
         return found[0]
 
     def _manifest(self, job: ClaimedJob, ctx: Context, stanza: str, repo: int | None, label: str) -> dict[str, Any]:
@@ -338,7 +215,7 @@ class PgBackRestAdapter:
         argv = _command(ctx.tool, stanza, repo) + ["repo-get", f"backup/{stanza}/{label}/backup.manifest"]
         try:
             text = self._run(job, ctx, argv).stdout.text()
-        except PgBackRestError as exc:
+        except JobError as exc:
             return {"problem": f"the manifest could not be read: {exc}"}
         values = manifest_values(
             text,
@@ -360,25 +237,15 @@ class PgBackRestAdapter:
 
     def _verify(
         self, job: ClaimedJob, ctx: Context, stanza: str, repo: int | None, backup: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    ) -> Verification:
         """`pgbackrest verify` of the whole stanza: 2.45's --set is marked internal and ignores an
         unknown label, and verify exits 0 even when it finds damage, so its text report is read."""
         argv = _command(ctx.tool, stanza, repo) + ["--output=text", "--verbose", "verify"]
         try:
             report = self._run(job, ctx, argv).stdout.text()
-        except PgBackRestError as exc:
-            return {"ok": False, "problem": str(exc)}
+        except JobError as exc:
+            return Verification.failed(str(exc))
         return judge_verify(report, backup["label"], backup.get("reference") or [])
-
-
-def explain_exit(result: RunResult, command: str, stanza: str, tool: ToolConfig) -> tuple[str, bool]:
-    """(message, retryable) for a pgBackRest command that did not exit 0."""
-    what = f"pgBackRest {command} of stanza '{stanza}'"
-    known = EXIT_CODES.get(result.exit_code) if result.exit_code is not None and not result.timed_out else None
-    if known is None:
-        return f"{what} failed: {failure_from(result, 'pgbackrest')}", True
-    meaning = known.meaning.format(stanza=stanza, config=_config_shown(tool), user=tool.run_as or "the service user")
-    return f"{what} failed: {meaning} [{known.name}, {failure_from(result, 'pgbackrest')}]", known.retryable
 
 
 def new_label(before: Sequence[str], after: Sequence[str], output: str) -> str | None:
@@ -408,7 +275,7 @@ def manifest_values(text: str, wanted: set[tuple[str, str]]) -> dict[tuple[str, 
     return found
 
 
-def judge_verify(report: str, label: str, references: Sequence[str]) -> dict[str, Any]:
+def judge_verify(report: str, label: str, references: Sequence[str]) -> Verification:
     """Reads `verify --output=text --verbose`. The backup passes when it and every backup it
     references are valid and no WAL of the stanza is missing or damaged; damage in unrelated
     older backups is recorded but does not fail this one."""
@@ -434,7 +301,7 @@ def judge_verify(report: str, label: str, references: Sequence[str]) -> dict[str
                 if current.startswith("archive "):
                     wal_problems.append(f"{current}: {details[current]}")
     if overall is None:
-        return {"ok": False, "problem": f"pgbackrest verify printed no report: {report.strip()[:300]!r}"}
+        return Verification.failed(f"pgbackrest verify printed no report: {report.strip()[:300]!r}")
     needed = [label] + [ref for ref in references if ref != label]
     bad = [
         f"backup {name} is {backups.get(name, 'not reported')}" + (f" ({details[name]})" if name in details else "")
@@ -442,33 +309,31 @@ def judge_verify(report: str, label: str, references: Sequence[str]) -> dict[str
         if backups.get(name) != "valid"
     ]
     if bad or wal_problems:
-        return {"ok": False, "problem": "pgbackrest verify: " + "; ".join(bad + wal_problems)}
+        return Verification.failed("pgbackrest verify: " + "; ".join(bad + wal_problems))
     others = {
         name: f"{status} ({details[name]})"
         for name, status in backups.items()
         if status != "valid" and name not in needed
     }
-    return {
-        "ok": True,
-        "report": {
-            "tool": "pgbackrest verify",
-            "scope": "whole stanza",
-            "why_whole_stanza": "pgBackRest 2.45 marks verify --set internal and ignores an unknown label",
-            "stanza_status": overall,
-            "backup_status": backups[label],
-            "backup_detail": details[label],
-            "references_valid": needed[1:],
-            "other_invalid_backups": others,
-        },
-    }
+    return Verification.passed(
+        "pgbackrest verify",
+        tool="pgbackrest verify",
+        scope="whole stanza",
+        why_whole_stanza="pgBackRest 2.45 marks verify --set internal and ignores an unknown label",
+        stanza_status=overall,
+        backup_status=backups[label],
+        backup_detail=details[label],
+        references_valid=needed[1:],
+        other_invalid_backups=others,
+    )
 
 
 def parse_location(location: str) -> tuple[str, str]:
-    """(stanza, label) of a `pgbackrest://STANZA/LABEL` location; ValueError otherwise."""
+    """(stanza, label) of a `pgbackrest://STANZA/LABEL` location; refused for good otherwise."""
     prefix = "pgbackrest://"
     stanza, _, label = location[len(prefix) :].partition("/") if location.startswith(prefix) else ("", "", "")
     if not NAME_PATTERN.fullmatch(stanza) or not _LABEL.fullmatch(label):
-        raise ValueError(
+        raise invalid(
             f"not a pgBackRest backup location: {location!r} "
             "(expected pgbackrest://STANZA/LABEL, e.g. pgbackrest://main/20250101-000000F)"
         )
@@ -485,7 +350,7 @@ def restore_argv(tool: ToolConfig, location: str, target_dir: str, *, repo: int 
     """
     stanza, label = parse_location(location)
     if not target_dir.startswith("/"):
-        raise ValueError(f"restore target must be an absolute directory, got {target_dir!r}")
+        raise invalid(f"restore target must be an absolute directory, got {target_dir!r}")
     target = target_dir.rstrip("/") or "/"
     argv = _command(tool, stanza, repo) + [
         f"--pg1-path={target}",
@@ -522,10 +387,6 @@ def _command_of(argv: Sequence[str]) -> str:
 
 def _stanza_of(argv: Sequence[str]) -> str:
     return next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--stanza=")), "?")
-
-
-def _config_shown(tool: ToolConfig) -> str:
-    return tool.config or f"the default configuration ({DEFAULT_CONFIG})"
 
 
 def _iso(epoch: Any) -> str | None:

@@ -4,85 +4,103 @@ count compared with the counts recorded at dump time; a pg_basebackup backup is 
 throwaway cluster's data directory, started and queried once it has finished recovery. Both run
 as the unprivileged drill user, in a network namespace of their own (no network at all),
 reachable only over a private Unix socket, and are stopped and deleted whatever happens. A
-drill that fails is a finding about the backup: permanent."""
+drill that fails is a finding about the backup: permanent.
+
+The restore itself is the backup's adapter's plan (`restore_plan`, as `pggit-supervisor restore`
+runs it), given here by the registry: a drill restores exactly as an operator would."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg2
 from psycopg2 import sql
 
-# restore imports the tools package too: bind the modules, use their names at call time
-from .. import restore, sandbox
+from .. import sandbox
+from ..errors import JobError, invalid
+from ..files import give_to, read_pg_version
+from ..libpq import TickingSession
 from ..queue import ClaimedJob
 from ..rows import one_row
-from ..runner import RunResult
-from .base import Context, InvalidJob, Invocation, Outcome, failure_from, give_to, run_check, tool_run
+from ..runner import RunResult, RunSpec
+from .base import Context, Invocation, Outcome, failure_from, run_check, run_spec, tool_run
+from .params import job_timeout
+from .restoring import Backup, RestorePlan, Restorer, RestoreTarget, confine, run_plan
 
 DRILL_DATABASE = "drill"
 # a restored table is counted by the sandbox's superuser; a hostile table must not hang the drill
 COUNT_TIMEOUT = "300s"
 
 
+@dataclass(frozen=True)
+class DrillParams:
+    """A drill job's parameters (pggit.schedule_restore_test copies them from the backup's row),
+    parsed once: the backup to drill as a restore sees it."""
+
+    backup: Backup
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Any], tools: tuple[str, ...]) -> DrillParams:
+        tool = str(params.get("backup_tool"))
+        if tool not in tools:
+            raise invalid(f"backup_tool {tool[:40]!r} has no restore drill (allowed: {', '.join(tools)})")
+        metadata = params.get("backup_metadata")
+        return cls(
+            Backup(
+                str(params.get("backup_id")),
+                tool,
+                "completed",
+                str(params.get("location", "")),
+                metadata if isinstance(metadata, dict) else {},
+            )
+        )
+
+
 class RestoreTestAdapter:
     name = "restore_test"
 
+    def __init__(self, *, database: Restorer, directory: Restorer) -> None:
+        # the tool whose backups restore into a database, and the one restored as a data directory
+        self._database = database
+        self._directory = directory
+
     def prepare(self, job: ClaimedJob, ctx: Context) -> Invocation:
-        params = job.params
-        metadata = params.get("backup_metadata")
-        backup = restore.Backup(
-            str(params.get("backup_id")),
-            str(params.get("backup_tool")),
-            "completed",
-            str(params.get("location", "")),
-            metadata if isinstance(metadata, dict) else {},
-        )
-        if backup.tool not in ("pg_dump", "pg_basebackup"):
-            raise InvalidJob(f"backup_tool {backup.tool[:40]!r} has no restore drill (allowed: pg_dump, pg_basebackup)")
+        backup = DrillParams.parse(job.params, (self._database.name, self._directory.name)).backup
+        # the row could name any file: only what lies where this tool may write is restored
+        source = confine(backup, ctx.tool)
+        box = sandbox.create(ctx.config.drill_user, sandbox.server_bin_dir(ctx.tool.path))
         try:
-            # the row could name any file: only what lies where this tool may write is restored
-            source = restore.confine(backup, ctx.tool)
-            if backup.tool == "pg_dump":
-                restore.dump_format(backup)
-            box = sandbox.create(ctx.config.drill_user, sandbox.server_bin_dir(ctx.tool.path))
-        except (restore.RestoreError, sandbox.SandboxError) as exc:
-            raise InvalidJob(str(exc)) from None
-        notes: dict[str, Any] = {"backup": backup, "source": source, "sandbox": box}
-        try:
-            return self._prepare(job, ctx, backup, source, box, notes)
+            if backup.tool == self._database.name:
+                return self._prepare_dump(job, ctx, backup, source, box)
+            return self._prepare_copy(job, ctx, backup, box)
         except BaseException:
             sandbox.remove(box)  # nothing half-made stays
             raise
 
-    def _prepare(
-        self,
-        job: ClaimedJob,
-        ctx: Context,
-        backup: restore.Backup,
-        source: str,
-        box: sandbox.Sandbox,
-        notes: dict[str, Any],
+    def _prepare_dump(
+        self, job: ClaimedJob, ctx: Context, backup: Backup, source: str, box: sandbox.Sandbox
     ) -> Invocation:
-        # The first step copies the backup as the tool's user (who may read it) into the sandbox;
-        # the drill user gets that copy and nothing else of the backup directories.
-        if backup.tool == "pg_dump":
-            if restore.dump_format(backup) == "plain" and source.endswith(".gz"):
-                # decompressed by us from the confined file, then handed over: nothing to copy
-                notes["script"] = restore.plain_script(source, box.input, None)
-                return Invocation(tool_run(ctx, job, ["/bin/true"], {}), notes)
-            argv = ["/bin/cp", "-R", "-P", "--", source, box.input + "/"]
-            give_to(box.input, ctx.tool.run_as)  # written by the tool's user, then given to the drill user
-            return Invocation(tool_run(ctx, job, argv, {}), notes)
-        try:
-            steps = restore.copy_basebackup_steps(backup, source, box.data)
-        except restore.RestoreError as exc:
-            raise InvalidJob(str(exc)) from None
-        notes["steps"] = steps[1:]
-        give_to(box.data, ctx.tool.run_as)
-        return Invocation(tool_run(ctx, job, steps[0], {}), notes)
+        """The run copies the dump as the tool's user (who may read it) into the sandbox; the
+        drill user gets that copy and nothing else of the backup directories, and restores it
+        with the client binaries next to the sandbox's server."""
+        copy = os.path.join(box.input, os.path.basename(source))
+        as_drill = replace(ctx.tool, run_as=box.user, path=os.path.join(box.bin_dir, "pg_dump"))
+        target = RestoreTarget(dsn=box.dsn(sandbox.SUPERUSER, DRILL_DATABASE), source=copy, scratch=box.input)
+        plan = self._database.restore_plan(backup, as_drill, target)
+        give_to(box.input, ctx.tool.run_as)  # written by the tool's user, then given to the drill user
+        argv = ["/bin/cp", "-R", "-P", "--", source, box.input + "/"]
+        return Invocation(tool_run(ctx, job, argv, {}), {"backup": backup, "sandbox": box, "plan": plan})
+
+    def _prepare_copy(self, job: ClaimedJob, ctx: Context, backup: Backup, box: sandbox.Sandbox) -> Invocation:
+        """The run is the plan's first step (as the tool's user), the others follow in collect."""
+        plan = self._directory.restore_plan(backup, ctx.tool, RestoreTarget(directory=box.data))
+        if plan.setup is not None:
+            plan.setup()
+        first, *rest = (_under_job_limits(step, job, ctx) for step in plan.steps)
+        return Invocation(first, {"backup": backup, "sandbox": box, "steps": tuple(rest)})
 
     def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
         try:
@@ -91,13 +109,12 @@ class RestoreTestAdapter:
                     failure_from(result, "copying the backup into the drill's sandbox:"), retryable=False
                 )
             notes = invocation.notes
-            backup: restore.Backup = notes["backup"]
             try:
-                if backup.tool == "pg_dump":
-                    return self._restore_and_count(job, notes, ctx)
-                return self._start_and_query(job, notes, ctx)
-            except (sandbox.SandboxError, restore.RestoreError) as exc:
-                return Outcome.failure(str(exc), retryable=False)
+                if "plan" in notes:
+                    return self._restore_and_count(job, notes["sandbox"], notes["backup"], notes["plan"], ctx)
+                return self._start_and_query(job, notes["sandbox"], notes["steps"], ctx)
+            except JobError as exc:
+                return Outcome.failure(exc.message, retryable=False)
             except psycopg2.Error as exc:
                 return Outcome.failure(
                     "the drill's sandbox refused a query: " + " ".join(str(exc).split()), retryable=False
@@ -108,11 +125,11 @@ class RestoreTestAdapter:
     def discard(self, invocation: Invocation) -> None:
         sandbox.remove(invocation.notes["sandbox"])
 
-    # -- pg_dump: restore into a fresh cluster, count rows -----------------------------------
+    # -- a dump: restore into a fresh cluster, count rows ------------------------------------
 
-    def _restore_and_count(self, job: ClaimedJob, notes: Any, ctx: Context) -> Outcome:
-        box: sandbox.Sandbox = notes["sandbox"]
-        backup: restore.Backup = notes["backup"]
+    def _restore_and_count(
+        self, job: ClaimedJob, box: sandbox.Sandbox, backup: Backup, plan: RestorePlan, ctx: Context
+    ) -> Outcome:
         as_drill = dict(run_as=box.user, cwd=box.root)
         sandbox.give_tree(box.input, box.user, mode_files=0o400, mode_dirs=0o500)
         made = run_check(ctx, job, box.initdb_argv(), {}, **as_drill)
@@ -121,26 +138,22 @@ class RestoreTestAdapter:
         not_started = _start_server(ctx, job, box, "starting the drill's sandbox:", sandbox.SUPERUSER)
         if not_started:
             return not_started
-        _prepare_drill_database(box, ctx.config.dsn, backup)
-        if "script" in notes:
-            dump = notes["script"]
-        else:
-            dump = os.path.join(box.input, os.path.basename(notes["source"]))
-        argv = restore.dump_restore_argv(backup, box.bin_dir, dump, DRILL_DATABASE, None)
-        restored = run_check(ctx, job, argv, box.libpq_env(sandbox.SUPERUSER, DRILL_DATABASE), **as_drill)
+        _prepare_drill_database(box, ctx.config.dsn)
+        restored = run_plan(plan, lambda step: run_spec(ctx, replace(_under_job_limits(step, job, ctx), cwd=box.root)))
         if not restored.ok:
             return Outcome.failure(failure_from(restored, "restore"), retryable=False)
-        return _check_dump(box, backup)
+        return _check_dump(box, backup, ctx)
 
-    # -- pg_basebackup: start the copy, wait for the end of recovery, query it ---------------
+    # -- a base backup: start the copy, wait for the end of recovery, query it ---------------
 
-    def _start_and_query(self, job: ClaimedJob, notes: Any, ctx: Context) -> Outcome:
-        box: sandbox.Sandbox = notes["sandbox"]
-        for argv in notes["steps"]:
-            step = run_check(ctx, job, argv, {})
-            if not step.ok:
+    def _start_and_query(
+        self, job: ClaimedJob, box: sandbox.Sandbox, steps: tuple[RunSpec, ...], ctx: Context
+    ) -> Outcome:
+        for step in steps:
+            copied = run_spec(ctx, step)
+            if not copied.ok:
                 return Outcome.failure(
-                    failure_from(step, "copying the backup into the drill's sandbox:"), retryable=False
+                    failure_from(copied, "copying the backup into the drill's sandbox:"), retryable=False
                 )
         version = _pg_version(box.data)
         box = replace(box, bin_dir=f"/usr/lib/postgresql/{version}/bin")
@@ -164,7 +177,12 @@ class RestoreTestAdapter:
         )
 
 
-def _prepare_drill_database(box: sandbox.Sandbox, source_dsn: str, backup: restore.Backup) -> None:
+def _under_job_limits(step: RunSpec, job: ClaimedJob, ctx: Context) -> RunSpec:
+    """A restore step with the drill job's timeout instead of a restore's day."""
+    return replace(step, timeout=job_timeout(job, ctx.tool))
+
+
+def _prepare_drill_database(box: sandbox.Sandbox, source_dsn: str) -> None:
     """The drill's database, and every role of the source server as a NOLOGIN role with no
     rights, so that the dump's GRANTs, policies and (plain dumps) OWNER TOs restore."""
     source = psycopg2.connect(source_dsn, connect_timeout=10)
@@ -186,7 +204,6 @@ def _prepare_drill_database(box: sandbox.Sandbox, source_dsn: str, backup: resto
             cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(DRILL_DATABASE)))
     finally:
         conn.close()
-    restore.prepare_target_database(box.dsn(sandbox.SUPERUSER, DRILL_DATABASE), backup)
 
 
 def _start_server(ctx: Context, job: ClaimedJob, box: sandbox.Sandbox, what: str, user: str) -> Outcome | None:
@@ -202,42 +219,39 @@ def _start_server(ctx: Context, job: ClaimedJob, box: sandbox.Sandbox, what: str
     return None
 
 
-def _check_dump(box: sandbox.Sandbox, backup: restore.Backup) -> Outcome:
+def _check_dump(box: sandbox.Sandbox, backup: Backup, ctx: Context) -> Outcome:
+    """Every table's row count against the counts recorded at dump time. Counting a large table
+    takes long: the session's queries keep the worker alive (libpq.TickingSession)."""
     expected = backup.metadata.get("row_counts")
     # the restored database is the dump's: a pinned search_path keeps its operators and functions
     # out of our queries (pg_temp is never searched for those), as in the row counts at dump time
-    conn = psycopg2.connect(
-        box.dsn(sandbox.SUPERUSER, DRILL_DATABASE),
-        options=f"-c statement_timeout={COUNT_TIMEOUT} -c search_path=pg_catalog,pg_temp",
-    )
-    try:
-        with conn.cursor() as cur:
-            cur.execute("""SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                            WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')""")
-            tables = one_row(cur)[0]
-            if not expected or not isinstance(expected, dict):
-                return Outcome.success(
-                    f"restored into the drill's sandbox: {tables} tables (no row counts recorded: "
-                    f"{backup.metadata.get('row_counts_skipped', 'none')})",
-                    metadata={"kind": "restore", "tables": tables},
-                )
-            differences = []
-            for name, count in sorted(expected.items()):
-                schema, _, table = str(name).partition(".")
-                cur.execute(
-                    "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'",
-                    (schema, table),
-                )
-                if cur.fetchone() is None:
-                    differences.append(f"{name}: missing")
-                    continue
-                cur.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {}").format(sql.Identifier(schema, table)))
-                restored = one_row(cur)[0]
-                if restored != count:
-                    differences.append(f"{name}: {count} rows at dump time, {restored} restored")
-    finally:
-        conn.close()
+    options = f"-c statement_timeout={COUNT_TIMEOUT} -c search_path=pg_catalog,pg_temp"
+    with TickingSession(box.dsn(sandbox.SUPERUSER, DRILL_DATABASE), ctx.checkpoint, options=options) as session:
+        tables = one_row(
+            session.execute("""SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')""")
+        )[0]
+        if not expected or not isinstance(expected, dict):
+            return Outcome.success(
+                f"restored into the drill's sandbox: {tables} tables (no row counts recorded: "
+                f"{backup.metadata.get('row_counts_skipped', 'none')})",
+                metadata={"kind": "restore", "tables": tables},
+            )
+        differences = []
+        for name, count in sorted(expected.items()):
+            schema, _, table = str(name).partition(".")
+            found = session.execute(
+                "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'",
+                (schema, table),
+            ).fetchone()
+            if found is None:
+                differences.append(f"{name}: missing")
+                continue
+            query = sql.SQL("SELECT pg_catalog.count(*) FROM {}").format(sql.Identifier(schema, table))
+            restored = one_row(session.execute(query))[0]
+            if restored != count:
+                differences.append(f"{name}: {count} rows at dump time, {restored} restored")
     if differences:
         return Outcome.failure("restored data differs from the dump: " + "; ".join(differences[:10]), retryable=False)
     return Outcome.success(
@@ -258,14 +272,12 @@ def _bootstrap_superuser(dsn: str) -> str:
 
 
 def _pg_version(data_dir: str) -> str:
-    from .pg_basebackup import read_pg_version
-
     try:
         version = read_pg_version(data_dir)
     except (OSError, ValueError) as exc:
-        raise sandbox.SandboxError(f"the copied backup has no usable PG_VERSION: {exc}") from None
+        raise invalid(f"the copied backup has no usable PG_VERSION: {exc}") from None
     if not os.path.isdir(f"/usr/lib/postgresql/{version}/bin"):
-        raise sandbox.SandboxError(
+        raise invalid(
             f"the backup is of PostgreSQL {version}, whose server binaries "
             f"(/usr/lib/postgresql/{version}/bin) are not installed here"
         )

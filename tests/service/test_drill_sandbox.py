@@ -19,6 +19,7 @@ from helpers.processes import wait_until
 from helpers.service import wait_for_state
 from helpers.session import DRILL_USER
 from pggit_supervisor import sandbox
+from pggit_supervisor.errors import JobError
 from pggit_supervisor.runner import RunSpec, run_tool
 
 
@@ -138,11 +139,11 @@ def test_drill_is_refused_naming_the_sysctl_when_user_namespaces_are_switched_of
     (proc_sys / "user" / "max_user_namespaces").write_text("15000\n")
     sandbox.check_namespaces(str(proc_sys))  # the host as it runs the drills above
     (proc_sys / "kernel" / "unprivileged_userns_clone").write_text("0\n")
-    with pytest.raises(sandbox.SandboxError, match=r"sysctl kernel\.unprivileged_userns_clone = 0.*network namespace"):
+    with pytest.raises(JobError, match=r"sysctl kernel\.unprivileged_userns_clone = 0.*network namespace"):
         sandbox.check_namespaces(str(proc_sys))
     (proc_sys / "kernel" / "unprivileged_userns_clone").write_text("1\n")
     (proc_sys / "user" / "max_user_namespaces").write_text("0\n")
-    with pytest.raises(sandbox.SandboxError, match=r"sysctl user\.max_user_namespaces = 0"):
+    with pytest.raises(JobError, match=r"sysctl user\.max_user_namespaces = 0"):
         sandbox.check_namespaces(str(proc_sys))
     sandbox.check_namespaces()  # this host allows them: the drills here ran isolated
 
@@ -204,7 +205,7 @@ def test_wait_ready_waits_for_the_end_of_recovery(drill_tmpdir, monkeypatch):
         as_drill(*[arg if arg != "-w" else "-W" for arg in box.start_argv()])  # pg_ctl would wait for good
         wait_until(lambda: Path(box.data, "postmaster.pid").exists(), 30, "the server started")
         started = time.monotonic()
-        with pytest.raises(sandbox.SandboxError, match="did not finish recovery within 3 s"):
+        with pytest.raises(JobError, match="did not finish recovery within 3 s"):
             sandbox.wait_ready(box, sandbox.SUPERUSER, deadline_seconds=3)
         assert time.monotonic() - started >= 3
         as_drill(os.path.join(box.bin_dir, "pg_ctl"), "-D", box.data, "promote")

@@ -18,11 +18,12 @@ import psycopg2
 import pytest
 
 from helpers.db import query, scalar
-from pggit_supervisor import config, restore
-from pggit_supervisor.tools import NAME_PATTERN, PARAMETERS, TOOLS, Choice, IntRange, InvalidJob, Parameter
+from pggit_supervisor import config
+from pggit_supervisor.errors import JobError
+from pggit_supervisor.tools import NAME_PATTERN, PARAMETERS, TOOLS, Choice, IntRange, Parameter
 from pggit_supervisor.tools.barman import RESERVED_SERVERS, REUSE_BACKUP_ALIASES, BarmanParams
 from pggit_supervisor.tools.pg_basebackup import COMPRESSION_LEVELS, BaseBackupParams
-from pggit_supervisor.tools.pg_dump import SCHEMA_NAME, DumpParams
+from pggit_supervisor.tools.pg_dump import DUMP_FORMATS, SCHEMA_NAME, DumpParams
 from pggit_supervisor.tools.pgbackrest import BackRestParams
 
 PARSERS: Mapping[str, Callable[[Mapping[str, Any]], object]] = {
@@ -92,7 +93,7 @@ def sql_allows(hints: list[str]) -> set[Any]:
 def python_accepts(tool: str, params: Mapping[str, Any]) -> bool:
     try:
         PARSERS[tool](params)
-    except InvalidJob:
+    except JobError:
         return False
     return True
 
@@ -308,7 +309,7 @@ def test_defaults_the_python_parse_assumes_are_the_ones_the_sql_fills_in(db):
 
 
 def test_restore_reads_the_pg_dump_formats_of_the_registry():
-    assert set(restore.DUMP_FORMATS) == set(PARAMETERS["pg_dump"]["format"].values)
+    assert set(DUMP_FORMATS) == set(PARAMETERS["pg_dump"]["format"].values)
 
 
 # --- the job state rule -------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from psycopg2 import sql
 from helpers.db import query, scalar
 from helpers.service import Service, wait_for_state
 from pggit_supervisor.config import default_tool
-from pggit_supervisor.tools.base import InvalidJob, allowed_output_dir, make_scratch_dir, prepare_output_dir, sha256_of
+from pggit_supervisor.errors import JobError
+from pggit_supervisor.files import allowed_output_dir, make_scratch_dir, prepare_output_dir, sha256_of
 from pggit_supervisor.tools.pg_dump import open_snapshot
 
 ENDED = {"completed", "will_retry", "permanently_failed"}
@@ -210,7 +211,7 @@ def test_symlink_swapped_into_the_output_path_after_the_check_creates_and_chowns
     # the tool's user owns backup_dir/nightly: between the check and the use it swaps it
     os.rename(backup_dir / "nightly", backup_dir / "nightly.old")
     os.symlink(outside, backup_dir / "nightly")
-    with pytest.raises(InvalidJob, match="not a directory"):
+    with pytest.raises(JobError, match="not a directory"):
         prepare_output_dir(checked, tool)
     assert os.listdir(outside) == [], "a directory was created outside the allowed root"
     assert os.stat(outside).st_uid == 0, "the outside directory was given away"
@@ -221,7 +222,7 @@ def test_symlink_swapped_under_a_scratch_directory_parent_creates_nothing_outsid
     parent = str(backup_dir / "out")
     os.rename(parent, parent + ".old")
     os.symlink(outside, parent)
-    with pytest.raises(InvalidJob):
+    with pytest.raises(JobError):
         make_scratch_dir(parent, ".verify-", "postgres")
     assert os.listdir(outside) == []
 

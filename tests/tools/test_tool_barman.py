@@ -28,10 +28,11 @@ from helpers.processes import wait_until
 from helpers.service import Service, wait_for_state
 from pggit_supervisor import schema
 from pggit_supervisor.config import Config, ToolConfig, Tools
+from pggit_supervisor.errors import JobError
 from pggit_supervisor.queue import ClaimedJob
 from pggit_supervisor.runner import TOOL_PATH, RunSpec, run_tool
 from pggit_supervisor.tools.barman import BarmanAdapter, restore_argv
-from pggit_supervisor.tools.base import Context, InvalidJob, Outcome
+from pggit_supervisor.tools.base import Context, Outcome
 
 pytestmark = pytest.mark.slow
 
@@ -453,7 +454,7 @@ def test_invalid_params_are_refused_before_barman_runs(stack):
         (dict(server="pg", reuse_backup="incremental"), "reuse_backup"),
     ):
         adapter, job, ctx = direct(stack, **params)
-        with pytest.raises(InvalidJob, match=words):
+        with pytest.raises(JobError, match=words):
             adapter.prepare(job, ctx)
 
 
@@ -510,7 +511,7 @@ def test_backup_without_a_manifest_completes_unverified_and_says_why(stack):
 
 def test_restore_argv_refuses_what_is_not_a_barman_location(stack):
     for location in ("file:///backups/x", "barman://pg/latest", "barman://-x/20240101T000000", "barman://pg"):
-        with pytest.raises(ValueError, match="not a Barman backup location"):
+        with pytest.raises(JobError, match="not a Barman backup location"):
             restore_argv(stack.tool, location, "/tmp/x")
-    with pytest.raises(ValueError, match="absolute"):
+    with pytest.raises(JobError, match="absolute"):
         restore_argv(stack.tool, "barman://pg/20240101T000000", "relative/dir")

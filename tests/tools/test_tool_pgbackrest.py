@@ -24,6 +24,7 @@ from helpers.processes import wait_until
 from helpers.service import Service
 from pggit_supervisor import schema
 from pggit_supervisor.config import default_tool, load_config
+from pggit_supervisor.errors import JobError
 from pggit_supervisor.runner import CapturedOutput, RunResult
 from pggit_supervisor.tools.pgbackrest import explain_exit, judge_verify, new_label, parse_location, restore_argv
 
@@ -375,16 +376,16 @@ def test_verify_report_fails_the_backup_when_it_or_its_full_or_wal_is_damaged_no
         "    missing: 0, checksum invalid: 0, size invalid: 0, other: 0\n"
     )
     ok = judge_verify(report, "20260102-000000F_20260103-000000I", ["20260102-000000F"])
-    assert ok["ok"] and "20260101-000000F" in ok["report"]["other_invalid_backups"]
+    assert ok.verified and "20260101-000000F" in ok.details["other_invalid_backups"]
     bad = judge_verify(report, "20260101-000000F_20260103-000000I", ["20260101-000000F"])
-    assert not bad["ok"] and "backup 20260101-000000F is invalid" in bad["problem"]
+    assert not bad.verified and bad.fails_job and "backup 20260101-000000F is invalid" in str(bad.problem)
     wal = judge_verify(
         report.replace("missing: 0, checksum invalid: 0, size", "missing: 2, checksum invalid: 0, size", 1),
         "20260102-000000F",
         [],
     )
-    assert not wal["ok"] and "archive 15-1" in wal["problem"] and "missing: 2" in wal["problem"]
-    assert not judge_verify("", "20260102-000000F", [])["ok"]
+    assert not wal.verified and "archive 15-1" in str(wal.problem) and "missing: 2" in str(wal.problem)
+    assert judge_verify("", "20260102-000000F", []).fails_job
 
 
 def test_restore_argv_names_the_set_the_target_and_keeps_the_copy_off_the_source_archive():
@@ -406,9 +407,9 @@ def test_restore_argv_names_the_set_the_target_and_keeps_the_copy_off_the_source
         "barman://demo/x",
         "pgbackrest://-x/20260102-000000F",
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(JobError):
             parse_location(location)
-    with pytest.raises(ValueError):
+    with pytest.raises(JobError):
         restore_argv(TOOL, "pgbackrest://demo/20260102-000000F", "relative/dir")
 
 

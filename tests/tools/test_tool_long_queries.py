@@ -1,0 +1,133 @@
+"""An adapter's long database work keeps the worker alive and stops when told: the queries of a
+pg_dump job's snapshot (row counts, a wait for a lock) and of the drill's row counts run in a
+libpq.TickingSession, which calls the job's checkpoint at least every POLL_SECONDS while the
+server works, and cancels the query on the server when the checkpoint says stop."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg2
+import pytest
+
+from helpers.db import scalar
+from pggit_supervisor.errors import Stopped
+from pggit_supervisor.libpq import POLL_SECONDS, TickingSession
+from pggit_supervisor.tools.pg_dump import open_snapshot
+from pggit_supervisor.tools.pg_dump_snapshot import APPLICATION_NAME
+
+
+class Ticks:
+    """A checkpoint that records when it was called, and raises Stopped from call `stop_at` on."""
+
+    def __init__(self, stop_at: int | None = None, on_call=None) -> None:
+        self.times: list[float] = []
+        self.stop_at = stop_at
+        self.on_call = on_call
+
+    def __call__(self) -> None:
+        self.times.append(time.monotonic())
+        if self.on_call is not None:
+            self.on_call(len(self.times))
+        if self.stop_at is not None and len(self.times) >= self.stop_at:
+            raise Stopped("job cancelled")
+
+    def largest_gap(self, start: float, end: float) -> float:
+        moments = [start, *self.times, end]
+        return max(later - earlier for earlier, later in zip(moments, moments[1:], strict=False))
+
+
+def _running(db, application_name: str) -> int:
+    return scalar(
+        db,
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE application_name = %s AND state = 'active' AND pid <> pg_backend_pid()",
+        (application_name,),
+    )
+
+
+def _gone(db, application_name: str, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while _running(db, application_name):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_a_slow_query_calls_the_checkpoint_at_least_every_second_while_it_runs(dsn):
+    ticks = Ticks()
+    with TickingSession(dsn, ticks) as session:
+        start = time.monotonic()
+        value = session.execute("SELECT pg_sleep(2.5), 42").fetchone()[1]
+        end = time.monotonic()
+    assert value == 42
+    assert len(ticks.times) >= 3, ticks.times
+    assert ticks.largest_gap(start, end) < 1.0, f"the checkpoint was silent for more than a second: {ticks.times}"
+
+
+def test_a_stop_from_the_checkpoint_cancels_the_query_on_the_server(dsn, db):
+    ticks = Ticks(stop_at=2)
+    name = "pggit-test ticking cancel"
+    session = TickingSession(dsn, ticks, application_name=name)
+    start = time.monotonic()
+    with pytest.raises(Stopped, match="job cancelled"):
+        session.execute("SELECT pg_sleep(60)")
+    assert time.monotonic() - start < 5 * POLL_SECONDS + 1, "the stop waited for the query"
+    assert session.closed
+    assert _gone(db, name), "the cancelled query still runs on the server"
+
+
+def test_snapshot_row_count_waiting_for_a_lock_keeps_ticking_and_counts_once_it_is_free(dsn, db, connect):
+    db.cursor().execute("DROP TABLE IF EXISTS public.locked_orders; CREATE TABLE public.locked_orders AS SELECT 1 AS n")
+    db.cursor().execute("INSERT INTO public.locked_orders SELECT generate_series(2, 7)")
+    locker = connect()
+    locker.autocommit = False
+    locker.cursor().execute("LOCK TABLE public.locked_orders IN ACCESS EXCLUSIVE MODE")
+
+    def release_after_three(calls: int) -> None:
+        if calls == 3 and not locker.closed:
+            locker.commit()
+
+    ticks = Ticks(on_call=release_after_three)
+    try:
+        start = time.monotonic()
+        snapshot = open_snapshot(dsn, db.info.dbname, "public", ticks)
+        end = time.monotonic()
+        try:
+            facts = snapshot.facts()
+        finally:
+            snapshot.close()
+    finally:
+        locker.rollback()
+        db.cursor().execute("DROP TABLE IF EXISTS public.locked_orders")
+    assert facts["row_counts"]["public.locked_orders"] == 7, facts
+    assert len(ticks.times) >= 3 and end - start >= 3 * POLL_SECONDS, "the count did not wait for the lock"
+    assert ticks.largest_gap(start, end) < 1.0, ticks.times
+
+
+def test_snapshot_stopped_while_counting_raises_stopped_and_leaves_no_session(dsn, db, connect):
+    db.cursor().execute("DROP TABLE IF EXISTS public.held_orders; CREATE TABLE public.held_orders AS SELECT 1 AS n")
+    locker = connect()
+    locker.autocommit = False
+    locker.cursor().execute("LOCK TABLE public.held_orders IN ACCESS EXCLUSIVE MODE")
+    try:
+        with pytest.raises(Stopped):
+            open_snapshot(dsn, db.info.dbname, "public", Ticks(stop_at=2))
+        assert _gone(db, APPLICATION_NAME), "the snapshot's count still waits on the server"
+        assert not scalar(
+            db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (APPLICATION_NAME,)
+        ), "the snapshot's connection was left open"
+    finally:
+        locker.rollback()
+        db.cursor().execute("DROP TABLE IF EXISTS public.held_orders")
+
+
+def test_a_failed_query_leaves_the_session_usable_for_the_next(dsn):
+    with TickingSession(dsn, Ticks()) as session:
+        session.execute("BEGIN")
+        session.execute("SAVEPOINT one")
+        with pytest.raises(psycopg2.errors.DivisionByZero):
+            session.execute("SELECT 1 / 0")
+        session.execute("ROLLBACK TO SAVEPOINT one")
+        assert session.execute("SELECT 2").fetchone()[0] == 2
