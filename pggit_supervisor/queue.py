@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg2
@@ -13,6 +14,7 @@ import psycopg2.extras
 from psycopg2.extensions import connection
 
 from .rows import one_row
+from .slots import ScheduleState, ScheduleStatus, SlotRecord
 
 READY_CHANNEL = "pggit_backup_job_ready"
 
@@ -149,6 +151,47 @@ class Queue:
         count = sum(1 for n in self.conn.notifies if n.payload in tools)
         self.conn.notifies.clear()
         return count
+
+    # -- schedules (schema/014; issue 10) ------------------------------------------------------
+
+    def touch_schedule(
+        self, worker_id: str, schedule: str, definition: Mapping[str, Any], now: datetime
+    ) -> ScheduleState:
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(
+                "SELECT * FROM pggit.touch_backup_schedule(%s, %s, %s, %s)",
+                (worker_id, schedule, json.dumps(definition), now),
+            )
+            row: Mapping[str, Any] = one_row(cur)  # type: ignore[assignment]  # a RealDictRow
+            return ScheduleState(**row)
+
+    def record_slot(
+        self,
+        worker_id: str,
+        schedule: str,
+        slot: datetime,
+        definition: Mapping[str, Any],
+        decision: str,
+        detail: str | None,
+    ) -> SlotRecord:
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(
+                """SELECT outcome, reason, backup_id::text, recorded_by, detail, fresh, conflict_host
+                     FROM pggit.record_backup_schedule_slot(%s, %s, %s, %s, %s, %s)""",
+                (worker_id, schedule, slot, json.dumps(definition), decision, detail),
+            )
+            row: Mapping[str, Any] = one_row(cur)  # type: ignore[assignment]  # a RealDictRow
+            return SlotRecord(**row)
+
+    def schedule_status(self) -> list[ScheduleStatus]:
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(
+                """SELECT schedule_name, cron, timezone, tool, fingerprint, defined_by, registered_at, last_slot,
+                          last_outcome, last_reason, last_detail, last_backup_id::text, last_job_state,
+                          last_recorded_by, conflicting_hosts
+                     FROM pggit.backup_schedule_status ORDER BY schedule_name"""
+            )
+            return [ScheduleStatus(**row) for row in cur.fetchall()]
 
 
 def fit_text(text: str | None, limit: int = MAX_TEXT_BYTES) -> str | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import psycopg2
 from psycopg2.extensions import parse_dsn
 
+from ..scheduler import Schedule
 from . import settings
 from .settings import RETRY, ROOT, default_of
 
@@ -28,6 +29,7 @@ DEFAULT_KILL_GRACE: int = default_of(ROOT, "kill_grace")
 DEFAULT_WORKER_TIMEOUT: float = default_of(ROOT, "worker_timeout")
 # the unprivileged OS user restore drills run their throwaway cluster as (see sandbox.py)
 DEFAULT_DRILL_USER: str = default_of(ROOT, "drill_user")
+DEFAULT_SCHEDULE_INTERVAL: float = default_of(ROOT, "schedule_interval")
 
 
 class ConfigError(Exception):
@@ -116,6 +118,9 @@ class Config:
     # restore drills run as this user; its existence is checked when a drill runs (a missing
     # user fails that drill, not the service)
     drill_user: str = DEFAULT_DRILL_USER
+    # each idle worker records due schedule slots at most this often (scheduler.py)
+    schedule_interval: float = DEFAULT_SCHEDULE_INTERVAL
+    schedules: tuple[Schedule, ...] = ()
     source: str = "<defaults>"
 
 

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any
+from zoneinfo import available_timezones
 
 import psycopg2
 from psycopg2.extensions import parse_dsn
 
+from .. import schedule_args
+from ..scheduler import Schedule, cron_problem
 from . import host
 from .model import Config, RetryConfig, ToolConfig, Tools
 from .report import Report, show
@@ -26,8 +30,11 @@ from .settings import (
     WORKER_ID,
     Boolean,
     Choice,
+    Cron,
     Derived,
     Dsn,
+    Duration,
+    Free,
     Integer,
     Kind,
     ListOf,
@@ -37,6 +44,7 @@ from .settings import (
     Required,
     Section,
     Setting,
+    Zone,
     allowed_of,
     builtin_tools,
     show_default,
@@ -277,15 +285,65 @@ def _list(walk: _Walk, key_path: str, setting: Setting, kind: ListOf, value: Any
     for index, item in enumerate(value):
         item_path = f"{key_path}[{index}]"
         if kind.entry is None:
+            assert kind.item is not None
             items.append(walk.value(item_path, setting, kind.item, item))
         elif isinstance(item, Mapping):
-            items.append(walk.section(item_path, kind.entry, item))
+            checked = walk.section(item_path, kind.entry, item)
+            for rule in _ENTRY_RULES.get(kind.entry.name, ()):
+                if checked is not INVALID:
+                    rule(walk, item_path, item, checked)
+            items.append(checked)
+        elif kind.item is None:
+            walk.add(item_path, f"must be a mapping, got {show(item)}", ", ".join(kind.entry.keys()))
+            items.append(INVALID)
         else:  # a plain item is the entry's main key, every other key at its default
             defaults = {key.name: key.default for key in kind.entry.settings if isinstance(key, Setting)}
             items.append({**defaults, kind.entry.main: walk.value(item_path, setting, kind.item, item)})
     if any(item is INVALID or (isinstance(item, dict) and INVALID in item.values()) for item in items):
         return INVALID
     return tuple(items)
+
+
+def _cron(walk: _Walk, key_path: str, setting: Setting, kind: Cron, value: Any) -> Any:
+    problem = cron_problem(value)
+    if problem:
+        walk.add(key_path, problem, kind.allowed)
+        return INVALID
+    return value.strip()
+
+
+def _zone(walk: _Walk, key_path: str, setting: Setting, kind: Zone, value: Any) -> Any:
+    if not isinstance(value, str) or (value != "UTC" and value not in available_timezones()):
+        walk.add(key_path, f"must be a time zone, got {show(value)}", kind.allowed)
+        return INVALID
+    return value
+
+
+_DURATION = re.compile(r"(\d{1,9})([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration_seconds(value: Any) -> int | None:
+    """90, "90s", "30m", "6h", "2d", "1w" as seconds; None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    return int(match[1]) * _UNITS[match[2]] if match else None
+
+
+def _duration(walk: _Walk, key_path: str, setting: Setting, kind: Duration, value: Any) -> Any:
+    seconds = duration_seconds(value)
+    if seconds is None or not kind.low <= seconds <= kind.high:
+        walk.add(key_path, f"must be a duration, got {show(value)}", kind.allowed)
+        return INVALID
+    return seconds
+
+
+def _free(walk: _Walk, key_path: str, setting: Setting, kind: Free, value: Any) -> Any:
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        walk.add(key_path, f"must be a mapping, got {show(value)}", kind.allowed)
+        return INVALID
+    return dict(value)
 
 
 _KIND_CHECKS: dict[type, Callable[..., Any]] = {
@@ -297,6 +355,10 @@ _KIND_CHECKS: dict[type, Callable[..., Any]] = {
     Boolean: _boolean,
     Path: _path,
     ListOf: _list,
+    Cron: _cron,
+    Zone: _zone,
+    Duration: _duration,
+    Free: _free,
 }
 
 
@@ -337,6 +399,43 @@ def _lease_outlasts_two_heartbeats(
     )
 
 
+def _schedule_args(walk: _Walk, key_path: str, given: Mapping[Any, Any], result: dict[str, Any]) -> None:
+    """A schedule's args through the rules of the backup_* function its slots call."""
+    args = result["args"] or {}
+    for key, what, allowed in schedule_args.problems(result["tool"], args):
+        walk.add(f"{key_path}.args.{key}", f"schedule {result['name']!r}: {what}", allowed)
+    output = args.get("output_path")
+    dirs = walk.checked.get(f"tools.{result['tool']}.allowed_output_dirs")
+    if isinstance(output, str) and isinstance(dirs, tuple) and output.startswith("/"):
+        path = os.path.normpath(output)
+        if not any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs):
+            walk.add(
+                f"{key_path}.args.output_path",
+                f"schedule {result['name']!r}: {output!r} is not below tools.{result['tool']}.allowed_output_dirs",
+                ", ".join(dirs),
+            )
+
+
+def _schedules_agree(walk: _Walk, key_path: str, given: Mapping[Any, Any], result: dict[str, Any]) -> None:
+    """Schedule names are unique, and name the one database of dsn (with several databases,
+    `database` will pick one of them)."""
+    schedules, dsn = result.get("schedules"), result.get("dsn")
+    if not isinstance(schedules, tuple):
+        return
+    seen: set[str] = set()
+    database = parse_dsn(dsn).get("dbname") if isinstance(dsn, str) and dsn is not INVALID else None
+    for index, schedule in enumerate(schedules):
+        if schedule["name"] in seen:
+            walk.add(f"schedules[{index}].name", f"duplicate schedule name {schedule['name']!r}", "each name once")
+        seen.add(schedule["name"])
+        if schedule["database"] is not None and database is not None and schedule["database"] != database:
+            walk.add(
+                f"schedules[{index}].database",
+                f"schedule {schedule['name']!r}: {schedule['database']!r} is not the database of dsn",
+                str(database),
+            )
+
+
 def _declared(section_path: str, name: str) -> Setting:
     """The setting `name` of the section at `section_path` ("" for the top level)."""
     section: Section = ROOT
@@ -352,18 +451,27 @@ def _declared(section_path: str, name: str) -> Setting:
 # Rules that relate settings of one section, run once the section's own keys are checked.
 _RULES: dict[str, tuple[Callable[[_Walk, str, Mapping[Any, Any], dict[str, Any]], None], ...]] = {
     "retry": (_retry_delays_ordered,),
-    "": (_lease_outlasts_two_heartbeats,),
+    "": (_lease_outlasts_two_heartbeats, _schedules_agree),
+}
+# Rules of one list entry, by the entry section's name, run once the entry's own keys are checked.
+_ENTRY_RULES: dict[str, tuple[Callable[[_Walk, str, Mapping[Any, Any], dict[str, Any]], None], ...]] = {
+    "schedule": (_schedule_args,),
 }
 
 
 def _build(checked: dict[str, Any], source: str) -> Config:
-    top = {key: value for key, value in checked.items() if key not in ("retry", "tools")}
+    top = {key: value for key, value in checked.items() if key not in ("retry", "tools", "schedules")}
     return Config(
         **top,
+        schedules=tuple(_schedule(values) for values in checked["schedules"] or ()),
         retry=RetryConfig(**checked["retry"]),
         tools=Tools(tuple(_tool(name, values) for name, values in sorted(checked["tools"].items()))),
         source=source,
     )
+
+
+def _schedule(values: dict[str, Any]) -> Schedule:
+    return Schedule(**{**values, "args": values["args"] or {}})
 
 
 def _tool(name: str, values: dict[str, Any]) -> ToolConfig:
