@@ -30,7 +30,7 @@ from .log import fields
 from .queue import Queue
 from .slots import ScheduleState, SlotRecord
 
-log = logging.getLogger("pggit_supervisor.scheduler")
+log = logging.getLogger("pggit.scheduler")
 
 UTC = timezone.utc
 # one tick looks at this many slots of a schedule at most (a minutely cron after a week down);
@@ -195,8 +195,10 @@ class Scheduler:
         try:
             return self.tick(queue)
         except psycopg2.Error as exc:  # the worker's next call notices a broken connection
-            log.warning("schedules not checked: " + str(exc).strip().splitlines()[0] + fields(worker=self.worker_id))
-            return []
+            log.warning("schedules not checked: " + _first_line(exc) + fields(worker=self.worker_id))
+        except Exception:  # a bug here must not take the worker's own job (running backups) down with it
+            log.exception("schedules not checked: unexpected error" + fields(worker=self.worker_id))
+        return []
 
     def tick(self, queue: Queue) -> list[SlotResult]:
         """Records every due slot of every schedule; returns what the database said."""
@@ -226,6 +228,10 @@ class Scheduler:
                 _log_slot(schedule, decision.slot, record)
             results.append(SlotResult(schedule.name, decision.slot, record))
         return results
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _log_conflict(schedule: Schedule, me: str, mine: str, other: str, theirs: str | None) -> None:

@@ -327,7 +327,8 @@ SCHEDULE = Section(
         Setting(
             "args",
             Free(
-                "the function's parameters without p_ (branch, stanza, schema, format, output_path, server_name, backup_type) and options"
+                "the function's parameters without p_ (branch, stanza, schema, format, output_path, "
+                "server_name, backup_type) and options"
             ),
             "what the function is called with",
             Derived("the function's own defaults"),
