@@ -150,6 +150,23 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schedules(args: argparse.Namespace) -> int:
+    """Each schedule with its latest slot, that slot's outcome and the next fire time (issue 10)."""
+    from datetime import datetime, timezone
+
+    from .queue import Queue, connect
+    from .schedule_report import render
+
+    config = load_config(resolve_config_path(args.config, os.environ), dsn=args.dsn, check_paths=False)
+    conn = connect(config.dsn, "pggit-supervisor schedules")
+    try:
+        statuses = Queue(conn).schedule_status()
+    finally:
+        conn.close()
+    print(render(config.schedules, statuses, datetime.now(timezone.utc)))
+    return 0
+
+
 def serve(load: Callable[[], Config]) -> int:
     """Loads the config (refusing to start on an invalid one) and runs the supervisor;
     `load` is called again on SIGHUP."""
@@ -206,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--dsn", help="the queue database (default: the config's dsn)")
     restore.add_argument("-c", "--config", help="YAML config for tool paths and run_as users")
     restore.set_defaults(func=_restore)
+
+    schedules = commands.add_parser(
+        "schedules", help="list each schedule: its last slot, that slot's outcome, the next fire time"
+    )
+    schedules.add_argument("-c", "--config", help="YAML config (default: $PGGIT_CONFIG or /etc/pggit/supervisor.yaml)")
+    schedules.add_argument("--dsn", help="the queue database (default: the config's dsn)")
+    schedules.set_defaults(func=_schedules)
 
     schema_parser = commands.add_parser("schema", help="install, upgrade or inspect the SQL schema")
     schema_commands = schema_parser.add_subparsers(dest="schema_command", metavar="ACTION")
