@@ -141,6 +141,8 @@ class _Walk:
             return self.derived(key_path, setting.default)
         if isinstance(setting.kind, Path) and setting.kind.executable:  # a default path must exist too
             return self.value(key_path, setting, setting.kind, setting.default)
+        if isinstance(setting.kind, Duration):  # declared as written ("6h"), used in seconds
+            return duration_seconds(setting.default)
         return setting.default
 
     def derived(self, key_path: str, default: Derived) -> Any:
@@ -419,15 +421,17 @@ def _schedule_args(walk: _Walk, key_path: str, given: Mapping[Any, Any], result:
 def _schedules_agree(walk: _Walk, key_path: str, given: Mapping[Any, Any], result: dict[str, Any]) -> None:
     """Schedule names are unique, and name the one database of dsn (with several databases,
     `database` will pick one of them)."""
-    schedules, dsn = result.get("schedules"), result.get("dsn")
+    written, schedules, dsn = given.get("schedules"), result.get("schedules"), result.get("dsn")
+    seen: set[str] = set()
+    for index, entry in enumerate(written if isinstance(written, list) else []):
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        if isinstance(name, str) and name in seen:
+            walk.add(f"schedules[{index}].name", f"duplicate schedule name {name!r}", "each name once")
+        seen.add(str(name))
     if not isinstance(schedules, tuple):
         return
-    seen: set[str] = set()
-    database = parse_dsn(dsn).get("dbname") if isinstance(dsn, str) and dsn is not INVALID else None
+    database = parse_dsn(dsn).get("dbname") if isinstance(dsn, str) else None
     for index, schedule in enumerate(schedules):
-        if schedule["name"] in seen:
-            walk.add(f"schedules[{index}].name", f"duplicate schedule name {schedule['name']!r}", "each name once")
-        seen.add(schedule["name"])
         if schedule["database"] is not None and database is not None and schedule["database"] != database:
             walk.add(
                 f"schedules[{index}].database",
