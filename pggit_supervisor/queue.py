@@ -13,6 +13,7 @@ import psycopg2
 import psycopg2.extras
 from psycopg2.extensions import connection
 
+from .retention import PlannedBackup
 from .rows import one_row
 from .slots import ScheduleState, ScheduleStatus, SlotRecord
 
@@ -192,6 +193,27 @@ class Queue:
                      FROM pggit.backup_schedule_status ORDER BY schedule_name"""
             )
             return [ScheduleStatus(**row) for row in cur.fetchall()]
+
+    # -- retention (schema/015; issue 10) ------------------------------------------------------
+
+    def retention_plan(self, target: str, rules: str) -> list[PlannedBackup]:
+        """`target` and `rules` as JSON text (retention.plan_arguments)."""
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(
+                """SELECT backup_id::text, backup_name, status, completed_at, verified, pinned, expired, keep, reasons
+                     FROM pggit.retention_plan(%s, %s)""",
+                (target, rules),
+            )
+            return [PlannedBackup(**row) for row in cur.fetchall()]
+
+    def expire_backups(self, worker_id: str, target: str, rules: str) -> list[tuple[str, str, list[str]]]:
+        """Expiry step 1: (backup_id, backup_name, reasons) of each backup marked expired now."""
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT backup_id::text, backup_name, reasons FROM pggit.expire_backups(%s, %s, %s)",
+                (worker_id, target, rules),
+            )
+            return cur.fetchall()
 
 
 def fit_text(text: str | None, limit: int = MAX_TEXT_BYTES) -> str | None:

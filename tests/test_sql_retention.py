@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 
 from conftest import query, scalar
-from queue_helpers import force
+from retention_helpers import make as make_at
 
 UTC = timezone.utc
 NOW = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
@@ -20,42 +20,9 @@ DUMPS = {"tool": "pg_dump"}
 WORKER, OPERATOR, READER = "pggit_backup_worker", "pggit_backup_operator", "pggit_backup_reader"
 
 
-def make(
-    db,
-    age: timedelta,
-    *,
-    verified: bool = True,
-    status: str = "completed",
-    backup_type: str | None = None,
-    stanza: str = "s1",
-    label: str | None = None,
-) -> str:
-    """A backup of the test database (pg_dump) or of a stanza (backup_type given), finished `age` before NOW."""
-    if backup_type is None:
-        backup_id = scalar(db, "SELECT pggit.backup_pg_dump('main')")
-    else:
-        backup_id = scalar(db, "SELECT pggit.backup_pgbackrest(%s, 'main', %s)", (backup_type, stanza))
-    done = NOW - age
-    job_status = "completed" if status == "completed" else "cancelled"
-    force(
-        db,
-        "UPDATE pggit.backup_jobs SET status = %s, completed_at = %s WHERE backup_id = %s",
-        (job_status, done, backup_id),
-    )
-    force(
-        db,
-        "UPDATE pggit.backups SET status = %s, created_at = %s, completed_at = %s, verified_at = %s,"
-        " location = coalesce(%s, location) WHERE backup_id = %s",
-        (
-            status,
-            done - timedelta(minutes=5),
-            done,
-            done if verified else None,
-            f"pgbackrest://{stanza}/{label}" if label else None,
-            backup_id,
-        ),
-    )
-    return backup_id
+def make(db, age: timedelta, **kwargs) -> str:
+    """A backup finished `age` before NOW (retention_helpers.make)."""
+    return make_at(db, NOW - age, **kwargs)
 
 
 def plan(db, rules: dict, target: dict = DUMPS) -> dict[str, tuple[bool, list[str]]]:

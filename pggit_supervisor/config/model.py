@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import psycopg2
 from psycopg2.extensions import parse_dsn
 
+from ..retention import Retention
 from ..scheduler import Schedule
 from . import settings
 from .settings import RETRY, ROOT, default_of
@@ -121,6 +122,7 @@ class Config:
     # each idle worker records due schedule slots at most this often (scheduler.py)
     schedule_interval: float = DEFAULT_SCHEDULE_INTERVAL
     schedules: tuple[Schedule, ...] = ()
+    retention: tuple[Retention, ...] = ()
     source: str = "<defaults>"
 
 

@@ -363,6 +363,33 @@ SCHEDULE = Section(
     ),
 )
 
+_KEEP = Integer(0, 100000, unit="")
+RETENTION = Section(
+    "retention",
+    "how many backups of one target are kept",
+    (
+        Setting(
+            "target",
+            Free("a mapping of tool and stanza (pgbackrest), server (barman), database and schema (pg_dump), database"),
+            "what a tool backs up: tool plus stanza, server, or database (and schema)",
+        ),
+        Setting("keep_last", _KEEP, "keep the newest N verified backups", 0),
+        Setting("keep_days", _KEEP, "keep every verified backup younger than D days", 0),
+        Setting("keep_daily", _KEEP, "keep the newest verified backup of each of the last N days that have one", 0),
+        Setting("keep_weekly", _KEEP, "keep the newest verified backup of each of the last N weeks that have one", 0),
+        Setting("keep_monthly", _KEEP, "keep the newest verified backup of each of the last N months that have one", 0),
+        Setting(
+            "min_verified",
+            Integer(1, 1000, unit=""),
+            "never fewer verified backups than this, whatever the rules say",
+            1,
+        ),
+        Setting(
+            "grace", Duration(0, 365 * 86400), "how long a failed or unverified backup is left before it goes", "1d"
+        ),
+    ),
+)
+
 # In the order they are checked, which is the order their problems are listed in.
 ROOT = Section(
     "",
@@ -448,6 +475,17 @@ ROOT = Section(
                 SCHEDULE,
             ),
             "backups fired by cron, each slot recorded once in the database whichever hosts carry it",
+            Derived("none"),
+        ),
+        Setting(
+            "retention",
+            ListOf(
+                None,
+                "be a non-empty list of targets",
+                "a list of mappings of " + ", ".join(RETENTION.keys()),
+                RETENTION,
+            ),
+            "which backups each target keeps; the rest are marked expired by `pggit-supervisor retention`",
             Derived("none"),
         ),
     ),

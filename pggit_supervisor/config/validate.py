@@ -20,9 +20,9 @@ from zoneinfo import available_timezones
 import psycopg2
 from psycopg2.extensions import parse_dsn
 
-from .. import schedule_args
+from ..retention import Retention
 from ..scheduler import Schedule, cron_problem
-from . import host
+from . import host, list_rules
 from .model import Config, RetryConfig, ToolConfig, Tools
 from .report import Report, show
 from .settings import (
@@ -401,45 +401,6 @@ def _lease_outlasts_two_heartbeats(
     )
 
 
-def _schedule_args(walk: _Walk, key_path: str, given: Mapping[Any, Any], result: dict[str, Any]) -> None:
-    """A schedule's args through the rules of the backup_* function its slots call."""
-    args = result["args"] or {}
-    for key, what, allowed in schedule_args.problems(result["tool"], args):
-        walk.add(f"{key_path}.args.{key}", f"schedule {result['name']!r}: {what}", allowed)
-    output = args.get("output_path")
-    dirs = walk.checked.get(f"tools.{result['tool']}.allowed_output_dirs")
-    if isinstance(output, str) and isinstance(dirs, tuple) and output.startswith("/"):
-        path = os.path.normpath(output)
-        if not any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs):
-            walk.add(
-                f"{key_path}.args.output_path",
-                f"schedule {result['name']!r}: {output!r} is not below tools.{result['tool']}.allowed_output_dirs",
-                ", ".join(dirs),
-            )
-
-
-def _schedules_agree(walk: _Walk, key_path: str, given: Mapping[Any, Any], result: dict[str, Any]) -> None:
-    """Schedule names are unique, and name the one database of dsn (with several databases,
-    `database` will pick one of them)."""
-    written, schedules, dsn = given.get("schedules"), result.get("schedules"), result.get("dsn")
-    seen: set[str] = set()
-    for index, entry in enumerate(written if isinstance(written, list) else []):
-        name = entry.get("name") if isinstance(entry, Mapping) else None
-        if isinstance(name, str) and name in seen:
-            walk.add(f"schedules[{index}].name", f"duplicate schedule name {name!r}", "each name once")
-        seen.add(str(name))
-    if not isinstance(schedules, tuple):
-        return
-    database = parse_dsn(dsn).get("dbname") if isinstance(dsn, str) else None
-    for index, schedule in enumerate(schedules):
-        if schedule["database"] is not None and database is not None and schedule["database"] != database:
-            walk.add(
-                f"schedules[{index}].database",
-                f"schedule {schedule['name']!r}: {schedule['database']!r} is not the database of dsn",
-                str(database),
-            )
-
-
 def _declared(section_path: str, name: str) -> Setting:
     """The setting `name` of the section at `section_path` ("" for the top level)."""
     section: Section = ROOT
@@ -455,19 +416,21 @@ def _declared(section_path: str, name: str) -> Setting:
 # Rules that relate settings of one section, run once the section's own keys are checked.
 _RULES: dict[str, tuple[Callable[[_Walk, str, Mapping[Any, Any], dict[str, Any]], None], ...]] = {
     "retry": (_retry_delays_ordered,),
-    "": (_lease_outlasts_two_heartbeats, _schedules_agree),
+    "": (_lease_outlasts_two_heartbeats, list_rules.schedules_agree),
 }
 # Rules of one list entry, by the entry section's name, run once the entry's own keys are checked.
 _ENTRY_RULES: dict[str, tuple[Callable[[_Walk, str, Mapping[Any, Any], dict[str, Any]], None], ...]] = {
-    "schedule": (_schedule_args,),
+    "schedule": (list_rules.schedule_args,),
+    "retention": (list_rules.retention_target,),
 }
 
 
 def _build(checked: dict[str, Any], source: str) -> Config:
-    top = {key: value for key, value in checked.items() if key not in ("retry", "tools", "schedules")}
+    top = {key: value for key, value in checked.items() if key not in ("retry", "tools", "schedules", "retention")}
     return Config(
         **top,
         schedules=tuple(_schedule(values) for values in checked["schedules"] or ()),
+        retention=tuple(Retention(**values) for values in checked["retention"] or ()),
         retry=RetryConfig(**checked["retry"]),
         tools=Tools(tuple(_tool(name, values) for name, values in sorted(checked["tools"].items()))),
         source=source,
