@@ -10,6 +10,7 @@ the branch exist, the schema) is left to the slot's record, which says `refused`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +34,8 @@ OPTIONS: Mapping[str, tuple[str, ...]] = {
     "pg_dump": ("compression_level", "jobs", *_COMMON_OPTIONS),
     "pg_basebackup": ("format", "compression", "compression_level", "checkpoint", *_COMMON_OPTIONS),
 }
+# as pggit._common_options checks webhook_url (schema/003)
+_URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~:/?#@!$&()*+,;=%-]*)?")
 _COMMON_BOUNDS = {"priority": (0, 100), "max_attempts": (1, 100), "timeout_seconds": (1, 604800)}
 
 
@@ -67,8 +70,8 @@ def _option_problems(tool: str, options: Mapping[str, Any]) -> list[tuple[str, s
                 found.append((path, f"{value!r} is not allowed", f"an integer from {low} to {high}"))
         elif key.startswith("notify_on_") and not isinstance(value, bool):
             found.append((path, f"{value!r} is not allowed", "true, false"))
-        elif key == "webhook_url" and (not isinstance(value, str) or not value.startswith(("http://", "https://"))):
-            found.append((path, "is not an http(s) URL", "an http:// or https:// URL"))
+        elif key == "webhook_url" and (not isinstance(value, str) or len(value) > 2048 or not _URL.fullmatch(value)):
+            found.append((path, "is not an http(s) URL", "an http:// or https:// URL of at most 2048 characters"))
     return found
 
 

@@ -150,6 +150,10 @@ CASES = [
     ("pg_basebackup", {"options": {"checkpoint": "slow"}}),
     ("pg_basebackup", {"options": {"compression_level": 3}}),
     ("pg_basebackup", {"stanza": "x"}),
+    ("pg_dump", {"options": {"webhook_url": "https://hooks.example.com/T0/B1?x=1"}}),
+    ("pg_dump", {"options": {"webhook_url": "https://hooks.example.com/a b"}}),
+    ("pg_dump", {"options": {"webhook_url": "ftp://hooks.example.com/"}}),
+    ("pg_dump", {"options": {"notify_on_success": "yes"}}),
 ]
 
 
@@ -184,3 +188,10 @@ def test_the_args_each_function_takes_are_the_same_in_python_and_sql(db):
     for tool, keys in ARGS.items():
         listed = "'" + "', '".join(keys) + "'"
         assert f"'{tool}', ARRAY[{listed}]" in source, tool
+
+
+def test_the_config_names_stanzas_by_the_tools_own_rule():
+    from pggit_supervisor.config.settings import SCHEDULE_NAME
+    from pggit_supervisor.tools import NAME_PATTERN
+
+    assert SCHEDULE_NAME.pattern == NAME_PATTERN.pattern
