@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -126,3 +127,38 @@ def test_the_schedules_command_shows_last_slot_outcome_and_next_fire(services, d
     assert re.search(r"enqueued \(ready\)\s+\d{4}-\d\d-\d\d \d\d:\d\d$", minute), minute
     paused = next(line for line in lines if line.startswith("paused"))
     assert paused.endswith("disabled")
+
+
+def test_a_scheduled_slot_runs_a_real_pg_dump_that_is_verified(services, db, backup_dir):
+    nightly = {
+        "name": "dump",
+        "cron": "* * * * *",
+        "tool": "pg_dump",
+        "args": {"output_path": str(backup_dir)},
+        "catch_up": "latest",
+        "starting_deadline": "1h",
+        "overlap": "skip",
+    }
+    register_in_the_past(db, nightly, 3)
+    tools = {"pg_dump": {"run_as": "postgres", "allowed_output_dirs": [str(backup_dir)]}}
+    service = services("sup-a", schedules=[nightly], schedule_interval=1, tools=tools).start()
+
+    status = wait_until(
+        lambda: (
+            (rows := query(db, "SELECT * FROM pggit.backup_schedule_status"))
+            and rows[0]["last_job_state"] == "completed"
+            and rows[0]
+        ),
+        90,
+        "the scheduled dump to complete",
+    )
+    assert service.stop() == 0
+    backup = query(
+        db, "SELECT status, verified_at, location FROM pggit.backups WHERE backup_id = %s", (status["last_backup_id"],)
+    )[0]
+    assert backup["status"] == "completed" and backup["verified_at"] is not None
+    path = Path(backup["location"].removeprefix("file://"))
+    assert path.parent == backup_dir and path.is_file() and path.stat().st_size > 0
+    slots = {(s["outcome"], s["reason"]) for s in query(db, "SELECT outcome, reason FROM pggit.backup_schedule_slots")}
+    assert ("skipped", "missed") in slots, "catch_up latest passed over the older slots of the 3 minutes"
+    assert slots <= {("enqueued", None), ("skipped", "missed"), ("skipped", "overlap")}
