@@ -116,6 +116,50 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schedules(args: argparse.Namespace) -> int:
+    """Each schedule with its latest slot, that slot's outcome and the next fire time (issue 10)."""
+    from datetime import datetime, timezone
+
+    from .queue import Queue, connect
+    from .schedule_report import render
+
+    config = load_config(resolve_config_path(args.config, os.environ), dsn=args.dsn, check_paths=False)
+    conn = connect(config.dsn, "pggit-supervisor schedules")
+    try:
+        statuses = Queue(conn).schedule_status()
+    finally:
+        conn.close()
+    print(render(config.schedules, statuses, datetime.now(timezone.utc)))
+    return 0
+
+
+def _retention(args: argparse.Namespace) -> int:
+    """Per target: with --dry-run what would be kept (by which rule) and what would go; without,
+    expiry step 1 (the backups the rules let go are marked expired, issue 10)."""
+    from .queue import Queue, connect
+    from .retention import plan_arguments, render_plan
+
+    config = load_config(resolve_config_path(args.config, os.environ), dsn=args.dsn, check_paths=False)
+    if not config.retention:
+        print("pggit-supervisor: the config has no retention entries", file=sys.stderr)
+        return EXIT_CONFIG
+    conn = connect(config.dsn, "pggit-supervisor retention")
+    try:
+        queue = Queue(conn)
+        for retention in config.retention:
+            target, rules = plan_arguments(retention)
+            if args.dry_run:
+                print(render_plan(retention, queue.retention_plan(target, rules)))
+                continue
+            expired = queue.expire_backups(config.worker_id, target, rules)
+            print(f"target {retention.name()}: {len(expired)} backup(s) marked expired")
+            for backup_id, name, reasons in expired:
+                print(f"  expired {name} ({backup_id}): {', '.join(reasons) or 'no rule keeps it'}")
+    finally:
+        conn.close()
+    return 0
+
+
 def serve(load: Callable[[], Config]) -> int:
     """Loads the config (refusing to start on an invalid one) and runs the supervisor;
     `load` is called again on SIGHUP."""
@@ -172,6 +216,23 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--dsn", help="the queue database (default: the config's dsn)")
     restore.add_argument("-c", "--config", help="YAML config for tool paths and run_as users")
     restore.set_defaults(func=_restore)
+
+    schedules = commands.add_parser(
+        "schedules", help="list each schedule: its last slot, that slot's outcome, the next fire time"
+    )
+    schedules.add_argument("-c", "--config", help="YAML config (default: $PGGIT_CONFIG or /etc/pggit/supervisor.yaml)")
+    schedules.add_argument("--dsn", help="the queue database (default: the config's dsn)")
+    schedules.set_defaults(func=_schedules)
+
+    retention = commands.add_parser(
+        "retention", help="apply the retention rules: mark expired what no rule keeps (--dry-run: only show)"
+    )
+    retention.add_argument(
+        "--dry-run", action="store_true", help="print, per target, what is kept and why, and what would go"
+    )
+    retention.add_argument("-c", "--config", help="YAML config (default: $PGGIT_CONFIG or /etc/pggit/supervisor.yaml)")
+    retention.add_argument("--dsn", help="the queue database (default: the config's dsn)")
+    retention.set_defaults(func=_retention)
 
     schema_parser = commands.add_parser("schema", help="install, upgrade or inspect the SQL schema")
     schema_commands = schema_parser.add_subparsers(dest="schema_command", metavar="ACTION")

@@ -7,13 +7,16 @@ import json
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg2
 import psycopg2.extras
 from psycopg2.extensions import connection
 
+from .retention import PlannedBackup
 from .rows import one_row
+from .slots import ScheduleState, ScheduleStatus, SlotRecord
 
 READY_CHANNEL = "pggit_backup_job_ready"
 
@@ -159,6 +162,68 @@ class Queue:
         count = sum(1 for n in self.conn.notifies if n.payload in tools)
         self.conn.notifies.clear()
         return count
+
+    # -- schedules (schema/014; issue 10) ------------------------------------------------------
+
+    def touch_schedule(
+        self, worker_id: str, schedule: str, definition: Mapping[str, Any], now: datetime
+    ) -> ScheduleState:
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(
+                "SELECT * FROM pggit.touch_backup_schedule(%s, %s, %s, %s)",
+                (worker_id, schedule, json.dumps(definition), now),
+            )
+            row: Mapping[str, Any] = one_row(cur)  # type: ignore[assignment]  # a RealDictRow
+            return ScheduleState(**row)
+
+    def record_slot(
+        self,
+        worker_id: str,
+        schedule: str,
+        slot: datetime,
+        definition: Mapping[str, Any],
+        decision: str,
+        detail: str | None,
+    ) -> SlotRecord:
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(
+                """SELECT outcome, reason, backup_id::text, recorded_by, detail, fresh, conflict_host
+                     FROM pggit.record_backup_schedule_slot(%s, %s, %s, %s, %s, %s)""",
+                (worker_id, schedule, slot, json.dumps(definition), decision, detail),
+            )
+            row: Mapping[str, Any] = one_row(cur)  # type: ignore[assignment]  # a RealDictRow
+            return SlotRecord(**row)
+
+    def schedule_status(self) -> list[ScheduleStatus]:
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(
+                """SELECT schedule_name, cron, timezone, tool, fingerprint, defined_by, registered_at, last_slot,
+                          last_outcome, last_reason, last_detail, last_backup_id::text, last_job_state,
+                          last_recorded_by, conflicting_hosts
+                     FROM pggit.backup_schedule_status ORDER BY schedule_name"""
+            )
+            return [ScheduleStatus(**row) for row in cur.fetchall()]
+
+    # -- retention (schema/015; issue 10) ------------------------------------------------------
+
+    def retention_plan(self, target: str, rules: str) -> list[PlannedBackup]:
+        """`target` and `rules` as JSON text (retention.plan_arguments)."""
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(
+                """SELECT backup_id::text, backup_name, status, completed_at, verified, pinned, expired, keep, reasons
+                     FROM pggit.retention_plan(%s, %s)""",
+                (target, rules),
+            )
+            return [PlannedBackup(**row) for row in cur.fetchall()]
+
+    def expire_backups(self, worker_id: str, target: str, rules: str) -> list[tuple[str, str, list[str]]]:
+        """Expiry step 1: (backup_id, backup_name, reasons) of each backup marked expired now."""
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT backup_id::text, backup_name, reasons FROM pggit.expire_backups(%s, %s, %s)",
+                (worker_id, target, rules),
+            )
+            return cur.fetchall()
 
 
 def shell_command(argv: Sequence[str]) -> str:

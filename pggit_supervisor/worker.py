@@ -29,6 +29,7 @@ from .executor import LOST_CLAIM, SHUTDOWN, HandedBack, execute
 from .log import fields
 from .proctree import kill_tree
 from .queue import ClaimedJob, Queue, connect
+from .scheduler import Scheduler
 from .tools import ADAPTERS
 
 __all__ = ["ABORT_DELIVERY_SECONDS", "Worker"]
@@ -58,6 +59,8 @@ class Worker:
         self.ever_connected = False
         self.next_connect = 0.0
         self.next_rescue = 0.0
+        # issue 10: this worker's share of the schedules (scheduler.py); the database decides each slot
+        self.scheduler = Scheduler(config.schedules, name, config.schedule_interval)
 
     # -- process plumbing -------------------------------------------------------------------
 
@@ -168,6 +171,7 @@ class Worker:
                 self.release_predecessor = True
                 continue
             if job is None:
+                self.scheduler.tick_if_due(queue)  # issue 10: record due schedule slots while idle
                 self.wait_for_work(queue)
             elif self.done:
                 self.hand_back(job)  # told to stop while the claim was on its way

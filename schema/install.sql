@@ -104,4 +104,18 @@ BEGIN;
 COMMIT;
 \endif
 
+SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 14) AS pggit_apply \gset
+\if :pggit_apply
+BEGIN;
+\ir 014_schedules.sql
+COMMIT;
+\endif
+
+SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 15) AS pggit_apply \gset
+\if :pggit_apply
+BEGIN;
+\ir 015_retention.sql
+COMMIT;
+\endif
+
 SELECT 'pggit backup schema version ' || max(version) AS installed FROM pggit.backup_schema_migrations;

@@ -183,13 +183,13 @@ def login(login_as):
 
 @pytest.fixture
 def make_service(tmp_path, dsn):
-    """make_service(dsn=None, **settings) -> a Service (not started yet) with its config in tmp_path,
-    on the test's database unless `dsn` says otherwise; whatever each one left running is killed
-    at the end of the test, whatever its outcome."""
+    """make_service(dsn=None, directory=None, **settings) -> a Service (not started yet) with its
+    config in `directory` (default tmp_path), on the test's database unless `dsn` says otherwise;
+    whatever each one left running is killed at the end of the test, whatever its outcome."""
     made: list[Service] = []
 
-    def make(dsn: str | None = dsn, **settings) -> Service:
-        service = Service(tmp_path, dsn, **settings)
+    def make(dsn: str | None = dsn, directory: Path | None = None, **settings) -> Service:
+        service = Service(directory or tmp_path, dsn, **settings)
         made.append(service)
         return service
 

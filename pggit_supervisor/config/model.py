@@ -14,6 +14,8 @@ import psycopg2
 from psycopg2.extensions import parse_dsn
 
 from ..errors import PggitError
+from ..retention import Retention
+from ..scheduler import Schedule
 from . import settings
 from .settings import RETRY, ROOT, default_of
 
@@ -29,6 +31,7 @@ DEFAULT_KILL_GRACE: int = default_of(ROOT, "kill_grace")
 DEFAULT_WORKER_TIMEOUT: float = default_of(ROOT, "worker_timeout")
 # the unprivileged OS user restore drills run their throwaway cluster as (see sandbox.py)
 DEFAULT_DRILL_USER: str = default_of(ROOT, "drill_user")
+DEFAULT_SCHEDULE_INTERVAL: float = default_of(ROOT, "schedule_interval")
 
 
 class ConfigError(PggitError):
@@ -117,6 +120,10 @@ class Config:
     # restore drills run as this user; its existence is checked when a drill runs (a missing
     # user fails that drill, not the service)
     drill_user: str = DEFAULT_DRILL_USER
+    # each idle worker records due schedule slots at most this often (scheduler.py)
+    schedule_interval: float = DEFAULT_SCHEDULE_INTERVAL
+    schedules: tuple[Schedule, ...] = ()
+    retention: tuple[Retention, ...] = ()
     source: str = "<defaults>"
 
 

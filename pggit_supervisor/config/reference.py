@@ -52,7 +52,8 @@ def _lines(section: Section, prefix: str) -> Iterator[str]:
         yield from _setting(path, item)
         if isinstance(item.kind, ListOf) and item.kind.entry is not None:
             entry = item.kind.entry
-            yield from _entry(f"{path}[]", f"Each entry is a path, or a mapping of {', '.join(entry.keys())}.")
+            plain = "" if item.kind.item is None else "a path, or "
+            yield from _entry(f"{path}[]", f"Each entry is {plain}a mapping of {', '.join(entry.keys())}.")
             yield from _lines(entry, f"{path}[].")
 
 

@@ -99,11 +99,45 @@ class Path:
 
 
 @dataclass(frozen=True)
+class Cron:
+    """A 5-field cron expression or a macro (@daily, @hourly, ...), as croniter reads it."""
+
+    allowed: str = "5 cron fields (minute hour day month weekday) or @yearly, @monthly, @weekly, @daily, @hourly"
+
+
+@dataclass(frozen=True)
+class Zone:
+    """An IANA time zone name (Europe/Paris, UTC), as zoneinfo knows it."""
+
+    allowed: str = "an IANA time zone name such as UTC or Europe/Paris"
+
+
+@dataclass(frozen=True)
+class Duration:
+    """Seconds, or a number with a unit: 90s, 30m, 6h, 2d, 1w; stored as seconds."""
+
+    low: int
+    high: int
+
+    @property
+    def allowed(self) -> str:
+        return f"seconds or a number with s, m, h, d or w, from {self.low}s to {self.high}s"
+
+
+@dataclass(frozen=True)
+class Free:
+    """A mapping whose keys a rule checks (a schedule's args, a retention target)."""
+
+    allowed: str
+
+
+@dataclass(frozen=True)
 class ListOf:
     """A non-empty list; each item is `item`, or a mapping of `entry`'s keys when `entry` is
-    set (the mapping's `entry.main` key holds what a plain item would be)."""
+    set (the mapping's `entry.main` key holds what a plain item would be; with no `item`, every
+    entry must be a mapping)."""
 
-    item: Kind
+    item: Kind | None
     must: str  # "must <must>, got ..."
     allowed: str
     entry: Section | None = None
@@ -148,7 +182,9 @@ class Section:
         raise KeyError(name)
 
 
-Kind: TypeAlias = Integer | Number | Choice | Name | Dsn | Boolean | Path | ListOf | Section
+Kind: TypeAlias = (
+    Integer | Number | Choice | Name | Dsn | Boolean | Path | Cron | Zone | Duration | Free | ListOf | Section
+)
 
 
 def show_default(default: Any) -> str:
@@ -262,6 +298,98 @@ RETRY = Section(
     ),
 )
 
+SCHEDULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # as pggit.backup_schedules
+_BACKUP_TOOLS = tuple(section.name for section in TOOLS.many if "path" in section.keys())
+_MONTH = 31 * 86400
+SCHEDULE = Section(
+    "schedule",
+    "a backup fired by cron",
+    (
+        Setting(
+            "name",
+            Name(SCHEDULE_NAME, "be 1-63 letters, digits or _.- starting with a letter or digit"),
+            "the schedule's name, the same on every host that carries it",
+        ),
+        Setting(
+            "database",
+            Name(SCHEDULE_NAME, "be a database name"),
+            "the database whose queue gets the backups",
+            Derived("the database of dsn"),
+            null_is_default=True,
+        ),
+        Setting("cron", Cron(), "when it fires, as cron reads it"),
+        Setting("timezone", Zone(), "the zone cron's times are read in", "UTC"),
+        Setting(
+            "tool",
+            Name(re.compile("|".join(_BACKUP_TOOLS)), "be a built-in backup tool", allowed=", ".join(_BACKUP_TOOLS)),
+            "the pggit.backup_<tool> function a slot calls",
+        ),
+        Setting(
+            "args",
+            Free(
+                "the function's parameters without p_ (branch, stanza, schema, format, output_path, "
+                "server_name, backup_type) and options"
+            ),
+            "what the function is called with",
+            Derived("the function's own defaults"),
+            null_is_default=True,
+        ),
+        Setting(
+            "catch_up",
+            Name(re.compile("skip|latest|all"), "be skip, latest or all", allowed="skip, latest, all"),
+            "what runs of the slots missed while no supervisor was up",
+            "latest",
+        ),
+        Setting(
+            "starting_deadline",
+            Duration(60, _MONTH),
+            "a slot later than this is recorded as missed, not run",
+            "6h",
+        ),
+        Setting(
+            "overlap",
+            Name(re.compile("skip|queue"), "be skip or queue", allowed="skip, queue"),
+            "what a slot does while the schedule's previous run is still queued or running",
+            "skip",
+        ),
+        Setting(
+            "max_age",
+            Duration(60, 12 * _MONTH),
+            "how old the newest backup may grow before monitoring warns",
+            Derived("none"),
+            null_is_default=True,
+        ),
+        Setting("enabled", Boolean(), "false records each slot as skipped (disabled) instead of running it", True),
+    ),
+)
+
+_KEEP = Integer(0, 100000, unit="")
+RETENTION = Section(
+    "retention",
+    "how many backups of one target are kept",
+    (
+        Setting(
+            "target",
+            Free("a mapping of tool and stanza (pgbackrest), server (barman), database and schema (pg_dump), database"),
+            "what a tool backs up: tool plus stanza, server, or database (and schema)",
+        ),
+        Setting("keep_last", _KEEP, "keep the newest N verified backups", 0),
+        Setting("keep_days", _KEEP, "keep every verified backup younger than D days", 0),
+        Setting("keep_daily", _KEEP, "keep the newest verified backup of each of the last N days that have one", 0),
+        Setting("keep_weekly", _KEEP, "keep the newest verified backup of each of the last N weeks that have one", 0),
+        Setting("keep_monthly", _KEEP, "keep the newest verified backup of each of the last N months that have one", 0),
+        Setting(
+            "min_verified",
+            Integer(1, 1000, unit=""),
+            "never fewer verified backups than this, whatever the rules say",
+            1,
+        ),
+        Setting(
+            "grace", Duration(0, 365 * 86400), "how long a failed or unverified backup is left before it goes", "1d"
+        ),
+    ),
+)
+
 # In the order they are checked, which is the order their problems are listed in.
 ROOT = Section(
     "",
@@ -332,6 +460,34 @@ ROOT = Section(
         ),
         RETRY,
         TOOLS,
+        Setting(
+            "schedule_interval",
+            Number(1, 300),
+            "seconds between an idle worker's checks for due schedule slots",
+            30.0,
+        ),
+        Setting(
+            "schedules",
+            ListOf(
+                None,
+                "be a non-empty list of schedules",
+                "a list of mappings of " + ", ".join(SCHEDULE.keys()),
+                SCHEDULE,
+            ),
+            "backups fired by cron, each slot recorded once in the database whichever hosts carry it",
+            Derived("none"),
+        ),
+        Setting(
+            "retention",
+            ListOf(
+                None,
+                "be a non-empty list of targets",
+                "a list of mappings of " + ", ".join(RETENTION.keys()),
+                RETENTION,
+            ),
+            "which backups each target keeps; the rest are marked expired by `pggit-supervisor retention`",
+            Derived("none"),
+        ),
     ),
 )
 
@@ -374,7 +530,7 @@ def allowed_of(kind: Kind) -> str:
         return kind.allowed_text()
     if isinstance(kind, Boolean):
         return "true, false"
-    if isinstance(kind, (Dsn, Path, ListOf)):
+    if isinstance(kind, (Dsn, Path, ListOf, Cron, Zone, Duration, Free)):
         return kind.allowed
     return ", ".join(kind.keys())
 

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any
+from zoneinfo import available_timezones
 
 import psycopg2
 from psycopg2.extensions import parse_dsn
 
-from . import host
+from ..retention import Retention
+from ..scheduler import Schedule, cron_problem
+from . import host, list_rules
 from .model import Config, RetryConfig, ToolConfig, Tools
 from .report import Report, show
 from .settings import (
@@ -26,8 +30,11 @@ from .settings import (
     WORKER_ID,
     Boolean,
     Choice,
+    Cron,
     Derived,
     Dsn,
+    Duration,
+    Free,
     Integer,
     Kind,
     ListOf,
@@ -37,6 +44,7 @@ from .settings import (
     Required,
     Section,
     Setting,
+    Zone,
     allowed_of,
     builtin_tools,
     show_default,
@@ -133,6 +141,8 @@ class _Walk:
             return self.derived(key_path, setting.default)
         if isinstance(setting.kind, Path) and setting.kind.executable:  # a default path must exist too
             return self.value(key_path, setting, setting.kind, setting.default)
+        if isinstance(setting.kind, Duration):  # declared as written ("6h"), used in seconds
+            return duration_seconds(setting.default)
         return setting.default
 
     def derived(self, key_path: str, default: Derived) -> Any:
@@ -277,15 +287,65 @@ def _list(walk: _Walk, key_path: str, setting: Setting, kind: ListOf, value: Any
     for index, item in enumerate(value):
         item_path = f"{key_path}[{index}]"
         if kind.entry is None:
+            assert kind.item is not None
             items.append(walk.value(item_path, setting, kind.item, item))
         elif isinstance(item, Mapping):
-            items.append(walk.section(item_path, kind.entry, item))
+            checked = walk.section(item_path, kind.entry, item)
+            for rule in _ENTRY_RULES.get(kind.entry.name, ()):
+                if checked is not INVALID:
+                    rule(walk, item_path, item, checked)
+            items.append(checked)
+        elif kind.item is None:
+            walk.add(item_path, f"must be a mapping, got {show(item)}", ", ".join(kind.entry.keys()))
+            items.append(INVALID)
         else:  # a plain item is the entry's main key, every other key at its default
             defaults = {key.name: key.default for key in kind.entry.settings if isinstance(key, Setting)}
             items.append({**defaults, kind.entry.main: walk.value(item_path, setting, kind.item, item)})
     if any(item is INVALID or (isinstance(item, dict) and INVALID in item.values()) for item in items):
         return INVALID
     return tuple(items)
+
+
+def _cron(walk: _Walk, key_path: str, setting: Setting, kind: Cron, value: Any) -> Any:
+    problem = cron_problem(value)
+    if problem:
+        walk.add(key_path, problem, kind.allowed)
+        return INVALID
+    return value.strip()
+
+
+def _zone(walk: _Walk, key_path: str, setting: Setting, kind: Zone, value: Any) -> Any:
+    if not isinstance(value, str) or (value != "UTC" and value not in available_timezones()):
+        walk.add(key_path, f"must be a time zone, got {show(value)}", kind.allowed)
+        return INVALID
+    return value
+
+
+_DURATION = re.compile(r"(\d{1,9})([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration_seconds(value: Any) -> int | None:
+    """90, "90s", "30m", "6h", "2d", "1w" as seconds; None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    return int(match[1]) * _UNITS[match[2]] if match else None
+
+
+def _duration(walk: _Walk, key_path: str, setting: Setting, kind: Duration, value: Any) -> Any:
+    seconds = duration_seconds(value)
+    if seconds is None or not kind.low <= seconds <= kind.high:
+        walk.add(key_path, f"must be a duration, got {show(value)}", kind.allowed)
+        return INVALID
+    return seconds
+
+
+def _free(walk: _Walk, key_path: str, setting: Setting, kind: Free, value: Any) -> Any:
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        walk.add(key_path, f"must be a mapping, got {show(value)}", kind.allowed)
+        return INVALID
+    return dict(value)
 
 
 _KIND_CHECKS: dict[type, Callable[..., Any]] = {
@@ -297,6 +357,10 @@ _KIND_CHECKS: dict[type, Callable[..., Any]] = {
     Boolean: _boolean,
     Path: _path,
     ListOf: _list,
+    Cron: _cron,
+    Zone: _zone,
+    Duration: _duration,
+    Free: _free,
 }
 
 
@@ -352,18 +416,29 @@ def _declared(section_path: str, name: str) -> Setting:
 # Rules that relate settings of one section, run once the section's own keys are checked.
 _RULES: dict[str, tuple[Callable[[_Walk, str, Mapping[Any, Any], dict[str, Any]], None], ...]] = {
     "retry": (_retry_delays_ordered,),
-    "": (_lease_outlasts_two_heartbeats,),
+    "": (_lease_outlasts_two_heartbeats, list_rules.schedules_agree),
+}
+# Rules of one list entry, by the entry section's name, run once the entry's own keys are checked.
+_ENTRY_RULES: dict[str, tuple[Callable[[_Walk, str, Mapping[Any, Any], dict[str, Any]], None], ...]] = {
+    "schedule": (list_rules.schedule_args,),
+    "retention": (list_rules.retention_target,),
 }
 
 
 def _build(checked: dict[str, Any], source: str) -> Config:
-    top = {key: value for key, value in checked.items() if key not in ("retry", "tools")}
+    top = {key: value for key, value in checked.items() if key not in ("retry", "tools", "schedules", "retention")}
     return Config(
         **top,
+        schedules=tuple(_schedule(values) for values in checked["schedules"] or ()),
+        retention=tuple(Retention(**values) for values in checked["retention"] or ()),
         retry=RetryConfig(**checked["retry"]),
         tools=Tools(tuple(_tool(name, values) for name, values in sorted(checked["tools"].items()))),
         source=source,
     )
+
+
+def _schedule(values: dict[str, Any]) -> Schedule:
+    return Schedule(**{**values, "args": values["args"] or {}})
 
 
 def _tool(name: str, values: dict[str, Any]) -> ToolConfig:

@@ -30,7 +30,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "supervisor.yaml"
 DSN = "postgresql://pggit_backup@localhost:5432/mydb"
 TOP_KEYS = (
     "drill_user, dsn, heartbeat_interval, kill_grace, lease_seconds, log_level, poll_interval, "
-    "retry, shutdown_timeout, tools, worker_id, worker_timeout, workers"
+    "retention, retry, schedule_interval, schedules, shutdown_timeout, tools, worker_id, worker_timeout, workers"
 )
 TOOLS = "barman, custom, pg_basebackup, pg_dump, pgbackrest"
 BASE: dict[str, Any] = {"dsn": DSN, "worker_id": "w1", "tools": {"pg_dump": {}}}

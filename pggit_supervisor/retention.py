@@ -1,0 +1,93 @@
+"""Retention of one target as the config declares it, and what `retention --dry-run` prints.
+
+The rules are evaluated in SQL (pggit.retention_plan, schema/015), so the dry run, the expiry
+and a psql user see one answer; this module carries the config's side and the wording.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+# tool -> (the keys a target may have, the one it must have)
+TARGET_KEYS: Mapping[str, tuple[tuple[str, ...], str | None]] = {
+    "pgbackrest": (("tool", "stanza"), "stanza"),
+    "barman": (("tool", "server"), "server"),
+    "pg_dump": (("tool", "database", "schema"), None),
+    "pg_basebackup": (("tool", "database"), None),
+}
+
+
+@dataclass(frozen=True)
+class Retention:
+    """One retention entry of the config (0: that keep rule is off)."""
+
+    target: Mapping[str, str]
+    keep_last: int = 0
+    keep_days: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    min_verified: int = 1
+    grace: int = 86400  # seconds an unverified or failed backup is left before it goes
+
+    def __hash__(self) -> int:  # target is a dict: a Config must hash
+        return hash((json.dumps(dict(self.target), sort_keys=True), *self.rule_values()))
+
+    def rule_values(self) -> tuple[int, ...]:
+        return (self.keep_last, self.keep_days, self.keep_daily, self.keep_weekly, self.keep_monthly, self.min_verified)
+
+    def rules(self) -> dict[str, int]:
+        """What pggit.retention_plan is given."""
+        return {
+            "keep_last": self.keep_last,
+            "keep_days": self.keep_days,
+            "keep_daily": self.keep_daily,
+            "keep_weekly": self.keep_weekly,
+            "keep_monthly": self.keep_monthly,
+            "min_verified": self.min_verified,
+            "grace_seconds": self.grace,
+        }
+
+    def name(self) -> str:
+        return " ".join([self.target["tool"], *(f"{k}={v}" for k, v in sorted(self.target.items()) if k != "tool")])
+
+
+@dataclass(frozen=True)
+class PlannedBackup:
+    """A row of pggit.retention_plan."""
+
+    backup_id: str
+    backup_name: str
+    status: str
+    completed_at: datetime | None
+    verified: bool
+    pinned: bool
+    expired: bool
+    keep: bool
+    reasons: Sequence[str]
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+
+def render_plan(retention: Retention, rows: Sequence[PlannedBackup]) -> str:
+    """Per backup: keep (and which rule), go, or already expired."""
+    rules = ", ".join(f"{k}={v}" for k, v in retention.rules().items() if v)
+    going = [row for row in rows if not row.keep and not row.expired]
+    lines = [f"target {retention.name()} ({rules}): keep {sum(row.keep for row in rows)}, would expire {len(going)}"]
+    for row in rows:
+        verdict = "expired" if row.expired else ("keep" if row.keep else "go")
+        why = ", ".join(row.reasons) or "no rule keeps it"
+        lines.append(f"  {verdict:<7} {_when(row.completed_at)}  {row.backup_id}  {row.backup_name}  {why}")
+    return "\n".join(lines)
+
+
+def plan_arguments(retention: Retention) -> tuple[str, str]:
+    return json.dumps(dict(retention.target)), json.dumps(retention.rules())
+
+
+__all__ = ["TARGET_KEYS", "PlannedBackup", "Retention", "plan_arguments", "render_plan"]
