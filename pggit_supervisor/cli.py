@@ -6,10 +6,11 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import psycopg2
 
-from . import __version__, restore, schema
+from . import __version__, log, restore, schema
 from .config import (
     ENV_OVERRIDES,
     Config,
@@ -20,6 +21,12 @@ from .config import (
     resolve_config_path,
 )
 from .errors import JobError, PggitError
+from .queue import Queue, connect
+from .retention import plan_arguments, render_plan
+from .rows import one_row
+from .schedule_report import render
+from .supervisor import Supervisor
+from .systemd import Notifier
 from .tools.restoring import RestoreTarget
 
 EXIT_CONFIG = 2
@@ -58,7 +65,6 @@ def _check_config(args: argparse.Namespace) -> int:
 def queue_login_warnings(dsn: str) -> list[str]:
     """What check-config says about the queue login's rights (it connects for that, briefly;
     an unreachable database is a note, not a failure: the file itself is valid)."""
-    from .rows import one_row
 
     try:
         conn = psycopg2.connect(dsn, connect_timeout=5, application_name="pggit-supervisor check-config")
@@ -118,10 +124,6 @@ def _restore(args: argparse.Namespace) -> int:
 
 def _schedules(args: argparse.Namespace) -> int:
     """Each schedule with its latest slot, that slot's outcome and the next fire time (issue 10)."""
-    from datetime import datetime, timezone
-
-    from .queue import Queue, connect
-    from .schedule_report import render
 
     config = load_config(resolve_config_path(args.config, os.environ), dsn=args.dsn, check_paths=False)
     conn = connect(config.dsn, "pggit-supervisor schedules")
@@ -136,8 +138,6 @@ def _schedules(args: argparse.Namespace) -> int:
 def _retention(args: argparse.Namespace) -> int:
     """Per target: with --dry-run what would be kept (by which rule) and what would go; without,
     expiry step 1 (the backups the rules let go are marked expired, issue 10)."""
-    from .queue import Queue, connect
-    from .retention import plan_arguments, render_plan
 
     config = load_config(resolve_config_path(args.config, os.environ), dsn=args.dsn, check_paths=False)
     if not config.retention:
@@ -163,9 +163,6 @@ def _retention(args: argparse.Namespace) -> int:
 def serve(load: Callable[[], Config]) -> int:
     """Loads the config (refusing to start on an invalid one) and runs the supervisor;
     `load` is called again on SIGHUP."""
-    from . import log
-    from .supervisor import Supervisor
-    from .systemd import Notifier
 
     try:
         config = load()

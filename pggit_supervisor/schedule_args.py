@@ -15,6 +15,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import JobError
+from .specs.barman import REUSE_BACKUP_ALIASES, BarmanParams
+from .specs.pg_basebackup import BaseBackupParams
+from .specs.pg_dump import DumpParams
+from .specs.pgbackrest import BackRestParams
 
 ARGS: Mapping[str, tuple[str, ...]] = {
     "pgbackrest": ("backup_type", "branch", "stanza", "options"),
@@ -78,12 +82,7 @@ def _option_problems(tool: str, options: Mapping[str, Any]) -> list[tuple[str, s
 
 
 def _spec_problems(tool: str, args: Mapping[str, Any], options: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """The params the function would store, through the adapter's parse (imported here: the
-    tools import the config, which imports this module)."""
-    from .tools.barman import REUSE_BACKUP_ALIASES, BarmanParams
-    from .tools.pg_basebackup import BaseBackupParams
-    from .tools.pg_dump import DumpParams
-    from .tools.pgbackrest import BackRestParams
+    """The params the function would store, through the parse the adapter re-checks a job with."""
 
     backup_type = args.get("backup_type", "full")
     if tool == "pgbackrest" and options.get("type", backup_type) != backup_type:

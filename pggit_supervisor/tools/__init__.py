@@ -1,6 +1,6 @@
 """The registry of tools: each tool's adapter, and the vocabulary the SQL shares with it (tool
 names, the stanza/server name pattern, each tool's parameter values). Adding a tool is adding a
-module and a line here; tests/test_vocabulary.py checks that the SQL says the same. The restore
+module and a line here; tests/sql/test_vocabulary.py checks that the SQL says the same. The restore
 drill gets the adapters whose backups it can drill from here, so it imports none of them."""
 
 from __future__ import annotations
@@ -9,7 +9,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from ..errors import invalid
-from . import barman, pg_basebackup, pg_dump, pgbackrest
+from ..specs import barman as specs_barman
+from ..specs import pg_basebackup as specs_pg_basebackup
+from ..specs import pg_dump as specs_pg_dump
+from ..specs import pgbackrest as specs_pgbackrest
 from .barman import BarmanAdapter
 from .base import Adapter, Context, Invocation, Outcome, Verification
 from .custom import CustomAdapter
@@ -43,10 +46,10 @@ TOOLS: tuple[str, ...] = tuple(ADAPTERS)
 # (pg_basebackup's compression_level range depends on the method: pg_basebackup.COMPRESSION_LEVELS)
 PARAMETERS: Mapping[str, Mapping[str, Parameter]] = MappingProxyType(
     {
-        "pg_dump": pg_dump.PARAMETERS,
-        "pg_basebackup": pg_basebackup.PARAMETERS,
-        "pgbackrest": pgbackrest.PARAMETERS,
-        "barman": barman.PARAMETERS,
+        "pg_dump": specs_pg_dump.PARAMETERS,
+        "pg_basebackup": specs_pg_basebackup.PARAMETERS,
+        "pgbackrest": specs_pgbackrest.PARAMETERS,
+        "barman": specs_barman.PARAMETERS,
     }
 )
 

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import gzip
 import os
-import re
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from types import MappingProxyType
-from typing import Any
+from dataclasses import replace
 
 import psycopg2
 
@@ -33,51 +29,13 @@ from ..files import (
 from ..libpq import libpq_env
 from ..queue import ClaimedJob
 from ..runner import RunResult
+from ..specs.pg_dump import DUMP_FORMATS, FORMATS, DumpParams
 from .base import Context, Invocation, Outcome, Verification, backup_stem, failure_from, run_check, tool_run
-from .params import Choice, IntRange, Parameter, param_dir, param_text, spec_params
+from .params import spec_params
 from .pg_dump_snapshot import RLS_REFUSED, open_snapshot
 from .restoring import Backup, RestorePlan, RestoresInto, RestoreTarget, confine
 
-FORMATS = {"custom": ".dump", "directory": "", "tar": ".tar", "plain": ".sql"}
-DUMP_FORMATS = tuple(FORMATS)
-# the values pggit.backup_pg_dump validates (p_format, p_options.compression_level, .jobs)
-FORMAT = Choice(DUMP_FORMATS)
-COMPRESSION_LEVEL = IntRange(0, 9)
-JOBS = IntRange(1, 64)
-PARAMETERS: Mapping[str, Parameter] = MappingProxyType(
-    {"format": FORMAT, "compression_level": COMPRESSION_LEVEL, "jobs": JOBS}
-)
-SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # as pggit.backup_pg_dump's p_schema
 _PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
-
-
-@dataclass(frozen=True)
-class DumpParams:
-    """A pg_dump job's parameters as pggit.backup_pg_dump validated them, checked again here
-    (the spec is a row another login may have written): the adapter's only re-check."""
-
-    format: str
-    output_dir: str
-    schema: str | None
-    compression_level: int | None
-    jobs: int | None
-
-    @classmethod
-    def parse(cls, params: Mapping[str, Any]) -> DumpParams:
-        fmt = FORMAT.parse(params, "format")
-        level = COMPRESSION_LEVEL.parse(params, "compression_level")
-        if level is not None and fmt == "tar":
-            raise invalid(
-                "parameter compression_level: pg_dump cannot compress the tar format "
-                "(allowed: custom, directory or plain format)"
-            )
-        jobs = JOBS.parse(params, "jobs")
-        if jobs is not None and fmt in ("tar", "plain"):
-            raise invalid(f"parameter jobs: not possible with the {fmt} format (allowed: directory, custom)")
-        schema = param_text(
-            params, "schema", SCHEMA_NAME, "the exact name of a schema (letters, digits, _)", required=False
-        )
-        return cls(fmt, param_dir(params), schema, level, jobs)
 
 
 class PgDumpAdapter:

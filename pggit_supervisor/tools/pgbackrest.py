@@ -13,24 +13,20 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from types import MappingProxyType
 from typing import Any
 
 from ..config import ToolConfig
 from ..errors import JobError, invalid, transient
 from ..queue import ClaimedJob
 from ..runner import RunnerError, RunResult
+from ..specs.pgbackrest import PARAMETERS, BackRestParams
 from .base import Context, Invocation, Outcome, Verification, run_check, tool_run
-from .params import NAME_PATTERN, Choice, IntRange, Parameter, param_text, spec_params
+from .params import NAME_PATTERN, spec_params
 from .pgbackrest_exits import EXIT_CODES, config_shown, explain_exit
 from .restoring import Backup, RestorePlan, RestoresInto, RestoreTarget
 
 # the values pggit.backup_pgbackrest validates (p_backup_type, p_options.repo)
-TYPE = Choice(("full", "incr", "diff"))
-REPO = IntRange(1, 256)
-PARAMETERS: Mapping[str, Parameter] = MappingProxyType({"type": TYPE, "repo": REPO})
 # `info` lists every backup of the stanza (about 600 bytes each): the runner's default 32 KiB
 # capture would cut the JSON of a stanza with a few dozen backups.
 CHECK_OUTPUT_LIMIT = 16 << 20
@@ -359,21 +355,6 @@ def restore_argv(tool: ToolConfig, location: str, target_dir: str, *, repo: int 
         f"--tablespace-map-all={target}.tablespaces",
     ]
     return argv + ["restore"]
-
-
-@dataclass(frozen=True)
-class BackRestParams:
-    """A pgBackRest job's parameters as pggit.backup_pgbackrest validated them, checked again
-    here (the spec is a row another login may have written): the adapter's only re-check."""
-
-    stanza: str
-    type: str
-    repo: int | None
-
-    @classmethod
-    def parse(cls, params: Mapping[str, Any]) -> BackRestParams:
-        stanza = param_text(params, "stanza", NAME_PATTERN, "a pgBackRest stanza name: 1-63 letters, digits, _ . -")
-        return cls(stanza, TYPE.parse(params, "type"), REPO.parse(params, "repo"))
 
 
 def _command(tool: ToolConfig, stanza: str, repo: int | None) -> list[str]:

@@ -20,11 +20,11 @@ import pytest
 from helpers.db import query, scalar
 from pggit_supervisor import config
 from pggit_supervisor.errors import JobError
+from pggit_supervisor.specs.barman import RESERVED_SERVERS, REUSE_BACKUP_ALIASES, BarmanParams
+from pggit_supervisor.specs.pg_basebackup import COMPRESSION_LEVELS, BaseBackupParams
+from pggit_supervisor.specs.pg_dump import DUMP_FORMATS, SCHEMA_NAME, DumpParams
+from pggit_supervisor.specs.pgbackrest import BackRestParams
 from pggit_supervisor.tools import NAME_PATTERN, PARAMETERS, TOOLS, Choice, IntRange, Parameter
-from pggit_supervisor.tools.barman import RESERVED_SERVERS, REUSE_BACKUP_ALIASES, BarmanParams
-from pggit_supervisor.tools.pg_basebackup import COMPRESSION_LEVELS, BaseBackupParams
-from pggit_supervisor.tools.pg_dump import DUMP_FORMATS, SCHEMA_NAME, DumpParams
-from pggit_supervisor.tools.pgbackrest import BackRestParams
 
 PARSERS: Mapping[str, Callable[[Mapping[str, Any]], object]] = {
     "pg_dump": DumpParams.parse,
