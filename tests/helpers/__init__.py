@@ -10,6 +10,7 @@ same module name, so `from conftest import ...` would get whichever one it loade
 - service: a real supervisor process and waiting for what it does
 - cluster: throwaway PostgreSQL clusters (also used by packaging/test_installed.py)
 - clock: a fake monotonic clock for the in-process units
+- jobs: a claimed job as a worker holds it, without a queue
 - prerequisites, release_0_1_0, schema_snapshot, fake_tool: one job each, see their docstrings
 """
 

@@ -24,6 +24,7 @@ import pytest
 
 from helpers.cluster import BIN, Cluster, as_postgres, free_port
 from helpers.db import query, scalar
+from helpers.jobs import claimed
 from helpers.processes import wait_until
 from helpers.service import Service, wait_for_state
 from pggit_supervisor import schema
@@ -402,19 +403,14 @@ def test_reuse_backup_on_a_postgres_server_completes_as_a_full_backup_and_says_s
 
 
 def direct(stack: Stack, **params) -> tuple[BarmanAdapter, ClaimedJob, Context]:
-    job = ClaimedJob(
+    job = claimed(
+        "barman",
         job_id="00000000-0000-0000-0000-0000000000b1",
         backup_id="00000000-0000-0000-0000-0000000000b2",
-        tool="barman",
         spec={"tool": "barman", "params": params},
         command="barman backup",
         claim_token=1,
-        attempts=1,
-        max_attempts=3,
-        metadata={},
         backup_name="direct",
-        branch_name="main",
-        commit_hash=None,
         database_name="postgres",
     )
     ctx = Context(

@@ -12,30 +12,12 @@ from typing import Any
 import psycopg2
 import pytest
 
+from helpers.jobs import claimed
 from pggit_supervisor import completer as completer_module
 from pggit_supervisor.completer import Completer
 from pggit_supervisor.config import RetryConfig
 from pggit_supervisor.errors import Failure
 from pggit_supervisor.executor import LOST_CLAIM, SHUTDOWN, Abandoned, Completed, Failed, HandedBack
-from pggit_supervisor.queue import ClaimedJob
-
-
-def claimed() -> ClaimedJob:
-    return ClaimedJob(
-        job_id="00000000-0000-0000-0000-000000000001",
-        backup_id="00000000-0000-0000-0000-000000000002",
-        tool="custom",
-        spec={"params": {}},
-        command="requested",
-        claim_token="secret",
-        attempts=1,
-        max_attempts=3,
-        metadata={},
-        backup_name="b",
-        branch_name="main",
-        commit_hash=None,
-        database_name="db",
-    )
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from helpers.jobs import claimed
 from pggit_supervisor.config import Config
 from pggit_supervisor.errors import Stopped, invalid, transient
 from pggit_supervisor.executor import (
@@ -27,24 +28,6 @@ from pggit_supervisor.runner import RunSpec
 from pggit_supervisor.tools import Invocation, Outcome
 
 CONFIG = Config(dsn="dbname=unused", heartbeat_interval=0.2)
-
-
-def claimed(tool: str = "custom") -> ClaimedJob:
-    return ClaimedJob(
-        job_id="00000000-0000-0000-0000-000000000001",
-        backup_id="00000000-0000-0000-0000-000000000002",
-        tool=tool,
-        spec={"params": {}},
-        command="requested",
-        claim_token="secret",
-        attempts=1,
-        max_attempts=3,
-        metadata={},
-        backup_name="b",
-        branch_name="main",
-        commit_hash=None,
-        database_name="db",
-    )
 
 
 @dataclass
