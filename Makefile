@@ -11,6 +11,9 @@ PYTEST_ARGS ?=
 # packaging files of tests/tools; tests/service is left out whole. Layers: tests/conftest.py.
 CHECK_LAYERS = tests/unit tests/sql tests/tools
 CHECK_MARKS  = not slow and not supervisor
+# in parallel (pytest-xdist), each process with a server of its own: most of a SQL test's time is
+# the clone of its database, which one server does one at a time
+CHECK_JOBS  ?= 2
 
 .PHONY: test check lint demo venv deps clean deb
 
@@ -39,7 +42,7 @@ test: venv lint
 	$(PYTEST) $(PYTEST_ARGS)
 
 check: venv
-	$(PYTEST) -m '$(CHECK_MARKS)' $(CHECK_LAYERS) $(PYTEST_ARGS)
+	$(PYTEST) -n $(CHECK_JOBS) -m '$(CHECK_MARKS)' $(CHECK_LAYERS) $(PYTEST_ARGS)
 
 # All three run, so one look shows every finding; the target fails if any of them does.
 LINTED = pggit_supervisor tests docs packaging bench

@@ -54,11 +54,34 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.supervisor)
 
 
+def _runs_no_tests(config) -> bool:
+    """The controller of a parallel run (`pytest -n N`, as `make check` runs): its workers each
+    start their own server and run the tests; the controller only hands them out."""
+    return getattr(config, "workerinput", None) is None and bool(config.getoption("numprocesses", None))
+
+
+def _is_xdist_worker(config) -> bool:
+    return getattr(config, "workerinput", None) is not None
+
+
+_made_drill_user = False
+
+
 def pytest_sessionstart(session) -> None:
+    global _made_drill_user
     absent = prerequisites.missing(BIN)
     if absent:
         pytest.exit(prerequisites.report(absent), returncode=pytest.ExitCode.USAGE_ERROR)
-    if OWN_SERVER:
+    if not _is_xdist_worker(session.config):
+        # Restore drills run their sandbox as an unprivileged OS user of their own: created here,
+        # once per run (not per parallel worker), as the package creates it when this machine
+        # lacks it, and removed at the end if we made it.
+        try:
+            pwd.getpwnam(DRILL_USER)
+        except KeyError:
+            subprocess.run(sandbox.useradd_argv(DRILL_USER), check=True, capture_output=True)
+            _made_drill_user = True
+    if OWN_SERVER and not _runs_no_tests(session.config):
         cluster = Cluster(extra_conf=SESSION_SERVER_CONF, port=PG_PORT)
         cluster.remove_when_this_process_ends()
         atexit.register(cluster.remove)
@@ -74,18 +97,8 @@ postgresql_server = factories.postgresql_noproc(
 )
 
 
-@pytest.fixture(scope="session", autouse=True)
-def drill_user():
-    """Restore drills run their sandbox as an unprivileged OS user of their own: created here
-    as the package creates it when this machine lacks it, and removed again if we made it."""
-    try:
-        pwd.getpwnam(DRILL_USER)
-        created = False
-    except KeyError:
-        subprocess.run(sandbox.useradd_argv(DRILL_USER), check=True, capture_output=True)
-        created = True
-    yield DRILL_USER
-    if created:
+def pytest_sessionfinish(session) -> None:
+    if _made_drill_user:
         subprocess.run(["userdel", DRILL_USER], capture_output=True)
 
 
