@@ -243,6 +243,12 @@ DECLARE
     v_left   bigint;
     v_total  bigint;
 BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        -- a snapshot taken before the lock was granted would not see the expiries of the call it
+        -- waited for: two rule sets could each keep the floor and together go below it
+        RAISE EXCEPTION 'pggit: expire_backups runs in READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING ERRCODE = '25000', HINT = 'call it outside an explicit REPEATABLE READ or SERIALIZABLE transaction';
+    END IF;
     PERFORM pggit._retention_lock(v_target);
     RETURN QUERY
     WITH plan AS (SELECT * FROM pggit.retention_plan(v_target, v_rules)),

@@ -5,6 +5,8 @@ to expire, and an expired backup cannot be reset back to life (its data is about
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import timedelta
 
 import psycopg2
@@ -91,3 +93,55 @@ def test_an_expired_backup_cannot_be_reset_back_to_life(db, login):
         )
     assert refused.value.pgcode == "55000" and "expired" in refused.value.diag.message_primary
     assert scalar(db, "SELECT status FROM pggit.backups WHERE backup_id = %s", (dead,)) == "cancelled"
+
+
+def kept_by(conn, rules: dict) -> set[str]:
+    rows = query(
+        conn, "SELECT backup_id::text, keep FROM pggit.retention_plan(%s, %s)", (json.dumps(DUMPS), json.dumps(rules))
+    )
+    return {row["backup_id"] for row in rows if row["keep"]}
+
+
+def _expire(conn, rules: dict):
+    return query(conn, "SELECT * FROM pggit.expire_backups('h/1', %s, %s)", (json.dumps(DUMPS), json.dumps(rules)))
+
+
+def test_two_rule_sets_expiring_at_once_hold_the_floor_one_after_the_other(db, dsn, login_as):
+    """Host A keeps the 3 newest, host B (another rule set for the same target) the newest of 4
+    weeks: each alone holds min_verified 3, but planned on the same rows they would together
+    leave one. B waits for A's lock, then plans on what A left, so 3 stay."""
+    backups = [make_at(db, now(db) - timedelta(days=day)) for day in (0, 1, 2, 8, 15, 22)]
+    assert len(kept_by(db, {"keep_weekly": 4, "min_verified": 3}) - set(backups[:3])) >= 2, "B alone keeps old ones"
+    _, name_a = login_as(WORKER)
+    _, name_b = login_as(WORKER)
+    host_a, host_b = psycopg2.connect(dsn, user=name_a), psycopg2.connect(dsn, user=name_b)
+    try:
+        first = _expire(host_a, {"keep_last": 3, "min_verified": 3})  # A's transaction stays open
+        assert {row["backup_id"] for row in first} == set(backups[3:])
+        pool = ThreadPoolExecutor(1)
+        second = pool.submit(_expire, host_b, {"keep_weekly": 4, "min_verified": 3})
+        with pytest.raises(FutureTimeout):
+            second.result(timeout=1)  # waiting for the target's lock
+        host_a.commit()
+        assert second.result(timeout=20) == [], "B sees A's expiries: the 3 left are its floor"
+        host_b.commit()
+        pool.shutdown()
+    finally:
+        host_a.close()
+        host_b.close()
+    assert kept_by(db, {"min_verified": 3}) == set(backups[:3])
+
+
+def test_expiry_in_a_repeatable_read_transaction_is_refused(db, dsn, login_as):
+    """Under REPEATABLE READ the snapshot predates the lock: the wait above would plan on rows
+    from before A's expiries, and the floor's re-check would read them too."""
+    make_at(db, now(db) - timedelta(days=1))
+    _, name = login_as(WORKER)
+    conn = psycopg2.connect(dsn, user=name)
+    try:
+        conn.set_session(isolation_level="REPEATABLE READ")
+        with pytest.raises(psycopg2.Error) as refused:
+            _expire(conn, {})
+        assert refused.value.pgcode == "25000"
+    finally:
+        conn.close()
