@@ -122,8 +122,9 @@ DECLARE
     v_now    timestamptz := coalesce(p_now, now());
 BEGIN
     RETURN QUERY
-    WITH base AS (
-        SELECT b.backup_id, b.backup_name, b.status, b.completed_at, b.created_at, b.location,
+    WITH RECURSIVE base AS (
+        SELECT b.backup_id, b.backup_name, b.status, b.completed_at, b.created_at, b.location, b.metadata,
+               substring(b.location FROM '^pgbackrest://[^/]+/(.+)$') AS label,
                b.status = 'completed' AND b.verified_at IS NOT NULL AS verified,
                EXISTS (SELECT 1 FROM pggit.backup_pins p WHERE p.backup_id = b.backup_id) AS pinned,
                EXISTS (SELECT 1 FROM pggit.backup_expirations e WHERE e.backup_id = b.backup_id) AS expired
@@ -165,19 +166,37 @@ BEGIN
                              <= (v_rules ->> 'min_verified')::integer
                     THEN ARRAY['min_verified'] ELSE r.why END AS why
           FROM ruled r),
+    refs AS (  -- the labels a kept pgBackRest backup reads files of (its info's reference and
+               -- prior, as its worker recorded them: a forged one only keeps more), and theirs
+        SELECT r.label FROM floored k JOIN base i ON i.backup_id = k.backup_id
+         CROSS JOIN LATERAL (
+             SELECT x FROM jsonb_array_elements_text(CASE WHEN jsonb_typeof(i.metadata -> 'reference') = 'array'
+                                                          THEN i.metadata -> 'reference' ELSE '[]' END) x
+             UNION ALL SELECT i.metadata ->> 'prior' WHERE jsonb_typeof(i.metadata -> 'prior') = 'string') r(label)
+         WHERE v_target ->> 'tool' = 'pgbackrest' AND cardinality(k.why) > 0
+        UNION
+        SELECT r.label FROM refs JOIN base i ON i.label = refs.label
+         CROSS JOIN LATERAL (
+             SELECT x FROM jsonb_array_elements_text(CASE WHEN jsonb_typeof(i.metadata -> 'reference') = 'array'
+                                                          THEN i.metadata -> 'reference' ELSE '[]' END) x
+             UNION ALL SELECT i.metadata ->> 'prior' WHERE jsonb_typeof(i.metadata -> 'prior') = 'string') r(label)),
     needed AS (  -- a kept pgBackRest incremental or differential needs its full (label prefix)
-        SELECT f.backup_id FROM floored f JOIN base b ON b.backup_id = f.backup_id
-         WHERE v_target ->> 'tool' = 'pgbackrest' AND cardinality(f.why) = 0
-           AND EXISTS (SELECT 1 FROM floored k JOIN base i ON i.backup_id = k.backup_id
-                        WHERE cardinality(k.why) > 0
-                          AND i.location LIKE b.location || '\_%' ESCAPE '\'))
+                 -- and every backup it references; completed, not expired, not kept otherwise
+        SELECT b.backup_id FROM base b LEFT JOIN floored f ON f.backup_id = b.backup_id
+         WHERE v_target ->> 'tool' = 'pgbackrest' AND b.status = 'completed' AND NOT b.expired AND NOT b.pinned
+           AND coalesce(cardinality(f.why), 0) = 0
+           AND (b.label IN (SELECT refs.label FROM refs)
+                OR EXISTS (SELECT 1 FROM floored k JOIN base i ON i.backup_id = k.backup_id
+                            WHERE cardinality(k.why) > 0
+                              AND i.location LIKE b.location || '\_%' ESCAPE '\')))
     SELECT b.backup_id, b.backup_name, b.status, b.completed_at, b.verified, b.pinned, b.expired,
            CASE WHEN b.expired THEN false
                 WHEN b.pinned OR b.status = 'in_progress' THEN true
+                WHEN b.backup_id IN (SELECT backup_id FROM needed) THEN true
                 WHEN b.verified THEN cardinality(f.why) > 0 OR b.backup_id IN (SELECT backup_id FROM needed)
                 ELSE b.created_at > v_now - make_interval(secs => (v_rules ->> 'grace_seconds')::integer) END,
            CASE WHEN b.expired THEN ARRAY['expired']
-                WHEN b.verified AND b.backup_id IN (SELECT backup_id FROM needed) THEN ARRAY['base of a kept incremental']
+                WHEN b.backup_id IN (SELECT backup_id FROM needed) THEN ARRAY['base of a kept incremental']
                 WHEN b.verified THEN coalesce(f.why, ARRAY[]::text[])
                 WHEN b.status = 'in_progress' THEN ARRAY['in progress']
                 WHEN b.pinned THEN ARRAY['pinned']

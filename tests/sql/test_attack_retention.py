@@ -145,3 +145,32 @@ def test_expiry_in_a_repeatable_read_transaction_is_refused(db, dsn, login_as):
         assert refused.value.pgcode == "25000"
     finally:
         conn.close()
+
+
+def test_a_kept_incremental_keeps_every_backup_it_references_not_only_its_full(db):
+    """pgBackRest's incremental after a differential reads files of both: its info lists them in
+    `reference` (and `prior`). Letting the differential go would break the kept incremental (and
+    `pgbackrest expire --set` of the differential takes its dependants with it)."""
+    old = make_at(db, now(db) - timedelta(days=9), backup_type="full", label="20260101-000000F")
+    full = make_at(db, now(db) - timedelta(days=3), backup_type="full", label="20260107-000000F")
+    diff = make_at(db, now(db) - timedelta(days=2), backup_type="diff", label="20260107-000000F_20260108-000000D")
+    incr = make_at(db, now(db) - timedelta(days=1), backup_type="incr", label="20260107-000000F_20260109-000000I")
+    for backup_id, prior, reference in (
+        (diff, "20260107-000000F", ["20260107-000000F"]),
+        (incr, "20260107-000000F_20260108-000000D", ["20260107-000000F", "20260107-000000F_20260108-000000D"]),
+    ):
+        force(
+            db,
+            "UPDATE pggit.backups SET metadata = metadata || %s WHERE backup_id = %s",
+            (json.dumps({"prior": prior, "reference": reference}), backup_id),
+        )
+    rows = query(
+        db,
+        "SELECT backup_id::text, keep, reasons FROM pggit.retention_plan(%s, %s)",
+        (json.dumps(S1), '{"keep_last": 1}'),
+    )
+    found = {row["backup_id"]: (row["keep"], row["reasons"]) for row in rows}
+    assert found[incr] == (True, ["newest verified", "keep_last"])
+    assert found[diff] == (True, ["base of a kept incremental"])
+    assert found[full] == (True, ["base of a kept incremental"])
+    assert found[old] == (False, [])
