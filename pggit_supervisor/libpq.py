@@ -94,7 +94,13 @@ class TickingSession:
         return cur
 
     def close(self) -> None:
-        if not self.conn.closed:
+        """Closes the connection; a statement still running (the caller left by an exception that
+        did not come from the checkpoint, e.g. a signal handler's) is cancelled on the server first."""
+        if self.conn.closed:
+            return
+        if self.conn.isexecuting():
+            self._cancel()
+        else:
             self.conn.close()
 
     def _wait(self, deadline: float | None) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -228,8 +229,26 @@ class Queue:
 
 def shell_command(argv: Sequence[str]) -> str:
     """The argv as one line a person can read and paste into a shell (NULs, which no argv can
-    hold anyway, replaced as fit_text does)."""
-    return shlex.join(argv).replace("\x00", "\ufffd")
+    hold anyway, replaced as fit_text does). An argument holding a control character (a line
+    break, a terminal escape: C0 or C1) is written with bash's ANSI-C quoting, $'a\\nb', so that
+    what a DBA reads is one line and moves no cursor; pggit.record_job_command refuses them raw."""
+    return " ".join(_ansi_c_quote(arg) if _CONTROL.search(arg) else shlex.quote(arg) for arg in argv).replace(
+        "\x00", "\ufffd"
+    )
+
+
+_CONTROL = re.compile("[\x01-\x1f\x7f-\x9f]")
+
+
+def _ansi_c_quote(arg: str) -> str:
+    def one(char: str) -> str:
+        if char in "\\'":
+            return "\\" + char
+        if _CONTROL.match(char):
+            return f"\\x{ord(char):02x}" if ord(char) < 0x80 else f"\\u{ord(char):04x}"
+        return char
+
+    return "$'" + "".join(one(char) for char in arg) + "'"
 
 
 def fit_text(text: str | None, limit: int = MAX_TEXT_BYTES) -> str | None:

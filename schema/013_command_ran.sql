@@ -40,6 +40,11 @@ BEGIN
     END IF;
     PERFORM pggit._require_size('p_command', octet_length(p_command), 16384,
         'at most 16 KiB: a command line, not a script');
+    -- a DBA reads it in psql or `pggit-supervisor`: no line break or terminal escape (C0, C1)
+    IF p_command ~ '[\x01-\x1f\x7f-\x9f]' THEN
+        PERFORM pggit._invalid('p_command', 'contains a control character',
+            'one printable line: write an argument holding one with ANSI-C quoting ($''a\nb'')');
+    END IF;
     UPDATE pggit.backup_jobs j
        SET ran_command = p_command, ran_command_at = now()
      WHERE j.job_id = p_job_id AND j.status = 'running'

@@ -25,6 +25,9 @@ CREATE TABLE IF NOT EXISTS pggit.backup_schedule_hosts (
     fingerprint   text NOT NULL,
     definition    jsonb NOT NULL,
     seen_at       timestamptz NOT NULL,
+    -- the login that speaks for this host: another login may not (it would replace the host's
+    -- definition, hide a conflict or record slots in its name) until the host has gone silent
+    login         text NOT NULL DEFAULT session_user,
     PRIMARY KEY (schedule_name, host)
 );
 
@@ -40,6 +43,7 @@ CREATE TABLE IF NOT EXISTS pggit.backup_schedule_slots (
     backup_id     uuid REFERENCES pggit.backups ON DELETE SET NULL,
     fingerprint   text NOT NULL,
     recorded_by   text NOT NULL,
+    recorded_login text NOT NULL DEFAULT session_user,
     recorded_at   timestamptz NOT NULL DEFAULT now(),
     detail        text,
     PRIMARY KEY (schedule_name, slot_time),
@@ -68,6 +72,7 @@ DECLARE
     c_keys constant text[] := ARRAY['cron', 'timezone', 'tool', 'args', 'catch_up', 'starting_deadline',
                                     'overlap', 'max_age', 'enabled', 'database'];
     v_extra text[];
+    v_key   text;
 BEGIN
     IF p_definition IS NULL OR jsonb_typeof(p_definition) <> 'object' THEN
         PERFORM pggit._invalid('p_definition', 'must be a JSON object', 'the schedule as the config defines it');
@@ -87,6 +92,23 @@ BEGIN
     END IF;
     PERFORM pggit._require_enum('p_definition.overlap', coalesce(p_definition ->> 'overlap', 'skip'),
         ARRAY['skip', 'queue']);
+    SELECT k INTO v_key FROM unnest(ARRAY['cron', 'timezone', 'database']) k
+     WHERE jsonb_typeof(p_definition -> k) IS DISTINCT FROM 'string' AND p_definition ? k ORDER BY k LIMIT 1;
+    IF v_key IS NOT NULL THEN
+        PERFORM pggit._invalid('p_definition.' || v_key, 'must be a string', 'as the config writes it');
+    END IF;
+    -- what people read (the cron and zone in `schedules`, a refusal naming an arg) carries no
+    -- terminal escape or line break: no C0 or C1 control character in any string, at any depth
+    WITH RECURSIVE t(path, value) AS (
+        SELECT 'p_definition.' || e.key, e.value FROM jsonb_each(p_definition) e
+        UNION ALL
+        SELECT t.path || '.' || e.key, e.value FROM t, jsonb_each(t.value) e WHERE jsonb_typeof(t.value) = 'object')
+    SELECT t.path INTO v_key FROM t
+     WHERE jsonb_typeof(t.value) = 'string' AND (t.value #>> '{}') ~ '[\x01-\x1f\x7f-\x9f]'
+     ORDER BY t.path LIMIT 1;
+    IF v_key IS NOT NULL THEN
+        PERFORM pggit._invalid(v_key, 'contains a control character', 'printable text: no escape, tab or line break');
+    END IF;
     RETURN p_definition;
 END
 $$;
@@ -105,6 +127,34 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pggit, pg_temp AS $$
      WHERE h.schedule_name = p_schedule AND h.host <> p_host AND h.fingerprint <> p_fingerprint
        AND h.seen_at > now() - pggit._schedule_host_alive()
      ORDER BY h.seen_at DESC LIMIT 1
+$$;
+
+-- Notes that p_host carries the schedule with this definition, now. A host is spoken for by one
+-- login: another login's call for it is refused while the host is alive (seen within
+-- _schedule_host_alive), so one compromised host's login cannot replace another host's
+-- definition (hiding a conflict) nor record slots in its name; a host silent for longer (moved
+-- to a new login) is taken over.
+CREATE OR REPLACE FUNCTION pggit._schedule_host_seen(p_schedule text, p_host text, p_fingerprint text,
+                                                     p_definition jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pggit, pg_temp AS $$
+DECLARE
+    v_login text;
+BEGIN
+    INSERT INTO pggit.backup_schedule_hosts AS h (schedule_name, host, fingerprint, definition, seen_at, login)
+    VALUES (p_schedule, p_host, p_fingerprint, p_definition, now(), session_user)
+    ON CONFLICT (schedule_name, host) DO UPDATE
+        SET fingerprint = EXCLUDED.fingerprint, definition = EXCLUDED.definition, seen_at = EXCLUDED.seen_at,
+            login = EXCLUDED.login
+        WHERE h.login = EXCLUDED.login OR h.seen_at <= now() - pggit._schedule_host_alive();
+    IF NOT FOUND THEN
+        SELECT h.login INTO v_login FROM pggit.backup_schedule_hosts h
+         WHERE h.schedule_name = p_schedule AND h.host = p_host;
+        RAISE EXCEPTION 'pggit: host % of schedule % is carried by login %, not %', p_host, p_schedule, v_login, session_user
+            USING ERRCODE = '42501',
+                  HINT = 'give each host its own worker id (the part before /); a host moved to a new login takes its name back '
+                      || 'once the old one has been silent for ' || pggit._schedule_host_alive();
+    END IF;
+END
 $$;
 
 -- Called by each worker's scheduler before it works out a schedule's slots: registers the
@@ -128,10 +178,7 @@ BEGIN
     INSERT INTO pggit.backup_schedules AS s (schedule_name, registered_at, fingerprint, definition, defined_by)
     VALUES (p_schedule, least(coalesce(p_now, now()), now()), v_fp, p_definition, v_host)
     ON CONFLICT (schedule_name) DO NOTHING;
-    INSERT INTO pggit.backup_schedule_hosts AS h (schedule_name, host, fingerprint, definition, seen_at)
-    VALUES (p_schedule, v_host, v_fp, p_definition, now())
-    ON CONFLICT (schedule_name, host) DO UPDATE
-        SET fingerprint = EXCLUDED.fingerprint, definition = EXCLUDED.definition, seen_at = EXCLUDED.seen_at;
+    PERFORM pggit._schedule_host_seen(p_schedule, v_host, v_fp, p_definition);
     RETURN QUERY
         SELECT s.registered_at,
                (SELECT max(l.slot_time) FROM pggit.backup_schedule_slots l WHERE l.schedule_name = p_schedule),
@@ -225,6 +272,9 @@ BEGIN
             'a time the schedule''s cron expression fired (cron has minutes), not in the future');
     END IF;
     PERFORM pggit._require_output_size('p_detail', p_detail);
+    IF p_detail ~ '[\x01-\x1f\x7f-\x9f]' THEN
+        PERFORM pggit._invalid('p_detail', 'contains a control character', 'one printable line: no escape, tab or line break');
+    END IF;
     v_detail := left(p_detail, 1000);
 
     -- one decision per schedule at a time: every later check reads what the earlier one wrote
@@ -240,8 +290,7 @@ BEGIN
                             false, NULL::text;
         RETURN;
     END IF;
-    UPDATE pggit.backup_schedule_hosts h SET fingerprint = v_fp, definition = p_definition, seen_at = now()
-     WHERE h.schedule_name = p_schedule AND h.host = v_host;
+    PERFORM pggit._schedule_host_seen(p_schedule, v_host, v_fp, p_definition);
     SELECT * INTO v_conflict FROM pggit._schedule_conflict(p_schedule, v_host, v_fp);
     IF v_conflict.host IS NOT NULL THEN
         RETURN QUERY SELECT NULL::text, NULL::text, NULL::uuid, NULL::text, NULL::text, false, v_conflict.host;
@@ -343,6 +392,7 @@ GRANT SELECT ON pggit.backup_schedule_status, pggit.backup_schedule_slots TO pgg
 REVOKE ALL ON FUNCTION pggit._schedule_host_alive(), pggit._schedule_fingerprint(jsonb),
                        pggit._require_schedule_definition(jsonb), pggit._schedule_host(text),
                        pggit._schedule_conflict(text, text, text), pggit._enqueue_scheduled(text, jsonb),
+                       pggit._schedule_host_seen(text, text, text, jsonb),
                        pggit._schedule_stanza(jsonb),
                        pggit.touch_backup_schedule(text, text, jsonb, timestamptz),
                        pggit.record_backup_schedule_slot(text, text, timestamptz, jsonb, text, text)

@@ -27,17 +27,30 @@ CREATE TABLE IF NOT EXISTS pggit.backup_expirations (
     removal_error text
 );
 
--- What a backup belongs to, as a retention target names it.
-CREATE OR REPLACE FUNCTION pggit._retention_identity(p_tool text, p_metadata jsonb) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pggit, pg_temp AS $$
+-- What a backup belongs to, as a retention target names it, from the parameters its job was
+-- enqueued with (backup_jobs.spec, fixed by 010's triggers), never from backups.metadata: the
+-- worker that finishes a backup merges its own metadata there, and must not be able to move a
+-- backup of one stanza into another's count. NULL (STRICT) for a backup without such a job.
+CREATE OR REPLACE FUNCTION pggit._retention_identity(p_tool text, p_params jsonb) RETURNS jsonb
+LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, pggit, pg_temp AS $$
     SELECT CASE p_tool
-        WHEN 'pgbackrest' THEN jsonb_build_object('tool', p_tool, 'stanza', p_metadata -> 'params' ->> 'stanza')
-        WHEN 'barman' THEN jsonb_build_object('tool', p_tool, 'server', p_metadata -> 'params' ->> 'server')
+        WHEN 'pgbackrest' THEN jsonb_build_object('tool', p_tool, 'stanza', p_params ->> 'stanza')
+        WHEN 'barman' THEN jsonb_build_object('tool', p_tool, 'server', p_params ->> 'server')
         WHEN 'pg_dump' THEN jsonb_strip_nulls(jsonb_build_object('tool', p_tool,
-            'database', coalesce(p_metadata -> 'params' ->> 'database', current_database()),
-            'schema', p_metadata -> 'params' ->> 'schema'))
+            'database', coalesce(p_params ->> 'database', current_database()),
+            'schema', p_params ->> 'schema'))
         WHEN 'pg_basebackup' THEN jsonb_build_object('tool', p_tool, 'database', current_database())
     END
+$$;
+
+-- The parameters of the job that made a backup (its first job of the backup's own tool), NULL
+-- for a backup registered by hand: retention counts and expires only what this service made; a
+-- DBA's backup is never verified by a job, and would otherwise go after the grace period.
+CREATE OR REPLACE FUNCTION pggit._retention_params(p_backup_id uuid, p_tool text) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pggit, pg_temp AS $$
+    SELECT j.spec -> 'params' FROM pggit.backup_jobs j
+     WHERE j.backup_id = p_backup_id AND j.tool = p_tool
+     ORDER BY j.created_at, j.job_id LIMIT 1
 $$;
 
 -- A target as the config writes it, checked and in the form _retention_identity gives.
@@ -109,14 +122,16 @@ DECLARE
     v_now    timestamptz := coalesce(p_now, now());
 BEGIN
     RETURN QUERY
-    WITH base AS (
-        SELECT b.backup_id, b.backup_name, b.status, b.completed_at, b.created_at, b.location,
+    WITH RECURSIVE base AS (
+        SELECT b.backup_id, b.backup_name, b.status, b.completed_at, b.created_at, b.location, b.metadata,
+               substring(b.location FROM '^pgbackrest://[^/]+/(.+)$') AS label,
                b.status = 'completed' AND b.verified_at IS NOT NULL AS verified,
                EXISTS (SELECT 1 FROM pggit.backup_pins p WHERE p.backup_id = b.backup_id) AS pinned,
                EXISTS (SELECT 1 FROM pggit.backup_expirations e WHERE e.backup_id = b.backup_id) AS expired
           FROM pggit.backups b
+          JOIN LATERAL (SELECT pggit._retention_params(b.backup_id, b.backup_tool) AS params) j ON true
          WHERE b.backup_tool = v_target ->> 'tool'
-           AND pggit._retention_identity(b.backup_tool, b.metadata) = v_target),
+           AND pggit._retention_identity(b.backup_tool, j.params) = v_target),
     counted AS (  -- what the rules count: verified, completed, not expired; newest first
         SELECT c.*, row_number() OVER (ORDER BY c.completed_at DESC, c.backup_id) AS n,
                (c.completed_at AT TIME ZONE 'UTC') AS utc
@@ -151,19 +166,37 @@ BEGIN
                              <= (v_rules ->> 'min_verified')::integer
                     THEN ARRAY['min_verified'] ELSE r.why END AS why
           FROM ruled r),
+    refs AS (  -- the labels a kept pgBackRest backup reads files of (its info's reference and
+               -- prior, as its worker recorded them: a forged one only keeps more), and theirs
+        SELECT r.label FROM floored k JOIN base i ON i.backup_id = k.backup_id
+         CROSS JOIN LATERAL (
+             SELECT x FROM jsonb_array_elements_text(CASE WHEN jsonb_typeof(i.metadata -> 'reference') = 'array'
+                                                          THEN i.metadata -> 'reference' ELSE '[]' END) x
+             UNION ALL SELECT i.metadata ->> 'prior' WHERE jsonb_typeof(i.metadata -> 'prior') = 'string') r(label)
+         WHERE v_target ->> 'tool' = 'pgbackrest' AND cardinality(k.why) > 0
+        UNION
+        SELECT r.label FROM refs JOIN base i ON i.label = refs.label
+         CROSS JOIN LATERAL (
+             SELECT x FROM jsonb_array_elements_text(CASE WHEN jsonb_typeof(i.metadata -> 'reference') = 'array'
+                                                          THEN i.metadata -> 'reference' ELSE '[]' END) x
+             UNION ALL SELECT i.metadata ->> 'prior' WHERE jsonb_typeof(i.metadata -> 'prior') = 'string') r(label)),
     needed AS (  -- a kept pgBackRest incremental or differential needs its full (label prefix)
-        SELECT f.backup_id FROM floored f JOIN base b ON b.backup_id = f.backup_id
-         WHERE v_target ->> 'tool' = 'pgbackrest' AND cardinality(f.why) = 0
-           AND EXISTS (SELECT 1 FROM floored k JOIN base i ON i.backup_id = k.backup_id
-                        WHERE cardinality(k.why) > 0
-                          AND i.location LIKE b.location || '\_%' ESCAPE '\'))
+                 -- and every backup it references; completed, not expired, not kept otherwise
+        SELECT b.backup_id FROM base b LEFT JOIN floored f ON f.backup_id = b.backup_id
+         WHERE v_target ->> 'tool' = 'pgbackrest' AND b.status = 'completed' AND NOT b.expired AND NOT b.pinned
+           AND coalesce(cardinality(f.why), 0) = 0
+           AND (b.label IN (SELECT refs.label FROM refs)
+                OR EXISTS (SELECT 1 FROM floored k JOIN base i ON i.backup_id = k.backup_id
+                            WHERE cardinality(k.why) > 0
+                              AND i.location LIKE b.location || '\_%' ESCAPE '\')))
     SELECT b.backup_id, b.backup_name, b.status, b.completed_at, b.verified, b.pinned, b.expired,
            CASE WHEN b.expired THEN false
                 WHEN b.pinned OR b.status = 'in_progress' THEN true
+                WHEN b.backup_id IN (SELECT backup_id FROM needed) THEN true
                 WHEN b.verified THEN cardinality(f.why) > 0 OR b.backup_id IN (SELECT backup_id FROM needed)
                 ELSE b.created_at > v_now - make_interval(secs => (v_rules ->> 'grace_seconds')::integer) END,
            CASE WHEN b.expired THEN ARRAY['expired']
-                WHEN b.verified AND b.backup_id IN (SELECT backup_id FROM needed) THEN ARRAY['base of a kept incremental']
+                WHEN b.backup_id IN (SELECT backup_id FROM needed) THEN ARRAY['base of a kept incremental']
                 WHEN b.verified THEN coalesce(f.why, ARRAY[]::text[])
                 WHEN b.status = 'in_progress' THEN ARRAY['in progress']
                 WHEN b.pinned THEN ARRAY['pinned']
@@ -193,7 +226,8 @@ BEGIN
         PERFORM pggit._invalid('p_backup_id', format('no backup %s', coalesce(p_backup_id::text, 'NULL')), 'a pggit.backups.backup_id');
     END IF;
     IF v_backup.backup_tool IN ('pgbackrest', 'barman', 'pg_dump', 'pg_basebackup') THEN
-        PERFORM pggit._retention_lock(pggit._retention_identity(v_backup.backup_tool, v_backup.metadata));
+        PERFORM pggit._retention_lock(pggit._retention_identity(v_backup.backup_tool,
+                                          pggit._retention_params(v_backup.backup_id, v_backup.backup_tool)));
     END IF;
     IF EXISTS (SELECT 1 FROM pggit.backup_expirations e WHERE e.backup_id = p_backup_id) THEN
         RAISE EXCEPTION 'backup %: already expired, so it cannot be pinned', p_backup_id USING ERRCODE = '55000';
@@ -228,6 +262,12 @@ DECLARE
     v_left   bigint;
     v_total  bigint;
 BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        -- a snapshot taken before the lock was granted would not see the expiries of the call it
+        -- waited for: two rule sets could each keep the floor and together go below it
+        RAISE EXCEPTION 'pggit: expire_backups runs in READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING ERRCODE = '25000', HINT = 'call it outside an explicit REPEATABLE READ or SERIALIZABLE transaction';
+    END IF;
     PERFORM pggit._retention_lock(v_target);
     RETURN QUERY
     WITH plan AS (SELECT * FROM pggit.retention_plan(v_target, v_rules)),
@@ -248,11 +288,37 @@ BEGIN
 END
 $$;
 
+-- An expired backup's data is about to be removed (step 2): its job does not go back in play
+-- (the operator's reset of a failed or cancelled job would complete a backup marked expired,
+-- counted for nothing and then removed), and no new job (a restore drill) reads it.
+CREATE OR REPLACE FUNCTION pggit._backup_jobs_refuse_expired() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pggit, pg_temp AS $$
+DECLARE
+    v_expired pggit.backup_expirations;
+BEGIN
+    IF TG_OP = 'UPDATE' AND NOT (NEW.status IN ('queued', 'running') AND OLD.status IN ('failed', 'cancelled')) THEN
+        RETURN NEW;
+    END IF;
+    SELECT * INTO v_expired FROM pggit.backup_expirations e WHERE e.backup_id = NEW.backup_id;
+    IF FOUND THEN
+        RAISE EXCEPTION 'backup %: expired by retention at % (host %), so its jobs do not run again', NEW.backup_id,
+                v_expired.expired_at, v_expired.expired_by
+            USING ERRCODE = '55000',
+                  HINT = 'schedule a new backup (pggit.backup_pg_dump / backup_pgbackrest / ...); pggit.backup_expirations says why it went';
+    END IF;
+    RETURN NEW;
+END
+$$;
+DROP TRIGGER IF EXISTS backup_jobs_refuse_expired ON pggit.backup_jobs;
+CREATE TRIGGER backup_jobs_refuse_expired BEFORE INSERT OR UPDATE OF status ON pggit.backup_jobs
+    FOR EACH ROW EXECUTE FUNCTION pggit._backup_jobs_refuse_expired();
+
 -- Who sees and does what: readers see pins and expirations and may plan; operators pin; the
 -- workers expire (their retention step), admins all of it.
 REVOKE ALL ON pggit.backup_pins, pggit.backup_expirations FROM PUBLIC;
 GRANT SELECT ON pggit.backup_pins, pggit.backup_expirations TO pggit_backup_reader;
-REVOKE ALL ON FUNCTION pggit._retention_identity(text, jsonb), pggit._require_retention_target(jsonb),
+REVOKE ALL ON FUNCTION pggit._retention_identity(text, jsonb), pggit._retention_params(uuid, text),
+                       pggit._backup_jobs_refuse_expired(), pggit._require_retention_target(jsonb),
                        pggit._require_retention_rules(jsonb), pggit.retention_plan(jsonb, jsonb, timestamptz),
                        pggit._retention_lock(jsonb), pggit.pin_backup(uuid, text), pggit.unpin_backup(uuid),
                        pggit.expire_backups(text, jsonb, jsonb)

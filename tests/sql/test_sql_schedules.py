@@ -68,8 +68,8 @@ def _record_many(dsn, user, host, definition, times, barrier, out):
 
 def test_three_hosts_recording_the_same_slots_at_once_make_exactly_one_job_per_slot(db, login_as, dsn):
     logins = [login_as(WORKER) for _ in range(3)]
-    for index, _ in enumerate(logins):
-        touch(db, f"host-{index}/1", "dumps", QUEUED)
+    for index, (conn, _) in enumerate(logins):
+        touch(conn, f"host-{index}/1", "dumps", QUEUED)  # each host is spoken for by its own login
     times = [T0 + timedelta(minutes=5 * i) for i in range(12)]
     ctx = multiprocessing.get_context("spawn")
     barrier, out = ctx.Barrier(3), ctx.Queue()

@@ -5,6 +5,7 @@ server works, and cancels the query on the server when the checkpoint says stop.
 
 from __future__ import annotations
 
+import signal
 import time
 
 import psycopg2
@@ -131,3 +132,25 @@ def test_a_failed_query_leaves_the_session_usable_for_the_next(dsn):
             session.execute("SELECT 1 / 0")
         session.execute("ROLLBACK TO SAVEPOINT one")
         assert session.execute("SELECT 2").fetchone()[0] == 2
+
+
+def test_a_session_left_by_any_exception_mid_query_cancels_it_on_the_server(dsn, db):
+    """Not only the checkpoint's stop: a signal handler's exception (the worker's SIGTERM) raised
+    while the session waits for the server leaves by the context manager, whose close cancels
+    the statement first; a plain close would let the server run it on until it next writes."""
+    name = "pggit-test ticking interrupted"
+
+    def interrupt(_signum, _frame):
+        raise Stopped("signal")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with pytest.raises(Stopped, match="signal"):
+            with TickingSession(dsn, Ticks(), application_name=name) as session:
+                signal.setitimer(signal.ITIMER_REAL, 2 * POLL_SECONDS)
+                session.execute("SELECT pg_sleep(60)")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert session.closed
+    assert _gone(db, name), "the interrupted query still runs on the server"
