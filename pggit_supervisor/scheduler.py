@@ -212,8 +212,16 @@ class Scheduler:
         definition = schedule.definition()
         state = queue.touch_schedule(self.worker_id, schedule.name, definition, now)
         if state.conflict_host:
-            _log_conflict(schedule, self.worker_id, state.fingerprint, state.conflict_host, state.conflict_fingerprint)
-            return [SlotResult(schedule.name, now, None, state.conflict_host)]
+            _log_conflict(
+                schedule,
+                self.worker_id,
+                state.fingerprint,
+                state.conflict_host,
+                state.conflict_fingerprint,
+                state.blocked,
+            )
+            if state.blocked:
+                return [SlotResult(schedule.name, now, None, state.conflict_host)]
         start = state.last_slot or state.registered_at
         results = []
         for decision in plan(schedule, fire_times(schedule, start, now), now, self.on_time):
@@ -221,7 +229,7 @@ class Scheduler:
                 self.worker_id, schedule.name, decision.slot, definition, decision.decision, decision.detail
             )
             if record.conflict_host:
-                _log_conflict(schedule, self.worker_id, state.fingerprint, record.conflict_host, None)
+                _log_conflict(schedule, self.worker_id, state.fingerprint, record.conflict_host, None, True)
                 results.append(SlotResult(schedule.name, decision.slot, None, record.conflict_host))
                 break  # no later slot may be recorded before this one
             if record.fresh:
@@ -234,10 +242,17 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _log_conflict(schedule: Schedule, me: str, mine: str, other: str, theirs: str | None) -> None:
+def _log_conflict(schedule: Schedule, me: str, mine: str, other: str, theirs: str | None, blocked: bool) -> None:
+    """Both hosts log it, each naming the other; the one whose definition is not the established
+    one (that recorded the latest slot) records no slot until the hosts agree."""
+    follows = (
+        f"this host records no slot of it while {other} carries the established definition (the one that "
+        "recorded the latest slot)"
+        if blocked
+        else "its slots follow this host's definition, the established one, until every host carries the same"
+    )
     log.error(
-        f"schedule {schedule.name}: this host and {other} define it differently; no slot is recorded "
-        "until every host carries the same definition"
+        f"schedule {schedule.name}: this host and {other} define it differently; {follows}"
         + fields(
             schedule=schedule.name,
             host=me.split("/")[0],

@@ -9,19 +9,22 @@ from datetime import datetime
 
 @dataclass(frozen=True)
 class ScheduleState:
-    """pggit.touch_backup_schedule: where slot counting resumes, and who disagrees."""
+    """pggit.touch_backup_schedule: where slot counting resumes, who disagrees, and whether that
+    keeps this host from recording slots (blocked: another live host holds the established
+    definition, the one that recorded the latest slot)."""
 
     registered_at: datetime
     last_slot: datetime | None
     fingerprint: str
     conflict_host: str | None
     conflict_fingerprint: str | None
+    blocked: bool = False
 
 
 @dataclass(frozen=True)
 class SlotRecord:
     """pggit.record_backup_schedule_slot: the slot's one decision (fresh: ours, made just now).
-    outcome None: not recorded, because conflict_host defines the schedule differently."""
+    outcome None: not recorded, because conflict_host holds the established definition."""
 
     outcome: str | None
     reason: str | None

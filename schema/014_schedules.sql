@@ -4,8 +4,12 @@
 -- number of supervisors carrying the same schedules record each slot exactly once, with no
 -- leader. An enqueued slot names the backup it scheduled through the same pggit.backup_*
 -- function an operator calls (so the validation is that function's); a skipped one says why.
--- Each host's definition of a schedule is kept with a fingerprint: while two live hosts define a
--- same-named schedule differently no slot of it is recorded, and both see the other's name.
+-- Each host's definition of a schedule is kept with a fingerprint. While two live hosts define a
+-- same-named schedule differently, both are told the other's name (and log it), and the slots
+-- follow the definition that recorded the latest one (the established definition), carried on by
+-- the hosts that still hold it: a host whose configuration changed first, or was changed by
+-- mistake, cannot stop the schedule on every host. A new definition takes over once no live
+-- host holds the established one (every host was updated, or the others went silent).
 
 CREATE TABLE IF NOT EXISTS pggit.backup_schedules (
     schedule_name text PRIMARY KEY CHECK (schedule_name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'),
@@ -129,6 +133,24 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pggit, pg_temp AS $$
      ORDER BY h.seen_at DESC LIMIT 1
 $$;
 
+-- The live host that keeps p_host from recording slots with p_fingerprint: none when that is
+-- the established definition (the one that recorded the latest slot); else a live host that
+-- still holds the established one, or, when none does, a live host with a third definition
+-- (nobody's change can win by itself then). No blocker: p_fingerprint may record, and becomes
+-- the established definition with its first slot.
+CREATE OR REPLACE FUNCTION pggit._schedule_blocker(p_schedule text, p_host text, p_fingerprint text,
+                                                   OUT host text, OUT fingerprint text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pggit, pg_temp AS $$
+    SELECT h.host, h.fingerprint
+      FROM pggit.backup_schedules s
+      JOIN pggit.backup_schedule_hosts h ON h.schedule_name = s.schedule_name
+     WHERE s.schedule_name = p_schedule AND s.fingerprint <> p_fingerprint
+       AND h.host <> p_host AND h.fingerprint <> p_fingerprint
+       AND h.seen_at > now() - pggit._schedule_host_alive()
+     ORDER BY (h.fingerprint = s.fingerprint) DESC, h.seen_at DESC
+     LIMIT 1
+$$;
+
 -- Notes that p_host carries the schedule with this definition, now. A host is spoken for by one
 -- login: another login's call for it is refused while the host is alive (seen within
 -- _schedule_host_alive), so one compromised host's login cannot replace another host's
@@ -159,14 +181,15 @@ $$;
 
 -- Called by each worker's scheduler before it works out a schedule's slots: registers the
 -- schedule (from p_now, the scheduler's clock, never later than the server's), notes this host's
--- definition, and answers where counting resumes and whether another host disagrees.
+-- definition, and answers where counting resumes, whether another host disagrees (conflict_host)
+-- and whether that keeps this host from recording slots (blocked: see _schedule_blocker).
 CREATE OR REPLACE FUNCTION pggit.touch_backup_schedule(
     p_worker_id  text,
     p_schedule   text,
     p_definition jsonb,
     p_now        timestamptz DEFAULT NULL
 ) RETURNS TABLE (registered_at timestamptz, last_slot timestamptz, fingerprint text,
-                 conflict_host text, conflict_fingerprint text)
+                 conflict_host text, conflict_fingerprint text, blocked boolean)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS $$
 DECLARE
@@ -182,7 +205,8 @@ BEGIN
     RETURN QUERY
         SELECT s.registered_at,
                (SELECT max(l.slot_time) FROM pggit.backup_schedule_slots l WHERE l.schedule_name = p_schedule),
-               v_fp, c.host, c.fingerprint
+               v_fp, c.host, c.fingerprint,
+               (SELECT b.host IS NOT NULL FROM pggit._schedule_blocker(p_schedule, v_host, v_fp) b)
           FROM pggit.backup_schedules s
           LEFT JOIN pggit._schedule_conflict(p_schedule, v_host, v_fp) c ON true
          WHERE s.schedule_name = p_schedule;
@@ -239,8 +263,9 @@ $$;
 -- Records one slot of a schedule, once: the first caller decides, every later caller (another
 -- host, a retry after a lost reply) gets that decision back with fresh = false. p_decision is
 -- the scheduler's reading of the clock (enqueue, or missed / disabled); overlap and supersession
--- are decided here, under the schedule's row lock. Returns no decision (outcome NULL) while a
--- live host defines the schedule differently: conflict_host names it.
+-- are decided here, under the schedule's row lock. Returns no decision (outcome NULL) while
+-- another live host keeps this definition from recording (_schedule_blocker): conflict_host
+-- names it.
 CREATE OR REPLACE FUNCTION pggit.record_backup_schedule_slot(
     p_worker_id  text,
     p_schedule   text,
@@ -291,7 +316,7 @@ BEGIN
         RETURN;
     END IF;
     PERFORM pggit._schedule_host_seen(p_schedule, v_host, v_fp, p_definition);
-    SELECT * INTO v_conflict FROM pggit._schedule_conflict(p_schedule, v_host, v_fp);
+    SELECT * INTO v_conflict FROM pggit._schedule_blocker(p_schedule, v_host, v_fp);
     IF v_conflict.host IS NOT NULL THEN
         RETURN QUERY SELECT NULL::text, NULL::text, NULL::uuid, NULL::text, NULL::text, false, v_conflict.host;
         RETURN;
@@ -391,7 +416,8 @@ REVOKE ALL ON pggit.backup_schedules, pggit.backup_schedule_hosts, pggit.backup_
 GRANT SELECT ON pggit.backup_schedule_status, pggit.backup_schedule_slots TO pggit_backup_reader;
 REVOKE ALL ON FUNCTION pggit._schedule_host_alive(), pggit._schedule_fingerprint(jsonb),
                        pggit._require_schedule_definition(jsonb), pggit._schedule_host(text),
-                       pggit._schedule_conflict(text, text, text), pggit._enqueue_scheduled(text, jsonb),
+                       pggit._schedule_conflict(text, text, text), pggit._schedule_blocker(text, text, text),
+                       pggit._enqueue_scheduled(text, jsonb),
                        pggit._schedule_host_seen(text, text, text, jsonb),
                        pggit._schedule_stanza(jsonb),
                        pggit.touch_backup_schedule(text, text, jsonb, timestamptz),

@@ -148,12 +148,16 @@ def test_a_differing_definition_on_another_host_is_logged_naming_both_hosts(db, 
     with caplog.at_level(logging.ERROR, logger="pggit.scheduler"):
         results = theirs.tick(Queue(db)) + ours.tick(Queue(db))
 
-    assert [r.conflict_host for r in results] == ["host-a", "host-b"]
-    assert recorded(db) == [] and scalar(db, "SELECT count(*) FROM pggit.backup_jobs") == 0
+    # host-b's differing definition records nothing; host-a's, which the schedule was
+    # established with, goes on recording its slots
+    assert results[0].conflict_host == "host-a" and results[0].record is None
+    assert len(results) == 4 and all(r.conflict_host is None and r.record is not None for r in results[1:])
+    assert [r["recorded_by"] for r in recorded(db)] == ["host-a"] * 3  # :10 and :20 missed, :30 enqueued
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 2
     assert "host=host-b" in errors[0] and "other_host=host-a" in errors[0] and "schedule=dumps" in errors[0]
-    assert "host=host-a" in errors[1] and "other_host=host-b" in errors[1]
+    assert "records no slot" in errors[0]
+    assert "host=host-a" in errors[1] and "other_host=host-b" in errors[1] and "established" in errors[1]
 
 
 def test_a_schedule_that_overlaps_its_queued_run_skips_the_slot_and_says_so(db):

@@ -158,23 +158,70 @@ def test_a_pending_full_supersedes_queued_incrementals_of_its_stanza_both_ways(d
     assert states == {early["backup_id"]: "cancelled", untouched["backup_id"]: "ready", full["backup_id"]: "ready"}
 
 
-def test_a_differing_definition_on_another_live_host_blocks_the_slot_and_names_both_hosts(db, login):
+def decided(answer) -> bool:
+    """The slot was decided just now by this call (enqueued, or skipped for overlap: either way
+    recorded, not refused for a conflict)."""
+    return answer["outcome"] is not None and answer["fresh"] and answer["conflict_host"] is None
+
+
+def test_a_differing_definition_names_both_hosts_and_the_established_one_keeps_recording(db, login):
     worker = login(WORKER)
     touch(worker, "host-a/1", "nightly", FULL)
     other = {**FULL, "cron": "0 3 * * *"}
     state = touch(worker, "host-b/1", "nightly", other)
-    assert state["conflict_host"] == "host-a"
+    assert state["conflict_host"] == "host-a" and state["blocked"]
 
     refused = record(worker, "host-b/1", "nightly", T0, other)
     assert refused["outcome"] is None and refused["conflict_host"] == "host-a" and not refused["fresh"]
-    assert record(worker, "host-a/1", "nightly", T0, FULL)["conflict_host"] == "host-b"
-    assert slots(db, "nightly") == [] and scalar(db, "SELECT count(*) FROM pggit.backup_jobs") == 0
+    # host-a holds the definition the schedule was established with: told of host-b, it goes on
+    ours = touch(worker, "host-a/1", "nightly", FULL)
+    assert ours["conflict_host"] == "host-b" and not ours["blocked"]
+    assert record(worker, "host-a/1", "nightly", T0, FULL)["outcome"] == "enqueued"
+    assert [slot["recorded_by"] for slot in slots(db, "nightly")] == ["host-a"]
     status = query(db, "SELECT conflicting_hosts FROM pggit.backup_schedule_status")[0]
     assert status["conflicting_hosts"].startswith("host-b (")
 
-    # host-b was updated to the same definition: the schedule runs again
-    touch(worker, "host-b/1", "nightly", FULL)
-    assert record(worker, "host-a/1", "nightly", T0, FULL)["outcome"] == "enqueued"
+    # host-b was updated to the same definition: no conflict is left
+    assert touch(worker, "host-b/1", "nightly", FULL)["conflict_host"] is None
+    assert decided(record(worker, "host-b/1", "nightly", T0 + timedelta(days=1), FULL))
+    assert query(db, "SELECT conflicting_hosts FROM pggit.backup_schedule_status")[0]["conflicting_hosts"] is None
+
+
+def test_a_rolling_change_of_definition_never_stops_the_schedule(db, login):
+    """Hosts updated one by one: the old definition records until the last host holding it is
+    updated, then the new one takes over; at no time does a slot go unrecorded."""
+    worker = login(WORKER)
+    new = {**FULL, "cron": "30 2 * * *"}
+    for host in ("h1/1", "h2/1", "h3/1"):
+        touch(worker, host, "nightly", FULL)
+    assert record(worker, "h1/1", "nightly", T0, FULL)["outcome"] == "enqueued"
+
+    touch(worker, "h1/1", "nightly", new)  # the first host is updated
+    assert touch(worker, "h1/1", "nightly", new)["blocked"]
+    assert not touch(worker, "h2/1", "nightly", FULL)["blocked"]
+    assert decided(record(worker, "h2/1", "nightly", T0 + timedelta(days=1), FULL))
+
+    touch(worker, "h2/1", "nightly", new)  # the second: h3 still holds the established definition
+    assert touch(worker, "h2/1", "nightly", new)["blocked"]
+    assert decided(record(worker, "h3/1", "nightly", T0 + timedelta(days=2), FULL))
+
+    touch(worker, "h3/1", "nightly", new)  # the last: the new definition takes over
+    assert not touch(worker, "h1/1", "nightly", new)["blocked"]
+    assert decided(record(worker, "h1/1", "nightly", T0 + timedelta(days=3, minutes=30), new))
+    assert scalar(db, "SELECT definition ->> 'cron' FROM pggit.backup_schedules") == "30 2 * * *"
+    assert len(slots(db, "nightly")) == 4
+
+
+def test_when_no_live_host_holds_the_established_definition_two_new_ones_block_each_other(db, login):
+    worker = login(WORKER)
+    touch(worker, "old/1", "nightly", FULL)
+    db.cursor().execute("UPDATE pggit.backup_schedule_hosts SET seen_at = now() - interval '1 hour'")
+    left, right = {**FULL, "cron": "0 3 * * *"}, {**FULL, "cron": "0 4 * * *"}
+    touch(worker, "host-l/1", "nightly", left)
+    touch(worker, "host-r/1", "nightly", right)
+    assert record(worker, "host-l/1", "nightly", T0 + timedelta(hours=1), left)["conflict_host"] == "host-r"
+    assert record(worker, "host-r/1", "nightly", T0 + timedelta(hours=2), right)["conflict_host"] == "host-l"
+    assert slots(db, "nightly") == []
 
 
 def test_a_host_not_seen_for_a_while_no_longer_blocks(db, login):
