@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from . import linux
+from . import log as logs
 from .children import kill_orphans, reap_orphans, signal_group, signal_pid
-from .config import Config, ConfigError, config_summary
+from .config import Config, ConfigError, Database, config_summary
 from .log import fields
 from .pipe_protocol import BadLine, Busy, Idle, LineReader, Message
 from .policies import CRASH_WINDOW_SECONDS, CrashLoop, SlotBackoff, Watchdog, all_heartbeating, is_silent, ran_healthy
@@ -42,12 +43,13 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
 class WorkerHandle:
     """What the supervisor knows of one forked worker (its own mutable bookkeeping)."""
 
-    slot: int
+    slot: int  # 1..total workers, laid out over the databases in order (Supervisor.layout)
     name: str
     pid: int
     pipe: int
     started: float
     last_beat: float
+    database: str = ""
     busy_job: str | None = None
     tool_pgid: int | None = None
     retiring: bool = False
@@ -167,20 +169,36 @@ class Supervisor:
 
     # -- workers -------------------------------------------------------------------------------
 
+    def layout(self) -> dict[int, tuple[Database, int]]:
+        """Slot -> (its database, its number within that database's pool): each database has a
+        pool of its own, so a busy or unreachable database holds only its own workers."""
+        slots: dict[int, tuple[Database, int]] = {}
+        for database in self.config.served():
+            for number in range(1, database.workers + 1):
+                slots[len(slots) + 1] = (database, number)
+        return slots
+
     def manage_workers(self) -> None:
         now = self.clock()
         occupied = {w.slot for w in self.workers.values()}
-        for slot in range(1, self.config.workers + 1):
+        layout = self.layout()
+        for slot in layout:
             if slot not in occupied and self.backoff[slot].may_start(now):
                 self.spawn_worker(slot)
         for worker in self.workers.values():
-            if worker.slot > self.config.workers and not worker.retiring:
+            if worker.slot not in layout and not worker.retiring:
                 self.retire(worker, "fewer workers configured")
             if ran_healthy(worker.started, now):
                 self.backoff[worker.slot] = self.backoff[worker.slot].after_healthy_run()
 
     def spawn_worker(self, slot: int) -> None:
-        name = f"{self.config.worker_id}/{slot}"
+        database, number = self.layout()[slot]
+        # one database: host/N as ever; several: host/database/N, unique in every queue and log
+        name = (
+            f"{self.config.worker_id}/{number}"
+            if database.single
+            else f"{self.config.worker_id}/{database.name}/{number}"
+        )
         release = slot in self.slot_release
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         parent = os.getpid()
@@ -195,7 +213,8 @@ class Supervisor:
                     signal.signal(signum, signal.SIG_DFL)
                 for variable in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
                     os.environ.pop(variable, None)
-                code = Worker(self.config, name, write_end, release, parent).run()
+                logs.set_context(database=database.name)
+                code = Worker(self.config.for_database(database), name, write_end, release, parent).run()
             except BaseException:
                 log.exception("worker crashed" + fields(worker=name))
             finally:
@@ -203,14 +222,22 @@ class Supervisor:
         os.close(write_end)
         os.set_blocking(read_end, False)
         now = self.clock()
-        self.workers[pid] = WorkerHandle(slot, name, pid, read_end, now, now)
+        self.workers[pid] = WorkerHandle(slot, name, pid, read_end, now, now, database.name)
         self.slot_release.discard(slot)
-        log.info("worker spawned" + fields(worker=name, pid=pid, releases_predecessor=release or None))
+        log.info(
+            "worker spawned"
+            + fields(database=database.name, worker=name, pid=pid, releases_predecessor=release or None)
+        )
 
     def retire(self, worker: WorkerHandle, why: str) -> None:
         """Ask a worker to exit after its current job (SIGTERM)."""
         worker.retiring = True
-        log.info("retiring worker" + fields(worker=worker.name, pid=worker.pid, why=why, busy=worker.busy_job))
+        log.info(
+            "retiring worker"
+            + fields(
+                database=worker.database or None, worker=worker.name, pid=worker.pid, why=why, busy=worker.busy_job
+            )
+        )
         signal_pid(worker.pid, signal.SIGTERM)
 
     def read_workers(self) -> None:
@@ -237,7 +264,13 @@ class Supervisor:
         elif isinstance(message, BadLine):
             log.warning(
                 "ignored a line from a worker"
-                + fields(worker=worker.name, pid=worker.pid, why=message.why, line=message.text)
+                + fields(
+                    database=worker.database or None,
+                    worker=worker.name,
+                    pid=worker.pid,
+                    why=message.why,
+                    line=message.text,
+                )
             )
 
     def reap_workers(self) -> None:
@@ -263,10 +296,13 @@ class Supervisor:
             kill_orphans(self.workers)
         asked = self.stopping or worker.retiring
         if asked and code == 0 and not worker.killed:
-            log.info("worker exited" + fields(worker=worker.name, pid=worker.pid))
+            log.info("worker exited" + fields(database=worker.database or None, worker=worker.name, pid=worker.pid))
             return
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        log.warning("worker died" + fields(worker=worker.name, pid=worker.pid, how=how, job=worker.busy_job))
+        log.warning(
+            "worker died"
+            + fields(database=worker.database or None, worker=worker.name, pid=worker.pid, how=how, job=worker.busy_job)
+        )
         # the next worker of this slot returns what this one held to the queue before claiming
         self.slot_release.add(worker.slot)
         if asked and not worker.killed:
@@ -274,7 +310,7 @@ class Supervisor:
         now = self.clock()
         self.crash_loop = self.crash_loop.after_death(now)
         self.backoff[worker.slot] = self.backoff[worker.slot].after_death(now)
-        if self.crash_loop.is_looping(self.config.workers) and not self.stopping:
+        if self.crash_loop.is_looping(self.config.total_workers) and not self.stopping:
             log.error(
                 f"workers are crashing in a loop ({len(self.crash_loop.deaths)} deaths in "
                 f"{CRASH_WINDOW_SECONDS:g} s): giving up; see the worker errors above"
@@ -290,6 +326,7 @@ class Supervisor:
                 log.error(
                     "worker stopped heartbeating: killing it"
                     + fields(
+                        database=worker.database or None,
                         worker=worker.name,
                         pid=worker.pid,
                         silent=f"{now - worker.last_beat:.0f}s",
@@ -358,7 +395,10 @@ class Supervisor:
         if self.kill_at is not None and now >= self.kill_at:
             for worker in self.workers.values():
                 if not worker.killed:
-                    log.error("worker did not stop: killing it" + fields(worker=worker.name, pid=worker.pid))
+                    log.error(
+                        "worker did not stop: killing it"
+                        + fields(database=worker.database or None, worker=worker.name, pid=worker.pid)
+                    )
                     self.kill_worker(worker)
 
     # -- systemd -------------------------------------------------------------------------------
@@ -378,7 +418,7 @@ class Supervisor:
         busy = sum(1 for w in self.workers.values() if w.busy_job)
         state = "stopping; " if self.stopping else ""
         return (
-            f"{state}{len(self.workers)}/{self.config.workers} workers alive, {busy} busy, "
+            f"{state}{len(self.workers)}/{self.config.total_workers} workers alive, {busy} busy, "
             f"{self.jobs_ok} jobs done, {self.jobs_failed} failed"
         )
 
