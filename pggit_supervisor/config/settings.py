@@ -431,9 +431,8 @@ ROOT = Section(
         Setting(
             "dsn",
             Dsn(),
-            "the queue database (also what pg_dump and pg_basebackup back up by default); "
-            "required unless databases lists them",
-            Derived("none: databases lists the databases"),
+            "the queue database (also what pg_dump and pg_basebackup back up by default)",
+            Derived("none; required unless databases lists the databases"),
         ),
         Setting(
             "worker_id",
