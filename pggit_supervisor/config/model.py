@@ -152,16 +152,26 @@ class Config:
         return sum(database.workers for database in self.served())
 
     def for_database(self, database: Database) -> Config:
-        """What one database's workers run with: its dsn, worker count, tools and schedules
-        (a schedule without `database` belongs to the only database there is)."""
+        """What one database's workers run with: its dsn, worker count, tools, schedules and
+        retention targets (a schedule without `database` belongs to the only database there is)."""
         tools = self.tools
         if database.tools:
             tools = Tools(tuple(tool for tool in self.tools.entries if tool.name in database.tools))
-        schedules = self.schedules
+        schedules, retention = self.schedules, self.retention
         if not database.single:
             schedules = tuple(s for s in self.schedules if s.database in (None, database.name))
+            # a target naming a database is that database's; one naming none (a stanza, a
+            # server) is every database's, each queue deciding over its own backup rows
+            names = (None, database.name, database_name(database.dsn))
+            retention = tuple(r for r in self.retention if r.target.get("database") in names)
         return replace(
-            self, dsn=database.dsn, workers=database.workers, tools=tools, schedules=schedules, databases=(database,)
+            self,
+            dsn=database.dsn,
+            workers=database.workers,
+            tools=tools,
+            schedules=schedules,
+            retention=retention,
+            databases=(database,),
         )
 
 

@@ -77,6 +77,19 @@ def test_a_fleet_config_lists_its_databases_each_with_its_workers_tools_and_sche
     assert pickle.loads(pickle.dumps(app)) == app and hash(app) == hash(pickle.loads(pickle.dumps(app)))
 
 
+def test_each_database_gets_the_retention_targets_naming_it_and_those_naming_none(tmp_path: Path) -> None:
+    retention = [
+        {"target": {"tool": "pg_dump", "database": "app"}, "keep_last": 3},
+        {"target": {"tool": "pg_basebackup", "database": "billing"}, "keep_last": 3},
+        {"target": {"tool": "pgbackrest", "stanza": "main"}, "keep_last": 3},
+    ]
+    config = load_config(write(tmp_path, fleet(retention=retention)), {}, check_paths=False)
+
+    app, billing = (config.for_database(database) for database in config.served())
+    assert [r.name() for r in app.retention] == ["pg_dump database=app", "pgbackrest stanza=main"]
+    assert [r.name() for r in billing.retention] == ["pg_basebackup database=billing", "pgbackrest stanza=main"]
+
+
 def test_the_single_dsn_form_serves_one_database_exactly_as_before(tmp_path: Path) -> None:
     data = {"dsn": APP, "worker_id": "host1", "workers": 2, "tools": {"pg_dump": {}}}
     data["schedules"] = [{**MINUTELY, "name": "plain"}, {**MINUTELY, "name": "named", "database": "app"}]
