@@ -226,7 +226,7 @@ class Supervisor:
         self.slot_release.discard(slot)
         log.info(
             "worker spawned"
-            + fields(database=database.name, worker=name, pid=pid, releases_predecessor=release or None)
+            + fields(worker=name, pid=pid, releases_predecessor=release or None, database=database.name)
         )
 
     def retire(self, worker: WorkerHandle, why: str) -> None:
@@ -235,7 +235,7 @@ class Supervisor:
         log.info(
             "retiring worker"
             + fields(
-                database=worker.database or None, worker=worker.name, pid=worker.pid, why=why, busy=worker.busy_job
+                worker=worker.name, pid=worker.pid, why=why, busy=worker.busy_job, database=worker.database or None
             )
         )
         signal_pid(worker.pid, signal.SIGTERM)
@@ -265,11 +265,11 @@ class Supervisor:
             log.warning(
                 "ignored a line from a worker"
                 + fields(
-                    database=worker.database or None,
                     worker=worker.name,
                     pid=worker.pid,
                     why=message.why,
                     line=message.text,
+                    database=worker.database or None,
                 )
             )
 
@@ -296,12 +296,12 @@ class Supervisor:
             kill_orphans(self.workers)
         asked = self.stopping or worker.retiring
         if asked and code == 0 and not worker.killed:
-            log.info("worker exited" + fields(database=worker.database or None, worker=worker.name, pid=worker.pid))
+            log.info("worker exited" + fields(worker=worker.name, pid=worker.pid, database=worker.database or None))
             return
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         log.warning(
             "worker died"
-            + fields(database=worker.database or None, worker=worker.name, pid=worker.pid, how=how, job=worker.busy_job)
+            + fields(worker=worker.name, pid=worker.pid, how=how, job=worker.busy_job, database=worker.database or None)
         )
         # the next worker of this slot returns what this one held to the queue before claiming
         self.slot_release.add(worker.slot)
@@ -326,11 +326,11 @@ class Supervisor:
                 log.error(
                     "worker stopped heartbeating: killing it"
                     + fields(
-                        database=worker.database or None,
                         worker=worker.name,
                         pid=worker.pid,
                         silent=f"{now - worker.last_beat:.0f}s",
                         job=worker.busy_job,
+                        database=worker.database or None,
                     )
                 )
                 self.kill_worker(worker)
@@ -397,7 +397,7 @@ class Supervisor:
                 if not worker.killed:
                     log.error(
                         "worker did not stop: killing it"
-                        + fields(database=worker.database or None, worker=worker.name, pid=worker.pid)
+                        + fields(worker=worker.name, pid=worker.pid, database=worker.database or None)
                     )
                     self.kill_worker(worker)
 

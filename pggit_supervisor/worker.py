@@ -122,20 +122,20 @@ class Worker:
             self.next_connect = time.monotonic() + delay
             log.warning(
                 "cannot connect to the queue database"
-                + fields(database=self.database, worker=self.name, retry_in=f"{delay:g}s", error=_one_line(exc))
+                + fields(worker=self.name, retry_in=f"{delay:g}s", error=_one_line(exc), database=self.database)
             )
             return None
         if self.ever_connected:
             log.info(
                 "reconnected to the queue database"
-                + fields(database=self.database, worker=self.name, failed_attempts=self.connect_failures)
+                + fields(worker=self.name, failed_attempts=self.connect_failures, database=self.database)
             )
         self.ever_connected = True
         self.connect_failures = 0
         return self.queue
 
     def lost_connection(self, exc: Exception) -> None:
-        log.warning("database call failed" + fields(database=self.database, worker=self.name, error=_one_line(exc)))
+        log.warning("database call failed" + fields(worker=self.name, error=_one_line(exc), database=self.database))
         if self.queue is not None:
             try:
                 self.queue.conn.close()
@@ -149,7 +149,7 @@ class Worker:
         self.install_signals()
         if os.getppid() != self.parent_pid:
             return 1
-        log.info("worker started" + fields(database=self.database, worker=self.name, tools=",".join(self.tools) or "-"))
+        log.info("worker started" + fields(worker=self.name, tools=",".join(self.tools) or "-", database=self.database))
         while not self.done:
             self.beat()
             queue = self.ensure_connected()
@@ -183,7 +183,7 @@ class Worker:
                 self.end_leftovers(job)
         if self.queue is not None:
             self.queue.conn.close()
-        log.info("worker stopped" + fields(database=self.database, worker=self.name))
+        log.info("worker stopped" + fields(worker=self.name, database=self.database))
         return 0
 
     def rescue_if_due(self, queue: Queue) -> None:
@@ -225,12 +225,12 @@ class Worker:
         log.info(
             "job claimed"
             + fields(
-                database=self.database,
                 job=job.job_id,
                 worker=self.name,
                 tool=job.tool,
                 attempt=f"{job.attempts}/{job.max_attempts}",
                 backup=job.backup_name,
+                database=self.database,
             )
         )
         self.tell("busy", job.job_id, 0)

@@ -314,7 +314,7 @@ SCHEDULE = Section(
             "database",
             Name(SCHEDULE_NAME, "be a database name"),
             "the database whose queue gets the backups",
-            Derived("the database of dsn"),
+            Derived("the one database there is (required when databases lists several)"),
             null_is_default=True,
         ),
         Setting("cron", Cron(), "when it fires, as cron reads it"),

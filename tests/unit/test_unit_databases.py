@@ -185,10 +185,10 @@ def test_a_workers_lines_end_with_its_database_unless_they_name_it(capsys: pytes
     logs.set_context(database="billing")
     try:
         logs.logging.getLogger("pggit.test").info("job claimed job=1")
-        logs.logging.getLogger("pggit.test").info("worker started database=billing worker=w/billing/1")
+        logs.logging.getLogger("pggit.test").info("worker started worker=w/billing/1 database=billing")
     finally:
         logs.set_context()
         root.handlers[:], root.level = saved
     first, second = capsys.readouterr().err.splitlines()
     assert first.endswith("job claimed job=1 database=billing")
-    assert second.endswith("worker started database=billing worker=w/billing/1")
+    assert second.endswith("worker started worker=w/billing/1 database=billing")
