@@ -28,7 +28,17 @@ from .children import kill_orphans, reap_orphans, signal_group, signal_pid
 from .config import Config, ConfigError, Database, config_summary
 from .log import fields
 from .pipe_protocol import BadLine, Busy, Idle, LineReader, Message
-from .policies import CRASH_WINDOW_SECONDS, CrashLoop, SlotBackoff, Watchdog, all_heartbeating, is_silent, ran_healthy
+from .policies import (
+    CRASH_WINDOW_SECONDS,
+    CrashLoop,
+    SlotBackoff,
+    Watchdog,
+    all_heartbeating,
+    is_silent,
+    pools,
+    ran_healthy,
+    worker_name,
+)
 from .systemd import Notifier
 from .worker import ABORT_DELIVERY_SECONDS, Worker
 
@@ -170,13 +180,7 @@ class Supervisor:
     # -- workers -------------------------------------------------------------------------------
 
     def layout(self) -> dict[int, tuple[Database, int]]:
-        """Slot -> (its database, its number within that database's pool): each database has a
-        pool of its own, so a busy or unreachable database holds only its own workers."""
-        slots: dict[int, tuple[Database, int]] = {}
-        for database in self.config.served():
-            for number in range(1, database.workers + 1):
-                slots[len(slots) + 1] = (database, number)
-        return slots
+        return pools(self.config.served())
 
     def manage_workers(self) -> None:
         now = self.clock()
@@ -193,12 +197,7 @@ class Supervisor:
 
     def spawn_worker(self, slot: int) -> None:
         database, number = self.layout()[slot]
-        # one database: host/N as ever; several: host/database/N, unique in every queue and log
-        name = (
-            f"{self.config.worker_id}/{number}"
-            if database.single
-            else f"{self.config.worker_id}/{database.name}/{number}"
-        )
+        name = worker_name(self.config.worker_id, database, number)
         release = slot in self.slot_release
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         parent = os.getpid()
