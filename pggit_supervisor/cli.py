@@ -20,6 +20,7 @@ from .config import (
     load_config,
     resolve_config_path,
 )
+from .config.model import redacted_dsn
 from .errors import JobError, PggitError
 from .queue import Queue, connect
 from .retention import plan_arguments, render_plan
@@ -57,8 +58,10 @@ def _check_config(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print(f"{path}: OK {config_summary(config)}")
     if not args.offline:
-        for warning in queue_login_warnings(config.dsn):
-            print(f"{path}: warning: {warning}", file=sys.stderr)
+        for database in config.served():  # each listed database is checked, and named
+            named = "" if database.single else f"database {database.name!r}: "
+            for warning in queue_login_warnings(database.dsn):
+                print(f"{path}: warning: {named}{warning}", file=sys.stderr)
     return 0
 
 
@@ -97,7 +100,11 @@ def _restore(args: argparse.Namespace) -> int:
     pg_basebackup into an empty directory; for pgBackRest and Barman prints (with --execute
     runs) the tool's own restore."""
     path = resolve_config_path(args.config, os.environ)
-    config = load_config(path, dsn=args.dsn) if os.path.exists(path) or args.config else None
+    config = load_with_dsn(path, args.dsn) if os.path.exists(path) or args.config else None
+    if config is not None and len(config.served()) > 1:
+        names = ", ".join(database.name for database in config.served())
+        print(f"pggit-supervisor: the config serves several databases ({names}): give --dsn", file=sys.stderr)
+        return EXIT_CONFIG
     dsn = args.dsn or (config.dsn if config else None)
     if not dsn:
         print(f"pggit-supervisor: no queue database: give --dsn or a config ({path} does not exist)", file=sys.stderr)
@@ -122,17 +129,39 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_with_dsn(path: str, dsn: str | None, *, check_paths: bool = True) -> Config:
+    """The config, with --dsn naming the queue database: with `dsn:` it replaces it, as ever;
+    with `databases:` it picks the listed database of that DSN (its tools and schedules)."""
+    config = load_config(path, check_paths=check_paths) if dsn else None
+    if config is None or not config.databases:
+        return load_config(path, dsn=dsn, check_paths=check_paths)
+    for database in config.databases:
+        if database.dsn == dsn:
+            return config.for_database(database)
+    names = ", ".join(database.name for database in config.databases)
+    raise ConfigError([f"command line: dsn: is not the dsn of a listed database (allowed: the dsn of {names})"])
+
+
 def _schedules(args: argparse.Namespace) -> int:
     """Each schedule with its latest slot, that slot's outcome and the next fire time (issue 10)."""
 
-    config = load_config(resolve_config_path(args.config, os.environ), dsn=args.dsn, check_paths=False)
-    conn = connect(config.dsn, "pggit-supervisor schedules")
-    try:
-        statuses = Queue(conn).schedule_status()
-    finally:
-        conn.close()
-    print(render(config.schedules, statuses, datetime.now(timezone.utc)))
-    return 0
+    config = load_with_dsn(resolve_config_path(args.config, os.environ), args.dsn, check_paths=False)
+    code = 0
+    for index, database in enumerate(config.served()):  # one table per database, its own schedules
+        if not database.single:
+            print(("\n" if index else "") + f"database {database.name} ({redacted_dsn(database.dsn)}):")
+        try:
+            conn = connect(database.dsn, "pggit-supervisor schedules")
+        except psycopg2.Error as exc:
+            print(f"pggit-supervisor: database {database.name}: {' '.join(str(exc).split())}", file=sys.stderr)
+            code = 1
+            continue
+        try:
+            statuses = Queue(conn).schedule_status()
+        finally:
+            conn.close()
+        print(render(config.for_database(database).schedules, statuses, datetime.now(timezone.utc)))
+    return code
 
 
 def _retention(args: argparse.Namespace) -> int:

@@ -9,12 +9,31 @@ fake clock. State is frozen: a rule returns the next state instead of changing t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from .config import Database
 
 CRASH_WINDOW_SECONDS = 60.0
 MAX_RESTART_DELAY = 30.0
 HEALTHY_RUN_SECONDS = 60.0  # a worker that lived this long resets its slot's restart delay
 MIN_CRASH_LOOP_DEATHS = 5  # the crash-loop limit is this, or twice the workers if that is more
+
+
+def pools(databases: Sequence[Database]) -> dict[int, tuple[Database, int]]:
+    """Slot -> (its database, its number within that database's pool): each database has a
+    pool of its own, so a busy or unreachable database holds only its own workers."""
+    slots: dict[int, tuple[Database, int]] = {}
+    for database in databases:
+        for number in range(1, database.workers + 1):
+            slots[len(slots) + 1] = (database, number)
+    return slots
+
+
+def worker_name(worker_id: str, database: Database, number: int) -> str:
+    """One database: host/N as ever; several: host/database/N, unique in every queue and log
+    (and still host/... to the schedules, which take the part before the first /)."""
+    return f"{worker_id}/{number}" if database.single else f"{worker_id}/{database.name}/{number}"
 
 
 def restart_delay(failures: int) -> float:

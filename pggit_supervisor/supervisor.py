@@ -23,11 +23,22 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from . import linux
+from . import log as logs
 from .children import kill_orphans, reap_orphans, signal_group, signal_pid
-from .config import Config, ConfigError, config_summary
+from .config import Config, ConfigError, Database, config_summary
 from .log import fields
 from .pipe_protocol import BadLine, Busy, Idle, LineReader, Message
-from .policies import CRASH_WINDOW_SECONDS, CrashLoop, SlotBackoff, Watchdog, all_heartbeating, is_silent, ran_healthy
+from .policies import (
+    CRASH_WINDOW_SECONDS,
+    CrashLoop,
+    SlotBackoff,
+    Watchdog,
+    all_heartbeating,
+    is_silent,
+    pools,
+    ran_healthy,
+    worker_name,
+)
 from .systemd import Notifier
 from .worker import ABORT_DELIVERY_SECONDS, Worker
 
@@ -42,12 +53,13 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
 class WorkerHandle:
     """What the supervisor knows of one forked worker (its own mutable bookkeeping)."""
 
-    slot: int
+    slot: int  # 1..total workers, laid out over the databases in order (Supervisor.layout)
     name: str
     pid: int
     pipe: int
     started: float
     last_beat: float
+    database: str = ""
     busy_job: str | None = None
     tool_pgid: int | None = None
     retiring: bool = False
@@ -167,20 +179,25 @@ class Supervisor:
 
     # -- workers -------------------------------------------------------------------------------
 
+    def layout(self) -> dict[int, tuple[Database, int]]:
+        return pools(self.config.served())
+
     def manage_workers(self) -> None:
         now = self.clock()
         occupied = {w.slot for w in self.workers.values()}
-        for slot in range(1, self.config.workers + 1):
+        layout = self.layout()
+        for slot in layout:
             if slot not in occupied and self.backoff[slot].may_start(now):
                 self.spawn_worker(slot)
         for worker in self.workers.values():
-            if worker.slot > self.config.workers and not worker.retiring:
+            if worker.slot not in layout and not worker.retiring:
                 self.retire(worker, "fewer workers configured")
             if ran_healthy(worker.started, now):
                 self.backoff[worker.slot] = self.backoff[worker.slot].after_healthy_run()
 
     def spawn_worker(self, slot: int) -> None:
-        name = f"{self.config.worker_id}/{slot}"
+        database, number = self.layout()[slot]
+        name = worker_name(self.config.worker_id, database, number)
         release = slot in self.slot_release
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         parent = os.getpid()
@@ -195,7 +212,8 @@ class Supervisor:
                     signal.signal(signum, signal.SIG_DFL)
                 for variable in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
                     os.environ.pop(variable, None)
-                code = Worker(self.config, name, write_end, release, parent).run()
+                logs.set_context(database=database.name)
+                code = Worker(self.config.for_database(database), name, write_end, release, parent).run()
             except BaseException:
                 log.exception("worker crashed" + fields(worker=name))
             finally:
@@ -203,14 +221,22 @@ class Supervisor:
         os.close(write_end)
         os.set_blocking(read_end, False)
         now = self.clock()
-        self.workers[pid] = WorkerHandle(slot, name, pid, read_end, now, now)
+        self.workers[pid] = WorkerHandle(slot, name, pid, read_end, now, now, database.name)
         self.slot_release.discard(slot)
-        log.info("worker spawned" + fields(worker=name, pid=pid, releases_predecessor=release or None))
+        log.info(
+            "worker spawned"
+            + fields(worker=name, pid=pid, releases_predecessor=release or None, database=database.name)
+        )
 
     def retire(self, worker: WorkerHandle, why: str) -> None:
         """Ask a worker to exit after its current job (SIGTERM)."""
         worker.retiring = True
-        log.info("retiring worker" + fields(worker=worker.name, pid=worker.pid, why=why, busy=worker.busy_job))
+        log.info(
+            "retiring worker"
+            + fields(
+                worker=worker.name, pid=worker.pid, why=why, busy=worker.busy_job, database=worker.database or None
+            )
+        )
         signal_pid(worker.pid, signal.SIGTERM)
 
     def read_workers(self) -> None:
@@ -237,7 +263,13 @@ class Supervisor:
         elif isinstance(message, BadLine):
             log.warning(
                 "ignored a line from a worker"
-                + fields(worker=worker.name, pid=worker.pid, why=message.why, line=message.text)
+                + fields(
+                    worker=worker.name,
+                    pid=worker.pid,
+                    why=message.why,
+                    line=message.text,
+                    database=worker.database or None,
+                )
             )
 
     def reap_workers(self) -> None:
@@ -263,10 +295,13 @@ class Supervisor:
             kill_orphans(self.workers)
         asked = self.stopping or worker.retiring
         if asked and code == 0 and not worker.killed:
-            log.info("worker exited" + fields(worker=worker.name, pid=worker.pid))
+            log.info("worker exited" + fields(worker=worker.name, pid=worker.pid, database=worker.database or None))
             return
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        log.warning("worker died" + fields(worker=worker.name, pid=worker.pid, how=how, job=worker.busy_job))
+        log.warning(
+            "worker died"
+            + fields(worker=worker.name, pid=worker.pid, how=how, job=worker.busy_job, database=worker.database or None)
+        )
         # the next worker of this slot returns what this one held to the queue before claiming
         self.slot_release.add(worker.slot)
         if asked and not worker.killed:
@@ -274,7 +309,7 @@ class Supervisor:
         now = self.clock()
         self.crash_loop = self.crash_loop.after_death(now)
         self.backoff[worker.slot] = self.backoff[worker.slot].after_death(now)
-        if self.crash_loop.is_looping(self.config.workers) and not self.stopping:
+        if self.crash_loop.is_looping(self.config.total_workers) and not self.stopping:
             log.error(
                 f"workers are crashing in a loop ({len(self.crash_loop.deaths)} deaths in "
                 f"{CRASH_WINDOW_SECONDS:g} s): giving up; see the worker errors above"
@@ -294,6 +329,7 @@ class Supervisor:
                         pid=worker.pid,
                         silent=f"{now - worker.last_beat:.0f}s",
                         job=worker.busy_job,
+                        database=worker.database or None,
                     )
                 )
                 self.kill_worker(worker)
@@ -358,7 +394,10 @@ class Supervisor:
         if self.kill_at is not None and now >= self.kill_at:
             for worker in self.workers.values():
                 if not worker.killed:
-                    log.error("worker did not stop: killing it" + fields(worker=worker.name, pid=worker.pid))
+                    log.error(
+                        "worker did not stop: killing it"
+                        + fields(worker=worker.name, pid=worker.pid, database=worker.database or None)
+                    )
                     self.kill_worker(worker)
 
     # -- systemd -------------------------------------------------------------------------------
@@ -378,7 +417,7 @@ class Supervisor:
         busy = sum(1 for w in self.workers.values() if w.busy_job)
         state = "stopping; " if self.stopping else ""
         return (
-            f"{state}{len(self.workers)}/{self.config.workers} workers alive, {busy} busy, "
+            f"{state}{len(self.workers)}/{self.config.total_workers} workers alive, {busy} busy, "
             f"{self.jobs_ok} jobs done, {self.jobs_failed} failed"
         )
 

@@ -45,6 +45,8 @@ class Worker:
     def __init__(self, config: Config, name: str, report_fd: int, release_predecessor: bool, parent_pid: int) -> None:
         self.config = config
         self.name = name
+        # the one database this worker serves (Config.for_database): it connects to no other
+        self.database = config.served()[0].name
         self.report_fd = report_fd
         self.release_predecessor = release_predecessor
         self.parent_pid = parent_pid
@@ -120,19 +122,20 @@ class Worker:
             self.next_connect = time.monotonic() + delay
             log.warning(
                 "cannot connect to the queue database"
-                + fields(worker=self.name, retry_in=f"{delay:g}s", error=_one_line(exc))
+                + fields(worker=self.name, retry_in=f"{delay:g}s", error=_one_line(exc), database=self.database)
             )
             return None
         if self.ever_connected:
             log.info(
-                "reconnected to the queue database" + fields(worker=self.name, failed_attempts=self.connect_failures)
+                "reconnected to the queue database"
+                + fields(worker=self.name, failed_attempts=self.connect_failures, database=self.database)
             )
         self.ever_connected = True
         self.connect_failures = 0
         return self.queue
 
     def lost_connection(self, exc: Exception) -> None:
-        log.warning("database call failed" + fields(worker=self.name, error=_one_line(exc)))
+        log.warning("database call failed" + fields(worker=self.name, error=_one_line(exc), database=self.database))
         if self.queue is not None:
             try:
                 self.queue.conn.close()
@@ -146,7 +149,7 @@ class Worker:
         self.install_signals()
         if os.getppid() != self.parent_pid:
             return 1
-        log.info("worker started" + fields(worker=self.name, tools=",".join(self.tools) or "-"))
+        log.info("worker started" + fields(worker=self.name, tools=",".join(self.tools) or "-", database=self.database))
         while not self.done:
             self.beat()
             queue = self.ensure_connected()
@@ -180,7 +183,7 @@ class Worker:
                 self.end_leftovers(job)
         if self.queue is not None:
             self.queue.conn.close()
-        log.info("worker stopped" + fields(worker=self.name))
+        log.info("worker stopped" + fields(worker=self.name, database=self.database))
         return 0
 
     def rescue_if_due(self, queue: Queue) -> None:
@@ -227,6 +230,7 @@ class Worker:
                 tool=job.tool,
                 attempt=f"{job.attempts}/{job.max_attempts}",
                 backup=job.backup_name,
+                database=self.database,
             )
         )
         self.tell("busy", job.job_id, 0)

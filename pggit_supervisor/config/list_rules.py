@@ -37,25 +37,99 @@ def schedule_args(walk: Walk, key_path: str, given: Mapping[Any, Any], result: d
             )
 
 
+def database_tools(walk: Walk, key_path: str, given: Mapping[Any, Any], result: dict[str, Any]) -> None:
+    """A database's workers run some of the configured tools: a name the tools section does not
+    configure would leave its jobs unclaimed forever."""
+    configured = walk.checked.get("tools")
+    if not isinstance(configured, dict):
+        return
+    for index, name in enumerate(result["tools"] or ()):
+        if name not in configured:
+            walk.add(
+                f"{key_path}.tools[{index}]",
+                f"{name!r} is not configured under tools",
+                ", ".join(sorted(configured)) or "the tools configured under tools",
+            )
+
+
+def databases_agree(walk: Walk, key_path: str, given: Mapping[Any, Any], result: dict[str, Any]) -> None:
+    """Either dsn (one database) or databases (several); each listed database once, by name and
+    by connection, so that no database gets two pools of workers."""
+    dsn_allowed = "a postgresql:// URI or a libpq key=value string, or databases: a list of databases"
+    if "dsn" in given and "databases" in given:
+        walk.add("dsn", "must not be set together with databases", "dsn for one database, or databases for several")
+    elif "dsn" not in given and "databases" not in given:
+        walk.add("dsn", "required", dsn_allowed)
+    written = given.get("databases")
+    names: set[str] = set()
+    places: dict[tuple[str, str, str], str] = {}
+    for index, entry in enumerate(written if isinstance(written, list) else []):
+        if not isinstance(entry, Mapping):
+            continue
+        name, dsn = entry.get("name"), entry.get("dsn")
+        if isinstance(name, str) and name in names:
+            walk.add(f"databases[{index}].name", f"duplicate database name {name!r}", "each name once")
+        names.add(str(name))
+        place = _place(dsn)
+        if place is not None and place in places:
+            walk.add(
+                f"databases[{index}].dsn",
+                f"database {name!r}: the same database as {places[place]!r}",
+                "each database once (its workers would be counted twice)",
+            )
+        elif place is not None:
+            places[place] = str(name)
+
+
+def _place(dsn: Any) -> tuple[str, str, str] | None:
+    """host, port and dbname of a DSN: what makes two DSNs the same database."""
+    if not isinstance(dsn, str):
+        return None
+    try:
+        parts = parse_dsn(dsn)
+    except Exception:  # reported by the dsn's own check
+        return None
+    return (parts.get("host", ""), parts.get("port", ""), parts.get("dbname", ""))
+
+
+def served_names(checked: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The names schedules and retention targets may give as `database`: the listed databases'
+    (or the dbname of dsn); None while they are not known (invalid, or dsn without a dbname)."""
+    databases = checked.get("databases")
+    if isinstance(databases, tuple):
+        return tuple(entry["name"] for entry in databases)
+    database = _database_of(checked.get("dsn"))
+    return None if database is None else (str(database),)
+
+
 def schedules_agree(walk: Walk, key_path: str, given: Mapping[Any, Any], result: dict[str, Any]) -> None:
-    """Schedule names are unique, and name the one database of dsn (with several databases,
-    `database` will pick one of them)."""
-    written, schedules, dsn = given.get("schedules"), result.get("schedules"), result.get("dsn")
+    """Schedule names are unique, and each names one served database (optional when there is
+    only one)."""
+    written, schedules = given.get("schedules"), result.get("schedules")
     seen: set[str] = set()
     for index, entry in enumerate(written if isinstance(written, list) else []):
         name = entry.get("name") if isinstance(entry, Mapping) else None
         if isinstance(name, str) and name in seen:
             walk.add(f"schedules[{index}].name", f"duplicate schedule name {name!r}", "each name once")
         seen.add(str(name))
-    if not isinstance(schedules, tuple):
+    names = served_names(result)
+    if not isinstance(schedules, tuple) or names is None:
         return
-    database = parse_dsn(dsn).get("dbname") if isinstance(dsn, str) else None
+    listed = isinstance(result.get("databases"), tuple)
     for index, schedule in enumerate(schedules):
-        if schedule["database"] is not None and database is not None and schedule["database"] != database:
+        database = schedule["database"]
+        if database is None and len(names) > 1:
             walk.add(
                 f"schedules[{index}].database",
-                f"schedule {schedule['name']!r}: {schedule['database']!r} is not the database of dsn",
-                str(database),
+                f"schedule {schedule['name']!r}: required, there are {len(names)} databases",
+                ", ".join(names),
+            )
+        elif database is not None and database not in names:
+            what = "a listed database" if listed else "the database of dsn"
+            walk.add(
+                f"schedules[{index}].database",
+                f"schedule {schedule['name']!r}: {database!r} is not {what}",
+                ", ".join(names),
             )
 
 
@@ -78,6 +152,13 @@ def retention_target(walk: Walk, key_path: str, given: Mapping[Any, Any], result
             walk.add(f"{path}.{key}", f"must be a string, got {value!r}", "a name")
     if required and not (isinstance(target.get(required), str) and NAME_PATTERN.fullmatch(target[required])):
         walk.add(f"{path}.{required}", f"must be a name, got {target.get(required)!r}", "1-63 letters, digits, _ . -")
+    databases = walk.checked.get("databases")
+    if isinstance(databases, tuple):  # the listed name, or the dbname its dsn connects to
+        names = {entry["name"] for entry in databases} | {_database_of(entry["dsn"]) for entry in databases}
+        if "database" in target and target["database"] not in names:
+            allowed = ", ".join(entry["name"] for entry in databases)
+            walk.add(f"{path}.database", f"{target['database']!r} is not a listed database", allowed)
+        return
     database = _database_of(walk.checked.get("dsn"))
     if "database" in target and database is not None and target["database"] != database:
         walk.add(f"{path}.database", f"{target['database']!r} is not the database of dsn", str(database))

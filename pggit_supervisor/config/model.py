@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psycopg2
 from psycopg2.extensions import parse_dsn
@@ -100,6 +100,19 @@ class Tools(Mapping[str, ToolConfig]):
 
 
 @dataclass(frozen=True)
+class Database:
+    """One queue database the supervisor serves: its own pool of `workers`, each holding one
+    connection to it (so it never has more than `workers` of ours), claiming only `tools`."""
+
+    name: str
+    dsn: str = field(repr=False)
+    workers: int = DEFAULT_WORKERS
+    tools: tuple[str, ...] = ()  # names among Config.tools; () means all of them
+    # `dsn:` given alone: the worker ids, the schedules and the logs stay as they were
+    single: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     """The checked settings of one supervisor and the workers it forks."""
 
@@ -124,7 +137,42 @@ class Config:
     schedule_interval: float = DEFAULT_SCHEDULE_INTERVAL
     schedules: tuple[Schedule, ...] = ()
     retention: tuple[Retention, ...] = ()
+    # the databases served; () for a Config built in code, which serves its dsn (served())
+    databases: tuple[Database, ...] = ()
     source: str = "<defaults>"
+
+    def served(self) -> tuple[Database, ...]:
+        """The databases the workers serve: those listed, or the one of dsn."""
+        if self.databases:
+            return self.databases
+        return (Database(database_name(self.dsn), self.dsn, self.workers, single=True),)
+
+    @property
+    def total_workers(self) -> int:
+        return sum(database.workers for database in self.served())
+
+    def for_database(self, database: Database) -> Config:
+        """What one database's workers run with: its dsn, worker count, tools, schedules and
+        retention targets (a schedule without `database` belongs to the only database there is)."""
+        tools = self.tools
+        if database.tools:
+            tools = Tools(tuple(tool for tool in self.tools.entries if tool.name in database.tools))
+        schedules, retention = self.schedules, self.retention
+        if not database.single:
+            schedules = tuple(s for s in self.schedules if s.database in (None, database.name))
+            # a target naming a database is that database's; one naming none (a stanza, a
+            # server) is every database's, each queue deciding over its own backup rows
+            names = (None, database.name, database_name(database.dsn))
+            retention = tuple(r for r in self.retention if r.target.get("database") in names)
+        return replace(
+            self,
+            dsn=database.dsn,
+            workers=database.workers,
+            tools=tools,
+            schedules=schedules,
+            retention=retention,
+            databases=(database,),
+        )
 
 
 def default_tool(name: str, kill_grace: int = DEFAULT_KILL_GRACE) -> ToolConfig:
@@ -143,11 +191,25 @@ def default_tool(name: str, kill_grace: int = DEFAULT_KILL_GRACE) -> ToolConfig:
     )
 
 
+def database_name(dsn: str) -> str:
+    """The dbname of a DSN, as a database's name (schedules and retention targets name it)."""
+    try:
+        return parse_dsn(dsn).get("dbname") or "default"
+    except psycopg2.Error:
+        return "default"
+
+
 def config_summary(config: Config) -> str:
     """One log line; the DSN is shown without its password."""
+    if config.databases:
+        served = "databases=" + ",".join(
+            f"{d.name}:{redacted_dsn(d.dsn)}:{d.workers}w" + (f":{'+'.join(d.tools)}" if d.tools else "")
+            for d in config.databases
+        )
+    else:
+        served = f"workers={config.workers} db={redacted_dsn(config.dsn)}"
     return (
-        f"config={config.source} worker_id={config.worker_id} workers={config.workers} "
-        f"db={redacted_dsn(config.dsn)} poll_interval={config.poll_interval:g}s "
+        f"config={config.source} worker_id={config.worker_id} {served} poll_interval={config.poll_interval:g}s "
         f"heartbeat_interval={config.heartbeat_interval:g}s "
         f"lease_seconds={config.lease_seconds}s shutdown_timeout={config.shutdown_timeout}s "
         f"kill_grace={config.kill_grace}s "

@@ -314,7 +314,7 @@ SCHEDULE = Section(
             "database",
             Name(SCHEDULE_NAME, "be a database name"),
             "the database whose queue gets the backups",
-            Derived("the database of dsn"),
+            Derived("the one database there is (required when databases lists several)"),
             null_is_default=True,
         ),
         Setting("cron", Cron(), "when it fires, as cron reads it"),
@@ -390,12 +390,50 @@ RETENTION = Section(
     ),
 )
 
+# 1-48 characters, so that host/database/slot stays within the queue's 128-character worker id
+DATABASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
+DATABASE = Section(
+    "database",
+    "one queue database this supervisor serves, with its own pool of workers",
+    (
+        Setting(
+            "name",
+            Name(DATABASE_NAME, "be 1-48 letters, digits or _.- starting with a letter or digit"),
+            "the database's name in schedules, retention targets, worker ids and log lines",
+        ),
+        Setting("dsn", Dsn(), "the queue database's connection string"),
+        Setting(
+            "workers",
+            Integer(1, 64, unit=""),
+            "worker processes of this database, each with one connection to it",
+            Derived("the top-level workers", inherits="workers"),
+            null_is_default=True,
+        ),
+        Setting(
+            "tools",
+            ListOf(
+                Name(re.compile("|".join(TOOLS.keys())), "be a tool name", allowed=", ".join(TOOLS.keys())),
+                "be a non-empty list of tool names",
+                "a non-empty list of names of the configured tools",
+            ),
+            "the tools this database's workers run, some of those configured under tools",
+            Derived("every configured tool"),
+            null_is_default=True,
+        ),
+    ),
+)
+
 # In the order they are checked, which is the order their problems are listed in.
 ROOT = Section(
     "",
     "the supervisor's settings",
     (
-        Setting("dsn", Dsn(), "the queue database (also what pg_dump and pg_basebackup back up by default)"),
+        Setting(
+            "dsn",
+            Dsn(),
+            "the queue database (also what pg_dump and pg_basebackup back up by default)",
+            Derived("none; required unless databases lists the databases"),
+        ),
         Setting(
             "worker_id",
             Name(WORKER_ID, "be 1-63 letters, digits or _.:@- starting with a letter or digit"),
@@ -460,6 +498,17 @@ ROOT = Section(
         ),
         RETRY,
         TOOLS,
+        Setting(
+            "databases",
+            ListOf(
+                None,
+                "be a non-empty list of databases",
+                "a list of mappings of " + ", ".join(DATABASE.keys()),
+                DATABASE,
+            ),
+            "the queue databases this supervisor serves, instead of dsn: each with its own workers",
+            Derived("the one database of dsn"),
+        ),
         Setting(
             "schedule_interval",
             Number(1, 300),

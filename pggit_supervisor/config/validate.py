@@ -23,7 +23,7 @@ from psycopg2.extensions import parse_dsn
 from ..retention import Retention
 from ..scheduler import Schedule, cron_problem
 from . import host, list_rules
-from .model import Config, RetryConfig, ToolConfig, Tools
+from .model import Config, Database, RetryConfig, ToolConfig, Tools
 from .report import Report, show
 from .settings import (
     ROOT,
@@ -73,9 +73,10 @@ class _Walk:
         self.report = report
         self.check_paths = check_paths
         self.checked: dict[str, Any] = {}
+        self.label = ""  # "database 'app': " while a databases[] entry is checked
 
     def add(self, key_path: str, what: str, allowed: str) -> None:
-        self.report.add(key_path, what, allowed)
+        self.report.add(key_path, self.label + what, allowed)
 
     def section(self, key_path: str, section: Section, value: Any) -> Any:
         """A mapping of the section's keys; left empty (`retry:`) it means all defaults."""
@@ -290,10 +291,13 @@ def _list(walk: _Walk, key_path: str, setting: Setting, kind: ListOf, value: Any
             assert kind.item is not None
             items.append(walk.value(item_path, setting, kind.item, item))
         elif isinstance(item, Mapping):
+            named = kind.entry.name == "database" and isinstance(item.get("name"), str)
+            walk.label = f"database {item['name']!r}: " if named else ""
             checked = walk.section(item_path, kind.entry, item)
             for rule in _ENTRY_RULES.get(kind.entry.name, ()):
                 if checked is not INVALID:
                     rule(walk, item_path, item, checked)
+            walk.label = ""
             items.append(checked)
         elif kind.item is None:
             walk.add(item_path, f"must be a mapping, got {show(item)}", ", ".join(kind.entry.keys()))
@@ -416,19 +420,28 @@ def _declared(section_path: str, name: str) -> Setting:
 # Rules that relate settings of one section, run once the section's own keys are checked.
 _RULES: dict[str, tuple[Callable[[_Walk, str, Mapping[Any, Any], dict[str, Any]], None], ...]] = {
     "retry": (_retry_delays_ordered,),
-    "": (_lease_outlasts_two_heartbeats, list_rules.schedules_agree),
+    "": (_lease_outlasts_two_heartbeats, list_rules.databases_agree, list_rules.schedules_agree),
 }
 # Rules of one list entry, by the entry section's name, run once the entry's own keys are checked.
 _ENTRY_RULES: dict[str, tuple[Callable[[_Walk, str, Mapping[Any, Any], dict[str, Any]], None], ...]] = {
     "schedule": (list_rules.schedule_args,),
     "retention": (list_rules.retention_target,),
+    "database": (list_rules.database_tools,),
 }
 
 
 def _build(checked: dict[str, Any], source: str) -> Config:
-    top = {key: value for key, value in checked.items() if key not in ("retry", "tools", "schedules", "retention")}
+    lists = ("retry", "tools", "schedules", "retention", "databases")
+    top = {key: value for key, value in checked.items() if key not in lists}
+    databases = tuple(
+        Database(entry["name"], entry["dsn"], entry["workers"], tuple(entry["tools"] or ()))
+        for entry in checked["databases"] or ()
+    )
+    if databases:
+        top["dsn"] = databases[0].dsn  # what a command that takes one database defaults to
     return Config(
         **top,
+        databases=databases,
         schedules=tuple(_schedule(values) for values in checked["schedules"] or ()),
         retention=tuple(Retention(**values) for values in checked["retention"] or ()),
         retry=RetryConfig(**checked["retry"]),

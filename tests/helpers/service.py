@@ -23,7 +23,7 @@ from helpers.session import FAKE_TOOL
 class Service:
     """`pggit-supervisor run -c CONFIG` as a subprocess in its own session."""
 
-    def __init__(self, tmp_path: Path, dsn: str, **settings: Any) -> None:
+    def __init__(self, tmp_path: Path, dsn: str | None, **settings: Any) -> None:
         self.dir = tmp_path
         self.config_path = tmp_path / "supervisor.yaml"
         self.log_path = tmp_path / "supervisor.log"
@@ -41,6 +41,8 @@ class Service:
             "tools": {"custom": {"allowed_commands": [FAKE_TOOL], "timeout": 600}},
         }
         config.update(settings)
+        if dsn is None:  # the settings list `databases` instead
+            del config["dsn"]
         self.write_config(config)
         self.proc: subprocess.Popen | None = None
 

@@ -29,7 +29,7 @@ from pggit_supervisor.config import (
 EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "supervisor.yaml"
 DSN = "postgresql://pggit_backup@localhost:5432/mydb"
 TOP_KEYS = (
-    "drill_user, dsn, heartbeat_interval, kill_grace, lease_seconds, log_level, poll_interval, "
+    "databases, drill_user, dsn, heartbeat_interval, kill_grace, lease_seconds, log_level, poll_interval, "
     "retention, retry, schedule_interval, schedules, shutdown_timeout, tools, worker_id, worker_timeout, workers"
 )
 TOOLS = "barman, custom, pg_basebackup, pg_dump, pgbackrest"
@@ -358,7 +358,10 @@ def test_only_custom_commands_whose_entry_says_pass_credentials_get_the_credenti
 def test_missing_dsn_is_required(tmp_path: Path) -> None:
     path = write(tmp_path, {"tools": {"pg_dump": {}}})
 
-    assert problems_of(path) == [f"{path}: dsn: required (allowed: a postgresql:// URI or a libpq key=value string)"]
+    assert problems_of(path) == [
+        f"{path}: dsn: required (allowed: a postgresql:// URI or a libpq key=value string, "
+        "or databases: a list of databases)"
+    ]
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
