@@ -1,8 +1,8 @@
 """The checks that look at this machine: executables and users a setting names.
 
 Kept apart from the loader so `check-config` can validate a file meant for another host
-(check_paths=False skips these), and so the checks a kind asks for (settings.Name.host,
-settings.Path.executable) have one home.
+(check_paths=False skips these), and so the checks a kind asks for (kinds.Name.host,
+kinds.Path.executable) have one home.
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ from typing import Any
 
 import yaml
 
+from .kinds import Integer, Number, Setting
 from .model import Config, ConfigError
 from .report import Report, show
-from .settings import CONFIG_PATH_VARIABLE, DEFAULT_CONFIG_PATH, ROOT, Integer, Number, Setting, environment_variables
+from .settings import CONFIG_PATH_VARIABLE, DEFAULT_CONFIG_PATH, ROOT, environment_variables
 from .validate import validate
 
 ENVIRONMENT = "<environment>"  # Config.source when no file was read

@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 
-from .settings import CONFIG_PATH_VARIABLE, REQUIRED, ROOT, ListOf, Section, Setting, allowed_of, show_default
+from .kinds import REQUIRED, ListOf, Section, Setting, show_default
+from .settings import CONFIG_PATH_VARIABLE, ROOT, allowed_of
 
 HEADER = ".SH SETTINGS"
 GENERATED = '.\\" Generated from pggit_supervisor/config/settings.py by python -m pggit_supervisor.config.reference'

@@ -23,11 +23,7 @@ from psycopg2.extensions import parse_dsn
 from ..retention import Retention
 from ..scheduler import Schedule, cron_problem
 from . import host, list_rules
-from .model import Config, Database, RetryConfig, ToolConfig, Tools
-from .report import Report, show
-from .settings import (
-    ROOT,
-    WORKER_ID,
+from .kinds import (
     Boolean,
     Choice,
     Cron,
@@ -45,10 +41,11 @@ from .settings import (
     Section,
     Setting,
     Zone,
-    allowed_of,
-    builtin_tools,
     show_default,
 )
+from .model import Config, Database, RetryConfig, ToolConfig, Tools
+from .report import Report, show
+from .settings import ROOT, WORKER_ID, allowed_of, builtin_tools
 
 MISSING: Any = object()
 INVALID: Any = object()  # a value whose problem has been reported

@@ -17,7 +17,8 @@ from helpers import ROOT
 from helpers.db import query, scalar
 from helpers.retention import make
 from pggit_supervisor.config import ConfigError, load_config
-from pggit_supervisor.config.settings import RETENTION, Integer, Setting
+from pggit_supervisor.config.kinds import Integer, Setting
+from pggit_supervisor.config.settings import RETENTION
 
 DSN = "postgresql://pggit_backup@localhost:5432/mydb"
 DUMPS = {"target": {"tool": "pg_dump"}, "keep_last": 2}

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from pggit_supervisor.config import ConfigError, load_config, settings
+from pggit_supervisor.config import ConfigError, kinds, load_config, settings
+from pggit_supervisor.config.kinds import Choice, Integer, Name, Number, Setting, show_default
 from pggit_supervisor.config.reference import man_section
-from pggit_supervisor.config.settings import Choice, Integer, Name, Number, Setting, allowed_of, show_default, walk
+from pggit_supervisor.config.settings import allowed_of, walk
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT_DIR / "conf" / "supervisor.yaml"
@@ -75,7 +76,7 @@ def test_every_declared_setting_is_in_the_example_with_its_doc_line_and_default(
     assert path in documented, f"{EXAMPLE} does not document {path}"
     doc = documented[path].lower()
     assert setting.doc.lower() in doc, f"{path}: the comment lacks the declared doc line {setting.doc!r}"
-    default = "required" if setting.default is settings.REQUIRED else f"default {show_default(setting.default)}"
+    default = "required" if setting.default is kinds.REQUIRED else f"default {show_default(setting.default)}"
     assert default.lower() in doc, f"{path}: the comment lacks {default!r}"
     if setting.env:
         assert f"environment {setting.env}".lower() in doc
@@ -117,7 +118,7 @@ def explicit_defaults() -> dict[str, Any]:
     """A config file that writes out every setting with a fixed default."""
     data: dict[str, Any] = {"dsn": DSN, "worker_id": "w1"}
     for path, setting in SETTINGS.items():
-        if "[]" in path or isinstance(setting.default, (settings.Required, settings.Derived)):
+        if "[]" in path or isinstance(setting.default, (kinds.Required, kinds.Derived)):
             continue
         *parents, last = path.split(".")
         target = data
