@@ -134,30 +134,38 @@ def _schedules(args: argparse.Namespace) -> int:
 
 
 def _retention(args: argparse.Namespace) -> int:
-    """Per target: with --dry-run what would be kept (by which rule) and what would go; without,
-    expiry step 1 (the backups the rules let go are marked expired, issue 10)."""
+    """Per target: with --dry-run what would be kept (by which rule), what would go and which
+    expired backups still wait for their removal (with the last error); without, both expiry
+    steps (expiry.py: marked expired, then removed, one host per target) and the pruning of old
+    finished jobs (issue 10). Exit 1 when a removal failed (it is retried on the next run)."""
+    from .expiry import apply_retention
     from .queue import Queue, connect
-    from .retention import plan_arguments, render_plan
+    from .retention import plan_arguments, render_pending, render_plan
 
     config = load_config(resolve_config_path(args.config, os.environ), dsn=args.dsn, check_paths=False)
     if not config.retention:
         print("pggit-supervisor: the config has no retention entries", file=sys.stderr)
         return EXIT_CONFIG
+    failed = False
     conn = connect(config.dsn, "pggit-supervisor retention")
     try:
         queue = Queue(conn)
         for retention in config.retention:
-            target, rules = plan_arguments(retention)
             if args.dry_run:
+                target, rules = plan_arguments(retention)
                 print(render_plan(retention, queue.retention_plan(target, rules)))
+                if pending := queue.pending_removals(target):
+                    print(render_pending(pending))
                 continue
-            expired = queue.expire_backups(config.worker_id, target, rules)
-            print(f"target {retention.name()}: {len(expired)} backup(s) marked expired")
-            for backup_id, name, reasons in expired:
-                print(f"  expired {name} ({backup_id}): {', '.join(reasons) or 'no rule keeps it'}")
+            done = apply_retention(queue, config, retention)
+            failed = failed or any(each.error for each in done.removals)
+            print(done.render())
+        if not args.dry_run:
+            pruned = queue.prune_jobs(config.prune_jobs_after)
+            print(f"pruned {pruned} job(s) that ended more than {config.prune_jobs_after} s ago (their backups stay)")
     finally:
         conn.close()
-    return 0
+    return 1 if failed else 0
 
 
 def serve(load: Callable[[], Config]) -> int:
@@ -225,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     schedules.set_defaults(func=_schedules)
 
     retention = commands.add_parser(
-        "retention", help="apply the retention rules: mark expired what no rule keeps (--dry-run: only show)"
+        "retention", help="apply the retention rules: expire and remove what no rule keeps (--dry-run: only show)"
     )
     retention.add_argument(
         "--dry-run", action="store_true", help="print, per target, what is kept and why, and what would go"

@@ -24,6 +24,7 @@ from .barman_commands import (
     QUERY_TIMEOUT,
     barman_argv,
     config_name,
+    delete_argv,
     last_lines,
     new_backup,
     parsed,
@@ -31,6 +32,7 @@ from .barman_commands import (
 )
 from .base import Context, Invocation, Outcome, Verification, failure_from, run_check, tool_run
 from .params import NAME_PATTERN, Choice, Parameter, job_timeout, param_bool, param_text, spec_params
+from .removing import Removal
 from .restoring import Backup, RestorePlan, RestoresInto, RestoreTarget
 
 RESERVED_SERVERS = ("all", "barman")  # `barman backup all` backs up every server
@@ -163,6 +165,13 @@ class BarmanAdapter:
         return RestorePlan.of(tool, [argv], ask_first=True, note=note)
 
     # -- Barman's answers -----------------------------------------------------------------
+
+    # -- removal: expiry step 2 --------------------------------------------------------------
+
+    def removal_plan(self, backup: Backup, tool: ToolConfig) -> Removal:
+        """`barman delete SERVER BACKUP_ID` as Barman's user (the tool's run_as)."""
+        argv = delete_argv(tool, backup.location)
+        return Removal.command(f"Barman backup {backup.location}", tool, argv, gone=_backup_missing)
 
     def _query(self, job: ClaimedJob, ctx: Context, *args: str, timeout: float = QUERY_TIMEOUT) -> RunResult:
         """`barman [-c CFG] ARGS` as the tool's user, with the worker's lease-renewing tick."""
@@ -372,3 +381,9 @@ class BarmanParams:
         if reuse is not None:
             reuse = REUSE_BACKUP.parse(params, "reuse_backup")
         return cls(server, param_bool(params, "wait", True), reuse)
+
+
+def _backup_missing(result: RunResult) -> bool:
+    """`barman delete` of a backup Barman no longer lists (its own retention, or an earlier
+    removal whose record was lost)."""
+    return "Unknown backup" in result.stderr.text() + result.stdout.text()

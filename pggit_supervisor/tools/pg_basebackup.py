@@ -29,6 +29,7 @@ from ..files import (
     pg_bin_dir,
     prepare_output_dir,
     read_pg_version,
+    remove_backup_path,
     safe_component,
     sha256_of,
     tar_members,
@@ -39,6 +40,7 @@ from ..queue import ClaimedJob
 from ..runner import RunResult
 from .base import Context, Invocation, Outcome, Verification, backup_stem, failure_from, run_check, tool_run
 from .params import Choice, IntRange, Parameter, param_dir, spec_params
+from .removing import Removal
 from .restoring import Backup, RestorePlan, RestoresInto, RestoreTarget, confine
 
 # the values pggit.backup_pg_basebackup validates (p_options.format, .compression, .checkpoint;
@@ -205,6 +207,14 @@ class PgBaseBackupAdapter:
             give_to(target_dir, tool.run_as)
 
         return RestorePlan.of(tool, steps, setup=setup)
+
+    # -- removal: expiry step 2 --------------------------------------------------------------
+
+    def removal_plan(self, backup: Backup, tool: ToolConfig) -> Removal:
+        """The file or directory we wrote, removed below allowed_output_dirs without following a
+        symlink (files.remove_backup_path)."""
+        path = backup.path
+        return Removal(path, local=lambda: remove_backup_path(path, tool))
 
 
 def copy_steps(backup: Backup, source: str, target_dir: str) -> list[list[str]]:

@@ -27,6 +27,7 @@ from ..files import (
     open_regular,
     partial_path,
     prepare_output_dir,
+    remove_backup_path,
     remove_path,
     sha256_of,
 )
@@ -36,6 +37,7 @@ from ..runner import RunResult
 from .base import Context, Invocation, Outcome, Verification, backup_stem, failure_from, run_check, tool_run
 from .params import Choice, IntRange, Parameter, param_dir, param_text, spec_params
 from .pg_dump_snapshot import RLS_REFUSED, open_snapshot
+from .removing import Removal
 from .restoring import Backup, RestorePlan, RestoresInto, RestoreTarget, confine
 
 FORMATS = {"custom": ".dump", "directory": "", "tar": ".tar", "plain": ".sql"}
@@ -199,6 +201,14 @@ class PgDumpAdapter:
                 decompress(source, script, tool.run_as)
 
         return RestorePlan.of(tool, [argv], env, setup=setup)
+
+    # -- removal: expiry step 2 --------------------------------------------------------------
+
+    def removal_plan(self, backup: Backup, tool: ToolConfig) -> Removal:
+        """The file or directory we wrote, removed below allowed_output_dirs without following a
+        symlink (files.remove_backup_path)."""
+        path = backup.path
+        return Removal(path, local=lambda: remove_backup_path(path, tool))
 
 
 def dump_format(backup: Backup) -> str:
