@@ -75,10 +75,13 @@ def apply_retention(queue: Queue, config: Config, retention: Retention, run: Run
 def remove_one(queue: Queue, config: Config, pending: PendingRemoval, run: Run = run_tool) -> Removed:
     """Removes one expired backup's data and records how that went; a failure is an error value
     on the expiration, never raised (the other backups of the target still get their turn)."""
-    backup = Backup(pending.backup_id, pending.backup_tool, "expired", pending.location, pending.metadata)
+    backup = Backup(pending.backup_id, pending.backup_tool, pending.status, pending.location, pending.metadata)
     tool = config.tools.get(pending.backup_tool) or default_tool(pending.backup_tool, config.kill_grace)
     try:
-        error = run_removal(remover_for(pending.backup_tool).removal_plan(backup, tool), run)
+        # only a completed backup's location names what it wrote: a job that failed or was
+        # cancelled left its output directory there (and removed its own partial files)
+        wrote = backup.status == "completed" and bool(backup.location)
+        error = run_removal(remover_for(pending.backup_tool).removal_plan(backup, tool), run) if wrote else None
     except JobError as exc:
         error = exc.message
     except OSError as exc:

@@ -238,7 +238,8 @@ class Queue:
         """The target's expired backups whose data is still there, oldest first."""
         with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
             cur.execute(
-                """SELECT backup_id::text, backup_name, backup_tool, location, metadata, removal_attempts, removal_error
+                """SELECT backup_id::text, backup_name, backup_tool, status, location, metadata,
+                          removal_attempts, removal_error
                      FROM pggit.pending_backup_removals(%s)""",
                 (target,),
             )

@@ -78,6 +78,7 @@ class PendingRemoval:
     backup_id: str
     backup_name: str
     backup_tool: str
+    status: str
     location: str
     metadata: Mapping[str, Any]
     removal_attempts: int

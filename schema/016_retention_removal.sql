@@ -26,13 +26,14 @@ SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS
 $$;
 
 -- The expired backups of a target whose data is still there (never removed, or the removal
--- failed), oldest first, with what their tool's removal needs.
+-- failed), oldest first, with what their tool's removal needs. Only a completed backup's
+-- location names what it wrote (a job that never finished has its output directory there).
 CREATE OR REPLACE FUNCTION pggit.pending_backup_removals(p_target jsonb)
-RETURNS TABLE (backup_id uuid, backup_name text, backup_tool text, location text, metadata jsonb,
+RETURNS TABLE (backup_id uuid, backup_name text, backup_tool text, status text, location text, metadata jsonb,
                removal_attempts integer, removal_error text)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS $$
-    SELECT b.backup_id, b.backup_name, b.backup_tool, coalesce(b.location, ''), b.metadata,
+    SELECT b.backup_id, b.backup_name, b.backup_tool, b.status, coalesce(b.location, ''), b.metadata,
            e.removal_attempts, e.removal_error
       FROM pggit.backup_expirations e JOIN pggit.backups b ON b.backup_id = e.backup_id
      WHERE e.removed_at IS NULL AND e.target = pggit._require_retention_target(p_target)

@@ -212,8 +212,12 @@ class PgBaseBackupAdapter:
 
     def removal_plan(self, backup: Backup, tool: ToolConfig) -> Removal:
         """The file or directory we wrote, removed below allowed_output_dirs without following a
-        symlink (files.remove_backup_path)."""
+        symlink (files.remove_backup_path). Only a name this adapter gives (backup_stem: it
+        starts with the tool's name) is removed: a row naming a directory such as the output
+        directory itself is refused, not emptied."""
         path = backup.path
+        if not os.path.basename(path).startswith(f"{self.name}-"):
+            raise invalid(f"backup {backup.backup_id}: {path} is not a name {self.name} gives its backups: not removed")
         return Removal(path, local=lambda: remove_backup_path(path, tool))
 
 
