@@ -22,8 +22,9 @@ from .config import (
 )
 from .config.model import redacted_dsn
 from .errors import JobError, PggitError
+from .expiry import apply_retention
 from .queue import Queue, connect
-from .retention import plan_arguments, render_plan
+from .retention import plan_arguments, render_pending, render_plan
 from .rows import one_row
 from .schedule_report import render
 from .supervisor import Supervisor
@@ -165,28 +166,53 @@ def _schedules(args: argparse.Namespace) -> int:
 
 
 def _retention(args: argparse.Namespace) -> int:
-    """Per target: with --dry-run what would be kept (by which rule) and what would go; without,
-    expiry step 1 (the backups the rules let go are marked expired, issue 10)."""
+    """Per target: with --dry-run what would be kept (by which rule), what would go and which
+    expired backups still wait for their removal (with the last error); without, both expiry
+    steps (expiry.py: marked expired, then removed, one host per target) and the pruning of old
+    finished jobs (issue 10). Exit 1 when a removal failed (it is retried on the next run)."""
 
-    config = load_config(resolve_config_path(args.config, os.environ), dsn=args.dsn, check_paths=False)
+    config = load_with_dsn(resolve_config_path(args.config, os.environ), args.dsn, check_paths=False)
     if not config.retention:
         print("pggit-supervisor: the config has no retention entries", file=sys.stderr)
         return EXIT_CONFIG
-    conn = connect(config.dsn, "pggit-supervisor retention")
-    try:
-        queue = Queue(conn)
-        for retention in config.retention:
+    code = 0
+    for index, database in enumerate(config.served()):  # each database decides over its own rows
+        part = config.for_database(database)
+        if not part.retention:
+            continue
+        if not database.single:
+            print(("\n" if index else "") + f"database {database.name} ({redacted_dsn(database.dsn)}):")
+        try:
+            conn = connect(database.dsn, "pggit-supervisor retention")
+        except psycopg2.Error as exc:
+            print(f"pggit-supervisor: database {database.name}: {' '.join(str(exc).split())}", file=sys.stderr)
+            code = 1
+            continue
+        try:
+            if not _retention_of(Queue(conn), part, args.dry_run):
+                code = 1
+        finally:
+            conn.close()
+    return code
+
+
+def _retention_of(queue: Queue, config: Config, dry_run: bool) -> bool:
+    """One database's targets (see _retention); False when a removal failed."""
+    ok = True
+    for retention in config.retention:
+        if dry_run:
             target, rules = plan_arguments(retention)
-            if args.dry_run:
-                print(render_plan(retention, queue.retention_plan(target, rules)))
-                continue
-            expired = queue.expire_backups(config.worker_id, target, rules)
-            print(f"target {retention.name()}: {len(expired)} backup(s) marked expired")
-            for backup_id, name, reasons in expired:
-                print(f"  expired {name} ({backup_id}): {', '.join(reasons) or 'no rule keeps it'}")
-    finally:
-        conn.close()
-    return 0
+            print(render_plan(retention, queue.retention_plan(target, rules)))
+            if pending := queue.pending_removals(target):
+                print(render_pending(pending))
+            continue
+        done = apply_retention(queue, config, retention)
+        ok = ok and not any(each.error for each in done.removals)
+        print(done.render())
+    if not dry_run:
+        pruned = queue.prune_jobs(config.prune_jobs_after)
+        print(f"pruned {pruned} job(s) that ended more than {config.prune_jobs_after} s ago (their backups stay)")
+    return ok
 
 
 def serve(load: Callable[[], Config]) -> int:
@@ -251,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     schedules.set_defaults(func=_schedules)
 
     retention = commands.add_parser(
-        "retention", help="apply the retention rules: mark expired what no rule keeps (--dry-run: only show)"
+        "retention", help="apply the retention rules: expire and remove what no rule keeps (--dry-run: only show)"
     )
     retention.add_argument(
         "--dry-run", action="store_true", help="print, per target, what is kept and why, and what would go"

@@ -106,6 +106,39 @@ def remove_path(path: str) -> None:
         os.unlink(path)
 
 
+def remove_backup_path(path: str, tool: ToolConfig) -> bool:
+    """Removes an expired backup's file or directory tree at the absolute, normalised `path`,
+    which must lie below one of the tool's allowed_output_dirs as written (not as a symlink
+    resolves): its directory is opened one component at a time without following a symlink
+    (a symlink on the way is refused, not retryable), and the entry is removed through that
+    descriptor; a directory tree is removed without following any symlink inside it (rmtree
+    with dir_fd), and a symlink planted in the backup's place is removed itself, never what it
+    names. False if nothing was there (removed before: the removal is done)."""
+    roots = [os.path.realpath(each).rstrip("/") + "/" for each in tool.allowed_output_dirs if os.path.isabs(each)]
+    if not any(path.startswith(root) for root in roots):
+        raise invalid(
+            f"{path} is not under tools.{tool.name}.allowed_output_dirs "
+            f"(allowed: {', '.join(tool.allowed_output_dirs) or 'none'}): not removed"
+        )
+    parent, name = os.path.split(path)
+    try:
+        fd = open_real_dir(parent)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(name, dir_fd=fd)
+        else:
+            os.unlink(name, dir_fd=fd)
+        return True
+    finally:
+        os.close(fd)
+
+
 def make_scratch_dir(parent: str, prefix: str, run_as: str | None) -> str:
     """A new directory with a random name under the real directory `parent`, made and given to
     `run_as` through descriptors, as prepare_output_dir does (tempfile.mkdtemp plus a chown by

@@ -15,7 +15,7 @@ import psycopg2
 import psycopg2.extras
 from psycopg2.extensions import connection
 
-from .retention import PlannedBackup
+from .retention import PendingRemoval, PlannedBackup
 from .rows import one_row
 from .slots import ScheduleState, ScheduleStatus, SlotRecord
 
@@ -225,6 +225,36 @@ class Queue:
                 (worker_id, target, rules),
             )
             return cur.fetchall()
+
+    # -- expiry step 2 and pruning (schema/016; issue 10) ---------------------------------------
+
+    def lock_retention_target(self, target: str) -> bool:
+        """Takes the target's remover lock for this session (False: another host holds it)."""
+        return bool(self._one("SELECT pggit.lock_retention_target(%s)", (target,)))
+
+    def unlock_retention_target(self, target: str) -> bool:
+        return bool(self._one("SELECT pggit.unlock_retention_target(%s)", (target,)))
+
+    def pending_removals(self, target: str) -> list[PendingRemoval]:
+        """The target's expired backups whose data is still there, oldest first."""
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(
+                """SELECT backup_id::text, backup_name, backup_tool, status, location, metadata,
+                          removal_attempts, removal_error
+                     FROM pggit.pending_backup_removals(%s)""",
+                (target,),
+            )
+            return [PendingRemoval(**row) for row in cur.fetchall()]
+
+    def record_removal(self, worker_id: str, backup_id: str, error: str | None) -> str | None:
+        """'removed' / 'failed' as recorded on the expiration, None if it was not pending."""
+        return self._one(
+            "SELECT pggit.record_backup_removal(%s, %s, %s)", (worker_id, backup_id, fit_text(error, 8192))
+        )
+
+    def prune_jobs(self, older_than_seconds: int) -> int:
+        """Deletes jobs that ended for good longer ago than that; their backups stay."""
+        return int(self._one("SELECT pggit.prune_backup_jobs(%s)", (int(older_than_seconds),)))
 
 
 def shell_command(argv: Sequence[str]) -> str:

@@ -10,6 +10,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 # tool -> (the keys a target may have, the one it must have)
 TARGET_KEYS: Mapping[str, tuple[tuple[str, ...], str | None]] = {
@@ -70,6 +71,20 @@ class PlannedBackup:
     reasons: Sequence[str]
 
 
+@dataclass(frozen=True)
+class PendingRemoval:
+    """A row of pggit.pending_backup_removals: an expired backup whose data is still there."""
+
+    backup_id: str
+    backup_name: str
+    backup_tool: str
+    status: str
+    location: str
+    metadata: Mapping[str, Any]
+    removal_attempts: int
+    removal_error: str | None
+
+
 def _when(moment: datetime | None) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M") if moment else "-"
 
@@ -86,8 +101,26 @@ def render_plan(retention: Retention, rows: Sequence[PlannedBackup]) -> str:
     return "\n".join(lines)
 
 
+def render_pending(rows: Sequence[PendingRemoval]) -> str:
+    """The expired backups whose data is still there: never tried yet, or failed (and why)."""
+    lines = [f"  expired, data not removed yet: {len(rows)}"]
+    for row in rows:
+        failed = f"removal failed {row.removal_attempts}x: {row.removal_error}"
+        state = failed if row.removal_error else "removal pending"
+        lines.append(f"  pending {row.backup_id}  {row.backup_name}  {state}")
+    return "\n".join(lines)
+
+
 def plan_arguments(retention: Retention) -> tuple[str, str]:
     return json.dumps(dict(retention.target)), json.dumps(retention.rules())
 
 
-__all__ = ["TARGET_KEYS", "PlannedBackup", "Retention", "plan_arguments", "render_plan"]
+__all__ = [
+    "TARGET_KEYS",
+    "PendingRemoval",
+    "PlannedBackup",
+    "Retention",
+    "plan_arguments",
+    "render_pending",
+    "render_plan",
+]

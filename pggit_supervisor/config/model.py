@@ -32,6 +32,7 @@ DEFAULT_WORKER_TIMEOUT: float = default_of(ROOT, "worker_timeout")
 # the unprivileged OS user restore drills run their throwaway cluster as (see sandbox.py)
 DEFAULT_DRILL_USER: str = default_of(ROOT, "drill_user")
 DEFAULT_SCHEDULE_INTERVAL: float = default_of(ROOT, "schedule_interval")
+DEFAULT_PRUNE_JOBS_AFTER: int = 30 * 86400  # prune_jobs_after as declared ("30d"), in seconds
 
 
 class ConfigError(PggitError):
@@ -139,6 +140,8 @@ class Config:
     retention: tuple[Retention, ...] = ()
     # the databases served; () for a Config built in code, which serves its dsn (served())
     databases: tuple[Database, ...] = ()
+    # jobs that ended for good longer ago than this (seconds) are pruned by `retention`
+    prune_jobs_after: int = DEFAULT_PRUNE_JOBS_AFTER
     source: str = "<defaults>"
 
     def served(self) -> tuple[Database, ...]:

@@ -373,8 +373,16 @@ ROOT = Section(
                 "a list of mappings of " + ", ".join(RETENTION.keys()),
                 RETENTION,
             ),
-            "which backups each target keeps; the rest are marked expired by `pggit-supervisor retention`",
+            "which backups each target keeps; the rest are expired and removed by `pggit-supervisor retention`",
             Derived("none"),
+        ),
+        # -- retention's removal step and job pruning (issue 10) -------------------------------
+        Setting(
+            "prune_jobs_after",
+            Duration(3600, 10 * 365 * 86400),
+            "how long a job that ended for good is kept before `pggit-supervisor retention` deletes it"
+            " (its backup's row stays)",
+            "30d",
         ),
     ),
 )

@@ -20,6 +20,7 @@ from .params import NAME_PATTERN, Choice, IntRange, Parameter
 from .pg_basebackup import PgBaseBackupAdapter
 from .pg_dump import PgDumpAdapter
 from .pgbackrest import PgBackRestAdapter
+from .removing import Removal, Remover, run_removal
 from .restore_test import RestoreTestAdapter
 from .restoring import Restorer
 
@@ -77,6 +78,16 @@ def restorer_for(tool: str) -> Restorer:
     return adapter
 
 
+def remover_for(tool: str) -> Remover:
+    """The adapter that removes an expired backup made by `tool` (expiry step 2); refused for
+    good for a tool retention has no targets of."""
+    adapter = ADAPTERS.get(tool)
+    if not isinstance(adapter, Remover):
+        removable = sorted(name for name, each in ADAPTERS.items() if isinstance(each, Remover))
+        raise invalid(f"backups made by {tool[:40]} are not removed by retention (it removes: {', '.join(removable)})")
+    return adapter
+
+
 __all__ = [
     "ADAPTERS",
     "NAME_PATTERN",
@@ -89,8 +100,12 @@ __all__ = [
     "Invocation",
     "Outcome",
     "Parameter",
+    "Removal",
+    "Remover",
     "Restorer",
     "Verification",
     "adapter_for",
+    "remover_for",
     "restorer_for",
+    "run_removal",
 ]

@@ -23,6 +23,7 @@ from .barman_commands import (
     QUERY_TIMEOUT,
     barman_argv,
     config_name,
+    delete_argv,
     last_lines,
     new_backup,
     parsed,
@@ -30,6 +31,7 @@ from .barman_commands import (
 )
 from .base import Context, Invocation, Outcome, Verification, failure_from, run_check, tool_run
 from .params import job_timeout, spec_params
+from .removing import Removal
 from .restoring import Backup, RestorePlan, RestoresInto, RestoreTarget
 
 # Only the rsync executors copy file by file and can hard-link or copy unchanged files from
@@ -156,6 +158,13 @@ class BarmanAdapter:
         return RestorePlan.of(tool, [argv], ask_first=True, note=note)
 
     # -- Barman's answers -----------------------------------------------------------------
+
+    # -- removal: expiry step 2 --------------------------------------------------------------
+
+    def removal_plan(self, backup: Backup, tool: ToolConfig) -> Removal:
+        """`barman delete SERVER BACKUP_ID` as Barman's user (the tool's run_as)."""
+        argv = delete_argv(tool, backup.location)
+        return Removal.command(f"Barman backup {backup.location}", tool, argv, gone=_backup_missing)
 
     def _query(self, job: ClaimedJob, ctx: Context, *args: str, timeout: float = QUERY_TIMEOUT) -> RunResult:
         """`barman [-c CFG] ARGS` as the tool's user, with the worker's lease-renewing tick."""
@@ -342,3 +351,9 @@ class BarmanAdapter:
             verified=verification.verified,
             metadata=metadata,
         )
+
+
+def _backup_missing(result: RunResult) -> bool:
+    """`barman delete` of a backup Barman no longer lists (its own retention, or an earlier
+    removal whose record was lost)."""
+    return "Unknown backup" in result.stderr.text() + result.stdout.text()

@@ -47,6 +47,15 @@ def restore_argv(tool: ToolConfig, location: str, target_dir: str) -> list[str]:
     return barman_argv(tool, "recover", match["server"], match["backup_id"], target_dir)
 
 
+def delete_argv(tool: ToolConfig, location: str) -> list[str]:
+    """`barman [-c CFG] delete SERVER BACKUP_ID` for a barman://SERVER/BACKUP_ID location
+    (refused for good otherwise)."""
+    match = LOCATION.fullmatch(location)
+    if not match or not NAME_PATTERN.fullmatch(match["server"]) or not BACKUP_ID.fullmatch(match["backup_id"]):
+        raise invalid(f"{location!r} is not a Barman backup location (barman://SERVER/YYYYMMDDTHHMMSS)")
+    return barman_argv(tool, "delete", match["server"], match["backup_id"])
+
+
 def barman_argv(tool: ToolConfig, *args: str) -> list[str]:
     """`barman [-c CFG] ARGS`: -c and -f are global options, before the sub-command."""
     return [tool.executable(), *(["-c", tool.config] if tool.config else []), *args]

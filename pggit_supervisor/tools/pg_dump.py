@@ -23,6 +23,7 @@ from ..files import (
     open_regular,
     partial_path,
     prepare_output_dir,
+    remove_backup_path,
     remove_path,
     sha256_of,
 )
@@ -33,6 +34,7 @@ from ..specs.pg_dump import DUMP_FORMATS, FORMATS, DumpParams
 from .base import Context, Invocation, Outcome, Verification, backup_stem, failure_from, run_check, tool_run
 from .params import spec_params
 from .pg_dump_snapshot import RLS_REFUSED, open_snapshot
+from .removing import Removal
 from .restoring import Backup, RestorePlan, RestoresInto, RestoreTarget, confine
 
 _PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
@@ -157,6 +159,18 @@ class PgDumpAdapter:
                 decompress(source, script, tool.run_as)
 
         return RestorePlan.of(tool, [argv], env, setup=setup)
+
+    # -- removal: expiry step 2 --------------------------------------------------------------
+
+    def removal_plan(self, backup: Backup, tool: ToolConfig) -> Removal:
+        """The file or directory we wrote, removed below allowed_output_dirs without following a
+        symlink (files.remove_backup_path). Only a name this adapter gives (backup_stem: it
+        starts with the tool's name) is removed: a row naming a directory such as the output
+        directory itself is refused, not emptied."""
+        path = backup.path
+        if not os.path.basename(path).startswith(f"{self.name}-"):
+            raise invalid(f"backup {backup.backup_id}: {path} is not a name {self.name} gives its backups: not removed")
+        return Removal(path, local=lambda: remove_backup_path(path, tool))
 
 
 def dump_format(backup: Backup) -> str:

@@ -24,6 +24,7 @@ from ..specs.pgbackrest import PARAMETERS, BackRestParams
 from .base import Context, Invocation, Outcome, Verification, run_check, tool_run
 from .params import NAME_PATTERN, spec_params
 from .pgbackrest_exits import EXIT_CODES, config_shown, explain_exit
+from .removing import Removal
 from .restoring import Backup, RestorePlan, RestoresInto, RestoreTarget
 
 # the values pggit.backup_pgbackrest validates (p_backup_type, p_options.repo)
@@ -97,6 +98,17 @@ class PgBackRestAdapter:
         repo = backup.metadata.get("repo")
         argv = restore_argv(tool, backup.location, target.directory, repo=repo if isinstance(repo, int) else None)
         return RestorePlan.of(tool, [argv], ask_first=True)
+
+    # -- removal: expiry step 2 --------------------------------------------------------------
+
+    def removal_plan(self, backup: Backup, tool: ToolConfig) -> Removal:
+        """`pgbackrest --stanza=S expire --set=LABEL` as the tool's user: pgBackRest removes the
+        set (and the sets that depend on it; the retention plan keeps the full of a kept
+        incremental) from its repository. A set pgBackRest no longer has is removed already."""
+        stanza, label = parse_location(backup.location)
+        repo = backup.metadata.get("repo")
+        argv = _command(tool, stanza, repo if isinstance(repo, int) else None) + [f"--set={label}", "expire"]
+        return Removal.command(f"pgBackRest set {label} of stanza {stanza}", tool, argv, gone=_set_missing)
 
     # -- after a successful run --------------------------------------------------------------
 
@@ -360,6 +372,12 @@ def restore_argv(tool: ToolConfig, location: str, target_dir: str, *, repo: int 
 def _command(tool: ToolConfig, stanza: str, repo: int | None) -> list[str]:
     argv = [tool.executable()] + ([f"--config={tool.config}"] if tool.config else []) + [f"--stanza={stanza}"]
     return argv + ([f"--repo={repo}"] if repo is not None else [])
+
+
+def _set_missing(result: RunResult) -> bool:
+    """`expire --set` of a set the repository no longer holds (pgBackRest's own retention took
+    it, or an earlier removal whose record was lost): pgBackRest says it is not valid."""
+    return "is not valid" in result.stderr.text() + result.stdout.text() or "does not exist" in result.stderr.text()
 
 
 def _command_of(argv: Sequence[str]) -> str:

@@ -1,6 +1,6 @@
 """Retention in the config and `pggit-supervisor retention`: targets and rules are checked naming
 the entry and key; --dry-run prints kept-and-why and would-go per target and changes nothing;
-without it the backups no rule keeps are marked expired, once."""
+without it the backups no rule keeps are marked expired, once, and their data removed."""
 
 from __future__ import annotations
 
@@ -103,9 +103,15 @@ def test_dry_run_prints_kept_and_why_and_would_go_and_changes_nothing_then_expir
     assert scalar(db, "SELECT count(*) FROM pggit.backup_expirations") == 0, "--dry-run changes nothing"
 
     done = retention(config)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0] == "target pg_dump: 3 backup(s) marked expired"
+    # these forged rows name the output directory, not a dump file: never emptied, the removal
+    # fails visibly (exit 1) and is tried again next run
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines()[0] == (
+        "target pg_dump: 3 backup(s) marked expired, 0 removed, 3 removal(s) failed (retried next run)"
+    )
+    assert "/backups is not a name pg_dump gives its backups: not removed" in done.stdout
     expired = {row["backup_id"] for row in query(db, "SELECT backup_id::text FROM pggit.backup_expirations")}
     assert expired == {backups[2], backups[3], unverified}
-    assert retention(config).stdout.splitlines()[0] == "target pg_dump: 0 backup(s) marked expired"
+    again = retention(config).stdout.splitlines()[0]
+    assert again == "target pg_dump: 0 backup(s) marked expired, 0 removed, 3 removal(s) failed (retried next run)"
     assert scalar(db, "SELECT count(*) FROM pggit.backups") == 5, "backup rows stay"

@@ -30,7 +30,9 @@ from helpers.service import Service, wait_for_state
 from pggit_supervisor import schema
 from pggit_supervisor.config import Config, ToolConfig, Tools
 from pggit_supervisor.errors import JobError
-from pggit_supervisor.queue import ClaimedJob
+from pggit_supervisor.expiry import apply_retention
+from pggit_supervisor.queue import ClaimedJob, Queue
+from pggit_supervisor.retention import Retention
 from pggit_supervisor.runner import TOOL_PATH, RunSpec, run_tool
 from pggit_supervisor.tools.barman import BarmanAdapter, restore_argv
 from pggit_supervisor.tools.base import Context, Outcome
@@ -511,3 +513,23 @@ def test_restore_argv_refuses_what_is_not_a_barman_location(stack):
             restore_argv(stack.tool, location, "/tmp/x")
     with pytest.raises(JobError, match="absolute"):
         restore_argv(stack.tool, "barman://pg/20240101T000000", "relative/dir")
+
+
+def test_retention_removes_an_expired_backup_with_barman_delete_and_keeps_the_newest(stack, db, first_backup):
+    job_id = schedule(db, """SELECT pggit.backup_barman('pg', 'main', '{"wait": true}'::jsonb)""")
+    assert wait_for_state(db, job_id, {"completed", "will_retry", "permanently_failed"}, timeout=90)["job_state"] == (
+        "completed"
+    )
+    newest = backup_of(db, job_id)
+    old_id, old_barman_id = str(first_backup["backup"]["backup_id"]), first_backup["backup"]["location"].split("/")[-1]
+    config = Config(dsn=stack.cluster.dsn, worker_id="host-x", tools=Tools((stack.tool,)))
+
+    done = apply_retention(Queue(db), config, Retention(target={"tool": "barman", "server": "pg"}, keep_last=1))
+
+    marked = {row[0] for row in done.marked}
+    assert old_id in marked and str(newest["backup_id"]) not in marked
+    assert [each.error for each in done.removals] == [None] * len(done.removals), done.render()
+    listed = as_barman(BARMAN, "-c", stack.config, "list-backup", "--minimal", "pg").stdout.split()
+    assert old_barman_id not in listed and newest["location"].split("/")[-1] in listed
+    status = query(db, "SELECT removal, removed_by FROM pggit.backup_expiration_status WHERE backup_id = %s", (old_id,))
+    assert status == [{"removal": "removed", "removed_by": "host-x"}]

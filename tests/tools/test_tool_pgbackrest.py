@@ -5,6 +5,7 @@ stanza; and the adapter's readings of pgBackRest's exit codes and reports."""
 
 import fcntl
 import gzip
+import json
 import os
 import pwd
 import re
@@ -23,8 +24,11 @@ from helpers.db import query, scalar
 from helpers.processes import wait_until
 from helpers.service import Service
 from pggit_supervisor import schema
-from pggit_supervisor.config import default_tool, load_config
+from pggit_supervisor.config import Config, Tools, default_tool, load_config
 from pggit_supervisor.errors import JobError
+from pggit_supervisor.expiry import apply_retention
+from pggit_supervisor.queue import Queue
+from pggit_supervisor.retention import Retention
 from pggit_supervisor.runner import CapturedOutput, RunResult
 from pggit_supervisor.tools.pgbackrest import explain_exit, judge_verify, new_label, parse_location, restore_argv
 
@@ -309,6 +313,36 @@ def test_unknown_stanza_fails_permanently_at_once_naming_it_and_stanza_create(de
         f"(as postgres: {PGBACKREST} --config={demo.conf} --stanza=nosuchstanza stanza-create)"
     )
     assert backup(demo.conn, backup_id)["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_retention_removes_an_expired_full_with_pgbackrest_expire_set_and_keeps_the_newest(demo, start_service):
+    start_service()
+    old_id, old_job = schedule(demo.conn, "full")
+    old_label = completed_backup(demo.conn, old_id, old_job, FULL_LABEL)["metadata"]["label"]
+    new_id, new_job = schedule(demo.conn, "full")
+    new_label = completed_backup(demo.conn, new_id, new_job, FULL_LABEL)["metadata"]["label"]
+    tool = replace(default_tool("pgbackrest"), path=PGBACKREST, run_as="postgres", config=str(demo.conf))
+    config = Config(dsn=demo.cluster.dsn, worker_id="host-x", tools=Tools((tool,)))
+
+    retention = Retention(target={"tool": "pgbackrest", "stanza": "demo"}, keep_last=1)
+    done = apply_retention(Queue(demo.conn), config, retention)
+
+    assert old_id in {row[0] for row in done.marked} and new_id not in {row[0] for row in done.marked}
+    # earlier tests' sets that pgBackRest's own retention took already count as removed; the one
+    # full of repo2 (an earlier test's) is pgBackRest's to keep: its removal fails, visibly
+    failed = {each.backup_id: each.error for each in done.removals if each.error}
+    assert old_id not in failed, done.render()
+    for error in failed.values():
+        assert "cannot be expired until another full backup has been created on this repo" in error, error
+    info = json.loads(demo.pgbackrest("info", "--output=json").stdout)[0]
+    labels = {each["label"] for each in info["backup"]}
+    assert new_label in labels and old_label not in labels
+    status = query(
+        demo.conn, "SELECT removal, removed_by FROM pggit.backup_expiration_status WHERE backup_id = %s", (old_id,)
+    )
+    assert status == [{"removal": "removed", "removed_by": "host-x"}]
+    assert backup(demo.conn, old_id)["status"] == "completed", "the row stays"
 
 
 # -- the adapter's readings, without a cluster ------------------------------------------------

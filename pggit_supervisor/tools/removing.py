@@ -1,0 +1,63 @@
+"""What a removal plan is, for every tool whose backups retention removes (expiry step 2, issue
+10): the files and directories we wrote (pg_dump, pg_basebackup), removed below the tool's
+allowed_output_dirs without following a symlink, or the tool's own command (`pgbackrest expire
+--set=LABEL`, `barman delete SERVER ID`) run as its user. Each adapter that can remove
+(`Remover`) makes its own plan; `expiry.py` runs it and records the outcome on the expiration."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ..config import ToolConfig
+from ..runner import RunResult, RunSpec
+from .base import failure_from
+from .restoring import Backup
+
+# a removal has no job lease: an hour bounds a hung tool, not a large repository
+REMOVAL_TIMEOUT = 3600.0
+
+
+@dataclass(frozen=True)
+class Removal:
+    """How one expired backup's data goes: `local` removes our own files (False: nothing was
+    there), or `steps` run the tool's commands in order. `gone` reads a failed step's output
+    and says whether the tool reports the backup already absent (expired by the tool's own
+    retention, or removed by an earlier attempt whose record was lost): the removal is done."""
+
+    what: str
+    steps: tuple[RunSpec, ...] = ()
+    local: Callable[[], bool] | None = None
+    gone: Callable[[RunResult], bool] | None = None
+
+    @classmethod
+    def command(cls, what: str, tool: ToolConfig, argv: list[str], gone: Callable[[RunResult], bool]) -> Removal:
+        spec = RunSpec(tuple(argv), {}, REMOVAL_TIMEOUT, run_as=tool.run_as, kill_grace=float(tool.kill_grace))
+        return cls(what, (spec,), gone=gone)
+
+
+@runtime_checkable
+class Remover(Protocol):
+    """An adapter whose expired backups retention removes."""
+
+    name: str
+
+    def removal_plan(self, backup: Backup, tool: ToolConfig) -> Removal:
+        """The plan, or a JobError (not retryable) saying why this backup cannot be removed."""
+
+
+def run_removal(removal: Removal, run: Callable[[RunSpec], RunResult]) -> str | None:
+    """Runs the plan; None when the data is gone, else what went wrong (for the expiration row)."""
+    if removal.local is not None:
+        removal.local()
+        return None
+    for spec in removal.steps:
+        result = run(spec)
+        if result.ok or (removal.gone is not None and removal.gone(result)):
+            continue
+        return failure_from(result, f"removing {removal.what}:")
+    return None
+
+
+__all__ = ["REMOVAL_TIMEOUT", "Removal", "Remover", "run_removal"]
