@@ -81,7 +81,12 @@ def remove_one(queue: Queue, config: Config, pending: PendingRemoval, run: Run =
         # only a completed backup's location names what it wrote: a job that failed or was
         # cancelled left its output directory there (and removed its own partial files)
         wrote = backup.status == "completed" and bool(backup.location)
-        error = run_removal(remover_for(pending.backup_tool).removal_plan(backup, tool), run) if wrote else None
+        if pending.held:  # the database says removing it would remove another backup's data
+            error: str | None = pending.held
+        elif wrote:
+            error = run_removal(remover_for(pending.backup_tool).removal_plan(backup, tool), run)
+        else:
+            error = None
     except JobError as exc:
         error = exc.message
     except OSError as exc:

@@ -240,7 +240,7 @@ class Queue:
         with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
             cur.execute(
                 """SELECT backup_id::text, backup_name, backup_tool, status, location, metadata,
-                          removal_attempts, removal_error
+                          removal_attempts, removal_error, held
                      FROM pggit.pending_backup_removals(%s)""",
                 (target,),
             )

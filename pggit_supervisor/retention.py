@@ -83,6 +83,9 @@ class PendingRemoval:
     metadata: Mapping[str, Any]
     removal_attempts: int
     removal_error: str | None
+    # why it must not be removed now (its location is also a backup's that is not expired, or
+    # pgBackRest would take a set that is not expired with it); recorded as the attempt's error
+    held: str | None = None
 
 
 def _when(moment: datetime | None) -> str:
