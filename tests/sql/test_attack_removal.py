@@ -34,7 +34,9 @@ def forged_dump(db, worker, location: str, days_ago: int) -> str:
     held = claim(worker, "host-x/1", ["pg_dump"])
     assert held["backup_id"] == backup_id
     forged = json.dumps({"verified": False, "location": location})
-    assert scalar(worker, "SELECT pggit.finish_backup_job(%s, %s, 'done', %s)", (held["job_id"], held["claim_token"], forged))
+    assert scalar(
+        worker, "SELECT pggit.finish_backup_job(%s, %s, 'done', %s)", (held["job_id"], held["claim_token"], forged)
+    )
     when = now(db) - timedelta(days=days_ago)
     force(db, "UPDATE pggit.backup_jobs SET completed_at = %s WHERE backup_id = %s", (when, backup_id))
     force(
@@ -54,7 +56,9 @@ def test_a_forged_location_naming_a_kept_backup_or_its_directory_is_held_not_rem
     parent = forged_dump(db, worker, "file:///var/backups/pggit/daily", 6)
     inside = forged_dump(db, worker, "file://" + path + "/toc.dat", 7)
     mine = forged_dump(db, worker, "file:///var/backups/pggit/daily/pg_dump-mine.dump", 8)
-    expired = query(worker, "SELECT backup_id::text FROM pggit.expire_backups('host-x/1', %s, '{\"keep_last\": 1}')", (DUMPS,))
+    expired = query(
+        worker, "SELECT backup_id::text FROM pggit.expire_backups('host-x/1', %s, '{\"keep_last\": 1}')", (DUMPS,)
+    )
     assert {row["backup_id"] for row in expired} == {same, parent, inside, mine}
 
     found = pending(worker, DUMPS)
@@ -68,7 +72,10 @@ def test_a_duplicated_pgbackrest_or_barman_location_is_held(db):
     kept = make(db, now(db) - timedelta(days=1), backup_type="full", label="20260107-000000F")
     copy = make(db, now(db) - timedelta(days=4), backup_type="full", label="20260105-000000F", verified=False)
     force(db, "UPDATE pggit.backups SET location = 'pgbackrest://s1/20260107-000000F' WHERE backup_id = %s", (copy,))
-    assert {row["backup_id"] for row in query(db, "SELECT backup_id::text FROM pggit.expire_backups('h/1', %s, '{}')", (S1,))} == {copy}
+    assert {
+        row["backup_id"]
+        for row in query(db, "SELECT backup_id::text FROM pggit.expire_backups('h/1', %s, '{}')", (S1,))
+    } == {copy}
     found = pending(db, S1)
     assert found[copy] is not None and kept in found[copy]
 
@@ -103,7 +110,9 @@ def test_pruning_keeps_the_job_that_places_a_backup_in_its_target_until_its_data
     plan = query(worker, "SELECT backup_id::text FROM pggit.retention_plan(%s, '{\"keep_last\": 1}')", (DUMPS,))
     assert {row["backup_id"] for row in plan} == {old, new}
 
-    expired = query(worker, "SELECT backup_id::text FROM pggit.expire_backups('h/1', %s, '{\"keep_last\": 1}')", (DUMPS,))
+    expired = query(
+        worker, "SELECT backup_id::text FROM pggit.expire_backups('h/1', %s, '{\"keep_last\": 1}')", (DUMPS,)
+    )
     assert [row["backup_id"] for row in expired] == [old]
     assert scalar(worker, "SELECT pggit.prune_backup_jobs(3600)") == 0, "old's data is not removed yet"
     assert scalar(worker, "SELECT pggit.record_backup_removal('h/1', %s, NULL)", (old,)) == "removed"
