@@ -66,7 +66,7 @@ def apply_retention(queue: Queue, config: Config, retention: Retention, run: Run
         return TargetRun(retention.name(), busy=True)
     try:
         marked = queue.expire_backups(config.worker_id, target, rules)
-        removals = [remove_one(queue, config, pending, run) for pending in queue.pending_removals(target)]
+        removals = [remove_one(queue, config, pending, run) for pending in queue.pending_removals(target, rules)]
     finally:
         queue.unlock_retention_target(target)
     return TargetRun(retention.name(), marked=marked, removals=removals)

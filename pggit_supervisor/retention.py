@@ -110,6 +110,8 @@ def render_pending(rows: Sequence[PendingRemoval]) -> str:
     for row in rows:
         failed = f"removal failed {row.removal_attempts}x: {row.removal_error}"
         state = failed if row.removal_error else "removal pending"
+        if row.held:
+            state += f" ({row.held})"
         lines.append(f"  pending {row.backup_id}  {row.backup_name}  {state}")
     return "\n".join(lines)
 

@@ -35,15 +35,21 @@ $$;
 -- or database it belongs to; and `pgbackrest expire --set` of a full or differential takes
 -- every set that depends on it (label prefix, or its info's reference/prior), so it waits
 -- while such a set is not expired (pinned, unverified, or kept for any other reason).
+-- p_rules (the remover's own rule set for the target, as retention_plan takes it): any worker
+-- may call expire_backups with rules of its choosing, so a backup expired under rules that keep
+-- less than the remover's (any keep_*, min_verified or grace_seconds lower) is held, not removed
+-- on a hostile or misconfigured host's word. NULL: no such check (listing only).
 DROP FUNCTION IF EXISTS pggit.pending_backup_removals(jsonb);
-CREATE FUNCTION pggit.pending_backup_removals(p_target jsonb)
+DROP FUNCTION IF EXISTS pggit.pending_backup_removals(jsonb, jsonb);
+CREATE FUNCTION pggit.pending_backup_removals(p_target jsonb, p_rules jsonb DEFAULT NULL)
 RETURNS TABLE (backup_id uuid, backup_name text, backup_tool text, status text, location text, metadata jsonb,
                removal_attempts integer, removal_error text, held text)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS $$
+    WITH mine AS (SELECT CASE WHEN p_rules IS NOT NULL THEN pggit._require_retention_rules(p_rules) END AS rules)
     SELECT b.backup_id, b.backup_name, b.backup_tool, b.status, coalesce(b.location, ''), b.metadata,
            e.removal_attempts, e.removal_error,
-           (SELECT format('held: %s %s backup %s (%s), which is not expired, so removing %s would remove its data',
+           coalesce((SELECT format('held: %s %s backup %s (%s), which is not expired, so removing %s would remove its data',
                           CASE WHEN o.location = b.location THEN 'it records the location of'
                                WHEN b.location LIKE 'pgbackrest://%' THEN 'pgBackRest would expire with it the dependent'
                                ELSE 'its path overlaps that of' END,
@@ -62,8 +68,17 @@ SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS
                                  AND (o.metadata ->> 'prior' = substring(b.location FROM '^pgbackrest://[^/]+/(.+)$')
                                       OR (jsonb_typeof(o.metadata -> 'reference') = 'array'
                                           AND o.metadata -> 'reference' ? substring(b.location FROM '^pgbackrest://[^/]+/(.+)$')))))))
-             ORDER BY o.created_at, o.backup_id LIMIT 1)
-      FROM pggit.backup_expirations e JOIN pggit.backups b ON b.backup_id = e.backup_id
+             ORDER BY o.created_at, o.backup_id LIMIT 1),
+           (SELECT format('held: expired by %s under rules that keep less than this host''s (%s): '
+                          'not removed; expire it under rules at least as strict as %s',
+                          e.expired_by, string_agg(format('%s %s < %s', k, e.rule_set ->> k, m.rules ->> k), ', ' ORDER BY k),
+                          m.rules::text)
+              FROM unnest(ARRAY['keep_last', 'keep_days', 'keep_daily', 'keep_weekly', 'keep_monthly',
+                                'min_verified', 'grace_seconds']) k
+             WHERE m.rules IS NOT NULL
+               AND coalesce((e.rule_set ->> k)::bigint, 0) < (m.rules ->> k)::bigint
+            HAVING count(*) > 0))
+      FROM pggit.backup_expirations e JOIN pggit.backups b ON b.backup_id = e.backup_id CROSS JOIN mine m
      WHERE e.removed_at IS NULL AND e.target = pggit._require_retention_target(p_target)
      ORDER BY b.completed_at NULLS FIRST, b.created_at, b.backup_id
 $$;
@@ -144,11 +159,11 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION pggit.lock_retention_target(jsonb), pggit.unlock_retention_target(jsonb),
-                       pggit.pending_backup_removals(jsonb), pggit.record_backup_removal(text, uuid, text),
+                       pggit.pending_backup_removals(jsonb, jsonb), pggit.record_backup_removal(text, uuid, text),
                        pggit.prune_backup_jobs(integer)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pggit.lock_retention_target(jsonb), pggit.unlock_retention_target(jsonb),
-                          pggit.pending_backup_removals(jsonb), pggit.record_backup_removal(text, uuid, text),
+                          pggit.pending_backup_removals(jsonb, jsonb), pggit.record_backup_removal(text, uuid, text),
                           pggit.prune_backup_jobs(integer)
     TO pggit_backup_worker;
 REVOKE ALL ON pggit.backup_expiration_status FROM PUBLIC;

@@ -119,3 +119,29 @@ def test_pruning_keeps_the_job_that_places_a_backup_in_its_target_until_its_data
     assert scalar(worker, "SELECT pggit.prune_backup_jobs(3600)") == 1
     assert scalar(db, "SELECT count(*) FROM pggit.backup_jobs WHERE backup_id = %s", (new,)) == 1
     assert scalar(db, "SELECT count(*) FROM pggit.backups WHERE backup_id IN (%s, %s)", (old, new)) == 2
+
+
+def test_a_backup_expired_under_rules_that_keep_less_than_the_removers_is_held(db, login):
+    """Any worker may call expire_backups with rules of its own: keep_last 0 lets all but the
+    newest verified go. The host that removes, keeping 3, does not remove on that word."""
+    worker = login(WORKER)
+    days = (9, 7, 5, 3, 1)
+    ids = [make(db, now(db) - timedelta(days=day)) for day in days]
+    for day, backup_id in zip(days, ids, strict=True):
+        path = f"file:///var/backups/pggit/pg_dump-main-{day}.dump"
+        force(db, "UPDATE pggit.backups SET location = %s WHERE backup_id = %s", (path, backup_id))
+    expired = query(worker, "SELECT backup_id::text FROM pggit.expire_backups('evil/1', %s, '{}')", (DUMPS,))
+    assert {row["backup_id"] for row in expired} == set(ids[:4])
+
+    mine = json.dumps({"keep_last": 3})
+    rows = query(worker, "SELECT backup_id::text, held FROM pggit.pending_backup_removals(%s, %s)", (DUMPS, mine))
+    found = {row["backup_id"]: row["held"] for row in rows}
+    assert set(found) == set(ids[:4])
+    for backup_id in ids[:4]:
+        assert "evil" in found[backup_id] and "keep_last 0 < 3" in found[backup_id], found[backup_id]
+    stricter = query(
+        worker,
+        "SELECT held FROM pggit.pending_backup_removals(%s, %s)",
+        (DUMPS, json.dumps({"keep_last": 0, "min_verified": 1})),
+    )
+    assert [row["held"] for row in stricter] == [None] * 4, "rules at least as strict: removed"

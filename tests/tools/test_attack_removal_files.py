@@ -64,3 +64,20 @@ def test_a_location_shared_with_a_kept_backup_is_held_and_nothing_is_removed(db,
         holder: "removed",
     }
     assert scalar(db, "SELECT count(*) FROM pggit.backups") == 4, "a backup row is never deleted"
+
+
+def test_backups_a_worker_expired_under_looser_rules_stay_on_disk(db, dsn, backup_dir):
+    """Any worker may call expire_backups with rules of its own; this host keeps 3 and does not
+    remove what was expired under keep_last 0."""
+    paths = [backup_dir / f"pg_dump-main-nocommit-{day}.dump" for day in (9, 7, 5, 3, 1)]
+    for path in paths:
+        path.write_bytes(b"PGDMP")
+    ids = [recorded(db, day, f"file://{path}") for day, path in zip((9, 7, 5, 3, 1), paths, strict=True)]
+    assert len(query(db, "SELECT * FROM pggit.expire_backups('evil/1', '{\"tool\": \"pg_dump\"}', '{}')")) == 4
+    tool = replace(default_tool("pg_dump"), allowed_output_dirs=(str(backup_dir),))
+    config = Config(dsn=dsn, worker_id="host-r", tools=Tools((tool,)))
+
+    done = apply_retention(Queue(db), config, Retention(target={"tool": "pg_dump"}, keep_last=3))
+    assert all(path.is_file() for path in paths), done.render()
+    assert sorted(each.backup_id for each in done.removals) == sorted(ids[:4])
+    assert all(each.error and "keep_last 0 < 3" in each.error for each in done.removals), done.render()
