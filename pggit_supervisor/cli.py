@@ -203,7 +203,7 @@ def _retention_of(queue: Queue, config: Config, dry_run: bool) -> bool:
         if dry_run:
             target, rules = plan_arguments(retention)
             print(render_plan(retention, queue.retention_plan(target, rules)))
-            if pending := queue.pending_removals(target):
+            if pending := queue.pending_removals(target, rules):
                 print(render_pending(pending))
             continue
         done = apply_retention(queue, config, retention)

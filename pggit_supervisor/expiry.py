@@ -66,7 +66,7 @@ def apply_retention(queue: Queue, config: Config, retention: Retention, run: Run
         return TargetRun(retention.name(), busy=True)
     try:
         marked = queue.expire_backups(config.worker_id, target, rules)
-        removals = [remove_one(queue, config, pending, run) for pending in queue.pending_removals(target)]
+        removals = [remove_one(queue, config, pending, run) for pending in queue.pending_removals(target, rules)]
     finally:
         queue.unlock_retention_target(target)
     return TargetRun(retention.name(), marked=marked, removals=removals)
@@ -81,7 +81,12 @@ def remove_one(queue: Queue, config: Config, pending: PendingRemoval, run: Run =
         # only a completed backup's location names what it wrote: a job that failed or was
         # cancelled left its output directory there (and removed its own partial files)
         wrote = backup.status == "completed" and bool(backup.location)
-        error = run_removal(remover_for(pending.backup_tool).removal_plan(backup, tool), run) if wrote else None
+        if pending.held:  # the database says removing it would remove another backup's data
+            error: str | None = pending.held
+        elif wrote:
+            error = run_removal(remover_for(pending.backup_tool).removal_plan(backup, tool), run)
+        else:
+            error = None
     except JobError as exc:
         error = exc.message
     except OSError as exc:

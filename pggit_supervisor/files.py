@@ -113,7 +113,8 @@ def remove_backup_path(path: str, tool: ToolConfig) -> bool:
     (a symlink on the way is refused, not retryable), and the entry is removed through that
     descriptor; a directory tree is removed without following any symlink inside it (rmtree
     with dir_fd), and a symlink planted in the backup's place is removed itself, never what it
-    names. False if nothing was there (removed before: the removal is done)."""
+    names; a directory holding entries named as backups are is refused (an output directory).
+    False if nothing was there (removed before: the removal is done)."""
     roots = [os.path.realpath(each).rstrip("/") + "/" for each in tool.allowed_output_dirs if os.path.isabs(each)]
     if not any(path.startswith(root) for root in roots):
         raise invalid(
@@ -131,12 +132,32 @@ def remove_backup_path(path: str, tool: ToolConfig) -> bool:
         except FileNotFoundError:
             return False
         if stat.S_ISDIR(info.st_mode):
+            _refuse_a_directory_of_backups(path, name, fd)
             shutil.rmtree(name, dir_fd=fd)
         else:
             os.unlink(name, dir_fd=fd)
         return True
     finally:
         os.close(fd)
+
+
+# what a backup made by a file tool is named (backup_stem): a directory holding one is an output
+# directory, never one backup (a directory dump or base backup holds toc.dat, base.tar, PG_VERSION)
+_BACKUP_NAME = re.compile(r"(pg_dump|pg_basebackup)[-_]")
+
+
+def _refuse_a_directory_of_backups(path: str, name: str, parent_fd: int) -> None:
+    """The location is a worker's word: one naming an output directory (or any directory
+    holding backups, of this database or of another served one, whose rows this database does
+    not see) would remove them all. Refused, not retryable."""
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+    try:
+        held = sorted(entry for entry in os.listdir(fd) if _BACKUP_NAME.match(entry))
+    finally:
+        os.close(fd)
+    if held:
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise invalid(f"{path} holds other backups ({shown}): it is a directory of backups, not one; not removed")
 
 
 def make_scratch_dir(parent: str, prefix: str, run_as: str | None) -> str:

@@ -235,14 +235,15 @@ class Queue:
     def unlock_retention_target(self, target: str) -> bool:
         return bool(self._one("SELECT pggit.unlock_retention_target(%s)", (target,)))
 
-    def pending_removals(self, target: str) -> list[PendingRemoval]:
-        """The target's expired backups whose data is still there, oldest first."""
+    def pending_removals(self, target: str, rules: str | None = None) -> list[PendingRemoval]:
+        """The target's expired backups whose data is still there, oldest first; with this
+        host's `rules`, one expired under rules that keep less is held (schema/016)."""
         with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
             cur.execute(
                 """SELECT backup_id::text, backup_name, backup_tool, status, location, metadata,
-                          removal_attempts, removal_error
-                     FROM pggit.pending_backup_removals(%s)""",
-                (target,),
+                          removal_attempts, removal_error, held
+                     FROM pggit.pending_backup_removals(%s, %s)""",
+                (target, rules),
             )
             return [PendingRemoval(**row) for row in cur.fetchall()]
 

@@ -83,6 +83,9 @@ class PendingRemoval:
     metadata: Mapping[str, Any]
     removal_attempts: int
     removal_error: str | None
+    # why it must not be removed now (its location is also a backup's that is not expired, or
+    # pgBackRest would take a set that is not expired with it); recorded as the attempt's error
+    held: str | None = None
 
 
 def _when(moment: datetime | None) -> str:
@@ -107,6 +110,8 @@ def render_pending(rows: Sequence[PendingRemoval]) -> str:
     for row in rows:
         failed = f"removal failed {row.removal_attempts}x: {row.removal_error}"
         state = failed if row.removal_error else "removal pending"
+        if row.held:
+            state += f" ({row.held})"
         lines.append(f"  pending {row.backup_id}  {row.backup_name}  {state}")
     return "\n".join(lines)
 

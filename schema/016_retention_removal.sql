@@ -28,14 +28,57 @@ $$;
 -- The expired backups of a target whose data is still there (never removed, or the removal
 -- failed), oldest first, with what their tool's removal needs. Only a completed backup's
 -- location names what it wrote (a job that never finished has its output directory there).
-CREATE OR REPLACE FUNCTION pggit.pending_backup_removals(p_target jsonb)
+-- `held` says why one must not be removed now (NULL: remove it); the remover records it as the
+-- attempt's error, so it stays pending and visible. The location is what a worker recorded: a
+-- completed backup whose location is also that of a backup not expired (or, for files, a
+-- directory holding it or a path inside it) would remove that backup's data, whatever target
+-- or database it belongs to; and `pgbackrest expire --set` of a full or differential takes
+-- every set that depends on it (label prefix, or its info's reference/prior), so it waits
+-- while such a set is not expired (pinned, unverified, or kept for any other reason).
+-- p_rules (the remover's own rule set for the target, as retention_plan takes it): any worker
+-- may call expire_backups with rules of its choosing, so a backup expired under rules that keep
+-- less than the remover's (any keep_*, min_verified or grace_seconds lower) is held, not removed
+-- on a hostile or misconfigured host's word. NULL: no such check (listing only).
+DROP FUNCTION IF EXISTS pggit.pending_backup_removals(jsonb);
+DROP FUNCTION IF EXISTS pggit.pending_backup_removals(jsonb, jsonb);
+CREATE FUNCTION pggit.pending_backup_removals(p_target jsonb, p_rules jsonb DEFAULT NULL)
 RETURNS TABLE (backup_id uuid, backup_name text, backup_tool text, status text, location text, metadata jsonb,
-               removal_attempts integer, removal_error text)
+               removal_attempts integer, removal_error text, held text)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS $$
+    WITH mine AS (SELECT CASE WHEN p_rules IS NOT NULL THEN pggit._require_retention_rules(p_rules) END AS rules)
     SELECT b.backup_id, b.backup_name, b.backup_tool, b.status, coalesce(b.location, ''), b.metadata,
-           e.removal_attempts, e.removal_error
-      FROM pggit.backup_expirations e JOIN pggit.backups b ON b.backup_id = e.backup_id
+           e.removal_attempts, e.removal_error,
+           coalesce((SELECT format('held: %s %s backup %s (%s), which is not expired, so removing %s would remove its data',
+                          CASE WHEN o.location = b.location THEN 'it records the location of'
+                               WHEN b.location LIKE 'pgbackrest://%' THEN 'pgBackRest would expire with it the dependent'
+                               ELSE 'its path overlaps that of' END,
+                          o.backup_tool, o.backup_id, left(o.backup_name, 100), left(b.location, 300))
+              FROM pggit.backups o
+             WHERE b.status = 'completed' AND b.location IS NOT NULL AND o.location IS NOT NULL
+               AND o.backup_id <> b.backup_id
+               AND NOT EXISTS (SELECT 1 FROM pggit.backup_expirations x WHERE x.backup_id = o.backup_id)
+               AND (o.location = b.location
+                    OR (b.location LIKE 'file://%' AND o.location LIKE 'file://%'
+                        AND (left(o.location, length(b.location) + 1) = b.location || '/'
+                             OR left(b.location, length(o.location) + 1) = o.location || '/'))
+                    OR (b.location LIKE 'pgbackrest://%'
+                        AND (left(o.location, length(b.location) + 1) = b.location || '_'
+                             OR (substring(o.location FROM '^pgbackrest://[^/]+/') = substring(b.location FROM '^pgbackrest://[^/]+/')
+                                 AND (o.metadata ->> 'prior' = substring(b.location FROM '^pgbackrest://[^/]+/(.+)$')
+                                      OR (jsonb_typeof(o.metadata -> 'reference') = 'array'
+                                          AND o.metadata -> 'reference' ? substring(b.location FROM '^pgbackrest://[^/]+/(.+)$')))))))
+             ORDER BY o.created_at, o.backup_id LIMIT 1),
+           (SELECT format('held: expired by %s under rules that keep less than this host''s (%s): '
+                          'not removed; expire it under rules at least as strict as %s',
+                          e.expired_by, string_agg(format('%s %s < %s', k, e.rule_set ->> k, m.rules ->> k), ', ' ORDER BY k),
+                          m.rules::text)
+              FROM unnest(ARRAY['keep_last', 'keep_days', 'keep_daily', 'keep_weekly', 'keep_monthly',
+                                'min_verified', 'grace_seconds']) k
+             WHERE m.rules IS NOT NULL
+               AND coalesce((e.rule_set ->> k)::bigint, 0) < (m.rules ->> k)::bigint
+            HAVING count(*) > 0))
+      FROM pggit.backup_expirations e JOIN pggit.backups b ON b.backup_id = e.backup_id CROSS JOIN mine m
      WHERE e.removed_at IS NULL AND e.target = pggit._require_retention_target(p_target)
      ORDER BY b.completed_at NULLS FIRST, b.created_at, b.backup_id
 $$;
@@ -81,7 +124,8 @@ SELECT e.backup_id, b.backup_name, b.backup_tool, e.target, e.reasons, e.expired
 -- ended more than p_older_than_seconds ago are deleted; their backups' rows stay. A job that
 -- may still run, or still holds its target, is never one of them (the DELETE guard of 011
 -- would refuse it anyway); neither is the job of a backup that is still in progress, which the
--- guide's views (backup_job_queue) and the after-delete trigger read. Returns how many went.
+-- guide's views (backup_job_queue) and the after-delete trigger read, nor the job that places a
+-- backup in its retention target while its data is not removed. Returns how many went.
 CREATE OR REPLACE FUNCTION pggit.prune_backup_jobs(p_older_than_seconds integer) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS $$
@@ -98,6 +142,16 @@ BEGIN
            AND j.lease_expires_at IS NULL
            AND coalesce(j.completed_at, j.updated_at) < now() - make_interval(secs => p_older_than_seconds)
            AND NOT EXISTS (SELECT 1 FROM pggit.backups b WHERE b.backup_id = j.backup_id AND b.status = 'in_progress')
+           -- the first job of the backup's own tool is what places it in its target (015's
+           -- _retention_params): without it the backup would never be counted nor expired, and
+           -- its data never removed; it stays until that data is (its expiration says removed)
+           AND NOT EXISTS (SELECT 1 FROM pggit.backups b
+                            WHERE b.backup_id = j.backup_id AND b.backup_tool = j.tool
+                              AND NOT EXISTS (SELECT 1 FROM pggit.backup_expirations e
+                                               WHERE e.backup_id = b.backup_id AND e.removed_at IS NOT NULL)
+                              AND j.job_id = (SELECT f.job_id FROM pggit.backup_jobs f
+                                               WHERE f.backup_id = b.backup_id AND f.tool = b.backup_tool
+                                               ORDER BY f.created_at, f.job_id LIMIT 1))
         RETURNING 1)
     SELECT count(*) INTO v_count FROM gone;
     RETURN v_count;
@@ -105,11 +159,11 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION pggit.lock_retention_target(jsonb), pggit.unlock_retention_target(jsonb),
-                       pggit.pending_backup_removals(jsonb), pggit.record_backup_removal(text, uuid, text),
+                       pggit.pending_backup_removals(jsonb, jsonb), pggit.record_backup_removal(text, uuid, text),
                        pggit.prune_backup_jobs(integer)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pggit.lock_retention_target(jsonb), pggit.unlock_retention_target(jsonb),
-                          pggit.pending_backup_removals(jsonb), pggit.record_backup_removal(text, uuid, text),
+                          pggit.pending_backup_removals(jsonb, jsonb), pggit.record_backup_removal(text, uuid, text),
                           pggit.prune_backup_jobs(integer)
     TO pggit_backup_worker;
 REVOKE ALL ON pggit.backup_expiration_status FROM PUBLIC;

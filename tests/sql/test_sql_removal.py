@@ -95,6 +95,12 @@ def test_pruning_deletes_only_jobs_that_ended_for_good_long_enough_ago_and_keeps
     force(db, "UPDATE pggit.backup_jobs SET created_at = now() - interval '50 days' WHERE backup_id = %s", (queued,))
     jobs_before = dict(rows(db, "SELECT backup_id::text, job_id::text FROM pggit.backup_jobs"))
     backups_before = scalar(db, "SELECT count(*) FROM pggit.backups")
+    # a backup's first job places it in its retention target: it goes once the data is removed
+    assert scalar(worker, "SELECT pggit.prune_backup_jobs(%s)", (30 * 86400,)) == 0
+    marked = rows(worker, "SELECT backup_id::text FROM pggit.expire_backups('host-a/1', %s, %s)", (DUMPS, KEEP_ONE))
+    assert {row[0] for row in marked} == {old, failed_old}
+    for backup_id in (old, failed_old):
+        assert scalar(worker, "SELECT pggit.record_backup_removal('host-a/1', %s, NULL)", (backup_id,)) == "removed"
 
     assert scalar(worker, "SELECT pggit.prune_backup_jobs(%s)", (30 * 86400,)) == 2
     left = {row[0] for row in rows(db, "SELECT backup_id::text FROM pggit.backup_jobs")}

@@ -134,7 +134,7 @@ def test_a_failed_removal_is_visible_in_the_dry_run_which_changes_nothing_and_th
     assert first.returncode == 1, first.stderr
     assert "0 removed, 1 removal(s) failed (retried next run)" in first.stdout.splitlines()[0]
     assert f"is not under tools.pg_dump.allowed_output_dirs (allowed: {backup_dir / 'new'})" in first.stdout
-    assert "pruned 1 job(s)" in first.stdout, "the old dump's job ended 40 days ago"
+    assert "pruned 0 job(s)" in first.stdout, "the old dump's job places it in its target until its data is gone"
     assert old_path.is_file()
     assert expiration(db, old)["removal"] == "failed" and expiration(db, old)["removal_attempts"] == 1
 
@@ -150,6 +150,7 @@ def test_a_failed_removal_is_visible_in_the_dry_run_which_changes_nothing_and_th
     assert retried.stdout.splitlines()[0] == (
         "target pg_dump: 0 backup(s) marked expired, 1 removed, 0 removal(s) failed (retried next run)"
     )
+    assert "pruned 1 job(s)" in retried.stdout, "the old dump's job ended 40 days ago, its data is removed"
     assert not old_path.exists() and new_path.is_file()
     assert expiration(db, old)["removal"] == "removed" and expiration(db, old)["removal_attempts"] == 2
     assert expiration(db, old)["removal_error"] is None
