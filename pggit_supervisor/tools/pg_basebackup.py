@@ -26,7 +26,6 @@ from ..files import (
     pg_bin_dir,
     prepare_output_dir,
     read_pg_version,
-    remove_backup_path,
     safe_component,
     sha256_of,
     tar_members,
@@ -168,14 +167,7 @@ class PgBaseBackupAdapter:
     # -- removal: expiry step 2 --------------------------------------------------------------
 
     def removal_plan(self, backup: Backup, tool: ToolConfig) -> Removal:
-        """The file or directory we wrote, removed below allowed_output_dirs without following a
-        symlink (files.remove_backup_path). Only a name this adapter gives (backup_stem: it
-        starts with the tool's name) is removed: a row naming a directory such as the output
-        directory itself is refused, not emptied."""
-        path = backup.path
-        if not os.path.basename(path).startswith(f"{self.name}-"):
-            raise invalid(f"backup {backup.backup_id}: {path} is not a name {self.name} gives its backups: not removed")
-        return Removal(path, local=lambda: remove_backup_path(path, tool))
+        return Removal.files(self.name, backup, tool)
 
 
 def copy_steps(backup: Backup, source: str, target_dir: str) -> list[list[str]]:

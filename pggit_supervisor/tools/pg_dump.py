@@ -23,7 +23,6 @@ from ..files import (
     open_regular,
     partial_path,
     prepare_output_dir,
-    remove_backup_path,
     remove_path,
     sha256_of,
 )
@@ -163,14 +162,7 @@ class PgDumpAdapter:
     # -- removal: expiry step 2 --------------------------------------------------------------
 
     def removal_plan(self, backup: Backup, tool: ToolConfig) -> Removal:
-        """The file or directory we wrote, removed below allowed_output_dirs without following a
-        symlink (files.remove_backup_path). Only a name this adapter gives (backup_stem: it
-        starts with the tool's name) is removed: a row naming a directory such as the output
-        directory itself is refused, not emptied."""
-        path = backup.path
-        if not os.path.basename(path).startswith(f"{self.name}-"):
-            raise invalid(f"backup {backup.backup_id}: {path} is not a name {self.name} gives its backups: not removed")
-        return Removal(path, local=lambda: remove_backup_path(path, tool))
+        return Removal.files(self.name, backup, tool)
 
 
 def dump_format(backup: Backup) -> str:

@@ -6,11 +6,14 @@ allowed_output_dirs without following a symlink, or the tool's own command (`pgb
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ..config import ToolConfig
+from ..errors import invalid
+from ..files import remove_backup_path
 from ..runner import RunResult, RunSpec
 from .base import failure_from
 from .restoring import Backup
@@ -30,6 +33,17 @@ class Removal:
     steps: tuple[RunSpec, ...] = ()
     local: Callable[[], bool] | None = None
     gone: Callable[[RunResult], bool] | None = None
+
+    @classmethod
+    def files(cls, tool_name: str, backup: Backup, tool: ToolConfig) -> Removal:
+        """The file or directory a pg_dump or pg_basebackup backup wrote, removed below
+        allowed_output_dirs without following a symlink (files.remove_backup_path). Only a name
+        the tool's adapter gives (backup_stem: it starts with the tool's name) is removed: a row
+        naming a directory such as the output directory itself is refused, not emptied."""
+        path = backup.path
+        if not os.path.basename(path).startswith(f"{tool_name}-"):
+            raise invalid(f"backup {backup.backup_id}: {path} is not a name {tool_name} gives its backups: not removed")
+        return cls(path, local=lambda: remove_backup_path(path, tool))
 
     @classmethod
     def command(cls, what: str, tool: ToolConfig, argv: list[str], gone: Callable[[RunResult], bool]) -> Removal:
