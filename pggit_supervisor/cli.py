@@ -143,57 +143,66 @@ def load_with_dsn(path: str, dsn: str | None, *, check_paths: bool = True) -> Co
     raise ConfigError([f"command line: dsn: is not the dsn of a listed database (allowed: the dsn of {names})"])
 
 
-def _schedules(args: argparse.Namespace) -> int:
-    """Each schedule with its latest slot, that slot's outcome and the next fire time (issue 10)."""
-
-    config = load_with_dsn(resolve_config_path(args.config, os.environ), args.dsn, check_paths=False)
+def _each_database(
+    config: Config,
+    command: str,
+    work: Callable[[Queue, Config], bool],
+    wanted: Callable[[Config], bool] = lambda _part: True,
+) -> int:
+    """Runs `work` on each served database's queue with that database's part of the config
+    (those whose part is `wanted`), under a header naming the database when there are several;
+    1 when a database could not be reached or `work` said something failed (the others are
+    still served), else 0."""
     code = 0
-    for index, database in enumerate(config.served()):  # one table per database, its own schedules
+    for index, database in enumerate(config.served()):
+        part = config.for_database(database)
+        if not wanted(part):
+            continue
         if not database.single:
             print(("\n" if index else "") + f"database {database.name} ({redacted_dsn(database.dsn)}):")
         try:
-            conn = connect(database.dsn, "pggit-supervisor schedules")
+            conn = connect(database.dsn, f"pggit-supervisor {command}")
         except psycopg2.Error as exc:
             print(f"pggit-supervisor: database {database.name}: {' '.join(str(exc).split())}", file=sys.stderr)
             code = 1
             continue
         try:
-            statuses = Queue(conn).schedule_status()
+            if not work(Queue(conn), part):
+                code = 1
         finally:
             conn.close()
-        print(render(config.for_database(database).schedules, statuses, datetime.now(timezone.utc)))
     return code
+
+
+def _schedules(args: argparse.Namespace) -> int:
+    """Each schedule with its latest slot, that slot's outcome and the next fire time (issue 10):
+    one table per database, its own schedules."""
+
+    def show(queue: Queue, part: Config) -> bool:
+        print(render(part.schedules, queue.schedule_status(), datetime.now(timezone.utc)))
+        return True
+
+    config = load_with_dsn(resolve_config_path(args.config, os.environ), args.dsn, check_paths=False)
+    return _each_database(config, "schedules", show)
 
 
 def _retention(args: argparse.Namespace) -> int:
     """Per target: with --dry-run what would be kept (by which rule), what would go and which
     expired backups still wait for their removal (with the last error); without, both expiry
     steps (expiry.py: marked expired, then removed, one host per target) and the pruning of old
-    finished jobs (issue 10). Exit 1 when a removal failed (it is retried on the next run)."""
+    finished jobs (issue 10). Exit 1 when a removal failed (it is retried on the next run).
+    Each database decides over its own rows; one without retention targets is left out."""
 
     config = load_with_dsn(resolve_config_path(args.config, os.environ), args.dsn, check_paths=False)
     if not config.retention:
         print("pggit-supervisor: the config has no retention entries", file=sys.stderr)
         return EXIT_CONFIG
-    code = 0
-    for index, database in enumerate(config.served()):  # each database decides over its own rows
-        part = config.for_database(database)
-        if not part.retention:
-            continue
-        if not database.single:
-            print(("\n" if index else "") + f"database {database.name} ({redacted_dsn(database.dsn)}):")
-        try:
-            conn = connect(database.dsn, "pggit-supervisor retention")
-        except psycopg2.Error as exc:
-            print(f"pggit-supervisor: database {database.name}: {' '.join(str(exc).split())}", file=sys.stderr)
-            code = 1
-            continue
-        try:
-            if not _retention_of(Queue(conn), part, args.dry_run):
-                code = 1
-        finally:
-            conn.close()
-    return code
+    return _each_database(
+        config,
+        "retention",
+        lambda queue, part: _retention_of(queue, part, args.dry_run),
+        wanted=lambda part: bool(part.retention),
+    )
 
 
 def _retention_of(queue: Queue, config: Config, dry_run: bool) -> bool:
