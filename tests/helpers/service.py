@@ -7,14 +7,13 @@ import os
 import re
 import signal as signals  # the Service.signal method shadows the module inside the class
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import psutil
 import yaml
 
-from helpers import ROOT
+from helpers import CLI, ROOT
 from helpers.db import query, scalar
 from helpers.processes import wait_until
 from helpers.session import FAKE_TOOL
@@ -51,7 +50,7 @@ class Service:
 
     def start(self, env: dict[str, str] | None = None, args: list[str] | None = None) -> Service:
         log = open(self.log_path, "ab")
-        command = args or [sys.executable, "-m", "pggit_supervisor", "run", "-c", str(self.config_path)]
+        command = args or [*CLI, "run", "-c", str(self.config_path)]
         self.proc = subprocess.Popen(
             command,
             stdout=log,
@@ -94,6 +93,12 @@ class Service:
     def stop(self, signum: int = signals.SIGTERM, timeout: float = 30) -> int:
         self.signal(signum)
         return self.proc.wait(timeout)
+
+    def command(self, name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """`pggit-supervisor NAME -c CONFIG ARGS` on this service's config, run to its end."""
+        return subprocess.run(
+            [*CLI, name, "-c", str(self.config_path), *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+        )
 
     def cleanup(self) -> None:
         """Whatever a test left running: the supervisor's session, then stray tools."""

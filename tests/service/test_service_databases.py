@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
 
 import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import parse_dsn
 
-from helpers import ROOT
 from helpers.db import make_dsn, query, scalar
 from helpers.processes import wait_until
 from helpers.service import queue_fake, wait_for_state
@@ -185,13 +182,7 @@ def test_each_databases_schedules_tick_only_in_its_own_workers_and_schedules_sho
                 schedule = re.search(r"schedule=(\w+)-minutely", line)[1]
                 assert f"database={schedule}" in line, line
 
-        shown = subprocess.run(
-            [sys.executable, "-m", "pggit_supervisor", "schedules", "-c", str(service.config_path)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=60,
-        )
+        shown = service.command("schedules")
         assert shown.returncode == 0, shown.stderr
         blocks = shown.stdout.split("\n\n")
         assert [block.splitlines()[0].split(" (")[0] for block in blocks] == ["database alpha", "database beta"]

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT
 from helpers.db import query, scalar
 from helpers.processes import wait_until
 from helpers.service import Service
@@ -97,13 +94,7 @@ def test_the_schedules_command_shows_last_slot_outcome_and_next_fire(services, d
     )
     assert service.stop() == 0
 
-    shown = subprocess.run(
-        [sys.executable, "-m", "pggit_supervisor", "schedules", "-c", str(service.config_path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    shown = service.command("schedules")
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert lines[0].split() == [

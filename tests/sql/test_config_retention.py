@@ -5,18 +5,17 @@ without it the backups no rule keeps are marked expired, once, and their data re
 from __future__ import annotations
 
 import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from helpers import ROOT
+from helpers import CLI, ROOT
+from helpers.config_files import problems_in, write_config
 from helpers.db import query, scalar
 from helpers.retention import make
-from pggit_supervisor.config import ConfigError, load_config
+from pggit_supervisor.config import load_config
 from pggit_supervisor.config.kinds import Integer, Setting
 from pggit_supervisor.config.settings import RETENTION
 
@@ -25,17 +24,11 @@ DUMPS = {"target": {"tool": "pg_dump"}, "keep_last": 2}
 
 
 def write(tmp_path: Path, *entries: dict[str, Any], dsn: str = DSN) -> str:
-    path = tmp_path / "supervisor.yaml"
-    data = {"dsn": dsn, "worker_id": "w1", "tools": {"pg_dump": {}}, "retention": list(entries)}
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return str(path)
+    return write_config(tmp_path, {"dsn": dsn, "worker_id": "w1", "tools": {"pg_dump": {}}, "retention": list(entries)})
 
 
 def problems(tmp_path: Path, *entries: dict[str, Any]) -> list[str]:
-    path = write(tmp_path, *entries)
-    with pytest.raises(ConfigError) as raised:
-        load_config(path, {}, check_paths=False)
-    return [problem.removeprefix(f"{path}: ") for problem in raised.value.problems]
+    return problems_in(write(tmp_path, *entries))
 
 
 def test_a_retention_entry_loads_with_its_defaults(tmp_path):
@@ -77,7 +70,7 @@ def test_a_bad_target_is_a_config_error_naming_the_key(tmp_path, target, expecte
 
 def retention(config: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pggit_supervisor", "retention", "-c", config, *args],
+        [*CLI, "retention", "-c", config, *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from helpers.config_files import problems_in, write_config
 from helpers.db import query
 from pggit_supervisor.config import ConfigError, load_config
 from pggit_supervisor.schedule_args import ARGS
@@ -22,16 +22,11 @@ NIGHTLY = {"name": "nightly", "cron": "0 2 * * *", "tool": "pgbackrest", "args":
 
 def config_with(tmp_path: Path, *schedules: dict[str, Any], **top: Any) -> str:
     data = {"dsn": DSN, "worker_id": "w1", "tools": {"pg_dump": {}}, "schedules": list(schedules), **top}
-    path = tmp_path / "supervisor.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return str(path)
+    return write_config(tmp_path, data)
 
 
 def problems(tmp_path: Path, *schedules: dict[str, Any]) -> list[str]:
-    path = config_with(tmp_path, *schedules)
-    with pytest.raises(ConfigError) as raised:
-        load_config(path, {}, check_paths=False)
-    return [problem.removeprefix(f"{path}: ") for problem in raised.value.problems]
+    return problems_in(config_with(tmp_path, *schedules))
 
 
 def test_a_valid_schedule_loads_with_its_defaults_and_durations_in_seconds(tmp_path):

@@ -6,14 +6,13 @@ is recorded, shown by `retention --dry-run` (which changes nothing) and retried 
 from __future__ import annotations
 
 import subprocess
-import sys
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import yaml
 
-from helpers import ROOT
+from helpers import CLI, ROOT
 from helpers.cluster import BIN
 from helpers.db import query, scalar
 from helpers.queue import force
@@ -89,7 +88,7 @@ def test_expired_dumps_are_removed_pinned_and_floor_kept_ones_stay_and_no_symlin
 
 def retention_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pggit_supervisor", "retention", "-c", str(config), *args],
+        [*CLI, "retention", "-c", str(config), *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from helpers.config_files import write_config
 from pggit_supervisor.config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -35,12 +35,6 @@ TOP_KEYS = (
 )
 TOOLS = "barman, custom, pg_basebackup, pg_dump, pgbackrest"
 BASE: dict[str, Any] = {"dsn": DSN, "worker_id": "w1", "tools": {"pg_dump": {}}}
-
-
-def write(tmp_path: Path, data: Any, name: str = "supervisor.yaml") -> str:
-    path = tmp_path / name
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return str(path)
 
 
 def problems_of(path: str, environ: dict[str, str] | None = None, **kwargs: Any) -> list[str]:
@@ -119,18 +113,18 @@ def test_documented_example_comments_every_key() -> None:
 
 
 def test_drill_user_defaults_to_the_packages_user_and_refuses_root_or_a_bad_name(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, BASE), {}, check_paths=False).drill_user == "pggit-drill"
+    assert load_config(write_config(tmp_path, BASE), {}, check_paths=False).drill_user == "pggit-drill"
     assert load_config(str(EXAMPLE), {}, check_paths=False).drill_user == "pggit-drill"
     for bad in ("root", "Bad User", 7):
         with pytest.raises(ConfigError) as raised:
-            load_config(write(tmp_path, {**BASE, "drill_user": bad}), {}, check_paths=False)
+            load_config(write_config(tmp_path, {**BASE, "drill_user": bad}), {}, check_paths=False)
         assert "drill_user: must be the name of an unprivileged user" in str(raised.value)
         assert "default pggit-drill" in str(raised.value)
 
 
 def test_omitted_keys_take_documented_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "gethostname", lambda: "db-host-7")
-    path = write(tmp_path, {"dsn": DSN, "tools": {"pg_dump": None}})
+    path = write_config(tmp_path, {"dsn": DSN, "tools": {"pg_dump": None}})
 
     config = load_config(path, {}, check_paths=False)
 
@@ -143,7 +137,7 @@ def test_omitted_keys_take_documented_defaults(tmp_path: Path, monkeypatch: pyte
 
 
 def test_each_tool_gets_its_own_defaults_and_inherits_kill_grace(tmp_path: Path) -> None:
-    path = write(
+    path = write_config(
         tmp_path,
         {
             "dsn": DSN,
@@ -174,7 +168,7 @@ def test_each_tool_gets_its_own_defaults_and_inherits_kill_grace(tmp_path: Path)
 
 
 def test_tool_kill_grace_overrides_the_top_level_one(tmp_path: Path) -> None:
-    path = write(tmp_path, merged(BASE, {"kill_grace": 5, "tools.pgbackrest": {"kill_grace": 40}}))
+    path = write_config(tmp_path, merged(BASE, {"kill_grace": 5, "tools.pgbackrest": {"kill_grace": 40}}))
 
     tools = load_config(path, {}, check_paths=False).tools
 
@@ -182,7 +176,7 @@ def test_tool_kill_grace_overrides_the_top_level_one(tmp_path: Path) -> None:
 
 
 def test_values_are_normalised(tmp_path: Path) -> None:
-    path = write(
+    path = write_config(
         tmp_path,
         merged(
             BASE,
@@ -330,13 +324,13 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(("changes", "expected"), BAD_VALUES, ids=[next(iter(changes)) for changes, _ in BAD_VALUES])
 def test_bad_value_is_reported_as_one_exact_line(tmp_path: Path, changes: dict[str, Any], expected: str) -> None:
-    path = write(tmp_path, merged(BASE, changes))
+    path = write_config(tmp_path, merged(BASE, changes))
 
     assert problems_of(path) == [f"{path}: {expected}"]
 
 
 def test_only_custom_commands_whose_entry_says_pass_credentials_get_the_credentials(tmp_path: Path) -> None:
-    path = write(
+    path = write_config(
         tmp_path,
         merged(
             BASE,
@@ -357,7 +351,7 @@ def test_only_custom_commands_whose_entry_says_pass_credentials_get_the_credenti
 
 
 def test_missing_dsn_is_required(tmp_path: Path) -> None:
-    path = write(tmp_path, {"tools": {"pg_dump": {}}})
+    path = write_config(tmp_path, {"tools": {"pg_dump": {}}})
 
     assert problems_of(path) == [
         f"{path}: dsn: required (allowed: a postgresql:// URI or a libpq key=value string, "
@@ -366,7 +360,7 @@ def test_missing_dsn_is_required(tmp_path: Path) -> None:
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
-    path = write(
+    path = write_config(
         tmp_path,
         merged(
             BASE,
@@ -394,13 +388,13 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_misspelt_top_level_key_is_an_error_not_a_default(tmp_path: Path) -> None:
-    path = write(tmp_path, merged(BASE, {"pol_interval": 5}))
+    path = write_config(tmp_path, merged(BASE, {"pol_interval": 5}))
 
     assert problems_of(path) == [f"{path}: pol_interval: unknown key (allowed: {TOP_KEYS})"]
 
 
 def test_key_a_tool_does_not_accept_is_unknown(tmp_path: Path) -> None:
-    path = write(
+    path = write_config(
         tmp_path,
         merged(
             BASE,
@@ -418,7 +412,7 @@ def test_key_a_tool_does_not_accept_is_unknown(tmp_path: Path) -> None:
 
 
 def test_misspelt_tool_name_is_an_error(tmp_path: Path) -> None:
-    path = write(tmp_path, merged(BASE, {"tools.pgbakrest": {"run_as": "postgres"}}))
+    path = write_config(tmp_path, merged(BASE, {"tools.pgbakrest": {"run_as": "postgres"}}))
 
     assert problems_of(path) == [f"{path}: tools.pgbakrest: unknown tool (allowed: {TOOLS})"]
 
@@ -436,13 +430,13 @@ def test_misspelt_tool_name_is_an_error(tmp_path: Path) -> None:
     ],
 )
 def test_booleans_are_not_numbers(tmp_path: Path, text: str, shown: str) -> None:
-    path = write(tmp_path, f"dsn: {DSN}\nworker_id: w1\ntools: {{pg_dump: {{}}}}\n{text}\n")
+    path = write_config(tmp_path, f"dsn: {DSN}\nworker_id: w1\ntools: {{pg_dump: {{}}}}\n{text}\n")
 
     assert problems_of(path) == [f"{path}: {shown}"]
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
-    path = write(tmp_path, f"dsn: {DSN}\nworkers: 2\n  poll_interval: 10\n")
+    path = write_config(tmp_path, f"dsn: {DSN}\nworkers: 2\n  poll_interval: 10\n")
 
     (problem,) = problems_of(path)
 
@@ -451,7 +445,7 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
 
 
 def test_yaml_syntax_error_names_where_an_unclosed_construct_began(tmp_path: Path) -> None:
-    path = write(tmp_path, f"dsn: {DSN}\nworkers: 2\npoll_interval: [10\nlog_level: INFO\n")
+    path = write_config(tmp_path, f"dsn: {DSN}\nworkers: 2\npoll_interval: [10\nlog_level: INFO\n")
 
     (problem,) = problems_of(path)
 
@@ -461,7 +455,7 @@ def test_yaml_syntax_error_names_where_an_unclosed_construct_began(tmp_path: Pat
 
 
 def test_duplicate_key_is_an_error_not_last_one_wins(tmp_path: Path) -> None:
-    path = write(tmp_path, f"dsn: {DSN}\nworker_id: w1\nworkers: 2\ntools: {{pg_dump: {{}}}}\nworkers: 8\n")
+    path = write_config(tmp_path, f"dsn: {DSN}\nworker_id: w1\nworkers: 2\ntools: {{pg_dump: {{}}}}\nworkers: 8\n")
 
     assert problems_of(path) == [
         f"{path}: (file): duplicate key 'workers' at line 5 (allowed: each key once per mapping)"
@@ -480,7 +474,7 @@ def test_duplicate_key_is_an_error_not_last_one_wins(tmp_path: Path) -> None:
 def test_file_level_problem_is_reported_against_the_file(tmp_path: Path, content: str | None, what: str) -> None:
     path = str(tmp_path / "supervisor.yaml")
     if content is not None:
-        write(tmp_path, content)
+        write_config(tmp_path, content)
 
     (problem,) = problems_of(path)
 
@@ -495,7 +489,7 @@ def test_directory_instead_of_file_is_reported(tmp_path: Path) -> None:
 
 
 def test_lease_shorter_than_two_heartbeats_is_rejected(tmp_path: Path) -> None:
-    path = write(tmp_path, merged(BASE, {"heartbeat_interval": 40, "lease_seconds": 60}))
+    path = write_config(tmp_path, merged(BASE, {"heartbeat_interval": 40, "lease_seconds": 60}))
 
     assert problems_of(path) == [
         f"{path}: lease_seconds: must be at least twice heartbeat_interval (40), got 60 (allowed: 80-86400 seconds)"
@@ -503,7 +497,7 @@ def test_lease_shorter_than_two_heartbeats_is_rejected(tmp_path: Path) -> None:
 
 
 def test_default_lease_is_checked_against_a_long_heartbeat(tmp_path: Path) -> None:
-    path = write(tmp_path, merged(BASE, {"heartbeat_interval": 45}))
+    path = write_config(tmp_path, merged(BASE, {"heartbeat_interval": 45}))
 
     assert problems_of(path) == [
         f"{path}: lease_seconds: must be at least twice heartbeat_interval (45), "
@@ -512,13 +506,13 @@ def test_default_lease_is_checked_against_a_long_heartbeat(tmp_path: Path) -> No
 
 
 def test_lease_of_exactly_two_heartbeats_is_accepted(tmp_path: Path) -> None:
-    path = write(tmp_path, merged(BASE, {"heartbeat_interval": 2.5, "lease_seconds": 5}))
+    path = write_config(tmp_path, merged(BASE, {"heartbeat_interval": 2.5, "lease_seconds": 5}))
 
     assert load_config(path, {}, check_paths=False).lease_seconds == 5
 
 
 def test_environment_overrides_win_over_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, merged(BASE, {"workers": 2, "poll_interval": 10, "log_level": "INFO"}))
+    path = write_config(tmp_path, merged(BASE, {"workers": 2, "poll_interval": 10, "log_level": "INFO"}))
     environ = {
         "PGGIT_POLL_INTERVAL": "0.2",
         "PGGIT_WORKER_ID": "env-worker",
@@ -535,13 +529,13 @@ def test_environment_overrides_win_over_the_file(tmp_path: Path) -> None:
 
 
 def test_empty_environment_variable_leaves_the_file_value(tmp_path: Path) -> None:
-    path = write(tmp_path, merged(BASE, {"workers": 2}))
+    path = write_config(tmp_path, merged(BASE, {"workers": 2}))
 
     assert load_config(path, {"PGGIT_WORKERS": ""}, check_paths=False).workers == 2
 
 
 def test_bad_environment_values_are_reported_against_the_variable(tmp_path: Path) -> None:
-    path = write(tmp_path, BASE)
+    path = write_config(tmp_path, BASE)
     environ = {
         "PGGIT_POLL_INTERVAL": "abc",
         "PGGIT_WORKERS": "yes",
@@ -563,7 +557,7 @@ def test_bad_environment_values_are_reported_against_the_variable(tmp_path: Path
 
 
 def test_heartbeat_from_environment_is_named_when_it_conflicts_with_file_lease(tmp_path: Path) -> None:
-    path = write(tmp_path, merged(BASE, {"lease_seconds": 60}))
+    path = write_config(tmp_path, merged(BASE, {"lease_seconds": 60}))
 
     assert problems_of(path, {"PGGIT_HEARTBEAT_INTERVAL": "40"}) == [
         f"{path}: lease_seconds: must be at least twice heartbeat_interval "
@@ -652,7 +646,7 @@ def test_listener_config_reports_a_bad_dsn_argument(monkeypatch: pytest.MonkeyPa
 
 
 def test_listener_config_reads_pggit_config_and_the_dsn_argument_wins(tmp_path: Path) -> None:
-    path = write(tmp_path, merged(BASE, {"workers": 2, "poll_interval": 30}))
+    path = write_config(tmp_path, merged(BASE, {"workers": 2, "poll_interval": 30}))
 
     config = listener_config("dbname=from_cli", {"PGGIT_CONFIG": path, "PGGIT_POLL_INTERVAL": "5"}, check_paths=False)
 
@@ -663,7 +657,7 @@ def test_listener_config_reads_pggit_config_and_the_dsn_argument_wins(tmp_path: 
 
 def test_omitted_tools_section_enables_installed_builtins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     only_installed(monkeypatch, "/usr/bin/pgbackrest")
-    path = write(tmp_path, {"dsn": DSN, "worker_id": "w1"})
+    path = write_config(tmp_path, {"dsn": DSN, "worker_id": "w1"})
 
     assert list(load_config(path, {}, check_paths=False).tools) == ["pgbackrest"]
 
@@ -672,7 +666,7 @@ def test_path_checks_find_missing_and_non_executable_files(tmp_path: Path) -> No
     script = tmp_path / "backup.sh"
     script.write_text("#!/bin/sh\n")
     script.chmod(0o644)
-    path = write(
+    path = write_config(
         tmp_path,
         merged(
             BASE,
@@ -698,7 +692,7 @@ def test_path_checks_pass_for_real_executables_and_users(tmp_path: Path) -> None
     executable = tmp_path / "pg_dump"
     executable.write_text("#!/bin/sh\n")
     executable.chmod(0o755)
-    path = write(tmp_path, merged(BASE, {"tools.pg_dump.path": str(executable), "tools.pg_dump.run_as": "root"}))
+    path = write_config(tmp_path, merged(BASE, {"tools.pg_dump.path": str(executable), "tools.pg_dump.run_as": "root"}))
 
     tool = load_config(path, {}, check_paths=True).tools["pg_dump"]
 
@@ -707,7 +701,7 @@ def test_path_checks_pass_for_real_executables_and_users(tmp_path: Path) -> None
 
 def test_default_tool_path_is_checked_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(host, "executable_problem", lambda path: f"{path} does not exist")
-    path = write(tmp_path, merged(BASE, {"tools": {"barman": {}}}))
+    path = write_config(tmp_path, merged(BASE, {"tools": {"barman": {}}}))
 
     assert problems_of(path, check_paths=True) == [
         f"{path}: tools.barman.path: /usr/bin/barman does not exist (allowed: an absolute path to an executable file)"

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from helpers.clock import FakeClock
+from helpers.config_files import problems_in, write_config
 from pggit_supervisor import log as logs
-from pggit_supervisor.config import Config, ConfigError, Database, load_config
+from pggit_supervisor.config import Config, Database, load_config
 from pggit_supervisor.supervisor import Supervisor
 from pggit_supervisor.systemd import Notifier
 
@@ -40,21 +40,12 @@ def fleet(**changes: Any) -> dict[str, Any]:
     return data
 
 
-def write(tmp_path: Path, data: dict[str, Any]) -> str:
-    path = tmp_path / "supervisor.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return str(path)
-
-
 def problems_of(tmp_path: Path, data: dict[str, Any]) -> list[str]:
-    path = write(tmp_path, data)
-    with pytest.raises(ConfigError) as raised:
-        load_config(path, {}, check_paths=False)
-    return [problem.removeprefix(f"{path}: ") for problem in raised.value.problems]
+    return problems_in(write_config(tmp_path, data))
 
 
 def test_a_fleet_config_lists_its_databases_each_with_its_workers_tools_and_schedules(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, fleet()), {}, check_paths=False)
+    config = load_config(write_config(tmp_path, fleet()), {}, check_paths=False)
 
     assert config.databases == (
         Database("app", APP, 2, ("pgbackrest",)),
@@ -83,7 +74,7 @@ def test_each_database_gets_the_retention_targets_naming_it_and_those_naming_non
         {"target": {"tool": "pg_basebackup", "database": "billing"}, "keep_last": 3},
         {"target": {"tool": "pgbackrest", "stanza": "main"}, "keep_last": 3},
     ]
-    config = load_config(write(tmp_path, fleet(retention=retention)), {}, check_paths=False)
+    config = load_config(write_config(tmp_path, fleet(retention=retention)), {}, check_paths=False)
 
     app, billing = (config.for_database(database) for database in config.served())
     assert [r.name() for r in app.retention] == ["pg_dump database=app", "pgbackrest stanza=main"]
@@ -93,7 +84,7 @@ def test_each_database_gets_the_retention_targets_naming_it_and_those_naming_non
 def test_the_single_dsn_form_serves_one_database_exactly_as_before(tmp_path: Path) -> None:
     data = {"dsn": APP, "worker_id": "host1", "workers": 2, "tools": {"pg_dump": {}}}
     data["schedules"] = [{**MINUTELY, "name": "plain"}, {**MINUTELY, "name": "named", "database": "app"}]
-    config = load_config(write(tmp_path, data), {}, check_paths=False)
+    config = load_config(write_config(tmp_path, data), {}, check_paths=False)
 
     assert config.databases == ()
     assert config.served() == (Database("app", APP, 2, (), single=True),)
