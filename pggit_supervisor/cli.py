@@ -21,7 +21,7 @@ from .config import (
     resolve_config_path,
 )
 from .config.model import redacted_dsn
-from .errors import JobError, PggitError
+from .errors import JobError, PggitError, one_line
 from .expiry import apply_retention
 from .queue import Queue, connect
 from .retention import plan_arguments, render_pending, render_plan
@@ -74,7 +74,7 @@ def queue_login_warnings(dsn: str) -> list[str]:
         conn = psycopg2.connect(dsn, connect_timeout=5, application_name="pggit-supervisor check-config")
     except psycopg2.Error as exc:
         return [
-            f"could not connect to check the queue login's rights ({' '.join(str(exc).split())[:200]}); "
+            f"could not connect to check the queue login's rights ({one_line(exc)[:200]}); "
             "add --offline to skip this check"
         ]
     try:
@@ -163,7 +163,7 @@ def _each_database(
         try:
             conn = connect(database.dsn, f"pggit-supervisor {command}")
         except psycopg2.Error as exc:
-            print(f"pggit-supervisor: database {database.name}: {' '.join(str(exc).split())}", file=sys.stderr)
+            print(f"pggit-supervisor: database {database.name}: {one_line(exc)}", file=sys.stderr)
             code = 1
             continue
         try:

@@ -19,6 +19,7 @@ import psycopg2
 
 from . import webhooks
 from .config import RetryConfig
+from .errors import one_line
 from .executor import SHUTDOWN, Abandoned, Completed, Ending, Failed, HandedBack
 from .log import fields
 from .queue import ClaimedJob, Queue
@@ -97,7 +98,7 @@ class Completer:
                     uncertain = True
                 except psycopg2.Error as exc:  # the database refused the call itself: retrying cannot help
                     log.error(
-                        f"could not record {what}: {_one_line(exc)}; the job's lease will return it "
+                        f"could not record {what}: {one_line(exc)}; the job's lease will return it "
                         "to the queue" + self._where(job)
                     )
                     return None
@@ -187,7 +188,3 @@ class Completer:
 
     def _where(self, job: ClaimedJob) -> str:
         return fields(job=job.job_id, worker=self.link.name)
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())

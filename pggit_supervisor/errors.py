@@ -52,3 +52,8 @@ def invalid(message: str) -> JobError:
 def transient(message: str) -> JobError:
     """Something that may be fine later (a tool failed, a file vanished, a server was down)."""
     return JobError(message, retryable=True)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message as one line (a job row, a log line): its whitespace folded."""
+    return " ".join(str(exc).split())

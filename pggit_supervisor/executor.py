@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import psycopg2
 
 from .config import Config, ToolConfig, default_tool
-from .errors import Failure, JobError, Stopped
+from .errors import Failure, JobError, Stopped, one_line
 from .log import fields
 from .queue import ClaimedJob
 from .runner import RunResult, run_tool
@@ -113,10 +113,10 @@ def execute(
     except JobError as exc:
         ending = Failed(step.failure(job, exc.message, exc.retryable), step.record)
     except psycopg2.Error as exc:  # the adapter's own queries (snapshot, counts, drills)
-        ending = Failed(step.failure(job, f"database error: {_one_line(exc)}", True), step.record)
+        ending = Failed(step.failure(job, f"database error: {one_line(exc)}", True), step.record)
     except Exception as exc:  # a bug or a disk error: this attempt failed, the worker lives
         log.exception(_UNEXPECTED[step.name] + fields(**where))
-        ending = Failed(step.failure(job, _one_line(exc), True, unexpected=True), step.record)
+        ending = Failed(step.failure(job, one_line(exc), True, unexpected=True), step.record)
     return _settle(ending, control.interrupted(), step)
 
 
@@ -266,7 +266,3 @@ def run_record(result: RunResult, worker: str) -> dict[str, Any]:
         "stderr_tail": result.stderr.text()[-4000:],
         "output_dropped_bytes": result.stdout.dropped + result.stderr.dropped,
     }
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())

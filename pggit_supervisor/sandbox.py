@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import psycopg2
 
-from .errors import invalid
+from .errors import invalid, one_line
 from .rows import one_row
 from .runner import RunSpec, run_tool
 from .sandbox_host import (
@@ -282,7 +282,7 @@ def wait_ready(
             finally:
                 conn.close()
         except psycopg2.OperationalError as exc:
-            last = " ".join(str(exc).split())
+            last = one_line(exc)
         if not os.path.exists(os.path.join(sandbox.data, "postmaster.pid")):
             raise invalid(f"the drill's server stopped while starting ({last}){log_tail(sandbox)}")
         if time.monotonic() > deadline:

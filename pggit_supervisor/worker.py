@@ -25,6 +25,7 @@ import psycopg2
 from . import linux
 from .completer import ABORT_DELIVERY_SECONDS, Completer
 from .config import Config
+from .errors import one_line
 from .executor import LOST_CLAIM, SHUTDOWN, HandedBack, execute
 from .log import fields
 from .proctree import kill_tree
@@ -122,7 +123,7 @@ class Worker:
             self.next_connect = time.monotonic() + delay
             log.warning(
                 "cannot connect to the queue database"
-                + fields(worker=self.name, retry_in=f"{delay:g}s", error=_one_line(exc), database=self.database)
+                + fields(worker=self.name, retry_in=f"{delay:g}s", error=one_line(exc), database=self.database)
             )
             return None
         if self.ever_connected:
@@ -135,7 +136,7 @@ class Worker:
         return self.queue
 
     def lost_connection(self, exc: Exception) -> None:
-        log.warning("database call failed" + fields(worker=self.name, error=_one_line(exc), database=self.database))
+        log.warning("database call failed" + fields(worker=self.name, error=one_line(exc), database=self.database))
         if self.queue is not None:
             try:
                 self.queue.conn.close()
@@ -303,7 +304,7 @@ class _Control:
         except psycopg2.Error as exc:  # refused (e.g. over the size limit): the job runs on
             log.warning(
                 "could not record the command that runs"
-                + fields(job=self.job.job_id, worker=self.worker.name, error=_one_line(exc))
+                + fields(job=self.job.job_id, worker=self.worker.name, error=one_line(exc))
             )
 
 
@@ -314,7 +315,3 @@ def _reap_children() -> None:
                 return
         except ChildProcessError:
             return
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())

@@ -20,7 +20,7 @@ import psycopg2
 from psycopg2 import sql
 
 from .. import sandbox
-from ..errors import JobError, invalid
+from ..errors import JobError, invalid, one_line
 from ..files import give_to, read_pg_version
 from ..libpq import TickingSession
 from ..queue import ClaimedJob
@@ -116,9 +116,7 @@ class RestoreTestAdapter:
             except JobError as exc:
                 return Outcome.failure(exc.message, retryable=False)
             except psycopg2.Error as exc:
-                return Outcome.failure(
-                    "the drill's sandbox refused a query: " + " ".join(str(exc).split()), retryable=False
-                )
+                return Outcome.failure("the drill's sandbox refused a query: " + one_line(exc), retryable=False)
         finally:
             self.discard(invocation)
 
