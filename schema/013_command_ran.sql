@@ -20,6 +20,15 @@ COMMENT ON COLUMN pggit.backup_jobs.ran_command_at IS
     'when the worker recorded ran_command';
 GRANT SELECT (ran_command, ran_command_at) ON pggit.backup_jobs TO pggit_backup_reader;
 
+-- What a DBA reads (psql, `pggit-supervisor`: a command that ran, a schedule's definition, a
+-- slot's detail) carries no line break or terminal escape: true when p_text holds a C0 or C1
+-- control character.
+CREATE OR REPLACE FUNCTION pggit._has_control_character(p_text text) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p_text ~ '[\x01-\x1f\x7f-\x9f]'
+$$;
+REVOKE ALL ON FUNCTION pggit._has_control_character(text) FROM PUBLIC;
+
 -- Records the command a claim's tool runs. False means the job is no longer this claim's
 -- (cancelled, rescued, deleted, or never this login's), as heartbeat_backup_job says: nothing
 -- changes. The same guarded UPDATE as every claimed-job function (009): job, state, token hash
@@ -41,7 +50,7 @@ BEGIN
     PERFORM pggit._require_size('p_command', octet_length(p_command), 16384,
         'at most 16 KiB: a command line, not a script');
     -- a DBA reads it in psql or `pggit-supervisor`: no line break or terminal escape (C0, C1)
-    IF p_command ~ '[\x01-\x1f\x7f-\x9f]' THEN
+    IF pggit._has_control_character(p_command) THEN
         PERFORM pggit._invalid('p_command', 'contains a control character',
             'one printable line: write an argument holding one with ANSI-C quoting ($''a\nb'')');
     END IF;

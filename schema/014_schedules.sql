@@ -108,7 +108,7 @@ BEGIN
         UNION ALL
         SELECT t.path || '.' || e.key, e.value FROM t, jsonb_each(t.value) e WHERE jsonb_typeof(t.value) = 'object')
     SELECT t.path INTO v_key FROM t
-     WHERE jsonb_typeof(t.value) = 'string' AND (t.value #>> '{}') ~ '[\x01-\x1f\x7f-\x9f]'
+     WHERE jsonb_typeof(t.value) = 'string' AND pggit._has_control_character(t.value #>> '{}')
      ORDER BY t.path LIMIT 1;
     IF v_key IS NOT NULL THEN
         PERFORM pggit._invalid(v_key, 'contains a control character', 'printable text: no escape, tab or line break');
@@ -297,7 +297,7 @@ BEGIN
             'a time the schedule''s cron expression fired (cron has minutes), not in the future');
     END IF;
     PERFORM pggit._require_output_size('p_detail', p_detail);
-    IF p_detail ~ '[\x01-\x1f\x7f-\x9f]' THEN
+    IF pggit._has_control_character(p_detail) THEN
         PERFORM pggit._invalid('p_detail', 'contains a control character', 'one printable line: no escape, tab or line break');
     END IF;
     v_detail := left(p_detail, 1000);
