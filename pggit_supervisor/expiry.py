@@ -66,13 +66,17 @@ def apply_retention(queue: Queue, config: Config, retention: Retention, run: Run
         return TargetRun(retention.name(), busy=True)
     try:
         marked = queue.expire_backups(config.worker_id, target, rules)
-        removals = [remove_one(queue, config, pending, run) for pending in queue.pending_removals(target, rules)]
+        pending = queue.pending_removals(target, rules)
+        expiring = frozenset(each.location for each in pending)
+        removals = [remove_one(queue, config, each, run, expiring) for each in pending]
     finally:
         queue.unlock_retention_target(target)
     return TargetRun(retention.name(), marked=marked, removals=removals)
 
 
-def remove_one(queue: Queue, config: Config, pending: PendingRemoval, run: Run = run_tool) -> Removed:
+def remove_one(
+    queue: Queue, config: Config, pending: PendingRemoval, run: Run = run_tool, expiring: frozenset[str] = frozenset()
+) -> Removed:
     """Removes one expired backup's data and records how that went; a failure is an error value
     on the expiration, never raised (the other backups of the target still get their turn)."""
     backup = Backup(pending.backup_id, pending.backup_tool, pending.status, pending.location, pending.metadata)
@@ -84,7 +88,7 @@ def remove_one(queue: Queue, config: Config, pending: PendingRemoval, run: Run =
         if pending.held:  # the database says removing it would remove another backup's data
             error: str | None = pending.held
         elif wrote:
-            error = run_removal(remover_for(pending.backup_tool).removal_plan(backup, tool), run)
+            error = run_removal(remover_for(pending.backup_tool).removal_plan(backup, tool), run, expiring)
         else:
             error = None
     except JobError as exc:

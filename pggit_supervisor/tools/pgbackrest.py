@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -107,8 +107,10 @@ class PgBackRestAdapter:
         incremental) from its repository. A set pgBackRest no longer has is removed already."""
         stanza, label = parse_location(backup.location)
         repo = backup.metadata.get("repo")
-        argv = _command(tool, stanza, repo if isinstance(repo, int) else None) + [f"--set={label}", "expire"]
-        return Removal.command(f"pgBackRest set {label} of stanza {stanza}", tool, argv, gone=_set_missing)
+        base = _command(tool, stanza, repo if isinstance(repo, int) else None)
+        argv = base + [f"--set={label}", "expire"]
+        check = (base + ["--output=json", "info"], CHECK_OUTPUT_LIMIT, _dependants_held(stanza, label))
+        return Removal.command(f"pgBackRest set {label} of stanza {stanza}", tool, argv, gone=_set_missing, guard=check)
 
     # -- after a successful run --------------------------------------------------------------
 
@@ -372,6 +374,43 @@ def restore_argv(tool: ToolConfig, location: str, target_dir: str, *, repo: int 
 def _command(tool: ToolConfig, stanza: str, repo: int | None) -> list[str]:
     argv = [tool.executable()] + ([f"--config={tool.config}"] if tool.config else []) + [f"--stanza={stanza}"]
     return argv + ([f"--repo={repo}"] if repo is not None else [])
+
+
+def _dependants_held(stanza: str, label: str) -> Callable[[RunResult, frozenset[str]], str | None]:
+    """`expire --set=LABEL` takes every set that depends on LABEL (its `prior` chain or its
+    `reference` list, transitively). The queue's own dependants are held in SQL (016) while not
+    expired; this reads the repository itself, so a set the queue does not hold as expired (a
+    DBA's manual backup, or one recorded in another queue database) holds the removal too."""
+
+    def held(result: RunResult, expiring: frozenset[str]) -> str | None:
+        if not result.ok:
+            return (
+                f"held: pgbackrest info failed, so the sets that depend on {label} are not known ({result.summary()})"
+            )
+        try:
+            entries = json.loads(result.stdout.text() or "[]")
+            backups = next((e.get("backup") or [] for e in entries if e.get("name") == stanza), [])
+        except (ValueError, AttributeError, TypeError) as exc:
+            return f"held: pgbackrest info did not parse ({exc}), so the sets that depend on {label} are not known"
+        chain, grew = {label}, True
+        while grew:
+            grew = False
+            for each in backups:
+                name = each.get("label")
+                if name in chain or not isinstance(name, str):
+                    continue
+                if each.get("prior") in chain or set(each.get("reference") or ()) & chain:
+                    chain.add(name)
+                    grew = True
+        unknown = sorted(name for name in chain - {label} if f"pgbackrest://{stanza}/{name}" not in expiring)
+        if unknown:
+            return (
+                f"held: pgBackRest would expire with {label} the set(s) {', '.join(unknown)} that depend on it, "
+                "which this queue does not hold as expired (made by hand, or recorded in another database)"
+            )
+        return None
+
+    return held
 
 
 def _set_missing(result: RunResult) -> bool:

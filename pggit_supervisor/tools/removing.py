@@ -33,6 +33,12 @@ class Removal:
     steps: tuple[RunSpec, ...] = ()
     local: Callable[[], bool] | None = None
     gone: Callable[[RunResult], bool] | None = None
+    # run first: what the tool says about the backup's repository, read by `held_by` with the
+    # locations of the target's other expired backups; a reason returned holds the removal
+    # (nothing else runs), e.g. a set pgBackRest would expire along with it that this queue
+    # does not know as expired (another database's, or one a DBA made by hand)
+    guard: RunSpec | None = None
+    held_by: Callable[[RunResult, frozenset[str]], str | None] | None = None
 
     @classmethod
     def files(cls, tool_name: str, backup: Backup, tool: ToolConfig) -> Removal:
@@ -46,9 +52,28 @@ class Removal:
         return cls(path, local=lambda: remove_backup_path(path, tool))
 
     @classmethod
-    def command(cls, what: str, tool: ToolConfig, argv: list[str], gone: Callable[[RunResult], bool]) -> Removal:
+    def command(
+        cls,
+        what: str,
+        tool: ToolConfig,
+        argv: list[str],
+        gone: Callable[[RunResult], bool],
+        guard: tuple[list[str], int, Callable[[RunResult, frozenset[str]], str | None]] | None = None,
+    ) -> Removal:
+        """`argv` as the tool's user; `guard`: (argv, output limit, held_by) of the check run first."""
         spec = RunSpec(tuple(argv), {}, REMOVAL_TIMEOUT, run_as=tool.run_as, kill_grace=float(tool.kill_grace))
-        return cls(what, (spec,), gone=gone)
+        if guard is None:
+            return cls(what, (spec,), gone=gone)
+        check_argv, limit, held_by = guard
+        check = RunSpec(
+            tuple(check_argv),
+            {},
+            REMOVAL_TIMEOUT,
+            run_as=tool.run_as,
+            kill_grace=float(tool.kill_grace),
+            output_limit=limit,
+        )
+        return cls(what, (spec,), gone=gone, guard=check, held_by=held_by)
 
 
 @runtime_checkable
@@ -61,11 +86,17 @@ class Remover(Protocol):
         """The plan, or a JobError (not retryable) saying why this backup cannot be removed."""
 
 
-def run_removal(removal: Removal, run: Callable[[RunSpec], RunResult]) -> str | None:
-    """Runs the plan; None when the data is gone, else what went wrong (for the expiration row)."""
+def run_removal(
+    removal: Removal, run: Callable[[RunSpec], RunResult], expiring: frozenset[str] = frozenset()
+) -> str | None:
+    """Runs the plan; None when the data is gone, else what went wrong or why it is held (for
+    the expiration row). `expiring`: the locations of the target's other expired backups."""
     if removal.local is not None:
         removal.local()
         return None
+    if removal.guard is not None and removal.held_by is not None:
+        if (held := removal.held_by(run(removal.guard), expiring)) is not None:
+            return held
     for spec in removal.steps:
         result = run(spec)
         if result.ok or (removal.gone is not None and removal.gone(result)):

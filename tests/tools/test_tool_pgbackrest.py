@@ -345,6 +345,34 @@ def test_retention_removes_an_expired_full_with_pgbackrest_expire_set_and_keeps_
     assert backup(demo.conn, old_id)["status"] == "completed", "the row stays"
 
 
+@pytest.mark.slow
+def test_an_expired_full_with_a_dependant_made_by_hand_is_held_and_stays_in_the_repository(demo, start_service):
+    """`expire --set` of the full would take the DBA's incremental with it, which no rule of
+    ours let go (the queue never saw it): the removal is held, visibly, and retried later."""
+    start_service()
+    old_id, old_job = schedule(demo.conn, "full")
+    old_label = completed_backup(demo.conn, old_id, old_job, FULL_LABEL)["metadata"]["label"]
+    demo.pgbackrest("--type=incr", "backup")  # by hand, not through the queue
+    new_id, new_job = schedule(demo.conn, "full")
+    completed_backup(demo.conn, new_id, new_job, FULL_LABEL)
+    tool = replace(default_tool("pgbackrest"), path=PGBACKREST, run_as="postgres", config=str(demo.conf))
+    config = Config(dsn=demo.cluster.dsn, worker_id="host-x", tools=Tools((tool,)))
+
+    done = apply_retention(Queue(demo.conn), config, Retention(target={"tool": "pgbackrest", "stanza": "demo"}))
+
+    assert old_id in {row[0] for row in done.marked}
+    error = {each.backup_id: each.error for each in done.removals}[old_id]
+    assert error is not None and error.startswith(f"held: pgBackRest would expire with {old_label} the set(s) ")
+    assert f"{old_label}_" in error and "does not hold as expired" in error
+    info = json.loads(demo.pgbackrest("info", "--output=json").stdout)[0]
+    labels = {each["label"] for each in info["backup"]}
+    assert old_label in labels and any(label.startswith(f"{old_label}_") for label in labels)
+    status = query(
+        demo.conn, "SELECT removal, removal_error FROM pggit.backup_expiration_status WHERE backup_id = %s", (old_id,)
+    )
+    assert status == [{"removal": "failed", "removal_error": error}]
+
+
 # -- the adapter's readings, without a cluster ------------------------------------------------
 
 

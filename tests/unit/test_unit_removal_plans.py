@@ -4,6 +4,7 @@ good (not the tool's, outside allowed_output_dirs, a name the adapter never give
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -19,9 +20,27 @@ def backup(tool: str, location: str, **metadata) -> Backup:
     return Backup("b1", tool, "completed", location, metadata)
 
 
-def result(spec: RunSpec, code: int, stderr: bytes = b"") -> RunResult:
+def result(spec: RunSpec, code: int, stderr: bytes = b"", stdout: bytes = b"") -> RunResult:
     err = CapturedOutput(head=stderr)
-    return RunResult(spec.argv, code, None, False, None, 0.1, spec.timeout, CapturedOutput(), err)
+    return RunResult(spec.argv, code, None, False, None, 0.1, spec.timeout, CapturedOutput(head=stdout), err)
+
+
+def info(*backups: dict) -> bytes:
+    """`pgbackrest --output=json info` of stanza main holding `backups`."""
+    return json.dumps([{"name": "main", "backup": list(backups)}]).encode()
+
+
+def answers(info_out: bytes, code: int = 0, stderr: bytes = b""):
+    """A run that answers `info` with info_out and the expire with (code, stderr); records argv."""
+    ran: list[tuple[str, ...]] = []
+
+    def run(spec: RunSpec) -> RunResult:
+        ran.append(spec.argv)
+        if spec.argv[-1] == "info":
+            return result(spec, 0, stdout=info_out)
+        return result(spec, code, stderr)
+
+    return run, ran
 
 
 def test_every_backup_tool_retention_targets_has_a_removal_plan_and_no_other_tool_does():
@@ -51,12 +70,47 @@ def test_pgbackrest_expires_the_set_of_the_location_as_run_as_in_its_repository(
         "expire",
     )
     assert step.run_as == "postgres"
-    assert run_removal(plan, lambda spec: result(spec, 0)) is None
+    assert (
+        plan.guard is not None and plan.guard.argv[-2:] == ("--output=json", "info") and plan.guard.run_as == "postgres"
+    )
+    alone = info({"label": "20261201-000000F"}, {"label": "20261201-000000F_20261202-000000I"})
+    run, ran = answers(alone)
+    assert run_removal(plan, run) is None and ran[-1] == step.argv
     gone = b"ERROR: [075]: backup set 20261201-000000F_20261202-000000I is not valid"
-    assert run_removal(plan, lambda spec: result(spec, 75, gone)) is None, "a set pgBackRest no longer has"
-    failed = run_removal(plan, lambda spec: result(spec, 41, b"ERROR: [041]: unable to open repo"))
+    assert run_removal(plan, answers(info(), 75, gone)[0]) is None, "a set pgBackRest no longer has"
+    failed = run_removal(plan, answers(alone, 41, b"ERROR: [041]: unable to open repo")[0])
     assert failed is not None and failed.startswith("removing pgBackRest set 20261201-000000F_20261202-000000I")
     assert "unable to open repo" in failed
+
+
+def test_a_pgbackrest_set_is_held_while_the_repository_has_a_dependant_the_queue_does_not_hold_as_expired():
+    """`expire --set` of a full takes every set depending on it, transitively: one a DBA made by
+    hand, or one another queue database recorded, would go without any rule having let it."""
+    tool = replace(default_tool("pgbackrest"), path="/usr/bin/pgbackrest", run_as="postgres")
+    full = "20261201-000000F"
+    plan = remover_for("pgbackrest").removal_plan(backup("pgbackrest", f"pgbackrest://main/{full}"), tool)
+    diff, incr = f"{full}_20261202-000000D", f"{full}_20261203-000000I"
+    repository = info(
+        {"label": full},
+        {"label": diff, "prior": full, "reference": [full]},
+        {"label": incr, "prior": diff, "reference": [full, diff]},
+        {"label": "20261204-000000F"},
+    )
+    run, ran = answers(repository)
+    held = run_removal(plan, run)
+    assert held == (
+        f"held: pgBackRest would expire with {full} the set(s) {diff}, {incr} that depend on it, which this "
+        "queue does not hold as expired (made by hand, or recorded in another database)"
+    )
+    assert [argv[-1] for argv in ran] == ["info"], "nothing is expired"
+    run, _ = answers(repository)
+    partly = frozenset({f"pgbackrest://main/{diff}"})
+    assert run_removal(plan, run, partly) == held.replace(f"{diff}, {incr}", incr), "the expired one is not named"
+    run, ran = answers(repository)
+    both = frozenset({f"pgbackrest://main/{diff}", f"pgbackrest://main/{incr}"})
+    assert run_removal(plan, run, both) is None and ran[-1][-1] == "expire", "they are expired here too: they go"
+    broken, _ = answers(b"not json")
+    assert (run_removal(plan, broken) or "").startswith("held: pgbackrest info did not parse")
 
 
 def test_barman_deletes_the_backup_of_the_location_as_run_as():
