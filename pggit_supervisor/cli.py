@@ -188,39 +188,47 @@ def _schedules(args: argparse.Namespace) -> int:
 
 def _retention(args: argparse.Namespace) -> int:
     """Per target: with --dry-run what would be kept (by which rule), what would go and which
-    expired backups still wait for their removal (with the last error); without, both expiry
-    steps (expiry.py: marked expired, then removed, one host per target) and the pruning of old
-    finished jobs (issue 10). Exit 1 when a removal failed (it is retried on the next run).
-    Each database decides over its own rows; one without retention targets is left out."""
+    expired backups still wait for their removal (with the last error); by default a retention
+    job per target is queued, for the workers (issue 10: one host applies a target at a time);
+    with --now both expiry steps run here (expiry.py) and the old finished jobs are pruned, exit 1
+    when a removal failed (it is retried on the next run). Each database decides over its own
+    rows; one without retention targets is left out."""
 
     config = load_with_dsn(resolve_config_path(args.config, os.environ), args.dsn, check_paths=False)
     if not config.retention:
         print("pggit-supervisor: the config has no retention entries", file=sys.stderr)
         return EXIT_CONFIG
+    mode = "dry-run" if args.dry_run else ("now" if args.now else "queue")
     return _each_database(
         config,
         "retention",
-        lambda queue, part: _retention_of(queue, part, args.dry_run),
+        lambda queue, part: _retention_of(queue, part, mode),
         wanted=lambda part: bool(part.retention),
     )
 
 
-def _retention_of(queue: Queue, config: Config, dry_run: bool) -> bool:
+def _retention_of(queue: Queue, config: Config, mode: str) -> bool:
     """One database's targets (see _retention); False when a removal failed."""
     ok = True
     for retention in config.retention:
-        if dry_run:
-            target, rules = plan_arguments(retention)
+        target, rules = plan_arguments(retention)
+        if mode == "dry-run":
             print(render_plan(retention, queue.retention_plan(target, rules)))
             if pending := queue.pending_removals(target, rules):
                 print(render_pending(pending))
-            continue
-        done = apply_retention(queue, config, retention)
-        ok = ok and not any(each.error for each in done.removals)
-        print(done.render())
-    if not dry_run:
+        elif mode == "queue":
+            job_id = queue.enqueue_retention(target)
+            print(f"target {retention.name()}: retention job {job_id or '(one is running now)'} queued for the workers")
+        else:
+            done = apply_retention(queue, config, retention)
+            ok = ok and not any(each.error for each in done.removals)
+            print(done.render())
+    if mode == "now":
         pruned = queue.prune_jobs(config.prune_jobs_after)
-        print(f"pruned {pruned} job(s) that ended more than {config.prune_jobs_after} s ago (their backups stay)")
+        if pruned is None:
+            print("pruning skipped: another host is pruning now")
+        else:
+            print(f"pruned {pruned} job(s) that ended more than {config.prune_jobs_after} s ago (their backups stay)")
     return ok
 
 
@@ -286,10 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     schedules.set_defaults(func=_schedules)
 
     retention = commands.add_parser(
-        "retention", help="apply the retention rules: expire and remove what no rule keeps (--dry-run: only show)"
+        "retention",
+        help="queue a retention job per target for the workers (--dry-run: only show; --now: apply here)",
     )
-    retention.add_argument(
+    how = retention.add_mutually_exclusive_group()
+    how.add_argument(
         "--dry-run", action="store_true", help="print, per target, what is kept and why, and what would go"
+    )
+    how.add_argument(
+        "--now", action="store_true", help="expire and remove here and now, not through the workers' queue"
     )
     retention.add_argument("-c", "--config", help="YAML config (default: $PGGIT_CONFIG or /etc/pggit/supervisor.yaml)")
     retention.add_argument("--dsn", help="the queue database (default: the config's dsn)")

@@ -55,9 +55,12 @@ class Link(Protocol):
 
 
 class Completer:
-    def __init__(self, link: Link, retry: RetryConfig) -> None:
+    def __init__(self, link: Link, retry: RetryConfig, retention_targets: str | None = None) -> None:
         self.link = link
         self.retry = retry
+        # the targets this worker's config retains (a JSON array): a completed backup of one of
+        # them queues its retention job (schema/017)
+        self.retention_targets = retention_targets
 
     def complete(self, job: ClaimedJob, ending: Ending) -> None:
         """Records `ending` for `job`, then what follows it; never raises for the database."""
@@ -155,8 +158,24 @@ class Completer:
         else:
             log.warning("job failed" + self._where(job) + fields(state=state, error=message))
         self.link.tell("idle", "ok" if ok else "failed")
+        if state == "completed" and self.retention_targets:
+            self._queue_retention(job)
         if state is not None:
             self._notify(job, ok, state, message, ending.facts if isinstance(ending, Completed) else {})
+
+    def _queue_retention(self, job: ClaimedJob) -> None:
+        """One attempt: if it fails, the target's retention schedule queues the run instead."""
+        assert self.retention_targets is not None
+        queue = self.link.ensure_connected()
+        if queue is None:
+            return
+        try:
+            queued = queue.enqueue_retention_after_backup(job, self.retention_targets)
+        except psycopg2.Error as exc:
+            log.warning("could not queue the target's retention job: " + one_line(exc) + self._where(job))
+            return
+        if queued is not None:
+            log.info("retention job queued after the backup" + self._where(job) + fields(retention_job=queued))
 
     def _notify(self, job: ClaimedJob, ok: bool, state: str, message: str, facts: Any) -> None:
         notify = job.spec.get("notify", {})

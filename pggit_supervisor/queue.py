@@ -56,6 +56,19 @@ class ClaimedJob:
         return self.spec.get("params", {})
 
 
+@dataclass(frozen=True)
+class ClaimedMaintenance:
+    """A retention job this worker holds (schema/017); claim_token is its secret, never shown."""
+
+    job_id: str
+    kind: str
+    target: Mapping[str, str]
+    reason: str
+    attempts: int
+    claim_token: str = field(repr=False)
+    target_index: int = 0  # the claimed target's place in the targets the claim was given
+
+
 def connect(dsn: str, application_name: str) -> connection:
     """An autocommit connection with keepalives, so a vanished server is noticed in seconds."""
     conn = psycopg2.connect(
@@ -253,9 +266,54 @@ class Queue:
             "SELECT pggit.record_backup_removal(%s, %s, %s)", (worker_id, backup_id, fit_text(error, 8192))
         )
 
-    def prune_jobs(self, older_than_seconds: int) -> int:
-        """Deletes jobs that ended for good longer ago than that; their backups stay."""
-        return int(self._one("SELECT pggit.prune_backup_jobs(%s)", (int(older_than_seconds),)))
+    def prune_jobs(self, older_than_seconds: int) -> int | None:
+        """Deletes jobs (backup and retention) that ended for good longer ago than that; their
+        backups stay. None: another session is pruning right now."""
+        pruned = self._one("SELECT pggit.prune_finished_jobs(%s)", (int(older_than_seconds),))
+        return None if pruned is None else int(pruned)
+
+    # -- retention jobs (schema/017; issue 10) ---------------------------------------------------
+
+    def enqueue_retention(self, target: str, reason: str = "requested", slot: datetime | None = None) -> str | None:
+        """The retention job that will run for `target` (JSON text): new, or the one already queued."""
+        return self._one("SELECT pggit.enqueue_retention(%s, %s, %s)::text", (target, reason, slot))
+
+    def enqueue_retention_after_backup(self, job: ClaimedJob, targets: str) -> str | None:
+        """A retention run of the completed job's target, if it is one of `targets` (a JSON array)."""
+        return self._one("SELECT pggit.enqueue_retention_after_backup(%s, %s)::text", (job.job_id, targets))
+
+    def claim_maintenance(self, worker_id: str, targets: str, lease_seconds: int) -> ClaimedMaintenance | None:
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(
+                """SELECT job_id::text, kind, target, reason, attempts, claim_token, target_index
+                     FROM pggit.claim_maintenance_job(%s, %s, %s)""",
+                (worker_id, targets, int(lease_seconds)),
+            )
+            row = cur.fetchone()
+        return ClaimedMaintenance(**row) if row else None
+
+    def heartbeat_maintenance(self, job: ClaimedMaintenance, lease_seconds: int) -> bool:
+        return bool(
+            self._one(
+                "SELECT pggit.heartbeat_maintenance_job(%s, %s, %s)", (job.job_id, job.claim_token, int(lease_seconds))
+            )
+        )
+
+    def finish_maintenance(self, job: ClaimedMaintenance, summary: Mapping[str, Any], error: str | None) -> bool:
+        return bool(
+            self._one(
+                "SELECT pggit.finish_maintenance_job(%s, %s, %s, %s)",
+                (job.job_id, job.claim_token, fit_result(summary), fit_text(error)),
+            )
+        )
+
+    def release_maintenance(self, job: ClaimedMaintenance, reason: str, delay_seconds: int = 0) -> bool:
+        return bool(
+            self._one(
+                "SELECT pggit.release_maintenance_job(%s, %s, %s, %s)",
+                (job.job_id, job.claim_token, reason, int(delay_seconds)),
+            )
+        )
 
 
 def shell_command(argv: Sequence[str]) -> str:

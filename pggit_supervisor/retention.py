@@ -33,9 +33,17 @@ class Retention:
     keep_monthly: int = 0
     min_verified: int = 1
     grace: int = 86400  # seconds an unverified or failed backup is left before it goes
+    # the database that decides over a stanza's or server's backups (None: the only one there is)
+    database: str | None = None
+    # when a retention job is queued besides after each successful backup (cron, in `timezone`)
+    schedule: str = "@hourly"
+    timezone: str = "UTC"
 
     def __hash__(self) -> int:  # target is a dict: a Config must hash
-        return hash((json.dumps(dict(self.target), sort_keys=True), *self.rule_values()))
+        return hash((self.target_json(), *self.rule_values(), self.database, self.schedule, self.timezone))
+
+    def target_json(self) -> str:
+        return json.dumps(dict(self.target), sort_keys=True)
 
     def rule_values(self) -> tuple[int, ...]:
         return (self.keep_last, self.keep_days, self.keep_daily, self.keep_weekly, self.keep_monthly, self.min_verified)

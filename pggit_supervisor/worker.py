@@ -30,6 +30,7 @@ from .executor import LOST_CLAIM, SHUTDOWN, HandedBack, execute
 from .log import fields
 from .proctree import kill_tree
 from .queue import ClaimedJob, Queue, connect
+from .retention_jobs import RetentionJobs
 from .scheduler import Scheduler
 from .tools import ADAPTERS
 
@@ -57,7 +58,8 @@ class Worker:
         self.queue: Queue | None = None  # over this worker's connection; None while it has none
         self.stopping = False
         self.aborting = False
-        self.completer = Completer(self, config.retry)
+        self.retention = RetentionJobs(config, self)
+        self.completer = Completer(self, config.retry, self.retention.targets if config.retention else None)
         self.connect_failures = 0
         self.ever_connected = False
         self.next_connect = 0.0
@@ -175,6 +177,12 @@ class Worker:
                 self.release_predecessor = True
                 continue
             if job is None:
+                try:
+                    if self.retention.tick(queue):  # issue 10: a retention job ran; backups first again
+                        continue
+                except psycopg2.Error as exc:
+                    self.lost_connection(exc)
+                    continue
                 self.scheduler.tick_if_due(queue)  # issue 10: record due schedule slots while idle
                 self.wait_for_work(queue)
             elif self.done:

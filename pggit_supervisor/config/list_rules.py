@@ -162,3 +162,83 @@ def retention_target(walk: Walk, key_path: str, given: Mapping[Any, Any], result
     database = _database_of(walk.checked.get("dsn"))
     if "database" in target and database is not None and target["database"] != database:
         walk.add(f"{path}.database", f"{target['database']!r} is not the database of dsn", str(database))
+
+
+# where a schedule's args name what a retention target's repository key names
+_REPOSITORY_ARG = {"pgbackrest": ("stanza", "stanza", "main"), "barman": ("server", "server_name", None)}
+
+
+def retention_agree(walk: Walk, key_path: str, given: Mapping[Any, Any], result: dict[str, Any]) -> None:
+    """Each target is decided by one queue database. A pgBackRest stanza or Barman server is a
+    repository outside any database: if two queues recorded its backups, each would count only
+    its own, and one could expire a set the other's backups depend on (`pgbackrest expire --set`
+    takes its dependants too). So a stanza or server is retained in one named database, once,
+    and no other served database's schedules back it up."""
+    entries, names = result.get("retention"), served_names(result)
+    if not isinstance(entries, tuple) or names is None:
+        return
+    decided_in: dict[tuple[str, str], tuple[int, str | None]] = {}
+    seen: dict[tuple[str, str | None, str | None], int] = {}
+    for index, entry in enumerate(entries):
+        target, database = entry["target"], entry["database"]
+        tool, path = target.get("tool"), f"retention[{index}].database"
+        if database is not None and database not in names:
+            walk.add(path, f"{database!r} is not a served database", ", ".join(names))
+            continue
+        if database is not None and target.get("database") not in (None, database):
+            walk.add(path, f"{database!r} is not the target's database {target['database']!r}", str(target["database"]))
+            continue
+        decided = database or target.get("database") or (names[0] if len(names) == 1 else None)
+        if tool in _REPOSITORY_ARG:
+            key, _, _ = _REPOSITORY_ARG[tool]
+            what = f"{tool} {key} {target.get(key)!r}"
+            if decided is None:
+                walk.add(
+                    path,
+                    f"required for a {key}: {len(names)} databases are served and one queue must decide over {what}",
+                    ", ".join(names),
+                )
+                continue
+            repository = (str(tool), str(target.get(key)))
+            if repository in decided_in:
+                earlier, where = decided_in[repository]
+                walk.add(
+                    f"retention[{index}].target",
+                    f"{what} is retained already by retention[{earlier}] (database {where!r})",
+                    "each stanza or server once",
+                )
+            decided_in[repository] = (index, decided)
+            continue
+        identity = (str(tool), decided, target.get("schema"))
+        if identity in seen:
+            walk.add(
+                f"retention[{index}].target", f"the same target as retention[{seen[identity]}]", "each target once"
+            )
+        seen[identity] = index
+    _schedules_record_in(walk, result, names, decided_in)
+
+
+def _schedules_record_in(
+    walk: Walk,
+    result: Mapping[str, Any],
+    names: tuple[str, ...],
+    decided_in: Mapping[tuple[str, str], tuple[int, str | None]],
+) -> None:
+    """A schedule backing up a retained stanza or server enqueues into the database that decides over it."""
+    schedules = result.get("schedules")
+    for index, schedule in enumerate(schedules if isinstance(schedules, tuple) else ()):
+        if schedule["tool"] not in _REPOSITORY_ARG:
+            continue
+        key, arg, default = _REPOSITORY_ARG[schedule["tool"]]
+        repository = (schedule["tool"], str((schedule["args"] or {}).get(arg, default)))
+        database = schedule["database"] or (names[0] if len(names) == 1 else None)
+        if repository not in decided_in or database is None:
+            continue
+        retained, where = decided_in[repository]
+        if database != where:
+            walk.add(
+                f"schedules[{index}].database",
+                f"schedule {schedule['name']!r}: {schedule['tool']} {key} {repository[1]!r} is retained in database "
+                f"{where!r} (retention[{retained}]); its backups recorded in {database!r} would not be counted there",
+                str(where),
+            )

@@ -163,10 +163,12 @@ class Config:
         schedules, retention = self.schedules, self.retention
         if not database.single:
             schedules = tuple(s for s in self.schedules if s.database in (None, database.name))
-            # a target naming a database is that database's; one naming none (a stanza, a
-            # server) is every database's, each queue deciding over its own backup rows
+            # a target naming a database (its own, or `database:` for a stanza or server) is
+            # that database's; a pg_dump or pg_basebackup target naming none is every database's
+            # own (each queue deciding over its own dumps); a stanza or server must name one when
+            # there are several (list_rules.retention_agree): one queue decides over its backups
             names = (None, database.name, database_name(database.dsn))
-            retention = tuple(r for r in self.retention if r.target.get("database") in names)
+            retention = tuple(r for r in self.retention if (r.database or r.target.get("database")) in names)
         return replace(
             self,
             dsn=database.dsn,

@@ -226,6 +226,20 @@ RETENTION = Section(
         Setting(
             "grace", Duration(0, 365 * 86400), "how long a failed or unverified backup is left before it goes", "1d"
         ),
+        Setting(
+            "database",
+            Name(SCHEDULE_NAME, "be a database name"),
+            "the database whose queue records this stanza's or server's backups and decides over them",
+            Derived("the one database there is (required for a stanza or server when databases lists several)"),
+            null_is_default=True,
+        ),
+        Setting(
+            "schedule",
+            Cron(),
+            "when a retention job is queued for the target, besides after each of its successful backups",
+            "@hourly",
+        ),
+        Setting("timezone", Zone(), "the zone the schedule's times are read in", "UTC"),
     ),
 )
 
@@ -373,15 +387,14 @@ ROOT = Section(
                 "a list of mappings of " + ", ".join(RETENTION.keys()),
                 RETENTION,
             ),
-            "which backups each target keeps; the rest are expired and removed by `pggit-supervisor retention`",
+            "which backups each target keeps; the rest are expired and removed by the workers' retention jobs",
             Derived("none"),
         ),
         # -- retention's removal step and job pruning (issue 10) -------------------------------
         Setting(
             "prune_jobs_after",
             Duration(3600, 10 * 365 * 86400),
-            "how long a job that ended for good is kept before `pggit-supervisor retention` deletes it"
-            " (its backup's row stays)",
+            "how long a job that ended for good is kept before the workers delete it (its backup's row stays)",
             "30d",
         ),
     ),

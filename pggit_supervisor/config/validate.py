@@ -264,7 +264,12 @@ def _declared(section_path: str, name: str) -> Setting:
 # Rules that relate settings of one section, run once the section's own keys are checked.
 _RULES: dict[str, tuple[Callable[[_Walk, str, Mapping[Any, Any], dict[str, Any]], None], ...]] = {
     "retry": (_retry_delays_ordered,),
-    "": (_lease_outlasts_two_heartbeats, list_rules.databases_agree, list_rules.schedules_agree),
+    "": (
+        _lease_outlasts_two_heartbeats,
+        list_rules.databases_agree,
+        list_rules.schedules_agree,
+        list_rules.retention_agree,
+    ),
 }
 # Rules of one list entry, by the entry section's name, run once the entry's own keys are checked.
 _ENTRY_RULES: dict[str, tuple[Callable[[_Walk, str, Mapping[Any, Any], dict[str, Any]], None], ...]] = {

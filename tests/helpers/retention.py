@@ -3,8 +3,11 @@ verified, or not) at a chosen time by the test-only `force` (see queue_helpers).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+from helpers.cluster import BIN
 from helpers.db import scalar
 from helpers.queue import force
 
@@ -44,3 +47,18 @@ def make(
         ),
     )
     return backup_id
+
+
+def recorded_dump(db, dsn: str, directory: Path, days: int, fmt: str = "custom") -> tuple[str, Path]:
+    """A real pg_dump of the test database in `directory`, recorded as a verified backup that
+    finished `days` ago under the name the adapter gives."""
+    backup_id = make(db, datetime.now(timezone.utc) - timedelta(days=days, minutes=1))
+    path = directory / f"pg_dump-main-nocommit-{days:02d}-{backup_id[:8]}{'.dump' if fmt == 'custom' else ''}"
+    subprocess.run([str(BIN / "pg_dump"), f"--format={fmt}", f"--file={path}", dsn], check=True, capture_output=True)
+    force(
+        db,
+        "UPDATE pggit.backups SET location = %s, metadata = metadata || jsonb_build_object('format', %s::text)"
+        " WHERE backup_id = %s",
+        (f"file://{path}", fmt, backup_id),
+    )
+    return backup_id, path

@@ -95,7 +95,7 @@ def test_dry_run_prints_kept_and_why_and_would_go_and_changes_nothing_then_expir
     assert by_id[unverified].split()[0] == "go" and by_id[unverified].endswith("unverified, never counted")
     assert scalar(db, "SELECT count(*) FROM pggit.backup_expirations") == 0, "--dry-run changes nothing"
 
-    done = retention(config)
+    done = retention(config, "--now")
     # these forged rows name the output directory, not a dump file: never emptied, the removal
     # fails visibly (exit 1) and is tried again next run
     assert done.returncode == 1, done.stderr
@@ -107,6 +107,6 @@ def test_dry_run_prints_kept_and_why_and_would_go_and_changes_nothing_then_expir
     assert "so removing file:///backups/ would remove its data" in done.stdout
     expired = {row["backup_id"] for row in query(db, "SELECT backup_id::text FROM pggit.backup_expirations")}
     assert expired == {backups[2], backups[3], unverified}
-    again = retention(config).stdout.splitlines()[0]
+    again = retention(config, "--now").stdout.splitlines()[0]
     assert again == "target pg_dump: 0 backup(s) marked expired, 0 removed, 3 removal(s) failed (retried next run)"
     assert scalar(db, "SELECT count(*) FROM pggit.backups") == 5, "backup rows stay"

@@ -7,37 +7,21 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
 from helpers import CLI, ROOT
-from helpers.cluster import BIN
 from helpers.db import query, scalar
 from helpers.queue import force
-from helpers.retention import make
+from helpers.retention import recorded_dump as dump
 from pggit_supervisor.config import Config, Tools, default_tool
 from pggit_supervisor.expiry import apply_retention
 from pggit_supervisor.queue import Queue
 from pggit_supervisor.retention import Retention
 
 NOW = datetime.now(timezone.utc)
-
-
-def dump(db, dsn: str, directory: Path, days: int, fmt: str = "custom") -> tuple[str, Path]:
-    """A real pg_dump of the test database in `directory`, recorded as a verified backup that
-    finished `days` ago under the name the adapter gives."""
-    backup_id = make(db, NOW - timedelta(days=days, minutes=1))
-    path = directory / f"pg_dump-main-nocommit-{days:02d}-{backup_id[:8]}{'.dump' if fmt == 'custom' else ''}"
-    subprocess.run([str(BIN / "pg_dump"), f"--format={fmt}", f"--file={path}", dsn], check=True, capture_output=True)
-    force(
-        db,
-        "UPDATE pggit.backups SET location = %s, metadata = metadata || jsonb_build_object('format', %s::text)"
-        " WHERE backup_id = %s",
-        (f"file://{path}", fmt, backup_id),
-    )
-    return backup_id, path
 
 
 def config_for(dsn: str, *allowed: Path) -> Config:
@@ -129,7 +113,7 @@ def test_a_failed_removal_is_visible_in_the_dry_run_which_changes_nothing_and_th
     narrow = write_config(tmp_path, dsn, [str(backup_dir / "new")])
     (backup_dir / "new").mkdir()
 
-    first = retention_cli(narrow)
+    first = retention_cli(narrow, "--now")
     assert first.returncode == 1, first.stderr
     assert "0 removed, 1 removal(s) failed (retried next run)" in first.stdout.splitlines()[0]
     assert f"is not under tools.pg_dump.allowed_output_dirs (allowed: {backup_dir / 'new'})" in first.stdout
@@ -144,7 +128,7 @@ def test_a_failed_removal_is_visible_in_the_dry_run_which_changes_nothing_and_th
     assert snapshot(db) == before, "--dry-run changes nothing"
     assert old_path.is_file()
 
-    retried = retention_cli(write_config(tmp_path, dsn, [str(backup_dir)]))
+    retried = retention_cli(write_config(tmp_path, dsn, [str(backup_dir)]), "--now")
     assert retried.returncode == 0, retried.stderr
     assert retried.stdout.splitlines()[0] == (
         "target pg_dump: 0 backup(s) marked expired, 1 removed, 0 removal(s) failed (retried next run)"

@@ -72,13 +72,52 @@ def test_each_database_gets_the_retention_targets_naming_it_and_those_naming_non
     retention = [
         {"target": {"tool": "pg_dump", "database": "app"}, "keep_last": 3},
         {"target": {"tool": "pg_basebackup", "database": "billing"}, "keep_last": 3},
-        {"target": {"tool": "pgbackrest", "stanza": "main"}, "keep_last": 3},
+        {"target": {"tool": "pgbackrest", "stanza": "main"}, "database": "billing", "keep_last": 3},
+        {"target": {"tool": "pg_dump", "schema": "audit"}, "keep_last": 3},
     ]
     config = load_config(write_config(tmp_path, fleet(retention=retention)), {}, check_paths=False)
 
     app, billing = (config.for_database(database) for database in config.served())
-    assert [r.name() for r in app.retention] == ["pg_dump database=app", "pgbackrest stanza=main"]
-    assert [r.name() for r in billing.retention] == ["pg_basebackup database=billing", "pgbackrest stanza=main"]
+    assert [r.name() for r in app.retention] == ["pg_dump database=app", "pg_dump schema=audit"]
+    assert [r.name() for r in billing.retention] == [
+        "pg_basebackup database=billing",
+        "pgbackrest stanza=main",
+        "pg_dump schema=audit",
+    ]
+
+
+def test_a_stanza_or_server_is_retained_by_one_named_database_and_backed_up_into_it_alone(tmp_path: Path) -> None:
+    """Each queue counts only its own rows: two databases deciding over one pgBackRest stanza
+    could expire a full the other's incrementals depend on (`expire --set` takes them too)."""
+    unnamed = [{"target": {"tool": "pgbackrest", "stanza": "main"}, "keep_last": 3}]
+    assert problems_of(tmp_path, fleet(retention=unnamed)) == [
+        "retention[0].database: required for a stanza: 2 databases are served and one queue must decide over "
+        "pgbackrest stanza 'main' (allowed: app, billing)"
+    ]
+    twice = [
+        {"target": {"tool": "barman", "server": "pg"}, "database": "app"},
+        {"target": {"tool": "barman", "server": "pg"}, "database": "billing"},
+    ]
+    assert problems_of(tmp_path, fleet(retention=twice)) == [
+        "retention[1].target: barman server 'pg' is retained already by retention[0] (database 'app') "
+        "(allowed: each stanza or server once)"
+    ]
+    elsewhere = fleet(
+        retention=[{"target": {"tool": "pgbackrest", "stanza": "main"}, "database": "app"}],
+        schedules=[{"name": "full", "cron": "@daily", "tool": "pgbackrest", "database": "billing"}],
+    )
+    assert problems_of(tmp_path, elsewhere) == [
+        "schedules[0].database: schedule 'full': pgbackrest stanza 'main' is retained in database 'app' "
+        "(retention[0]); its backups recorded in 'billing' would not be counted there (allowed: app)"
+    ]
+    unknown = [{"target": {"tool": "pgbackrest", "stanza": "main"}, "database": "nope"}]
+    assert problems_of(tmp_path, fleet(retention=unknown)) == [
+        "retention[0].database: 'nope' is not a served database (allowed: app, billing)"
+    ]
+    same = [{"target": {"tool": "pg_dump", "database": "app"}}, {"target": {"tool": "pg_dump"}, "database": "app"}]
+    assert problems_of(tmp_path, fleet(retention=same)) == [
+        "retention[1].target: the same target as retention[0] (allowed: each target once)"
+    ]
 
 
 def test_the_single_dsn_form_serves_one_database_exactly_as_before(tmp_path: Path) -> None:

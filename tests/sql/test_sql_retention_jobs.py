@@ -1,0 +1,217 @@
+"""Retention jobs (schema/017; issue 10): a target's retention runs as a queued job that exactly
+one worker claims. Requests coalesce (one queued job per target), a schedule slot becomes one
+job whoever asks, a claim is bound to the login and token that made it, a dead worker's job comes
+back after its lease, and bad input is refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+
+import psycopg2
+import pytest
+
+from helpers.db import query, refused, scalar
+from helpers.queue import force
+from helpers.retention import make
+
+WORKER, OPERATOR, READER = "pggit_backup_worker", "pggit_backup_operator", "pggit_backup_reader"
+DUMPS = {"tool": "pg_dump"}
+S1 = {"tool": "pgbackrest", "stanza": "s1"}
+
+
+def enqueue(conn, target=DUMPS, reason="requested", slot=None):
+    return scalar(conn, "SELECT pggit.enqueue_retention(%s, %s, %s)::text", (json.dumps(target), reason, slot))
+
+
+def take(conn, worker="host-a/1", targets=(DUMPS,), lease=60):
+    rows = query(
+        conn,
+        "SELECT job_id::text, kind, target, reason, attempts, claim_token, target_index"
+        " FROM pggit.claim_maintenance_job(%s, %s, %s)",
+        (worker, json.dumps(list(targets)), lease),
+    )
+    return rows[0] if rows else None
+
+
+def jobs(db):
+    return query(
+        db,
+        "SELECT job_id::text, status, reason, slot_time, attempts, error"
+        " FROM pggit.maintenance_jobs ORDER BY enqueued_at",
+    )
+
+
+def whole_minute(db, minutes_ago=0):
+    return scalar(db, "SELECT date_trunc('minute', now()) - make_interval(mins => %s)", (minutes_ago,))
+
+
+def test_requests_for_a_target_coalesce_into_the_one_queued_job(db, login):
+    worker = login(WORKER)
+    first = enqueue(worker)
+    assert enqueue(worker) == first and enqueue(login(OPERATOR)) == first
+    assert enqueue(worker, S1) != first, "another target has a job of its own"
+
+    held = take(worker)
+    assert held["job_id"] == first and held["attempts"] == 1 and held["target"]["database"]
+    again = enqueue(worker)
+    assert again != first, "a backup finishing while the run is under way asks for one more run"
+    assert take(worker, "host-b/1") is None, "not while the target's first job runs"
+    assert [row["status"] for row in jobs(db)] == ["running", "queued", "queued"]
+
+
+def test_a_schedule_slot_becomes_one_job_whichever_hosts_ask_and_however_often(db, login):
+    worker = login(WORKER)
+    slot = whole_minute(db, 1)
+    made = enqueue(worker, DUMPS, "schedule", slot)
+    assert enqueue(login(WORKER), DUMPS, "schedule", slot) == made
+    take(worker)  # it runs; the slot still names that job
+    assert enqueue(worker, DUMPS, "schedule", slot) == made, "a host ticking late does not run the slot again"
+    assert len(jobs(db)) == 1
+
+
+def test_a_slot_asked_for_while_a_job_is_queued_is_carried_by_that_job(db, login):
+    worker = login(WORKER)
+    queued = enqueue(worker)  # after a backup, say
+    slot = whole_minute(db)
+    assert enqueue(worker, DUMPS, "schedule", slot) == queued
+    assert query(db, "SELECT slot_time FROM pggit.maintenance_jobs")[0]["slot_time"] == slot
+    take(worker)
+    assert enqueue(worker, DUMPS, "schedule", slot) == queued, "the slot was that job's"
+
+
+def test_racing_hosts_enqueue_one_job_per_slot(db, login, dsn):
+    slot = whole_minute(db, 2)
+    logins = [login(WORKER) for _ in range(6)]
+    start, found, errors = threading.Barrier(len(logins)), [], []
+
+    def one(conn):
+        start.wait()
+        try:
+            found.append(enqueue(conn, S1, "schedule", slot))
+        except psycopg2.Error as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(conn,)) for conn in logins]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == [] and len(set(found)) == 1 and None not in found
+    assert len(jobs(db)) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "param"),
+    [
+        (({"tool": "tar"}, "requested", None), "p_target.tool"),
+        ((DUMPS, "whenever", None), "p_reason"),
+        ((DUMPS, "schedule", None), "p_slot_time"),
+        ((DUMPS, "requested", "2026-01-01 00:00:00+00"), "p_slot_time"),
+        ((DUMPS, "schedule", "2026-01-01 00:00:30+00"), "p_slot_time"),
+        ((DUMPS, "schedule", "2999-01-01 00:00:00+00"), "p_slot_time"),
+    ],
+)
+def test_bad_requests_are_refused_naming_the_parameter_and_write_nothing(db, login, args, param):
+    target, reason, slot = args
+    error = refused(login(WORKER), "SELECT pggit.enqueue_retention(%s, %s, %s)", (json.dumps(target), reason, slot))
+    assert error.pgcode == "22023" and param in error.pgerror
+    assert jobs(db) == []
+
+
+def test_only_workers_claim_and_only_workers_and_operators_enqueue(db, login):
+    reader, operator = login(READER), login(OPERATOR)
+    assert refused(reader, "SELECT pggit.enqueue_retention(%s)", (json.dumps(DUMPS),)).pgcode == "42501"
+    enqueue(operator)
+    error = refused(operator, "SELECT * FROM pggit.claim_maintenance_job('x/1', %s)", (json.dumps([DUMPS]),))
+    assert error.pgcode == "42501"
+    assert refused(reader, "SELECT * FROM pggit.maintenance_jobs").pgcode == "42501"
+    shown = query(reader, "SELECT * FROM pggit.maintenance_job_queue")
+    assert len(shown) == 1 and "claim_secret_sha256" not in shown[0]
+
+
+def test_a_worker_claims_only_the_targets_it_retains_and_learns_which(db, login):
+    worker = login(WORKER)
+    enqueue(worker, S1)
+    assert take(worker, targets=[DUMPS]) is None
+    held = take(worker, targets=[DUMPS, {"stanza": "s1", "tool": "pgbackrest"}])
+    assert held["target"] == S1 and held["target_index"] == 1
+
+
+def test_a_claim_is_the_claiming_logins_with_its_token_alone(db, login):
+    mine, other = login(WORKER), login(WORKER)
+    enqueue(mine)
+    held = take(mine)
+    args = (held["job_id"], held["claim_token"])
+    assert not scalar(other, "SELECT pggit.finish_maintenance_job(%s, %s, '{}')", args), "another login's token use"
+    assert not scalar(other, "SELECT pggit.heartbeat_maintenance_job(%s, %s)", args)
+    assert not scalar(mine, "SELECT pggit.finish_maintenance_job(%s, %s, '{}')", (held["job_id"], "0" * 64))
+    assert refused(mine, "SELECT pggit.finish_maintenance_job(%s, 'nope', '{}')", (held["job_id"],)).pgcode == "22023"
+    assert jobs(db)[0]["status"] == "running"
+    assert scalar(mine, "SELECT pggit.heartbeat_maintenance_job(%s, %s)", args)
+    assert scalar(mine, "SELECT pggit.finish_maintenance_job(%s, %s, '{\"removed\": []}')", args)
+    assert not scalar(mine, "SELECT pggit.finish_maintenance_job(%s, %s, '{}')", args), "once"
+    assert jobs(db)[0]["status"] == "completed"
+
+
+def test_a_dead_workers_job_comes_back_after_its_lease_and_fails_after_five_losses(db, login):
+    worker = login(WORKER)
+    enqueue(worker)
+    for attempt in range(1, 6):
+        held = take(worker, f"host-{attempt}/1")
+        assert held is not None and held["attempts"] == attempt
+        assert take(worker, "host-x/1") is None, "not while its lease runs"
+        force(db, "UPDATE pggit.maintenance_jobs SET lease_expires_at = now() - interval '1 second'")
+    assert take(worker, "host-x/1") is None
+    (row,) = jobs(db)
+    assert row["status"] == "failed" and "lost 5 times" in row["error"]
+
+
+def test_a_job_released_while_another_host_holds_the_target_waits_or_gives_way_to_a_newer_one(db, login):
+    worker = login(WORKER)
+    first = enqueue(worker)
+    held = take(worker)
+    assert scalar(
+        worker, "SELECT pggit.release_maintenance_job(%s, %s, 'busy', 30)", (held["job_id"], held["claim_token"])
+    )
+    (row,) = jobs(db)
+    assert (row["job_id"], row["status"], row["attempts"]) == (first, "queued", 0)
+    assert take(worker) is None, "it waits its delay"
+
+    force(db, "UPDATE pggit.maintenance_jobs SET run_after = now()")
+    held = take(worker)
+    newer = enqueue(worker)
+    assert scalar(
+        worker, "SELECT pggit.release_maintenance_job(%s, %s, 'stopping')", (held["job_id"], held["claim_token"])
+    )
+    states = {row["job_id"]: row["status"] for row in jobs(db)}
+    assert states == {first: "completed", newer: "queued"}, "a target queues once: the released job gives way"
+
+
+def test_a_completed_backup_of_a_retained_target_queues_its_run_and_no_other_does(db, login):
+    worker = login(WORKER)
+    backup = make(db, scalar(db, "SELECT now()") - timedelta(hours=1))
+    job_id = scalar(db, "SELECT job_id::text FROM pggit.backup_jobs WHERE backup_id = %s", (backup,))
+    other = scalar(db, "SELECT pggit.backup_pg_dump('main')")  # still queued: not completed
+    other_job = scalar(db, "SELECT job_id::text FROM pggit.backup_jobs WHERE backup_id = %s", (other,))
+
+    after = "SELECT pggit.enqueue_retention_after_backup(%s, %s)::text"
+    assert scalar(worker, after, (job_id, json.dumps([S1]))) is None, "not a target of the caller's"
+    assert scalar(worker, after, (other_job, json.dumps([DUMPS]))) is None, "its backup is not completed"
+    queued = scalar(worker, after, (job_id, json.dumps([S1, DUMPS])))
+    (row,) = query(db, "SELECT reason, backup_id::text, status FROM pggit.maintenance_jobs")
+    assert (row["reason"], row["backup_id"], row["status"]) == ("backup", backup, "queued") and queued
+    assert refused(worker, after, (job_id, '{"not": "an array"}')).pgcode == "22023"
+
+
+def test_pruning_takes_old_finished_retention_jobs_and_leaves_the_rest(db, login):
+    worker = login(WORKER)
+    enqueue(worker)
+    held = take(worker)
+    scalar(worker, "SELECT pggit.finish_maintenance_job(%s, %s, '{}')", (held["job_id"], held["claim_token"]))
+    enqueue(worker)
+    force(db, "UPDATE pggit.maintenance_jobs SET finished_at = now() - interval '40 days' WHERE status = 'completed'")
+    assert scalar(worker, "SELECT pggit.prune_finished_jobs(%s)", (30 * 86400,)) == 1
+    assert [row["status"] for row in jobs(db)] == ["queued"]
+    assert refused(worker, "SELECT pggit.prune_finished_jobs(10)").pgcode == "22023"
