@@ -24,7 +24,7 @@ from .config.model import redacted_dsn
 from .errors import JobError, PggitError, one_line
 from .expiry import apply_retention
 from .queue import Queue, connect
-from .retention import plan_arguments, render_pending, render_plan
+from .retention import plan_arguments, render_last_job, render_pending, render_plan
 from .rows import one_row
 from .schedule_report import render
 from .supervisor import Supervisor
@@ -216,6 +216,7 @@ def _retention_of(queue: Queue, config: Config, mode: str) -> bool:
             print(render_plan(retention, queue.retention_plan(target, rules)))
             if pending := queue.pending_removals(target, rules):
                 print(render_pending(pending))
+            print(render_last_job(queue.last_retention_job(target)))
         elif mode == "queue":
             job_id = queue.enqueue_retention(target)
             print(f"target {retention.name()}: retention job {job_id or '(one is running now)'} queued for the workers")

@@ -15,7 +15,7 @@ import psycopg2
 import psycopg2.extras
 from psycopg2.extensions import connection
 
-from .retention import PendingRemoval, PlannedBackup
+from .retention import PendingRemoval, PlannedBackup, RetentionJobRow
 from .rows import one_row
 from .slots import ScheduleState, ScheduleStatus, SlotRecord
 
@@ -281,6 +281,20 @@ class Queue:
     def enqueue_retention_after_backup(self, job: ClaimedJob, targets: str) -> str | None:
         """A retention run of the completed job's target, if it is one of `targets` (a JSON array)."""
         return self._one("SELECT pggit.enqueue_retention_after_backup(%s, %s)::text", (job.job_id, targets))
+
+    def last_retention_job(self, target: str) -> RetentionJobRow | None:
+        """The newest retention job of `target` (a target of this database: its database key,
+        which the stored form always has for pg_dump and pg_basebackup, is not compared)."""
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(
+                """SELECT job_id::text, status, reason, enqueued_at, finished_at, worker_id, summary, error
+                     FROM pggit.maintenance_job_queue
+                    WHERE kind = 'retention' AND target - 'database' = %s::jsonb - 'database'
+                    ORDER BY enqueued_at DESC, job_id LIMIT 1""",
+                (target,),
+            )
+            row = cur.fetchone()
+        return RetentionJobRow(**row) if row else None
 
     def claim_maintenance(self, worker_id: str, targets: str, lease_seconds: int) -> ClaimedMaintenance | None:
         with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:

@@ -124,6 +124,36 @@ def render_pending(rows: Sequence[PendingRemoval]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class RetentionJobRow:
+    """The newest retention job of a target (pggit.maintenance_job_queue)."""
+
+    job_id: str
+    status: str
+    reason: str
+    enqueued_at: datetime
+    finished_at: datetime | None
+    worker_id: str | None
+    summary: Mapping[str, Any] | None
+    error: str | None
+
+
+def render_last_job(row: RetentionJobRow | None) -> str:
+    """What the workers last did (or are doing) with the target: a run that never happens shows."""
+    if row is None:
+        return "  last retention job: none yet (one is queued after each successful backup and at each slot)"
+    summary = row.summary or {}
+    done = (
+        f", marked {len(summary.get('marked_expired', ()))}, removed {len(summary.get('removed', ()))}"
+        if row.status in ("completed", "failed") and "removed" in summary
+        else ""
+    )
+    when = _when(row.finished_at or row.enqueued_at)
+    by = f" by {row.worker_id}" if row.worker_id else ""
+    error = f": {row.error}" if row.error and row.status == "failed" else ""
+    return f"  last retention job: {row.status} {when}{by} ({row.reason}{done}){error}  {row.job_id}"
+
+
 def plan_arguments(retention: Retention) -> tuple[str, str]:
     return json.dumps(dict(retention.target)), json.dumps(retention.rules())
 
@@ -133,7 +163,9 @@ __all__ = [
     "PendingRemoval",
     "PlannedBackup",
     "Retention",
+    "RetentionJobRow",
     "plan_arguments",
+    "render_last_job",
     "render_pending",
     "render_plan",
 ]

@@ -83,6 +83,7 @@ def test_the_retention_command_queues_a_job_per_target_and_its_dry_run_queues_no
 
     shown = command("--dry-run")
     assert shown.returncode == 0 and "would expire 1" in shown.stdout, shown.stdout + shown.stderr
+    assert shown.stdout.splitlines()[-1].startswith("  last retention job: none yet")
     assert retention_jobs(db) == [] and expired(db) == set(), "--dry-run changes nothing"
 
     queued = command()
@@ -96,6 +97,9 @@ def test_the_retention_command_queues_a_job_per_target_and_its_dry_run_queues_no
     wait_until(lambda: retention_jobs(db)[0]["status"] == "completed", 60, "a worker ran the queued job")
     assert expired(db) == {old[0][0]} and not old[0][1].exists() and old[1][1].is_file()
     assert service.stop() == 0
+    last = command("--dry-run").stdout.splitlines()[-1]
+    assert last.startswith("  last retention job: completed ") and " by host-r/" in last
+    assert last.endswith(f"(requested, marked 1, removed 1)  {job['job_id']}")
 
 
 def test_two_supervisors_carrying_a_targets_schedule_make_one_job_per_slot(dumps_service, db, dsn, backup_dir):
