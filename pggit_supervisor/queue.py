@@ -69,6 +69,17 @@ class ClaimedMaintenance:
     target_index: int = 0  # the claimed target's place in the targets the claim was given
 
 
+@dataclass(frozen=True)
+class ServerWal:
+    """The queue database's server as WAL freshness reads it (Queue.server_wal)."""
+
+    system_id: str
+    segment: str | None
+    failed_count: int
+    last_failed_wal: str | None
+    last_failed_at: str | None
+
+
 def connect(dsn: str, application_name: str) -> connection:
     """An autocommit connection with keepalives, so a vanished server is noticed in seconds."""
     conn = psycopg2.connect(
@@ -295,6 +306,36 @@ class Queue:
             )
             row = cur.fetchone()
         return RetentionJobRow(**row) if row else None
+
+    # -- WAL archiving freshness (schema/020; issue 11) -----------------------------------------
+
+    def claim_archive_check(self, worker_id: str, target: str, interval_seconds: int) -> bool:
+        """True: this worker reads the target's archive now (no other does for the interval)."""
+        return bool(
+            self._one("SELECT pggit.claim_archive_check(%s, %s, %s)", (worker_id, target, int(interval_seconds)))
+        )
+
+    def record_archive_status(self, worker_id: str, target: str, reading: Mapping[str, Any]) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT 1 FROM pggit.record_archive_status(%s, %s, %s)", (worker_id, target, json.dumps(reading))
+            )
+
+    def server_wal(self) -> ServerWal:
+        """The queue database's server: its system id, the segment it writes (None on a standby)
+        and its archiver's failures (pg_stat_archiver)."""
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(
+                """SELECT c.system_identifier::text AS system_id,
+                          CASE WHEN pg_is_in_recovery() THEN NULL
+                               ELSE pg_walfile_name(pg_current_wal_lsn()) END AS segment,
+                          a.failed_count, a.last_failed_wal, a.last_failed_time::text AS last_failed_at
+                     FROM pg_control_system() c, pg_stat_archiver a"""
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise LookupError("pg_stat_archiver returned no row")
+        return ServerWal(**row)
 
     def claim_maintenance(self, worker_id: str, targets: str, lease_seconds: int) -> ClaimedMaintenance | None:
         with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:

@@ -23,6 +23,7 @@ import psutil
 import psycopg2
 
 from . import linux
+from .archive_check import ArchiveChecks
 from .completer import ABORT_DELIVERY_SECONDS, Completer
 from .config import Config
 from .errors import one_line
@@ -59,6 +60,7 @@ class Worker:
         self.stopping = False
         self.aborting = False
         self.retention = RetentionJobs(config, self)
+        self.archives = ArchiveChecks(config, self)  # issue 11: WAL archiving freshness
         self.completer = Completer(self, config.retry, self.retention.targets if config.retention else None)
         self.connect_failures = 0
         self.ever_connected = False
@@ -180,6 +182,7 @@ class Worker:
                 try:
                     if self.retention.tick(queue):  # issue 10: a retention job ran; backups first again
                         continue
+                    self.archives.tick(queue)
                 except psycopg2.Error as exc:
                     self.lost_connection(exc)
                     continue

@@ -32,6 +32,7 @@ DEFAULT_WORKER_TIMEOUT: float = default_of(ROOT, "worker_timeout")
 # the unprivileged OS user restore drills run their throwaway cluster as (see sandbox.py)
 DEFAULT_DRILL_USER: str = default_of(ROOT, "drill_user")
 DEFAULT_SCHEDULE_INTERVAL: float = default_of(ROOT, "schedule_interval")
+DEFAULT_ARCHIVE_CHECK_INTERVAL: int = 300  # archive_check_interval as declared ("5m"), in seconds
 DEFAULT_PRUNE_JOBS_AFTER: int = 30 * 86400  # prune_jobs_after as declared ("30d"), in seconds
 
 
@@ -140,7 +141,9 @@ class Config:
     retention: tuple[Retention, ...] = ()
     # the databases served; () for a Config built in code, which serves its dsn (served())
     databases: tuple[Database, ...] = ()
-    # jobs that ended for good longer ago than this (seconds) are pruned by `retention`
+    # seconds between readings of each stanza's or server's WAL archive (archive_check.py)
+    archive_check_interval: int = DEFAULT_ARCHIVE_CHECK_INTERVAL
+    # jobs that ended for good longer ago than this (seconds) are pruned by the workers
     prune_jobs_after: int = DEFAULT_PRUNE_JOBS_AFTER
     source: str = "<defaults>"
 

@@ -391,6 +391,14 @@ ROOT = Section(
             Derived("none"),
         ),
         # -- retention's removal step and job pruning (issue 10) -------------------------------
+        # -- WAL archiving freshness (issue 11) ---------------------------------------------------
+        Setting(
+            "archive_check_interval",
+            Duration(10, 86400),
+            "how often the WAL archive of each pgBackRest stanza and Barman server the schedules and"
+            " retention name is read (by one worker of any host)",
+            "5m",
+        ),
         Setting(
             "prune_jobs_after",
             Duration(3600, 10 * 365 * 86400),

@@ -13,6 +13,7 @@ from ..specs import barman as specs_barman
 from ..specs import pg_basebackup as specs_pg_basebackup
 from ..specs import pg_dump as specs_pg_dump
 from ..specs import pgbackrest as specs_pgbackrest
+from .archiving import Archiver, ArchiveReading
 from .barman import BarmanAdapter
 from .base import Adapter, Context, Invocation, Outcome, Verification
 from .custom import CustomAdapter
@@ -78,6 +79,12 @@ def restorer_for(tool: str) -> Restorer:
     return adapter
 
 
+def archiver_for(tool: str) -> Archiver | None:
+    """The adapter that reads `tool`'s WAL archive (WAL freshness), None for a tool without one."""
+    adapter = ADAPTERS.get(tool)
+    return adapter if isinstance(adapter, Archiver) else None
+
+
 def remover_for(tool: str) -> Remover:
     """The adapter that removes an expired backup made by `tool` (expiry step 2); refused for
     good for a tool retention has no targets of."""
@@ -102,6 +109,9 @@ __all__ = [
     "Parameter",
     "Removal",
     "Remover",
+    "ArchiveReading",
+    "Archiver",
+    "archiver_for",
     "Restorer",
     "Verification",
     "adapter_for",

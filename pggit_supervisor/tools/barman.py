@@ -18,6 +18,8 @@ from ..errors import JobError, invalid, transient
 from ..queue import ClaimedJob
 from ..runner import RunnerError, RunResult
 from ..specs.barman import BarmanParams
+from .archiving import ArchiveReading, Run
+from .barman_archive import archive_reading
 from .barman_commands import (
     QUERY_OUTPUT_LIMIT,
     QUERY_TIMEOUT,
@@ -160,6 +162,10 @@ class BarmanAdapter:
     # -- Barman's answers -----------------------------------------------------------------
 
     # -- removal: expiry step 2 --------------------------------------------------------------
+
+    def archive_reading(self, name: str, tool: ToolConfig, run: Run) -> ArchiveReading:
+        """The server's archive as `barman diagnose` shows it (barman_archive.py)."""
+        return archive_reading(name, tool, run)
 
     def removal_plan(self, backup: Backup, tool: ToolConfig) -> Removal:
         """`barman delete SERVER BACKUP_ID` as Barman's user (the tool's run_as)."""

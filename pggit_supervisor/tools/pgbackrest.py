@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,9 +21,11 @@ from ..errors import JobError, invalid, transient
 from ..queue import ClaimedJob
 from ..runner import RunnerError, RunResult
 from ..specs.pgbackrest import PARAMETERS, BackRestParams
+from .archiving import ArchiveReading, Run
 from .base import Context, Invocation, Outcome, Verification, run_check, tool_run
 from .params import NAME_PATTERN, spec_params
 from .pgbackrest_exits import EXIT_CODES, config_shown, explain_exit
+from .pgbackrest_repository import archive_reading, dependants_held
 from .removing import Removal
 from .restoring import Backup, RestorePlan, RestoresInto, RestoreTarget
 
@@ -109,8 +111,12 @@ class PgBackRestAdapter:
         repo = backup.metadata.get("repo")
         base = _command(tool, stanza, repo if isinstance(repo, int) else None)
         argv = base + [f"--set={label}", "expire"]
-        check = (base + ["--output=json", "info"], CHECK_OUTPUT_LIMIT, _dependants_held(stanza, label))
+        check = (base + ["--output=json", "info"], CHECK_OUTPUT_LIMIT, dependants_held(stanza, label))
         return Removal.command(f"pgBackRest set {label} of stanza {stanza}", tool, argv, gone=_set_missing, guard=check)
+
+    def archive_reading(self, name: str, tool: ToolConfig, run: Run) -> ArchiveReading:
+        """The stanza's archive as `pgbackrest info` shows it (pgbackrest_repository.py)."""
+        return archive_reading(_command(tool, name, None) + ["--output=json", "info"], name, tool, run)
 
     # -- after a successful run --------------------------------------------------------------
 
@@ -374,43 +380,6 @@ def restore_argv(tool: ToolConfig, location: str, target_dir: str, *, repo: int 
 def _command(tool: ToolConfig, stanza: str, repo: int | None) -> list[str]:
     argv = [tool.executable()] + ([f"--config={tool.config}"] if tool.config else []) + [f"--stanza={stanza}"]
     return argv + ([f"--repo={repo}"] if repo is not None else [])
-
-
-def _dependants_held(stanza: str, label: str) -> Callable[[RunResult, frozenset[str]], str | None]:
-    """`expire --set=LABEL` takes every set that depends on LABEL (its `prior` chain or its
-    `reference` list, transitively). The queue's own dependants are held in SQL (016) while not
-    expired; this reads the repository itself, so a set the queue does not hold as expired (a
-    DBA's manual backup, or one recorded in another queue database) holds the removal too."""
-
-    def held(result: RunResult, expiring: frozenset[str]) -> str | None:
-        if not result.ok:
-            return (
-                f"held: pgbackrest info failed, so the sets that depend on {label} are not known ({result.summary()})"
-            )
-        try:
-            entries = json.loads(result.stdout.text() or "[]")
-            backups = next((e.get("backup") or [] for e in entries if e.get("name") == stanza), [])
-        except (ValueError, AttributeError, TypeError) as exc:
-            return f"held: pgbackrest info did not parse ({exc}), so the sets that depend on {label} are not known"
-        chain, grew = {label}, True
-        while grew:
-            grew = False
-            for each in backups:
-                name = each.get("label")
-                if name in chain or not isinstance(name, str):
-                    continue
-                if each.get("prior") in chain or set(each.get("reference") or ()) & chain:
-                    chain.add(name)
-                    grew = True
-        unknown = sorted(name for name in chain - {label} if f"pgbackrest://{stanza}/{name}" not in expiring)
-        if unknown:
-            return (
-                f"held: pgBackRest would expire with {label} the set(s) {', '.join(unknown)} that depend on it, "
-                "which this queue does not hold as expired (made by hand, or recorded in another database)"
-            )
-        return None
-
-    return held
 
 
 def _set_missing(result: RunResult) -> bool:

@@ -6,6 +6,7 @@ reuse-backup on a postgres server, a backup that fails verification or has no ma
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pwd
 import shutil
@@ -25,9 +26,11 @@ import pytest
 from helpers.cluster import BIN, Cluster, as_postgres, free_port
 from helpers.db import query, scalar
 from helpers.jobs import claimed
+from helpers.links import IdleLink
 from helpers.processes import wait_until
 from helpers.service import Service, wait_for_state
 from pggit_supervisor import schema
+from pggit_supervisor.archive_check import ArchiveChecks
 from pggit_supervisor.config import Config, ToolConfig, Tools
 from pggit_supervisor.errors import JobError
 from pggit_supervisor.expiry import apply_retention
@@ -533,3 +536,37 @@ def test_retention_removes_an_expired_backup_with_barman_delete_and_keeps_the_ne
     assert old_barman_id not in listed and newest["location"].split("/")[-1] in listed
     status = query(db, "SELECT removal, removed_by FROM pggit.backup_expiration_status WHERE backup_id = %s", (old_id,))
     assert status == [{"removal": "removed", "removed_by": "host-x"}]
+
+
+def test_wal_freshness_of_a_server_falls_behind_while_barman_does_not_archive_and_catches_up(stack, db):
+    """Streamed segments reach Barman's archive only when `barman cron` (or archive-wal) files
+    them: with none running, the archive falls behind the server, whatever `barman check` says.
+    Barman's own view of the server (diagnose) says where the server is."""
+    target = {"tool": "barman", "server": "pg"}
+    config = Config(
+        dsn=stack.cluster.dsn, worker_id="host-w", tools=Tools((stack.tool,)), retention=(Retention(target),)
+    )
+    checks, queue, key = ArchiveChecks(config, IdleLink()), Queue(db), json.dumps(target, sort_keys=True)
+
+    def switch() -> str:
+        with db.cursor() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS public.wal_noise (x int); INSERT INTO public.wal_noise VALUES (1)")
+            cur.execute("SELECT pg_walfile_name(pg_switch_wal())")
+            closed = cur.fetchone()[0]
+            cur.execute("INSERT INTO public.wal_noise VALUES (2)")
+        return closed
+
+    switch()
+    last = switch()
+    behind = checks.check(queue, target, key)
+    shown = query(db, "SELECT * FROM pggit.archive_freshness")[0]
+    assert behind.error is None and behind.archive_max < last < behind.server_segment, behind
+    assert shown["behind_since"] is not None and shown["server_position_known"] and shown["detail"].startswith("BARMAN")
+
+    def caught_up() -> bool:
+        as_barman(BARMAN, "-c", stack.config, "archive-wal", "pg")
+        return checks.check(queue, target, key).archive_max >= last
+
+    wait_until(caught_up, 60, "Barman filed the streamed segments")
+    shown = query(db, "SELECT * FROM pggit.archive_freshness")[0]
+    assert shown["behind_since"] is None and shown["wal_age_seconds"] == 0

@@ -21,9 +21,11 @@ import pytest
 
 from helpers.cluster import BIN, Cluster, as_postgres, free_port
 from helpers.db import query, scalar
+from helpers.links import IdleLink
 from helpers.processes import wait_until
 from helpers.service import Service
 from pggit_supervisor import schema
+from pggit_supervisor.archive_check import ArchiveChecks
 from pggit_supervisor.config import Config, Tools, default_tool, load_config
 from pggit_supervisor.errors import JobError
 from pggit_supervisor.expiry import apply_retention
@@ -371,6 +373,65 @@ def test_an_expired_full_with_a_dependant_made_by_hand_is_held_and_stays_in_the_
         demo.conn, "SELECT removal, removal_error FROM pggit.backup_expiration_status WHERE backup_id = %s", (old_id,)
     )
     assert status == [{"removal": "failed", "removal_error": error}]
+
+
+def _switch_wal(conn) -> str:
+    """Writes a little WAL, closes the segment and writes into the next; returns the closed one's name."""
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS public.wal_noise (x int); INSERT INTO public.wal_noise VALUES (1)")
+        cur.execute("SELECT pg_walfile_name(pg_switch_wal())")
+        closed = cur.fetchone()[0]
+        cur.execute("INSERT INTO public.wal_noise VALUES (2)")  # the server is now in the next segment
+        return closed
+
+
+@pytest.mark.slow
+def test_wal_freshness_of_a_stanza_falls_behind_while_archiving_fails_and_recovers(demo):
+    """The queue database is the archived server (same system id): its current segment and
+    pg_stat_archiver join pgBackRest's reading of the archive."""
+    tool = replace(default_tool("pgbackrest"), path=PGBACKREST, run_as="postgres", config=str(demo.conf))
+    target = {"tool": "pgbackrest", "stanza": "demo"}
+    config = Config(
+        dsn=demo.cluster.dsn, worker_id="host-w", tools=Tools((tool,)), retention=(Retention(target=target),)
+    )
+    checks, queue, key = ArchiveChecks(config, IdleLink()), Queue(demo.conn), json.dumps(target, sort_keys=True)
+    assert checks.targets == [target]
+
+    def fresh() -> dict:
+        return query(demo.conn, "SELECT * FROM pggit.archive_freshness")[0]
+
+    closed = _switch_wal(demo.conn)
+    wait_until(
+        lambda: scalar(demo.conn, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= closed,
+        60,
+        "archived",
+    )
+    reading = checks.check(queue, target, key)
+    assert reading.error is None and reading.archive_max >= closed and reading.server_segment > closed
+    assert (fresh()["wal_age_seconds"], fresh()["server_position_known"]) == (0, True)
+
+    demo.conn.cursor().execute("ALTER SYSTEM SET archive_command = '/bin/false'")
+    demo.conn.cursor().execute("SELECT pg_reload_conf()")
+    try:
+        failed_before = scalar(demo.conn, "SELECT failed_count FROM pg_stat_archiver")
+        stuck = _switch_wal(demo.conn)
+        wait_until(lambda: scalar(demo.conn, "SELECT failed_count FROM pg_stat_archiver") > failed_before, 60, "fails")
+        _switch_wal(demo.conn)
+        behind = checks.check(queue, target, key)
+        shown = fresh()
+        assert behind.archive_max < stuck and shown["behind_since"] is not None and shown["wal_age_seconds"] >= 0
+        assert shown["failed_count"] > failed_before and shown["last_failed_wal"] == stuck
+    finally:
+        demo.conn.cursor().execute("ALTER SYSTEM RESET archive_command")
+        demo.conn.cursor().execute("SELECT pg_reload_conf()")
+    last = _switch_wal(demo.conn)
+    wait_until(
+        lambda: scalar(demo.conn, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= last,
+        90,
+        "caught up",
+    )
+    checks.check(queue, target, key)
+    assert fresh()["behind_since"] is None and fresh()["wal_age_seconds"] == 0
 
 
 # -- the adapter's readings, without a cluster ------------------------------------------------

@@ -25,14 +25,12 @@ from pggit_supervisor.config import (
     load_config,
     resolve_config_path,
 )
+from pggit_supervisor.config.settings import ROOT
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "supervisor.yaml"
 DSN = "postgresql://pggit_backup@localhost:5432/mydb"
-TOP_KEYS = (
-    "databases, drill_user, dsn, heartbeat_interval, kill_grace, lease_seconds, log_level, poll_interval, "
-    "prune_jobs_after, "
-    "retention, retry, schedule_interval, schedules, shutdown_timeout, tools, worker_id, worker_timeout, workers"
-)
+# every top-level key, as the declaration has them (the message lists them sorted)
+TOP_KEYS = ", ".join(ROOT.keys())
 TOOLS = "barman, custom, pg_basebackup, pg_dump, pgbackrest"
 BASE: dict[str, Any] = {"dsn": DSN, "worker_id": "w1", "tools": {"pg_dump": {}}}
 
