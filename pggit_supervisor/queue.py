@@ -307,6 +307,19 @@ class Queue:
             row = cur.fetchone()
         return RetentionJobRow(**row) if row else None
 
+    def record_drill_slot(
+        self, worker_id: str, schedule: str, slot: datetime, target: str
+    ) -> tuple[str, str | None, str | None, str | None, bool]:
+        """(outcome, backup_id, job_id, detail, fresh) of a drill slot (schema/021); fresh: decided now."""
+        with self.conn.cursor() as cur:
+            cur.execute(
+                """SELECT outcome, backup_id::text, job_id::text, detail, fresh
+                     FROM pggit.record_drill_slot(%s, %s, %s, %s)""",
+                (worker_id, schedule, slot, target),
+            )
+            outcome, backup_id, job_id, detail, fresh = one_row(cur)
+        return outcome, backup_id, job_id, detail, bool(fresh)
+
     # -- WAL archiving freshness (schema/020; issue 11) -----------------------------------------
 
     def claim_archive_check(self, worker_id: str, target: str, interval_seconds: int) -> bool:

@@ -26,6 +26,7 @@ from . import linux
 from .archive_check import ArchiveChecks
 from .completer import ABORT_DELIVERY_SECONDS, Completer
 from .config import Config
+from .drills import DrillTicker
 from .errors import one_line
 from .executor import LOST_CLAIM, SHUTDOWN, HandedBack, execute
 from .log import fields
@@ -61,6 +62,7 @@ class Worker:
         self.aborting = False
         self.retention = RetentionJobs(config, self)
         self.archives = ArchiveChecks(config, self)  # issue 11: WAL archiving freshness
+        self.drills = DrillTicker(config.drills, name, config.schedule_interval)  # issue 11: drill schedules
         self.completer = Completer(self, config.retry, self.retention.targets if config.retention else None)
         self.connect_failures = 0
         self.ever_connected = False
@@ -183,6 +185,7 @@ class Worker:
                     if self.retention.tick(queue):  # issue 10: a retention job ran; backups first again
                         continue
                     self.archives.tick(queue)
+                    self.drills.tick_if_due(queue)
                 except psycopg2.Error as exc:
                     self.lost_connection(exc)
                     continue

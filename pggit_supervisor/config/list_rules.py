@@ -10,8 +10,10 @@ from typing import Any, Protocol
 from psycopg2.extensions import parse_dsn
 
 from .. import schedule_args as args_rules
+from ..drills import DRILL_TOOLS
 from ..retention import TARGET_KEYS
 from .settings import SCHEDULE_NAME as NAME_PATTERN  # the stanza / server rule, as tools.NAME_PATTERN
+from .values import duration_seconds
 
 
 class Walk(Protocol):
@@ -20,8 +22,63 @@ class Walk(Protocol):
     def add(self, key_path: str, what: str, allowed: str) -> None: ...
 
 
+def schedule_kind(walk: Walk, key_path: str, given: Mapping[Any, Any], result: dict[str, Any]) -> None:
+    """A backup schedule has cron and tool; a drill schedule has `drill: {every, target}` and
+    neither (its slots are every `every` seconds; it drills, it does not back up)."""
+    name, drill = result["name"], result.get("drill")
+    if drill is None:
+        for key in ("cron", "tool"):
+            if result.get(key) is None and key not in given:
+                walk.add(f"{key_path}.{key}", f"schedule {name!r}: required (unless it is a drill)", _REQUIRED[key])
+        if given.get("max_drill_age") is not None:
+            walk.add(f"{key_path}.max_drill_age", f"schedule {name!r}: only a drill has one", "drill: {every, target}")
+        return
+    for key in ("cron", "tool", "args", "catch_up", "overlap", "starting_deadline", "max_age"):
+        if key in given:
+            walk.add(f"{key_path}.{key}", f"schedule {name!r}: a drill has no {key}", "drill: {every, target}")
+    if not isinstance(drill, Mapping):
+        walk.add(f"{key_path}.drill", f"schedule {name!r}: must be a mapping", "every: a duration, target: {tool, ...}")
+        return
+    for key in drill:
+        if key not in ("every", "target"):
+            walk.add(f"{key_path}.drill.{key}", f"schedule {name!r}: unknown key", "every, target")
+    every = duration_seconds(drill.get("every"))
+    if every is None or not 3600 <= every <= 366 * 86400 or every % 60:
+        walk.add(
+            f"{key_path}.drill.every",
+            f"schedule {name!r}: must be a duration of whole minutes, got {drill.get('every')!r}",
+            "1h to 366d (90m, 6h, 7d, 2w)",
+        )
+    target = drill.get("target")
+    tool = target.get("tool") if isinstance(target, Mapping) else None
+    if not isinstance(target, Mapping) or tool not in DRILL_TOOLS:
+        walk.add(
+            f"{key_path}.drill.target",
+            f"schedule {name!r}: must be a pg_dump or pg_basebackup target, got {target!r}",
+            "{tool: pg_dump, schema: ...} or {tool: pg_basebackup}",
+        )
+        return
+    keys, _ = TARGET_KEYS[tool]
+    for key, value in target.items():
+        if key not in keys or not isinstance(value, str):
+            walk.add(
+                f"{key_path}.drill.target.{key}",
+                f"schedule {name!r}: not a string key of a {tool} target",
+                ", ".join(keys),
+            )
+    result["drill"] = {"every": every, "target": dict(target)}
+
+
+_REQUIRED = {
+    "cron": "5 cron fields (minute hour day month weekday) or @daily, @hourly",
+    "tool": "a built-in backup tool",
+}
+
+
 def schedule_args(walk: Walk, key_path: str, given: Mapping[Any, Any], result: dict[str, Any]) -> None:
     """A schedule's args through the rules of the backup_* function its slots call."""
+    if result.get("drill") is not None or result.get("tool") is None:
+        return
     args = result["args"] or {}
     for key, what, allowed in args_rules.problems(result["tool"], args):
         walk.add(f"{key_path}.args.{key}", f"schedule {result['name']!r}: {what}", allowed)

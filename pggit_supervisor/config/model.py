@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 import psycopg2
 from psycopg2.extensions import parse_dsn
 
+from ..drills import DrillSchedule
 from ..errors import PggitError
 from ..retention import Retention
 from ..scheduler import Schedule
@@ -138,6 +139,7 @@ class Config:
     # each idle worker records due schedule slots at most this often (scheduler.py)
     schedule_interval: float = DEFAULT_SCHEDULE_INTERVAL
     schedules: tuple[Schedule, ...] = ()
+    drills: tuple[DrillSchedule, ...] = ()  # schedules with `drill:` (drills.py)
     retention: tuple[Retention, ...] = ()
     # the databases served; () for a Config built in code, which serves its dsn (served())
     databases: tuple[Database, ...] = ()
@@ -163,9 +165,10 @@ class Config:
         tools = self.tools
         if database.tools:
             tools = Tools(tuple(tool for tool in self.tools.entries if tool.name in database.tools))
-        schedules, retention = self.schedules, self.retention
+        schedules, retention, drills = self.schedules, self.retention, self.drills
         if not database.single:
             schedules = tuple(s for s in self.schedules if s.database in (None, database.name))
+            drills = tuple(d for d in self.drills if d.database in (None, database.name))
             # a target naming a database (its own, or `database:` for a stanza or server) is
             # that database's; a pg_dump or pg_basebackup target naming none is every database's
             # own (each queue deciding over its own dumps); a stanza or server must name one when
@@ -178,6 +181,7 @@ class Config:
             workers=database.workers,
             tools=tools,
             schedules=schedules,
+            drills=drills,
             retention=retention,
             databases=(database,),
         )

@@ -142,7 +142,7 @@ _BACKUP_TOOLS = tuple(section.name for section in TOOLS.many if "path" in sectio
 _MONTH = 31 * 86400
 SCHEDULE = Section(
     "schedule",
-    "a backup fired by cron",
+    "a backup fired by cron, or a restore drill",
     (
         Setting(
             "name",
@@ -156,12 +156,35 @@ SCHEDULE = Section(
             Derived("the one database there is (required when databases lists several)"),
             null_is_default=True,
         ),
-        Setting("cron", Cron(), "when it fires, as cron reads it"),
+        Setting(
+            "cron",
+            Cron(),
+            "when it fires, as cron reads it",
+            Derived("none (required, but for a drill)"),
+            null_is_default=True,
+        ),
         Setting("timezone", Zone(), "the zone cron's times are read in", "UTC"),
         Setting(
             "tool",
             Name(re.compile("|".join(_BACKUP_TOOLS)), "be a built-in backup tool", allowed=", ".join(_BACKUP_TOOLS)),
             "the pggit.backup_<tool> function a slot calls",
+            Derived("none (required, but for a drill)"),
+            null_is_default=True,
+        ),
+        Setting(
+            "drill",
+            Free("a mapping of every (a duration, at least 1h) and target (a pg_dump or pg_basebackup target)"),
+            "a restore drill schedule instead of a backup: every so often, the target's newest verified"
+            " backup not yet drilled is drilled (no cron, tool or args then)",
+            Derived("none: a backup schedule"),
+            null_is_default=True,
+        ),
+        Setting(
+            "max_drill_age",
+            Duration(3600, 12 * _MONTH),
+            "how old the target's last passed drill may grow before monitoring warns (drills only)",
+            Derived("none"),
+            null_is_default=True,
         ),
         Setting(
             "args",

@@ -14,6 +14,7 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..drills import DrillSchedule
 from ..retention import Retention
 from ..scheduler import Schedule
 from . import host, list_rules, values
@@ -273,7 +274,7 @@ _RULES: dict[str, tuple[Callable[[_Walk, str, Mapping[Any, Any], dict[str, Any]]
 }
 # Rules of one list entry, by the entry section's name, run once the entry's own keys are checked.
 _ENTRY_RULES: dict[str, tuple[Callable[[_Walk, str, Mapping[Any, Any], dict[str, Any]], None], ...]] = {
-    "schedule": (list_rules.schedule_args,),
+    "schedule": (list_rules.schedule_kind, list_rules.schedule_args),
     "retention": (list_rules.retention_target,),
     "database": (list_rules.database_tools,),
 }
@@ -291,7 +292,8 @@ def _build(checked: dict[str, Any], source: str) -> Config:
     return Config(
         **top,
         databases=databases,
-        schedules=tuple(_schedule(values) for values in checked["schedules"] or ()),
+        schedules=tuple(_schedule(values) for values in checked["schedules"] or () if values["drill"] is None),
+        drills=tuple(_drill(values) for values in checked["schedules"] or () if values["drill"] is not None),
         retention=tuple(Retention(**values) for values in checked["retention"] or ()),
         retry=RetryConfig(**checked["retry"]),
         tools=Tools(tuple(_tool(name, values) for name, values in sorted(checked["tools"].items()))),
@@ -300,7 +302,15 @@ def _build(checked: dict[str, Any], source: str) -> Config:
 
 
 def _schedule(values: dict[str, Any]) -> Schedule:
-    return Schedule(**{**values, "args": values["args"] or {}})
+    drill_only = ("drill", "max_drill_age")
+    return Schedule(**{**{k: v for k, v in values.items() if k not in drill_only}, "args": values["args"] or {}})
+
+
+def _drill(values: dict[str, Any]) -> DrillSchedule:
+    drill = values["drill"]
+    return DrillSchedule(
+        values["name"], drill["every"], drill["target"], values["database"], values["max_drill_age"], values["enabled"]
+    )
 
 
 def _tool(name: str, values: dict[str, Any]) -> ToolConfig:

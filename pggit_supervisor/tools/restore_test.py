@@ -12,6 +12,7 @@ runs it), given here by the registry: a drill restores exactly as an operator wo
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -92,7 +93,8 @@ class RestoreTestAdapter:
         plan = self._database.restore_plan(backup, as_drill, target)
         give_to(box.input, ctx.tool.run_as)  # written by the tool's user, then given to the drill user
         argv = ["/bin/cp", "-R", "-P", "--", source, box.input + "/"]
-        return Invocation(tool_run(ctx, job, argv, {}), {"backup": backup, "sandbox": box, "plan": plan})
+        notes = {"backup": backup, "sandbox": box, "plan": plan, "started": time.monotonic()}
+        return Invocation(tool_run(ctx, job, argv, {}), notes)
 
     def _prepare_copy(self, job: ClaimedJob, ctx: Context, backup: Backup, box: sandbox.Sandbox) -> Invocation:
         """The run is the plan's first step (as the tool's user), the others follow in collect."""
@@ -100,7 +102,7 @@ class RestoreTestAdapter:
         if plan.setup is not None:
             plan.setup()
         first, *rest = (_under_job_limits(step, job, ctx) for step in plan.steps)
-        return Invocation(first, {"backup": backup, "sandbox": box, "steps": tuple(rest)})
+        return Invocation(first, {"backup": backup, "sandbox": box, "steps": tuple(rest), "started": time.monotonic()})
 
     def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
         try:
@@ -111,8 +113,10 @@ class RestoreTestAdapter:
             notes = invocation.notes
             try:
                 if "plan" in notes:
-                    return self._restore_and_count(job, notes["sandbox"], notes["backup"], notes["plan"], ctx)
-                return self._start_and_query(job, notes["sandbox"], notes["steps"], ctx)
+                    outcome = self._restore_and_count(job, notes["sandbox"], notes["backup"], notes["plan"], ctx)
+                else:
+                    outcome = self._start_and_query(job, notes["sandbox"], notes["steps"], ctx)
+                return _timed(outcome, time.monotonic() - notes["started"])
             except JobError as exc:
                 return Outcome.failure(exc.message, retryable=False)
             except psycopg2.Error as exc:
@@ -173,6 +177,15 @@ class RestoreTestAdapter:
             f"restored copy started in the drill's sandbox and answered: {databases} databases",
             metadata={"kind": "start-and-query", "pg_version": version, "databases": databases},
         )
+
+
+def _timed(outcome: Outcome, seconds: float) -> Outcome:
+    """A passed drill records how long the restore took, from the copy to the last query: the
+    measured time to restore this backup (pggit.restore_drill_status.restore_seconds)."""
+    if not outcome.ok:
+        return outcome
+    metadata = {**outcome.facts.get("metadata", {}), "restore_seconds": round(seconds, 3)}
+    return replace(outcome, facts={**outcome.facts, "metadata": metadata})
 
 
 def _under_job_limits(step: RunSpec, job: ClaimedJob, ctx: Context) -> RunSpec:
