@@ -15,6 +15,7 @@ import psycopg2
 import psycopg2.extras
 from psycopg2.extensions import connection
 
+from .metrics_snapshot import Snapshot
 from .retention import PendingRemoval, PlannedBackup, RetentionJobRow
 from .rows import one_row
 from .slots import ScheduleState, ScheduleStatus, SlotRecord
@@ -67,6 +68,10 @@ class ClaimedMaintenance:
     attempts: int
     claim_token: str = field(repr=False)
     target_index: int = 0  # the claimed target's place in the targets the claim was given
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)
@@ -319,6 +324,50 @@ class Queue:
             )
             outcome, backup_id, job_id, detail, fresh = one_row(cur)
         return outcome, backup_id, job_id, detail, bool(fresh)
+
+    # -- metrics (schema/022; issue 11) -------------------------------------------------------------
+
+    def metrics_snapshot(self) -> Snapshot:
+        """Everything the metrics file shows, read in one snapshot (a repeatable-read transaction)."""
+        self.conn.autocommit = False
+        self.conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        try:
+            with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                cur.execute("SELECT * FROM pggit.backup_target_summary")
+                targets = cur.fetchall()
+                cur.execute("SELECT job_state, count(*) AS n FROM pggit.backup_job_queue GROUP BY job_state")
+                jobs = {row["job_state"]: row["n"] for row in cur.fetchall()}
+                cur.execute(
+                    """SELECT extract(epoch FROM now() - min(created_at) FILTER (WHERE job_state = 'ready')) AS oldest,
+                              extract(epoch FROM now() - min(started_at) FILTER (WHERE job_state = 'in_progress'))
+                                  AS longest
+                         FROM pggit.backup_job_queue"""
+                )
+                ages: dict[str, Any] = cur.fetchone() or {}
+                cur.execute("SELECT target, wal_age_seconds, checked_at FROM pggit.archive_freshness")
+                archives = cur.fetchall()
+                cur.execute(
+                    """SELECT DISTINCT ON (target) target, restore_tested_at, restore_seconds
+                         FROM pggit.restore_drill_status WHERE restore_test_result = 'passed'
+                        ORDER BY target, restore_tested_at DESC"""
+                )
+                drills = cur.fetchall()
+                cur.execute(
+                    """SELECT schedule_name, coalesce(reason, outcome) AS outcome, count(*) AS n
+                         FROM pggit.backup_schedule_slots GROUP BY 1, 2"""
+                )
+                slots: dict[str, dict[str, int]] = {}
+                for row in cur.fetchall():
+                    slots.setdefault(row["schedule_name"], {})[row["outcome"]] = row["n"]
+                cur.execute("SELECT status, count(*) AS n FROM pggit.maintenance_job_queue GROUP BY status")
+                retention = {row["status"]: row["n"] for row in cur.fetchall()}
+        finally:
+            self.conn.rollback()
+            self.conn.set_session(isolation_level="DEFAULT", readonly=False)
+            self.conn.autocommit = True
+        return Snapshot(
+            targets, jobs, _float(ages.get("oldest")), _float(ages.get("longest")), archives, drills, slots, retention
+        )
 
     # -- WAL archiving freshness (schema/020; issue 11) -----------------------------------------
 

@@ -30,6 +30,7 @@ from .drills import DrillTicker
 from .errors import one_line
 from .executor import LOST_CLAIM, SHUTDOWN, HandedBack, execute
 from .log import fields
+from .metrics import MetricsWriter
 from .proctree import kill_tree
 from .queue import ClaimedJob, Queue, connect
 from .retention_jobs import RetentionJobs
@@ -63,6 +64,7 @@ class Worker:
         self.retention = RetentionJobs(config, self)
         self.archives = ArchiveChecks(config, self)  # issue 11: WAL archiving freshness
         self.drills = DrillTicker(config.drills, name, config.schedule_interval)  # issue 11: drill schedules
+        self.metrics = MetricsWriter(config, name)  # issue 11: the metrics textfile
         self.completer = Completer(self, config.retry, self.retention.targets if config.retention else None)
         self.connect_failures = 0
         self.ever_connected = False
@@ -186,6 +188,7 @@ class Worker:
                         continue
                     self.archives.tick(queue)
                     self.drills.tick_if_due(queue)
+                    self.metrics.tick(queue)
                 except psycopg2.Error as exc:
                     self.lost_connection(exc)
                     continue

@@ -143,6 +143,9 @@ class Config:
     retention: tuple[Retention, ...] = ()
     # the databases served; () for a Config built in code, which serves its dsn (served())
     databases: tuple[Database, ...] = ()
+    # the directory of the metrics textfiles (None: none written) and how often (metrics.py)
+    metrics_textfile_dir: str | None = None
+    metrics_interval: int = 60
     # seconds between readings of each stanza's or server's WAL archive (archive_check.py)
     archive_check_interval: int = DEFAULT_ARCHIVE_CHECK_INTERVAL
     # jobs that ended for good longer ago than this (seconds) are pruned by the workers

@@ -422,6 +422,21 @@ ROOT = Section(
             " retention name is read (by one worker of any host)",
             "5m",
         ),
+        # -- metrics (issue 11) ---------------------------------------------------------------------
+        Setting(
+            "metrics_textfile_dir",
+            Path("an absolute directory path", not_root=True),
+            "where each served database's Prometheus metrics file pggit_<database>.prom is written, for"
+            " node_exporter's textfile collector (e.g. /var/lib/prometheus/node-exporter)",
+            Derived("none: no metrics are written"),
+            null_is_default=True,
+        ),
+        Setting(
+            "metrics_interval",
+            Duration(10, 3600),
+            "how often an idle worker rewrites its database's metrics file",
+            "60s",
+        ),
         Setting(
             "prune_jobs_after",
             Duration(3600, 10 * 365 * 86400),
