@@ -29,9 +29,9 @@ from pggit_supervisor.config import (
 EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "supervisor.yaml"
 DSN = "postgresql://pggit_backup@localhost:5432/mydb"
 TOP_KEYS = (
-    "databases, drill_user, dsn, heartbeat_interval, kill_grace, lease_seconds, log_level, poll_interval, "
-    "prune_jobs_after, "
-    "retention, retry, schedule_interval, schedules, shutdown_timeout, tools, worker_id, worker_timeout, workers"
+    "databases, drill_user, dsn, heartbeat_interval, kill_grace, lease_seconds, log_destination, log_level, "
+    "poll_interval, prune_jobs_after, retention, retry, schedule_interval, schedules, shutdown_timeout, tools, "
+    "warning_fraction, worker_id, worker_silence, worker_timeout, workers"
 )
 TOOLS = "barman, custom, pg_basebackup, pg_dump, pgbackrest"
 BASE: dict[str, Any] = {"dsn": DSN, "worker_id": "w1", "tools": {"pg_dump": {}}}
