@@ -170,7 +170,9 @@ def test_target_status_names_the_newest_verified_backup_the_last_failure_and_the
 
 
 def test_a_target_that_never_had_a_backup_has_no_age_not_zero(login):
-    row = query(login(READER), """SELECT * FROM pggit.backup_target_status('{"tool": "pgbackrest", "stanza": "s9"}')""")[0]
+    row = query(
+        login(READER), """SELECT * FROM pggit.backup_target_status('{"tool": "pgbackrest", "stanza": "s9"}')"""
+    )[0]
     assert row["backups"] == 0 and row["newest_verified_id"] is None
     assert row["newest_verified_seconds"] is None and row["newest_verified_at"] is None
 
