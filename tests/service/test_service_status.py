@@ -16,7 +16,7 @@ from helpers.db import query, scalar
 from helpers.processes import wait_until
 from helpers.queue import force, schedule_dump
 from helpers.retention import make
-from helpers.service import queue_fake
+from helpers.service import queue_fake, wait_for_state
 
 NOW = datetime.now(timezone.utc)
 NIGHTLY = {"name": "nightly", "cron": "0 1 * * *", "tool": "pg_dump", "max_age": "1d"}
@@ -89,6 +89,21 @@ def test_a_worker_names_the_job_it_runs_while_it_runs_it(make_service, db, tmp_p
         20,
         "the worker row naming the running job",
     )
+
+
+def test_a_real_pg_dump_backup_and_the_supervisor_that_made_it_make_the_probe_ok(service, db, backup_dir):
+    running = service(retention=[{"target": {"tool": "pg_dump", "schema": "public"}}], workers=1)
+    never = running.command("status", "--check")
+    assert never.returncode == 2 and "never backed up" in never.stdout, never.stdout
+
+    backup_id = scalar(db, "SELECT pggit.backup_pg_dump('main', 'public', 'custom', %s)", (str(backup_dir),))
+    job = str(scalar(db, "SELECT job_id FROM pggit.backup_jobs WHERE backup_id = %s", (backup_id,)))
+    wait_for_state(db, job, "completed", timeout=90)
+    done = running.command("status", "--check")
+    assert done.returncode == 0 and done.stdout.startswith("PGGIT OK - 1 target(s)"), done.stdout + done.stderr
+    assert json.loads(running.command("status", "--json").stdout)["databases"][0]["targets"][0]["newest_verified"][
+        "backup_id"
+    ] == str(backup_id)
 
 
 def test_fresh_backups_and_a_live_worker_are_ok(status, db):
