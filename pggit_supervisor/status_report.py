@@ -31,6 +31,15 @@ FAILURES_SHOWN = 20  # the newest unacknowledged permanent failures listed (the 
 
 
 @dataclass(frozen=True)
+class PlannedSchedule:
+    """A schedule of this database's config: when it fires next (None: never) and its max_age."""
+
+    name: str
+    next_slot: datetime | None
+    max_age: int | None
+
+
+@dataclass(frozen=True)
 class TargetReport:
     watched: WatchedTarget
     status: TargetStatus
@@ -49,8 +58,8 @@ class DatabaseReport:
     schedules: tuple[ScheduleStatus, ...] = ()
     failures: tuple[PermanentFailure, ...] = ()
     unacknowledged_failures: int = 0
-    # the configured schedules of this database with their next slot (None: never fires)
-    next_slots: tuple[tuple[str, datetime | None], ...] = ()
+    # the configured schedules of this database with their next slot
+    next_slots: tuple[PlannedSchedule, ...] = ()
     # extension point for the notifications outbox (schema 018, another part of issue 11): the
     # number of dead-lettered notifications once that schema exists; None until then
     dead_lettered_notifications: int | None = None
@@ -72,7 +81,9 @@ def read_database(queue: Queue, part: Config, name: str, now: datetime) -> Datab
         schedules=tuple(queue.schedule_status()),
         failures=tuple(queue.permanent_failures(FAILURES_SHOWN)),
         unacknowledged_failures=queue.unacknowledged_failure_count(),
-        next_slots=tuple((s.name, next_fire(s, now) if s.enabled else None) for s in part.schedules),
+        next_slots=tuple(
+            PlannedSchedule(s.name, next_fire(s, now) if s.enabled else None, s.max_age) for s in part.schedules
+        ),
     )
 
 
@@ -184,13 +195,16 @@ def database_json(report: DatabaseReport, config: Config) -> dict[str, Any]:
         return {"name": report.name, "readable": False, "error": report.error}
     by_name = {s.schedule_name: s for s in report.schedules}
     silence = float(config.worker_silence)
+    target_of = {name: t.watched.label for t in report.targets for name in t.watched.schedules}
     schedules = []
-    for name, upcoming in report.next_slots:
-        seen = by_name.get(name)
+    for planned in report.next_slots:
+        seen = by_name.get(planned.name)
         schedules.append(
             {
-                "name": name,
-                "next_slot": upcoming,
+                "name": planned.name,
+                "target": target_of.get(planned.name),
+                "max_age_seconds": planned.max_age,
+                "next_slot": planned.next_slot,
                 "last_slot": seen.last_slot if seen else None,
                 "last_outcome": seen.last_outcome if seen else None,
                 "last_reason": seen.last_reason if seen else None,
@@ -251,6 +265,7 @@ def render_database(report: DatabaseReport, config: Config) -> list[str]:
         return [f"database {report.name}: cannot be read: {report.error}"]
     q = report.queue
     rows: list[tuple[str, ...]]
+    header: tuple[str, ...]
     lines = [
         f"database {report.name}",
         f"  queue: {q.ready} ready, {q.in_progress} in progress, {q.will_retry} will retry; last 24h: "
@@ -301,12 +316,20 @@ def render_database(report: DatabaseReport, config: Config) -> list[str]:
         lines += ["    " + line for line in _table(header, rows)]
     if report.next_slots:
         by_name = {s.schedule_name: s for s in report.schedules}
+        target_of = {name: t.watched.label for t in report.targets for name in t.watched.schedules}
         rows = [
-            (name, _when(by_name[name].last_slot) if name in by_name else "-", _when(upcoming) if upcoming else "never")
-            for name, upcoming in report.next_slots
+            (
+                p.name,
+                target_of.get(p.name, "-"),
+                _age(p.max_age),
+                _when(by_name[p.name].last_slot) if p.name in by_name else "-",
+                _when(p.next_slot) if p.next_slot else "never",
+            )
+            for p in report.next_slots
         ]
         lines.append("  schedules:")
-        lines += ["    " + line for line in _table(("SCHEDULE", "LAST SLOT (UTC)", "NEXT SLOT (UTC)"), rows)]
+        header = ("SCHEDULE", "TARGET", "MAX AGE", "LAST SLOT (UTC)", "NEXT SLOT (UTC)")
+        lines += ["    " + line for line in _table(header, rows)]
     if report.unacknowledged_failures:
         lines.append(f"  unacknowledged permanent failures: {report.unacknowledged_failures} (newest first)")
         rows = [

@@ -219,7 +219,9 @@ def test_json_has_the_documented_shape(status, db):
     assert 7000 < target["newest_verified"]["age_seconds"] < 7400
     assert target["last_failure"]["job_id"] == failed and target["last_failure"]["error"] == "pg_dump: disk full"
     assert database["workers"][0]["state"] == "alive" and database["workers"][0]["worker_id"] == "test/1"
-    assert database["schedules"][0]["name"] == "nightly" and database["schedules"][0]["next_slot"].endswith("+00:00")
+    (schedule,) = database["schedules"]
+    assert (schedule["name"], schedule["target"], schedule["max_age_seconds"]) == ("nightly", target["label"], 86400)
+    assert schedule["next_slot"].endswith("01:00:00+00:00") and schedule["last_slot"] is None
     assert database["unacknowledged_failures"]["count"] == 1
     assert database["unacknowledged_failures"]["newest"][0]["job_id"] == failed
     assert database["dead_lettered_notifications"] is None
