@@ -192,3 +192,17 @@ def test_queue_statistics_count_by_state_and_age_the_oldest_ready_job(db, login)
     row = query(reader, "SELECT * FROM pggit.backup_queue_statistics")[0]
     assert (row["ready"], row["permanently_failed_24h"], row["in_progress"]) == (1, 1, 0)
     assert 3590 < row["oldest_ready_seconds"] < 3700
+
+
+def test_the_readmes_bulk_acknowledgement_after_an_upgrade_runs_as_written(db, login):
+    operator = login(OPERATOR)
+    permanently_failed(db)
+    permanently_failed(db)
+
+    query(
+        operator,
+        "SELECT pggit.acknowledge_failure(job_id, 'before monitoring') FROM pggit.backup_permanent_failures"
+        " WHERE NOT acknowledged",
+    )
+    assert scalar(db, "SELECT count(*) FILTER (WHERE NOT acknowledged) FROM pggit.backup_permanent_failures") == 0
+    assert scalar(db, "SELECT count(*) FROM pggit.backup_failure_acknowledgements") == 2
