@@ -18,7 +18,12 @@ from helpers.queue import force, schedule_dump
 from helpers.retention import make
 from helpers.service import queue_fake, wait_for_state
 
-NOW = datetime.now(timezone.utc)
+
+def ago(delta: timedelta) -> datetime:
+    """A time that long before this moment (not the module's import: a long run drifts)."""
+    return datetime.now(timezone.utc) - delta
+
+
 NIGHTLY = {"name": "nightly", "cron": "0 1 * * *", "tool": "pg_dump", "max_age": "1d"}
 PERF = re.compile(r"^[A-Za-z0-9_.:/-]+=(U|[0-9.]+)(s)?;[0-9.]*;[0-9.]*;[0-9.]*$")
 
@@ -107,7 +112,7 @@ def test_a_real_pg_dump_backup_and_the_supervisor_that_made_it_make_the_probe_ok
 
 
 def test_fresh_backups_and_a_live_worker_are_ok(status, db):
-    make(db, NOW - timedelta(hours=2))
+    make(db, ago(timedelta(hours=2)))
     worker_seen(db)
 
     code, summary, perf = check(status)
@@ -116,7 +121,7 @@ def test_fresh_backups_and_a_live_worker_are_ok(status, db):
 
 
 def test_a_backup_older_than_max_age_is_critical_and_one_near_it_a_warning(status, db):
-    backup = make(db, NOW - timedelta(hours=20))
+    backup = make(db, ago(timedelta(hours=20)))
     worker_seen(db)
     code, summary, _ = check(status)
     assert code == 1 and "83% of max_age 1d" in summary, summary
@@ -127,7 +132,7 @@ def test_a_backup_older_than_max_age_is_critical_and_one_near_it_a_warning(statu
 
 
 def test_a_target_never_backed_up_is_critical_with_an_undetermined_age(status, db):
-    make(db, NOW - timedelta(hours=1), verified=False)  # a backup nobody could read back is none
+    make(db, ago(timedelta(hours=1)), verified=False)  # a backup nobody could read back is none
     worker_seen(db)
 
     code, summary, perf = check(status)
@@ -142,7 +147,7 @@ def test_a_retention_target_without_a_schedule_is_checked_for_having_a_backup(st
 
 
 def test_unacknowledged_permanent_failures_are_critical_until_acknowledged(status, db):
-    make(db, NOW - timedelta(hours=2))
+    make(db, ago(timedelta(hours=2)))
     worker_seen(db)
     job_id = permanently_failed(db)
 
@@ -154,7 +159,7 @@ def test_unacknowledged_permanent_failures_are_critical_until_acknowledged(statu
 
 
 def test_no_worker_seen_for_worker_silence_is_critical(status, db):
-    make(db, NOW - timedelta(hours=2))
+    make(db, ago(timedelta(hours=2)))
     code, summary, _ = check(status)
     assert code == 2 and "no worker ever seen" in summary
 
@@ -179,7 +184,7 @@ def test_an_invalid_config_is_unknown_for_the_probe(status):
 
 
 def test_json_has_the_documented_shape(status, db):
-    make(db, NOW - timedelta(hours=2))
+    make(db, ago(timedelta(hours=2)))
     worker_seen(db)
     failed = permanently_failed(db)
 
@@ -228,7 +233,7 @@ def test_json_has_the_documented_shape(status, db):
 
 
 def test_the_table_shows_each_part_for_people(status, db):
-    make(db, NOW - timedelta(hours=2))
+    make(db, ago(timedelta(hours=2)))
     worker_seen(db)
     permanently_failed(db)
 

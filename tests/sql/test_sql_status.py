@@ -15,6 +15,13 @@ from helpers.retention import make
 OPERATOR = "pggit_backup_operator"
 READER = "pggit_backup_reader"
 NOW = datetime.now(timezone.utc)
+
+
+def ago(delta: timedelta) -> datetime:
+    """A time that long before this moment (not the module's import: a long run drifts)."""
+    return datetime.now(timezone.utc) - delta
+
+
 RECORD = "SELECT pggit.record_worker(%s, 'machine-1', 4242, '0.1.0', 'db', ARRAY['pg_dump'], %s, %s)"
 
 
@@ -146,9 +153,9 @@ def test_readers_and_workers_cannot_acknowledge(db, login):
 
 def test_target_status_names_the_newest_verified_backup_the_last_failure_and_the_last_drill(db, login):
     reader = login(READER)
-    old = make(db, NOW - timedelta(days=2))
-    newest = make(db, NOW - timedelta(hours=3))
-    make(db, NOW - timedelta(hours=1), verified=False)  # unverified: never the newest verified
+    old = make(db, ago(timedelta(days=2)))
+    newest = make(db, ago(timedelta(hours=3)))
+    make(db, ago(timedelta(hours=1)), verified=False)  # unverified: never the newest verified
     failed = permanently_failed(db, "pg_dump: out of disk")
     force(
         db,
