@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -63,7 +63,7 @@ class DatabaseReport:
     # extension point for the notifications outbox (schema 018, another part of issue 11): the
     # number of dead-lettered notifications once that schema exists; None until then
     dead_lettered_notifications: int | None = None
-    extra_ages: tuple[Age, ...] = field(default=())  # hook: WAL archive age, last drill age (later)
+    extra_ages: tuple[Age, ...] = ()  # hook: WAL archive age, last drill age (later)
 
 
 def read_database(queue: Queue, part: Config, name: str, now: datetime) -> DatabaseReport:
@@ -98,6 +98,8 @@ def collect(config: Config, now: datetime) -> list[DatabaseReport]:
             found.append(DatabaseReport(database.name, error=one_line(exc)))
             continue
         try:
+            # one snapshot, one now(): the counts, ages and rows agree with each other
+            conn.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
             found.append(read_database(Queue(conn), part, database.name, now))
         except psycopg2.Error as exc:  # e.g. a schema older than 019, or a login that may not read it
             found.append(DatabaseReport(database.name, error=one_line(exc)))
