@@ -98,6 +98,11 @@ BEGIN
             'the job_id claim_backup_job returned to this worker, or NULL while idle');
     END IF;
     PERFORM pggit._require_worker_host_login(v_host);
+    -- this host's rows of workers long gone (a pool made smaller, a renamed database) go, so
+    -- that status lists what may still come back, not every worker the host ever had
+    DELETE FROM pggit.backup_workers w
+     WHERE w.host_name = v_host AND w.login = session_user AND w.worker_id <> p_worker_id
+       AND w.last_seen_at < now() - interval '7 days';
     INSERT INTO pggit.backup_workers AS w (worker_id, host_name, machine, pid, version, database_name, tools,
                                            started_at, last_seen_at, current_job_id, stopped_at, login)
     VALUES (p_worker_id, v_host, p_machine, p_pid, p_version, p_database, p_tools, p_started_at, now(),

@@ -213,3 +213,16 @@ def test_the_readmes_bulk_acknowledgement_after_an_upgrade_runs_as_written(db, l
     )
     assert scalar(db, "SELECT count(*) FILTER (WHERE NOT acknowledged) FROM pggit.backup_permanent_failures") == 0
     assert scalar(db, "SELECT count(*) FROM pggit.backup_failure_acknowledgements") == 2
+
+
+def test_a_hosts_rows_of_workers_gone_for_a_week_go_when_it_records_again(db, login):
+    worker, other = login(WORKER), login(WORKER)
+    for worker_id in ("host-a/1", "host-a/2", "host-a/3"):
+        record(worker, worker_id)
+    record(other, "host-b/1")
+    force(db, "UPDATE pggit.backup_workers SET last_seen_at = now() - interval '8 days' WHERE worker_id <> 'host-a/2'")
+    force(db, "UPDATE pggit.backup_workers SET last_seen_at = now() - interval '6 days' WHERE worker_id = 'host-a/2'")
+
+    record(worker, "host-a/1")
+    rows = query(db, "SELECT worker_id FROM pggit.backup_worker_status ORDER BY worker_id")
+    assert [row["worker_id"] for row in rows] == ["host-a/1", "host-a/2", "host-b/1"], "only its own host's old rows"
