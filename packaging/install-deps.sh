@@ -6,12 +6,12 @@
 #   sh packaging/install-deps.sh --check [GROUP] list what is missing; exit 1 if anything is
 #
 # Groups: test (Python, PostgreSQL 15 server and client, git for the migration test, tar, gzip,
-# sudo for an ordinary user's `make test`),
+# sudo for an ordinary user's `make test`, python3-systemd for the journal test),
 # tools (the real pgBackRest and Barman the end-to-end tests run), deb (building and checking
 # the Debian package).
 set -eu
 
-test_packages="make python3 python3-venv python3-pip git postgresql-15 postgresql-client-15 tar gzip util-linux sudo"
+test_packages="make python3 python3-venv python3-pip git postgresql-15 postgresql-client-15 tar gzip util-linux sudo python3-systemd"
 tools_packages="pgbackrest barman barman-cli"
 deb_packages="dpkg-dev debhelper dh-python python3-all python3-setuptools lintian"
 

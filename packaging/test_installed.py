@@ -2,11 +2,12 @@
 """The installed package, checked the way a DBA uses it (run by .ci/run with the system Python,
 after `apt-get install ./dist/pggit-supervisor_*_all.deb`, before `apt-get purge`):
 
-the programs answer, the shipped config validates, the drill user exists as an unprivileged
-system user, the schema installs from /usr/share, and the service started exactly as systemd
-would (the unit's ExecStart, as the unit's user, with a NOTIFY_SOCKET this script listens on and
-WATCHDOG_USEC set) sends READY and WATCHDOG, runs a pg_dump backup scheduled from SQL and its
-restore drill (in a sandbox that is gone afterwards), and stops cleanly on SIGTERM with STOPPING.
+the programs answer, python3-systemd came along for the journal, the shipped config validates,
+the drill user exists as an unprivileged system user, the schema installs from /usr/share, and
+the service started exactly as systemd would (the unit's ExecStart, as the unit's user, with a
+NOTIFY_SOCKET this script listens on and WATCHDOG_USEC set) sends READY and WATCHDOG, runs a
+pg_dump backup scheduled from SQL and its restore drill (in a sandbox that is gone afterwards),
+and stops cleanly on SIGTERM with STOPPING.
 
 The database is on a throwaway cluster of its own (tests/helpers/cluster.py), not the machine's server,
 whose configuration (port, authentication) is the machine's business.
@@ -73,6 +74,17 @@ def main() -> int:
     )
     listener = run("/usr/bin/pggit-backup-listener", "--help")
     check("pggit-backup-listener --help", listener.returncode == 0 and "PGGIT_POLL_INTERVAL" in listener.stdout)
+    journal = run(
+        "/usr/bin/python3",
+        "-c",
+        "from systemd.journal import JournalHandler; from pggit_supervisor import log; "
+        "assert log.JournalHandler is JournalHandler and log.use_journal('auto', {'JOURNAL_STREAM': '1:1'})",
+    )
+    check(
+        "python3-systemd came with the package: under systemd it logs to the journal",
+        journal.returncode == 0,
+        journal.stderr,
+    )
     shipped = run("/usr/bin/pggit-supervisor", "check-config", "-c", CONFIG)
     check("check-config accepts the shipped /etc/pggit/supervisor.yaml", shipped.returncode == 0, shipped.stderr)
     mode = os.stat(CONFIG)

@@ -27,6 +27,8 @@ from .queue import Queue, connect
 from .retention import plan_arguments, render_last_job, render_pending, render_plan
 from .rows import one_row
 from .schedule_report import render
+from .status_check import UNKNOWN
+from .status_report import collect, render_json, render_table, verdict
 from .supervisor import Supervisor
 from .systemd import Notifier
 from .tools.restoring import RestoreTarget
@@ -233,6 +235,33 @@ def _retention_of(queue: Queue, config: Config, mode: str) -> bool:
     return ok
 
 
+def _status(args: argparse.Namespace) -> int:
+    """Each served database's queue, workers, targets, schedules and unacknowledged failures
+    (issue 11): a table, --json, or with --check a Nagios/Icinga probe (exit 0 OK, 1 WARNING,
+    2 CRITICAL, 3 UNKNOWN, one line with performance data). A probe that cannot read its
+    config is UNKNOWN (3), never the config error's 2, which a monitor would read as CRITICAL."""
+    try:
+        config = load_with_dsn(resolve_config_path(args.config, os.environ), args.dsn, check_paths=False)
+    except ConfigError as exc:
+        if not args.check:
+            raise
+        print(f"PGGIT UNKNOWN - the config cannot be read: {' / '.join(exc.problems)}")
+        return UNKNOWN
+    now = datetime.now(timezone.utc)
+    if not args.check:
+        reports = collect(config, now)
+        print(render_json(reports, config, now) if args.json else render_table(reports, config))
+        return 1 if any(report.error for report in reports) else 0
+    try:
+        reports = collect(config, now)
+        checked = verdict(reports, config)
+        print(render_json(reports, config, now) if args.json else checked.line())
+    except Exception as exc:  # a probe never dies with 1 (WARNING) or a traceback: it does not know
+        print(f"PGGIT UNKNOWN - the status could not be read: {one_line(exc)}")
+        return UNKNOWN
+    return checked.code
+
+
 def serve(load: Callable[[], Config]) -> int:
     """Loads the config (refusing to start on an invalid one) and runs the supervisor;
     `load` is called again on SIGHUP."""
@@ -243,7 +272,7 @@ def serve(load: Callable[[], Config]) -> int:
         print(exc, file=sys.stderr)
         print("pggit-supervisor: not started: the configuration is invalid", file=sys.stderr)
         return EXIT_CONFIG
-    log.setup(config.log_level)
+    log.setup(config.log_level, config.log_destination)
     return Supervisor(config, load, Notifier()).run()
 
 
@@ -308,6 +337,23 @@ def build_parser() -> argparse.ArgumentParser:
     retention.add_argument("-c", "--config", help="YAML config (default: $PGGIT_CONFIG or /etc/pggit/supervisor.yaml)")
     retention.add_argument("--dsn", help="the queue database (default: the config's dsn)")
     retention.set_defaults(func=_retention)
+
+    status_parser = commands.add_parser(
+        "status", help="queue, workers, targets, schedules and unacknowledged failures (--check: a monitoring probe)"
+    )
+    status_parser.add_argument(
+        "-c", "--config", help="YAML config (default: $PGGIT_CONFIG or /etc/pggit/supervisor.yaml)"
+    )
+    status_parser.add_argument("--dsn", help="the queue database (default: the config's dsn)")
+    status_parser.add_argument(
+        "--json", action="store_true", help="print the documented JSON document (README, status)"
+    )
+    status_parser.add_argument(
+        "--check",
+        action="store_true",
+        help="Nagios/Icinga plugin: one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
+    )
+    status_parser.set_defaults(func=_status)
 
     schema_parser = commands.add_parser("schema", help="install, upgrade or inspect the SQL schema")
     schema_commands = schema_parser.add_subparsers(dest="schema_command", metavar="ACTION")

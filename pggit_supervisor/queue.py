@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -15,10 +16,12 @@ import psycopg2
 import psycopg2.extras
 from psycopg2.extensions import connection
 
+from . import __version__ as _VERSION
 from .metrics_snapshot import Snapshot
 from .retention import PendingRemoval, PlannedBackup, RetentionJobRow
 from .rows import one_row
 from .slots import ScheduleState, ScheduleStatus, SlotRecord
+from .status_rows import PermanentFailure, QueueStatistics, RunningJob, TargetStatus, WorkerSeen
 
 READY_CHANNEL = "pggit_backup_job_ready"
 
@@ -431,6 +434,70 @@ class Queue:
                 (job.job_id, job.claim_token, reason, int(delay_seconds)),
             )
         )
+
+    # -- status: workers seen, failures acknowledged, what monitoring reads (schema/019; issue 11)
+
+    def record_worker(
+        self, worker_id: str, machine: str, database: str, tools: Sequence[str], started_at: datetime, job: str | None
+    ) -> None:
+        """This process's row (the package's version, so `status` shows which release each runs)."""
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT pggit.record_worker(%s, %s, %s, %s, %s, %s, %s, %s)",
+                (worker_id, machine, os.getpid(), _VERSION, database, list(tools), started_at, job),
+            )
+
+    def record_worker_stopped(self, worker_id: str) -> bool:
+        return bool(self._one("SELECT pggit.record_worker_stopped(%s)", (worker_id,)))
+
+    def _records(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(sql, params)
+            return [dict(row) for row in cur.fetchall()]
+
+    def queue_statistics(self) -> QueueStatistics:
+        return QueueStatistics(**self._records("SELECT * FROM pggit.backup_queue_statistics")[0])
+
+    def running_jobs(self) -> list[RunningJob]:
+        rows = self._records(
+            """SELECT job_id::text, worker_id, tool, target, backup_name, started_at,
+                      extract(epoch FROM now() - started_at)::float8 AS runtime_seconds
+                 FROM pggit.backup_job_queue WHERE job_state = 'in_progress' ORDER BY started_at, job_id"""
+        )
+        return [RunningJob(**row) for row in rows]
+
+    def workers_seen(self) -> list[WorkerSeen]:
+        rows = self._records(
+            """SELECT worker_id, host_name, machine, pid, version, database_name, tools, started_at, last_seen_at,
+                      silent_seconds, current_job_id::text, stopped_at
+                 FROM pggit.backup_worker_status ORDER BY worker_id"""
+        )
+        return [WorkerSeen(**row) for row in rows]
+
+    def permanent_failures(self, limit: int) -> list[PermanentFailure]:
+        """The unacknowledged ones, newest first (at most `limit`)."""
+        rows = self._records(
+            """SELECT job_id::text, backup_id::text, backup_name, tool, target, attempts, max_attempts, failed_at,
+                      last_error, acknowledged, acknowledged_at, acknowledged_by, acknowledgement_note
+                 FROM pggit.backup_permanent_failures WHERE NOT acknowledged
+                ORDER BY failed_at DESC, job_id LIMIT %s""",
+            (int(limit),),
+        )
+        return [PermanentFailure(**row) for row in rows]
+
+    def unacknowledged_failure_count(self) -> int:
+        return int(self._one("SELECT count(*) FROM pggit.backup_permanent_failures WHERE NOT acknowledged", ()))
+
+    def target_status(self, target: Mapping[str, Any]) -> TargetStatus:
+        row = self._records(
+            """SELECT target, backups, verified_backups, newest_verified_id::text, newest_verified_name,
+                      newest_verified_at, newest_verified_seconds, last_failure_job_id::text, last_failure_at,
+                      last_failure_state, last_failure_error, last_drill_backup_id::text, last_drill_at,
+                      last_drill_result
+                 FROM pggit.backup_target_status(%s)""",
+            (json.dumps(dict(target)),),
+        )[0]
+        return TargetStatus(**row)
 
 
 def shell_command(argv: Sequence[str]) -> str:

@@ -31,6 +31,7 @@ from .errors import one_line
 from .executor import LOST_CLAIM, SHUTDOWN, HandedBack, execute
 from .log import fields
 from .metrics import MetricsWriter
+from .presence import Presence
 from .proctree import kill_tree
 from .queue import ClaimedJob, Queue, connect
 from .retention_jobs import RetentionJobs
@@ -72,6 +73,8 @@ class Worker:
         self.next_rescue = 0.0
         # issue 10: this worker's share of the schedules (scheduler.py); the database decides each slot
         self.scheduler = Scheduler(config.schedules, name, config.schedule_interval)
+        # issue 11: this worker's row in pggit.backup_workers, refreshed from beat()
+        self.presence = Presence(name, self.database, self.tools)
 
     # -- process plumbing -------------------------------------------------------------------
 
@@ -101,6 +104,7 @@ class Worker:
         if os.getppid() != self.parent_pid:
             self.aborting = True
         self.tell("alive")
+        self.presence.record_if_due(self.queue)
 
     def pause(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -199,6 +203,7 @@ class Worker:
             else:
                 self.run_job(job)
                 self.end_leftovers(job)
+        self.presence.stopped(self.queue)
         if self.queue is not None:
             self.queue.conn.close()
         log.info("worker stopped" + fields(worker=self.name, database=self.database))
@@ -252,8 +257,10 @@ class Worker:
             )
         )
         self.tell("busy", job.job_id, 0)
+        self.presence.running(job.job_id)
         ending = execute(job, self.config, self.name, _Control(self, job))
         self.completer.complete(job, ending)
+        self.presence.running(None)
 
     def hand_back(self, job: ClaimedJob) -> None:
         self.completer.complete(job, HandedBack(SHUTDOWN))

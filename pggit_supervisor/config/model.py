@@ -35,6 +35,9 @@ DEFAULT_DRILL_USER: str = default_of(ROOT, "drill_user")
 DEFAULT_SCHEDULE_INTERVAL: float = default_of(ROOT, "schedule_interval")
 DEFAULT_ARCHIVE_CHECK_INTERVAL: int = 300  # archive_check_interval as declared ("5m"), in seconds
 DEFAULT_PRUNE_JOBS_AFTER: int = 30 * 86400  # prune_jobs_after as declared ("30d"), in seconds
+DEFAULT_WORKER_SILENCE: int = 120  # worker_silence as declared ("2m"), in seconds
+DEFAULT_WARNING_FRACTION: float = default_of(ROOT, "warning_fraction")
+DEFAULT_LOG_DESTINATION: str = default_of(ROOT, "log_destination")
 
 
 class ConfigError(PggitError):
@@ -150,6 +153,11 @@ class Config:
     archive_check_interval: int = DEFAULT_ARCHIVE_CHECK_INTERVAL
     # jobs that ended for good longer ago than this (seconds) are pruned by the workers
     prune_jobs_after: int = DEFAULT_PRUNE_JOBS_AFTER
+    # issue 11: `status` calls a worker silent this long (seconds) dead; --check warns at
+    # warning_fraction of each limit; log_destination says where log lines go (log.py)
+    worker_silence: int = DEFAULT_WORKER_SILENCE
+    warning_fraction: float = DEFAULT_WARNING_FRACTION
+    log_destination: str = DEFAULT_LOG_DESTINATION
     source: str = "<defaults>"
 
     def served(self) -> tuple[Database, ...]:

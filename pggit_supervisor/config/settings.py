@@ -443,6 +443,28 @@ ROOT = Section(
             "how long a job that ended for good is kept before the workers delete it (its backup's row stays)",
             "30d",
         ),
+        # -- status and its --check probe, logging to the journal (issue 11) --------------------
+        Setting(
+            "worker_silence",
+            Duration(30, 7 * 86400),
+            "`status` calls a worker dead, and --check is CRITICAL for a database none of whose workers was seen,"
+            " after this long without a record",
+            "2m",
+        ),
+        Setting(
+            "warning_fraction",
+            Number(0.1, 1.0),
+            "`status --check` is WARNING once an age reaches this fraction of its limit (max_age, worker_silence)",
+            0.8,
+        ),
+        Setting(
+            "log_destination",
+            Name(re.compile("auto|journal|stderr"), "be auto, journal or stderr", allowed="auto, journal, stderr"),
+            "where log lines go: journal (the systemd journal, with fields JOB_ID, WORKER, DATABASE, TOOL, TARGET;"
+            " needs python3-systemd), stderr, or auto: the journal when systemd started the service"
+            " (JOURNAL_STREAM is set) and python3-systemd is installed, else stderr",
+            "auto",
+        ),
     ),
 )
 

@@ -37,6 +37,8 @@ class Service:
             "kill_grace": 1,
             "worker_timeout": 10,
             "log_level": "INFO",
+            # the tests read the log from stderr, also when they run under systemd (JOURNAL_STREAM)
+            "log_destination": "stderr",
             "tools": {"custom": {"allowed_commands": [FAKE_TOOL], "timeout": 600}},
         }
         config.update(settings)

@@ -27,12 +27,15 @@ def claim_calls(db) -> int:
 
 
 def worker_idle_after_a_claim(db) -> bool:
+    """The worker waits: its last call was its claim, or the record of itself that follows the
+    first claim (pggit.record_worker, presence.py), which it makes only once it is connected."""
     return (
         scalar(
             db,
             """SELECT count(*) FROM pg_stat_activity
                           WHERE datname = current_database() AND application_name LIKE 'pggit-supervisor %%'
-                            AND state = 'idle' AND query LIKE '%%claim_backup_job%%'""",
+                            AND state = 'idle'
+                            AND (query LIKE '%%claim_backup_job%%' OR query LIKE '%%record_worker%%')""",
         )
         == 1
     )
