@@ -118,6 +118,14 @@ def registry_of(config: Config, snapshot: Snapshot, now: datetime | None = None)
     ):
         if value is not None:
             gauge(name, doc).labels(database).set(value)
+    workers = gauge(
+        "pggit_workers", "workers recorded in this queue, by state (dead: silent for worker_silence)", ["state"]
+    )
+    for state in ("alive", "dead", "stopped"):
+        workers.labels(database, state).set(snapshot.workers.get(state, 0))
+    gauge("pggit_unacknowledged_permanent_failures", "permanent failures not yet acknowledged").labels(database).set(
+        snapshot.unacknowledged_failures
+    )
     retention = gauge("pggit_retention_jobs", "retention jobs by status", ["status"])
     for status, count in snapshot.retention_jobs.items():
         retention.labels(database, status).set(count)
@@ -207,7 +215,7 @@ class MetricsWriter:
                 return False
         except FileNotFoundError:
             pass
-        registry = registry_of(self.config, queue.metrics_snapshot())
+        registry = registry_of(self.config, queue.metrics_snapshot(float(self.config.worker_silence)))
         try:
             write_to_textfile(path, registry)
         except OSError as exc:

@@ -19,6 +19,8 @@ class Snapshot:
     drills: Sequence[Mapping[str, Any]]  # newest passed drill per target
     slots: Mapping[str, Mapping[str, int]]  # schedule -> outcome/reason -> count
     retention_jobs: Mapping[str, int] = field(default_factory=dict)  # by status
+    workers: Mapping[str, int] = field(default_factory=dict)  # alive / dead / stopped
+    unacknowledged_failures: int = 0
 
 
 __all__ = ["Snapshot"]

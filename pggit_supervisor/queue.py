@@ -330,7 +330,7 @@ class Queue:
 
     # -- metrics (schema/022; issue 11) -------------------------------------------------------------
 
-    def metrics_snapshot(self) -> Snapshot:
+    def metrics_snapshot(self, silence: float = 120.0) -> Snapshot:
         """Everything the metrics file shows, read in one snapshot (a repeatable-read transaction)."""
         self.conn.autocommit = False
         self.conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
@@ -364,12 +364,30 @@ class Queue:
                     slots.setdefault(row["schedule_name"], {})[row["outcome"]] = row["n"]
                 cur.execute("SELECT status, count(*) AS n FROM pggit.maintenance_job_queue GROUP BY status")
                 retention = {row["status"]: row["n"] for row in cur.fetchall()}
+                cur.execute(
+                    """SELECT CASE WHEN stopped_at IS NOT NULL THEN 'stopped'
+                                   WHEN silent_seconds > %s THEN 'dead' ELSE 'alive' END AS state, count(*) AS n
+                         FROM pggit.backup_worker_status GROUP BY 1""",
+                    (silence,),
+                )
+                workers = {row["state"]: row["n"] for row in cur.fetchall()}
+                cur.execute("SELECT count(*) AS n FROM pggit.backup_permanent_failures WHERE NOT acknowledged")
+                unacknowledged = (cur.fetchone() or {"n": 0})["n"]
         finally:
             self.conn.rollback()
             self.conn.set_session(isolation_level="DEFAULT", readonly=False)
             self.conn.autocommit = True
         return Snapshot(
-            targets, jobs, _float(ages.get("oldest")), _float(ages.get("longest")), archives, drills, slots, retention
+            targets,
+            jobs,
+            _float(ages.get("oldest")),
+            _float(ages.get("longest")),
+            archives,
+            drills,
+            slots,
+            retention,
+            workers,
+            int(unacknowledged),
         )
 
     # -- WAL archiving freshness (schema/020; issue 11) -----------------------------------------
@@ -484,6 +502,18 @@ class Queue:
             (int(limit),),
         )
         return [PermanentFailure(**row) for row in rows]
+
+    def archive_freshness(self) -> list[dict[str, Any]]:
+        return self._records("SELECT target, wal_age_seconds, checked_at FROM pggit.archive_freshness")
+
+    def last_passed_drill_seconds(self, target: str) -> float | None:
+        """Seconds since the target's newest passed drill (its database key is this database)."""
+        seconds = self._one(
+            """SELECT extract(epoch FROM now() - max(restore_tested_at)) FROM pggit.restore_drill_status
+                WHERE restore_test_result = 'passed' AND target - 'database' = %s::jsonb - 'database'""",
+            (target,),
+        )
+        return None if seconds is None else float(seconds)
 
     def unacknowledged_failure_count(self) -> int:
         return int(self._one("SELECT count(*) FROM pggit.backup_permanent_failures WHERE NOT acknowledged", ()))

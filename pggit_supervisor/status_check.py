@@ -21,13 +21,24 @@ STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNK
 _PRECEDENCE = (OK, WARNING, UNKNOWN, CRITICAL)  # worst last
 
 # What an age measures: the newest verified backup of a target, the newest record of a worker
-# serving the database. Later checks (WAL archive age, last passed drill) add kinds of their own
-# as Age records of the snapshot; the evaluation below needs no change for them.
+# serving the database, how far a WAL archive is behind, the last passed drill.
 BACKUP = "backup"
 WORKERS = "workers"
-_NEVER = {BACKUP: "never backed up (no verified backup)", WORKERS: "no worker ever seen"}
-_WHAT = {BACKUP: "newest verified backup", WORKERS: "newest worker record"}
-_LIMIT = {BACKUP: "max_age", WORKERS: "worker_silence"}
+WAL = "wal"  # how far a stanza's or server's WAL archive is behind (pggit.archive_freshness)
+DRILL = "drill"  # the last passed restore drill of a drill schedule's target
+_NEVER = {
+    BACKUP: "never backed up (no verified backup)",
+    WORKERS: "no worker ever seen",
+    WAL: "no reading of its WAL archive yet",
+    DRILL: "no restore drill ever passed",
+}
+_WHAT = {
+    BACKUP: "newest verified backup",
+    WORKERS: "newest worker record",
+    WAL: "oldest unarchived WAL",
+    DRILL: "last passed drill",
+}
+_LIMIT = {BACKUP: "max_age", WORKERS: "worker_silence", WAL: "max_wal_age", DRILL: "max_drill_age"}
 MAX_PROBLEMS_SHOWN = 5
 
 

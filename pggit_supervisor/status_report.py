@@ -17,12 +17,13 @@ from typing import Any
 
 import psycopg2
 
+from .archive_check import archive_targets
 from .config import Config
 from .errors import one_line
 from .queue import Queue, connect
 from .scheduler import next_fire
 from .slots import ScheduleStatus
-from .status_check import BACKUP, WORKERS, Age, DatabaseSnapshot, Verdict, evaluate, human, judge_age
+from .status_check import BACKUP, DRILL, WAL, WORKERS, Age, DatabaseSnapshot, Verdict, evaluate, human, judge_age
 from .status_rows import PermanentFailure, QueueStatistics, RunningJob, TargetStatus, WorkerSeen
 from .status_targets import WatchedTarget, watched_targets
 
@@ -84,7 +85,40 @@ def read_database(queue: Queue, part: Config, name: str, now: datetime) -> Datab
         next_slots=tuple(
             PlannedSchedule(s.name, next_fire(s, now) if s.enabled else None, s.max_age) for s in part.schedules
         ),
+        extra_ages=(*wal_ages(queue, part), *drill_ages(queue, part)),
     )
+
+
+def wal_ages(queue: Queue, part: Config) -> list[Age]:
+    """Each stanza's and server's WAL archive lag against max_wal_age (None: never read)."""
+    lags = {json.dumps(row["target"], sort_keys=True): row["wal_age_seconds"] for row in queue.archive_freshness()}
+    return [
+        Age(
+            WAL,
+            f"{t['tool']}:{t.get('stanza') or t.get('server')}",
+            _seconds(lags.get(json.dumps(t, sort_keys=True))),
+            float(part.max_wal_age),
+        )
+        for t in archive_targets(part)
+    ]
+
+
+def drill_ages(queue: Queue, part: Config) -> list[Age]:
+    """Each drill schedule's target: the age of its last passed drill against max_drill_age."""
+    return [
+        Age(
+            DRILL,
+            drill.name,
+            queue.last_passed_drill_seconds(drill.target_json()),
+            None if drill.max_drill_age is None else float(drill.max_drill_age),
+        )
+        for drill in part.drills
+        if drill.enabled
+    ]
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def collect(config: Config, now: datetime) -> list[DatabaseReport]:

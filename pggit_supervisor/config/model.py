@@ -156,6 +156,7 @@ class Config:
     # issue 11: `status` calls a worker silent this long (seconds) dead; --check warns at
     # warning_fraction of each limit; log_destination says where log lines go (log.py)
     worker_silence: int = DEFAULT_WORKER_SILENCE
+    max_wal_age: int = 3600  # max_wal_age as declared ("1h"), in seconds
     warning_fraction: float = DEFAULT_WARNING_FRACTION
     log_destination: str = DEFAULT_LOG_DESTINATION
     source: str = "<defaults>"

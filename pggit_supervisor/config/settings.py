@@ -452,9 +452,17 @@ ROOT = Section(
             "2m",
         ),
         Setting(
+            "max_wal_age",
+            Duration(60, 30 * 86400),
+            "`status --check` is CRITICAL when a pgBackRest stanza's or Barman server's WAL archive is this far"
+            " behind (pggit.archive_freshness), or was never read",
+            "1h",
+        ),
+        Setting(
             "warning_fraction",
             Number(0.1, 1.0),
-            "`status --check` is WARNING once an age reaches this fraction of its limit (max_age, worker_silence)",
+            "`status --check` is WARNING once an age reaches this fraction of its limit (max_age, worker_silence,"
+            " max_wal_age, max_drill_age)",
             0.8,
         ),
         Setting(

@@ -244,3 +244,46 @@ def test_the_table_shows_each_part_for_people(status, db):
     for part in ("queue: 0 ready", "workers:", "targets:", "schedules:", "unacknowledged permanent failures: 1"):
         assert part in out, out
     assert re.search(r"pg_dump:\S+\s+OK\s+2h\s+1d", out), out
+
+
+def test_a_wal_archive_never_read_or_behind_for_max_wal_age_is_critical(status, db):
+    make(db, ago(timedelta(hours=1)), backup_type="full", stanza="s1")
+    worker_seen(db)
+    settings = {"schedules": None, "retention": [{"target": {"tool": "pgbackrest", "stanza": "s1"}}]}
+    code, summary, _ = check(status, **settings)
+    assert code == 2 and "pgbackrest:s1: no reading of its WAL archive yet" in summary, summary
+
+    reading = {"archive_max": "000000010000000000000004", "server_segment": "000000010000000000000005"}
+    db.cursor().execute(
+        "SELECT 1 FROM pggit.record_archive_status('test/1', %s, %s)",
+        (json.dumps({"tool": "pgbackrest", "stanza": "s1"}), json.dumps(reading)),
+    )
+    code, summary, perf = check(status, **settings)
+    assert code == 0, summary
+    assert any("_wal_pgbackrest:s1_age=0s;2880;3600;0" in p for p in perf), perf
+
+    behind = {**reading, "server_segment": "000000010000000000000009"}
+    db.cursor().execute(
+        "SELECT 1 FROM pggit.record_archive_status('test/1', %s, %s)",
+        (json.dumps({"tool": "pgbackrest", "stanza": "s1"}), json.dumps(behind)),
+    )
+    force(db, "UPDATE pggit.archive_status SET behind_since = now() - interval '2 hours'")
+    code, summary, _ = check(status, **settings)
+    assert code == 2 and "pgbackrest:s1: oldest unarchived WAL is 2h old (max_wal_age 1h)" in summary, summary
+
+
+def test_a_drill_schedule_whose_target_never_passed_a_drill_within_max_drill_age_is_critical(status, db):
+    backup = make(db, ago(timedelta(hours=2)))
+    worker_seen(db)
+    drill = {"name": "daily-drill", "drill": {"every": "1d", "target": {"tool": "pg_dump"}}, "max_drill_age": "1d"}
+    code, summary, _ = check(status, schedules=[NIGHTLY, drill])
+    assert code == 2 and "daily-drill: no restore drill ever passed" in summary, summary
+
+    force(
+        db,
+        "UPDATE pggit.backups SET restore_tested_at = now() - interval '2 hours', restore_test_result = 'passed'"
+        " WHERE backup_id = %s",
+        (backup,),
+    )
+    code, summary, _ = check(status, schedules=[NIGHTLY, drill])
+    assert code == 0, summary

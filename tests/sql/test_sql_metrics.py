@@ -5,8 +5,11 @@ the client library's own parser; a target that was never backed up has no last-s
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
+from pathlib import Path
 
+import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -78,3 +81,23 @@ def test_the_writer_replaces_the_file_whole_once_it_is_older_than_the_interval(d
     writer.next_look = 0.0
     assert writer.tick(Queue(db)) and os.stat(path).st_mtime > 0
     assert sorted(os.listdir(tmp_path)) == [os.path.basename(path)], "no temporary file is left"
+
+
+ALERTS = Path(__file__).resolve().parents[2] / "packaging" / "prometheus" / "pggit-supervisor-alerts.yml"
+
+
+def test_the_shipped_alert_rules_name_only_metrics_the_file_has_and_cover_each_case(db, dsn):
+    rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
+    assert {rule["alert"] for rule in rules} >= {
+        "PggitBackupTooOld",
+        "PggitNeverBackedUp",
+        "PggitWalArchiveTooOld",
+        "PggitRestoreDrillTooOld",
+        "PggitPermanentFailures",
+        "PggitNoWorkers",
+        "PggitMetricsStale",
+    }
+    registry = registry_of(config_for(dsn), Queue(db).metrics_snapshot())
+    declared = {metric.name for metric in registry.collect()}
+    used = {name for rule in rules for name in re.findall(r"\bpggit_[a-z_]+", rule["expr"])}
+    assert used - declared == set(), "every metric an alert reads is one the file declares"

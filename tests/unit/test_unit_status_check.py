@@ -13,8 +13,10 @@ from pggit_supervisor.scheduler import Schedule
 from pggit_supervisor.status_check import (
     BACKUP,
     CRITICAL,
+    DRILL,
     OK,
     UNKNOWN,
+    WAL,
     WARNING,
     WORKERS,
     Age,
@@ -108,10 +110,24 @@ def test_a_database_with_nothing_to_measure_is_unknown_and_no_database_too():
     assert evaluate([], 0.8).code == UNKNOWN
 
 
-def test_a_later_kind_of_age_needs_no_change_to_be_judged():
-    wal = Age("wal", "pgbackrest:main", 7200.0, 3600.0)  # the hook WAL freshness will use
+def test_a_wal_archive_behind_or_never_read_and_a_drill_never_passed_are_judged_like_backups():
+    wal = Age(WAL, "pgbackrest:main", 7200.0, 3600.0)
     verdict = evaluate([db(backup(HOUR), wal)], 0.8)
-    assert verdict.code == CRITICAL and "pgbackrest:main: newest wal is 2h old" in verdict.summary
+    assert verdict.code == CRITICAL
+    assert "pgbackrest:main: oldest unarchived WAL is 2h old (max_wal_age 1h)" in verdict.summary
+    unread = evaluate([db(backup(HOUR), Age(WAL, "barman:pg", None, 3600.0))], 0.8)
+    assert unread.code == CRITICAL and "barman:pg: no reading of its WAL archive yet" in unread.summary
+    drill = evaluate([db(backup(HOUR), Age(DRILL, "weekly-drill", 6 * 86400.0, 7 * 86400.0))], 0.8)
+    assert (
+        drill.code == WARNING and "weekly-drill: last passed drill is 6d old, 86% of max_drill_age 7d" in drill.summary
+    )
+    never = evaluate([db(backup(HOUR), Age(DRILL, "weekly-drill", None, 7 * 86400.0))], 0.8)
+    assert never.code == CRITICAL and "weekly-drill: no restore drill ever passed" in never.summary
+
+
+def test_a_kind_of_age_not_declared_is_judged_with_generic_words():
+    verdict = evaluate([db(backup(HOUR), Age("other", "x", 7200.0, 3600.0))], 0.8)
+    assert verdict.code == CRITICAL and "x: newest other is 2h old" in verdict.summary
 
 
 def test_the_summary_stays_one_line_without_a_pipe():
