@@ -125,4 +125,11 @@ BEGIN;
 COMMIT;
 \endif
 
+SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 18) AS pggit_apply \gset
+\if :pggit_apply
+BEGIN;
+\ir 018_outbox.sql
+COMMIT;
+\endif
+
 SELECT 'pggit backup schema version ' || max(version) AS installed FROM pggit.backup_schema_migrations;
