@@ -17,7 +17,7 @@ from ..errors import PggitError
 from ..retention import Retention
 from ..scheduler import Schedule
 from . import settings
-from .settings import RETRY, ROOT, default_of
+from .settings import NOTIFICATIONS, RETRY, ROOT, default_of
 
 DEFAULT_WORKERS: int = default_of(ROOT, "workers")
 DEFAULT_POLL_INTERVAL: float = default_of(ROOT, "poll_interval")
@@ -33,6 +33,10 @@ DEFAULT_WORKER_TIMEOUT: float = default_of(ROOT, "worker_timeout")
 DEFAULT_DRILL_USER: str = default_of(ROOT, "drill_user")
 DEFAULT_SCHEDULE_INTERVAL: float = default_of(ROOT, "schedule_interval")
 DEFAULT_PRUNE_JOBS_AFTER: int = 30 * 86400  # prune_jobs_after as declared ("30d"), in seconds
+DEFAULT_NOTIFY_ATTEMPTS: int = default_of(NOTIFICATIONS, "max_attempts")
+DEFAULT_NOTIFY_BACKOFF_BASE: int = default_of(NOTIFICATIONS, "backoff_base")
+DEFAULT_NOTIFY_BACKOFF_CAP: int = default_of(NOTIFICATIONS, "backoff_cap")
+DEFAULT_NOTIFY_TIMEOUT: float = default_of(NOTIFICATIONS, "timeout")
 
 
 class ConfigError(PggitError):
@@ -52,6 +56,29 @@ class RetryConfig:
 
     base_delay: int = DEFAULT_BASE_DELAY
     max_delay: int = DEFAULT_MAX_DELAY
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """notifications.endpoints[]: a URL that hears about `events` of every job."""
+
+    name: str
+    url: str = field(repr=False)  # may carry a token
+    events: tuple[str, ...] = ("permanently_failed",)
+
+
+@dataclass(frozen=True)
+class NotificationConfig:
+    """How idle workers deliver the outbox (outbox.py, webhooks.py). secret is the key itself,
+    read from secret_file when that was given."""
+
+    allowed_hosts: tuple[str, ...] = ()
+    secret: str | None = field(default=None, repr=False)
+    endpoints: tuple[Endpoint, ...] = ()
+    max_attempts: int = DEFAULT_NOTIFY_ATTEMPTS
+    backoff_base: int = DEFAULT_NOTIFY_BACKOFF_BASE
+    backoff_cap: int = DEFAULT_NOTIFY_BACKOFF_CAP
+    timeout: float = DEFAULT_NOTIFY_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -142,6 +169,7 @@ class Config:
     databases: tuple[Database, ...] = ()
     # jobs that ended for good longer ago than this (seconds) are pruned by `retention`
     prune_jobs_after: int = DEFAULT_PRUNE_JOBS_AFTER
+    notifications: NotificationConfig = field(default_factory=NotificationConfig)
     source: str = "<defaults>"
 
     def served(self) -> tuple[Database, ...]:

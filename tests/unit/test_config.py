@@ -29,8 +29,8 @@ from pggit_supervisor.config import (
 EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "supervisor.yaml"
 DSN = "postgresql://pggit_backup@localhost:5432/mydb"
 TOP_KEYS = (
-    "databases, drill_user, dsn, heartbeat_interval, kill_grace, lease_seconds, log_level, poll_interval, "
-    "prune_jobs_after, "
+    "databases, drill_user, dsn, heartbeat_interval, kill_grace, lease_seconds, log_level, notifications, "
+    "poll_interval, prune_jobs_after, "
     "retention, retry, schedule_interval, schedules, shutdown_timeout, tools, worker_id, worker_timeout, workers"
 )
 TOOLS = "barman, custom, pg_basebackup, pg_dump, pgbackrest"
