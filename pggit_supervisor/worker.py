@@ -28,6 +28,7 @@ from .config import Config
 from .errors import one_line
 from .executor import LOST_CLAIM, SHUTDOWN, HandedBack, execute
 from .log import fields
+from .outbox import Deliveries
 from .proctree import kill_tree
 from .queue import ClaimedJob, Queue, connect
 from .scheduler import Scheduler
@@ -64,6 +65,8 @@ class Worker:
         self.next_rescue = 0.0
         # issue 10: this worker's share of the schedules (scheduler.py); the database decides each slot
         self.scheduler = Scheduler(config.schedules, name, config.schedule_interval)
+        # issue 11: this worker delivers the notification outbox in its idle time (outbox.py)
+        self.deliveries = Deliveries(config.notifications, name, config.worker_id, self.beat)
 
     # -- process plumbing -------------------------------------------------------------------
 
@@ -176,6 +179,7 @@ class Worker:
                 continue
             if job is None:
                 self.scheduler.tick_if_due(queue)  # issue 10: record due schedule slots while idle
+                self.deliveries.tick_if_due(queue)  # issue 11: post due notifications while idle
                 self.wait_for_work(queue)
             elif self.done:
                 self.hand_back(job)  # told to stop while the claim was on its way
