@@ -153,6 +153,13 @@ CREATE CONSTRAINT TRIGGER backup_jobs_outbox
     WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status IN ('completed', 'failed', 'cancelled'))
     EXECUTE FUNCTION pggit._backup_jobs_outbox();
 
+-- The delivery's rule, spelled once: a delivery that made p_limit attempts makes no more (the
+-- job's own retry rule is pggit.backup_job_state's, and is another).
+CREATE OR REPLACE FUNCTION pggit._delivery_used_up(p_attempts integer, p_limit integer) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pggit, pg_temp AS $$
+    SELECT p_attempts >= p_limit
+$$;
+
 CREATE OR REPLACE FUNCTION pggit._require_count(p_param text, p_value integer, p_low integer, p_high integer,
                                                p_hint text)
 RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pggit, pg_temp AS $$
@@ -244,7 +251,7 @@ BEGIN
        SET dead_at = now(), lease_expires_at = NULL, claim_secret_sha256 = NULL,
            last_error = coalesce(d.last_error || '; ', '')
                         || format('%s of %s attempts used up', d.attempts, p_max_attempts)
-     WHERE d.delivered_at IS NULL AND d.dead_at IS NULL AND d.attempts >= p_max_attempts
+     WHERE d.delivered_at IS NULL AND d.dead_at IS NULL AND pggit._delivery_used_up(d.attempts, p_max_attempts)
        AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now());
 
     RETURN QUERY
@@ -254,7 +261,7 @@ BEGIN
           FROM pggit.notification_deliveries d
          WHERE d.delivered_at IS NULL AND d.dead_at IS NULL AND d.next_attempt_at <= now()
            AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
-           AND d.attempts < p_max_attempts
+           AND NOT pggit._delivery_used_up(d.attempts, p_max_attempts)
          ORDER BY d.next_attempt_at, d.delivery_id
          LIMIT p_limit
            FOR UPDATE OF d SKIP LOCKED
@@ -304,10 +311,11 @@ BEGIN
         'seconds, at least p_backoff_base,');
     UPDATE pggit.notification_deliveries d
        SET delivered_at = CASE WHEN p_outcome = 'delivered' THEN now() END,
-           dead_at = CASE WHEN p_outcome = 'refused' OR (p_outcome = 'failed' AND d.attempts >= p_max_attempts)
+           dead_at = CASE WHEN p_outcome = 'refused'
+                            OR (p_outcome = 'failed' AND pggit._delivery_used_up(d.attempts, p_max_attempts))
                           THEN now() END,
            last_error = CASE WHEN p_outcome = 'delivered' THEN d.last_error ELSE p_error END,
-           next_attempt_at = CASE WHEN p_outcome = 'failed' AND d.attempts < p_max_attempts
+           next_attempt_at = CASE WHEN p_outcome = 'failed' AND NOT pggit._delivery_used_up(d.attempts, p_max_attempts)
                THEN now() + make_interval(secs => least(p_backoff_cap::float8,
                                                         p_backoff_base * power(2::float8, d.attempts - 1))
                                                   * (0.5 + random() / 2))
@@ -357,6 +365,7 @@ GRANT SELECT ON pggit.notification_status TO pggit_backup_reader;
 REVOKE ALL ON FUNCTION pggit._notification_event(text, integer, integer), pggit._webhook_owed(jsonb, text),
                        pggit._notification_payload(uuid, text, pggit.backup_jobs), pggit._backup_jobs_outbox(),
                        pggit._require_count(text, integer, integer, integer, text),
+                       pggit._delivery_used_up(integer, integer),
                        pggit.register_notification_endpoints(text, jsonb),
                        pggit.claim_notification_deliveries(text, integer, integer, integer),
                        pggit.record_notification_delivery(uuid, text, text, text, integer, integer, integer)
