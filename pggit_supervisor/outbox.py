@@ -29,6 +29,8 @@ from .queue import ClaimedDelivery, Queue
 log = logging.getLogger("pggit.notify")
 
 MIN_GAP = 1.0
+# after an error (a lost connection, a schema without 018, a bug): the next try, not every second
+ERROR_GAP = 30.0
 REGISTER_EVERY = 60.0
 MAX_PER_TICK = 5
 # the lease covers one attempt (at most notifications.timeout) twice over, and this much more
@@ -71,8 +73,14 @@ class Deliveries:
         try:
             return self.tick(queue)
         except psycopg2.Error as exc:  # the worker's next call notices a broken connection
-            log.warning("notifications not delivered: " + one_line(exc) + fields(worker=self.worker_id))
+            self.next_try = self.monotonic() + ERROR_GAP
+            log.warning(
+                "notifications not delivered: "
+                + one_line(exc)
+                + fields(worker=self.worker_id, retry_in=f"{ERROR_GAP:g}s")
+            )
         except Exception:  # a bug here must not take the worker (and the jobs it runs) down
+            self.next_try = self.monotonic() + ERROR_GAP
             log.exception("notifications not delivered: unexpected error" + fields(worker=self.worker_id))
         return []
 
