@@ -4,7 +4,8 @@ The loader checks a file against this table, the PGGIT_* overrides come from it,
 SETTINGS section is rendered from it, and a test holds conf/supervisor.yaml to it; so a setting is
 added here and nowhere else by hand. Kinds are values (bounds, allowed names), not code paths:
 what a kind accepts is in its fields, how a value is checked is in the loader, what the machine
-must provide (an executable, a user) is in host.py.
+must provide (an executable, a user) is in host.py. The notifications section is declared in
+notification_settings.py and placed in ROOT here, like any other.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .kinds import (
     Setting,
     Zone,
 )
+from .notification_settings import NOTIFICATIONS
 
 DEFAULT_CONFIG_PATH = "/etc/pggit/supervisor.yaml"
 CONFIG_PATH_VARIABLE = "PGGIT_CONFIG"  # names the file; not a setting, so not in the table
@@ -226,96 +228,6 @@ RETENTION = Section(
         ),
         Setting(
             "grace", Duration(0, 365 * 86400), "how long a failed or unverified backup is left before it goes", "1d"
-        ),
-    ),
-)
-
-# What pggit.register_notification_endpoints accepts (schema/018): the events of a job's ending,
-# and a URL as the guide's webhook_url is checked (003)
-NOTIFICATION_EVENTS = ("completed", "will_retry", "permanently_failed", "cancelled")
-WEBHOOK_URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~:/?#@!$&()*+,;=%-]*)?")
-ALLOWED_HOST = re.compile(r"[A-Za-z0-9_.:\[\]/-]{1,253}")
-ENDPOINT = Section(
-    "endpoint",
-    "a URL that hears about the chosen events of every job",
-    (
-        Setting(
-            "name",
-            Name(
-                SCHEDULE_NAME,
-                "be 1-63 letters, digits or _.- starting with a letter or digit, not webhook_url",
-                refused=("webhook_url",),
-            ),
-            "the endpoint's name in pggit.notification_status, the same on every host that carries it",
-        ),
-        Setting(
-            "url",
-            Name(WEBHOOK_URL, "be an http:// or https:// URL without spaces or quotes", allowed="an http(s) URL"),
-            "where the notifications are posted; its host must be in allowed_hosts",
-        ),
-        Setting(
-            "events",
-            ListOf(
-                Name(
-                    re.compile("|".join(NOTIFICATION_EVENTS)),
-                    "be an event name",
-                    allowed=", ".join(NOTIFICATION_EVENTS),
-                ),
-                "be a non-empty list of event names",
-                "a non-empty list of " + ", ".join(NOTIFICATION_EVENTS),
-            ),
-            "the job endings it is sent",
-            ("permanently_failed",),
-        ),
-    ),
-)
-NOTIFICATIONS = Section(
-    "notifications",
-    "job notifications, written with the job's end and delivered by idle workers until they arrive",
-    (
-        Setting(
-            "allowed_hosts",
-            ListOf(
-                Name(ALLOWED_HOST, "be a host name, an IP address or a network"),
-                "be a non-empty list of host names, addresses or networks",
-                "host names, IP addresses or networks (10.0.0.0/8)",
-            ),
-            "the only hosts notifications are posted to; a non-public address only when it is listed itself",
-            Derived("none: no notification is posted until hosts are listed"),
-        ),
-        Setting(
-            "secret",
-            Secret(16, 256),
-            "the HMAC-SHA256 key of the X-Pggit-Signature header",
-            Derived("none: notifications are not signed"),
-            null_is_default=True,
-        ),
-        Setting(
-            "secret_file",
-            Path("an absolute path to a file holding the secret"),
-            "a file holding the secret instead (its first line)",
-            Derived("none"),
-            null_is_default=True,
-        ),
-        Setting(
-            "endpoints",
-            ListOf(
-                None,
-                "be a non-empty list of endpoints",
-                "a list of mappings of " + ", ".join(ENDPOINT.keys()),
-                ENDPOINT,
-            ),
-            "URLs that hear about every job's chosen events, besides each backup's own webhook_url",
-            Derived("none"),
-        ),
-        Setting("max_attempts", Integer(1, 1000, unit=""), "attempts per notification before it is dead-lettered", 10),
-        Setting("backoff_base", Integer(1, 86400), "seconds before the second attempt; the delay doubles", 30),
-        Setting("backoff_cap", Integer(1, 604800), "cap on the delay between attempts, at least backoff_base", 3600),
-        Setting(
-            "timeout",
-            Number(0.5, 300),
-            "seconds one attempt may take in all: connecting, sending and reading the whole answer",
-            10.0,
         ),
     ),
 )
