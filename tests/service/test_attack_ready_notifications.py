@@ -27,12 +27,14 @@ def claim_calls(db) -> int:
 
 
 def worker_idle_after_a_claim(db) -> bool:
+    """Idle after its first pass: the job claim, then (idle) the outbox's claim (schema/018)."""
     return (
         scalar(
             db,
             """SELECT count(*) FROM pg_stat_activity
                           WHERE datname = current_database() AND application_name LIKE 'pggit-supervisor %%'
-                            AND state = 'idle' AND query LIKE '%%claim_backup_job%%'""",
+                            AND state = 'idle' AND (query LIKE '%%claim_backup_job%%'
+                                                    OR query LIKE '%%claim_notification_deliveries%%')""",
         )
         == 1
     )
