@@ -175,6 +175,11 @@ class Queue:
     def drain_notifications(self, tools: Sequence[str]) -> int:
         """Reads every pending NOTIFY; returns how many name one of `tools` (others are noise)."""
         self.conn.poll()
+        return self.queued_notifications(tools)
+
+    def queued_notifications(self, tools: Sequence[str]) -> int:
+        """Like drain_notifications, for those already read (with the answers of other queries),
+        without reading the connection."""
         count = sum(1 for n in self.conn.notifies if n.payload in tools)
         self.conn.notifies.clear()
         return count

@@ -209,7 +209,9 @@ class Worker:
         wake-up, and a flood costs at most one cheap claim per NOTIFY_MIN_GAP."""
         now = time.monotonic()
         deadline, earliest = now + self.config.poll_interval, now + NOTIFY_MIN_GAP
-        woken = False
+        # one that arrived while the idle pass ran its own queries was read with their answers:
+        # it is queued on the connection already, and select() would not see it
+        woken = queue.queued_notifications(self.tools) > 0
         while not self.done:
             now = time.monotonic()
             wake_at = min(deadline, earliest) if woken else deadline
