@@ -6,8 +6,9 @@ or down, holds a job. An idle worker, at most every MIN_GAP seconds, registers i
 notifications.endpoints (every REGISTER_EVERY seconds), then claims due deliveries one at a
 time under a lease that outlasts one attempt, posts each (webhooks.py checks the destination
 and keeps the deadline) and records the outcome; the database decides retries, backoff and the
-dead letter. At most MAX_PER_TICK deliveries per tick, so a backlog never keeps a ready job
-waiting for long.
+dead letter. A tick makes at most MAX_PER_TICK attempts and starts none once notifications.timeout
+has passed, so neither a backlog nor a slow endpoint keeps a ready job waiting for long (about
+twice that timeout at most).
 """
 
 from __future__ import annotations
@@ -87,14 +88,12 @@ class Deliveries:
     def tick(self, queue: Queue) -> list[Attempt]:
         if self.monotonic() >= self.next_register:
             self.register(queue)
-        attempts = []
-        for _ in range(MAX_PER_TICK):
-            claimed = queue.claim_deliveries(
-                self.worker_id,
-                1,
-                math.ceil(2 * self.settings.timeout) + LEASE_MARGIN_SECONDS,
-                self.settings.max_attempts,
-            )
+        attempts: list[Attempt] = []
+        lease = math.ceil(2 * self.settings.timeout) + LEASE_MARGIN_SECONDS
+        # one slow endpoint ends the tick: the worker looks for ready jobs before the next attempt
+        budget = self.monotonic() + self.settings.timeout
+        while len(attempts) < MAX_PER_TICK and self.monotonic() < budget:
+            claimed = queue.claim_deliveries(self.worker_id, 1, lease, self.settings.max_attempts)
             if not claimed:
                 break
             self.beat()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -143,3 +144,20 @@ def test_a_config_endpoint_hears_every_permanent_failure_without_a_webhook_url(
     payload = json.loads(request["body"])
     assert request["path"] == "/oncall" and payload["event"] == "permanently_failed" and payload["job_id"] == broken
     assert payload["error"], "the job's error"
+
+
+def test_an_endpoint_that_never_answers_holds_no_job_past_one_attempts_timeout(
+    make_service, db, tmp_path, webhook_endpoint
+):
+    server = webhook_endpoint(HANG)
+    service = make_service(workers=1, notifications={"allowed_hosts": ["127.0.0.1"], **FAST}).start()
+    _, first, _ = queue_fake(db, tmp_path, tag="hung", metadata=hook(server.url()))
+    wait_for_state(db, first, "completed")
+    wait_until(lambda: server.requests, 20, "the first attempt, which the endpoint never answers")
+    queued = time.monotonic()
+    _, second, _ = queue_fake(db, tmp_path, tag="next")
+    wait_for_state(db, second, "completed", timeout=20)
+    waited = time.monotonic() - queued
+    # one attempt (timeout 2 s) may be under way when the job is queued; the job then runs (~1 s)
+    assert waited < 2 + 4, f"the job waited {waited:.1f} s behind a hung endpoint\n" + service.log()
+    assert deliveries(db, first)[0]["state"] in ("pending", "sending"), "still owed, retried later"
