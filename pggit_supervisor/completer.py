@@ -4,8 +4,9 @@ One place writes how a job ended (River's completer): the executor decides the e
 module records it through the guarded queue functions, retrying until the database answers (a
 result must not be dropped because the server restarted), asking `outcome_of` when an earlier
 attempt may have committed unseen, and giving up after ABORT_DELIVERY_SECONDS once the service
-is stopping (the job's lease then returns it to the queue). Then it logs, tells the supervisor
-the worker is idle, and posts the job's webhook.
+is stopping (the job's lease then returns it to the queue). Then it logs and tells the supervisor
+the worker is idle. It posts nothing: a notification owed for the job was written in the same
+transaction as its end (schema/018) and is delivered from the outbox by idle workers (outbox.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any, Protocol, TypeVar
 
 import psycopg2
 
-from . import webhooks
 from .config import RetryConfig
 from .errors import one_line
 from .executor import SHUTDOWN, Abandoned, Completed, Ending, Failed, HandedBack
@@ -160,8 +160,6 @@ class Completer:
         self.link.tell("idle", "ok" if ok else "failed")
         if state == "completed" and self.retention_targets:
             self._queue_retention(job)
-        if state is not None:
-            self._notify(job, ok, state, message, ending.facts if isinstance(ending, Completed) else {})
 
     def _queue_retention(self, job: ClaimedJob) -> None:
         """One attempt: if it fails, the target's retention schedule queues the run instead."""
@@ -176,34 +174,6 @@ class Completer:
             return
         if queued is not None:
             log.info("retention job queued after the backup" + self._where(job) + fields(retention_job=queued))
-
-    def _notify(self, job: ClaimedJob, ok: bool, state: str, message: str, facts: Any) -> None:
-        notify = job.spec.get("notify", {})
-        if not webhooks.should_notify(notify, ok, state == "permanently_failed"):
-            return
-        try:
-            self._post(job, notify["webhook_url"], state, message, facts)
-        except Exception:  # a bug: the job is recorded already, and the worker lives
-            log.exception("posting the webhook failed" + self._where(job))
-
-    def _post(self, job: ClaimedJob, url: str, state: str, message: str, facts: Any) -> None:
-        webhooks.post(
-            url,
-            {
-                "job_id": job.job_id,
-                "backup_id": job.backup_id,
-                "backup_name": job.backup_name,
-                "tool": job.tool,
-                "state": state,
-                "message": message,
-                "commit_hash": job.commit_hash,
-                "branch": job.branch_name,
-                "worker": self.link.name,
-                "facts": dict(facts),
-            },
-            job.job_id,
-            self.link.name,
-        )
 
     def _where(self, job: ClaimedJob) -> str:
         return fields(job=job.job_id, worker=self.link.name)

@@ -88,6 +88,21 @@ class ServerWal:
     last_failed_at: str | None
 
 
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """One notification this worker may post now (schema/018): valid while its lease runs and
+    nobody claimed it again. claim_token is the claim's secret: never logged or shown."""
+
+    delivery_id: str
+    event_id: str
+    endpoint: str  # webhook_url (the backup's own) or a notifications.endpoints name
+    url: str = field(repr=False)  # may carry a token
+    event: str
+    payload: Mapping[str, Any]
+    attempt: int
+    claim_token: str = field(repr=False)
+
+
 def connect(dsn: str, application_name: str) -> connection:
     """An autocommit connection with keepalives, so a vanished server is noticed in seconds."""
     conn = psycopg2.connect(
@@ -192,6 +207,11 @@ class Queue:
     def drain_notifications(self, tools: Sequence[str]) -> int:
         """Reads every pending NOTIFY; returns how many name one of `tools` (others are noise)."""
         self.conn.poll()
+        return self.queued_notifications(tools)
+
+    def queued_notifications(self, tools: Sequence[str]) -> int:
+        """Like drain_notifications, for those already read (with the answers of other queries),
+        without reading the connection."""
         count = sum(1 for n in self.conn.notifies if n.payload in tools)
         self.conn.notifies.clear()
         return count
@@ -528,6 +548,40 @@ class Queue:
             (json.dumps(dict(target)),),
         )[0]
         return TargetStatus(**row)
+
+    # -- notifications (schema/018; issue 11) -----------------------------------------------
+
+    def register_endpoints(self, host: str, endpoints: Sequence[Mapping[str, Any]]) -> int:
+        """This host's notifications.endpoints replace what it registered before."""
+        return int(self._one("SELECT pggit.register_notification_endpoints(%s, %s)", (host, json.dumps(endpoints))))
+
+    def claim_deliveries(
+        self, worker_id: str, limit: int, lease_seconds: int, max_attempts: int
+    ) -> list[ClaimedDelivery]:
+        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(
+                """SELECT delivery_id::text, event_id::text, endpoint, url, event, payload, attempt, claim_token
+                     FROM pggit.claim_notification_deliveries(%s, %s, %s, %s)""",
+                (worker_id, int(limit), int(lease_seconds), int(max_attempts)),
+            )
+            return [ClaimedDelivery(**row) for row in cur.fetchall()]
+
+    def record_delivery(
+        self, delivery: ClaimedDelivery, outcome: str, error: str | None, max_attempts: int, base: int, cap: int
+    ) -> str | None:
+        """delivered / retry / dead, or None when the claim was lost (it expired and was re-claimed)."""
+        return self._one(
+            "SELECT pggit.record_notification_delivery(%s, %s, %s, %s, %s, %s, %s)",
+            (
+                delivery.delivery_id,
+                delivery.claim_token,
+                outcome,
+                fit_text(error, 8192),
+                int(max_attempts),
+                int(base),
+                int(cap),
+            ),
+        )
 
 
 def shell_command(argv: Sequence[str]) -> str:

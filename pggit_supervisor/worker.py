@@ -31,6 +31,7 @@ from .errors import one_line
 from .executor import LOST_CLAIM, SHUTDOWN, HandedBack, execute
 from .log import fields
 from .metrics import MetricsWriter
+from .outbox import Deliveries
 from .presence import Presence
 from .proctree import kill_tree
 from .queue import ClaimedJob, Queue, connect
@@ -75,6 +76,8 @@ class Worker:
         self.scheduler = Scheduler(config.schedules, name, config.schedule_interval)
         # issue 11: this worker's row in pggit.backup_workers, refreshed from beat()
         self.presence = Presence(name, self.database, self.tools)
+        # issue 11: this worker delivers the notification outbox in its idle time (outbox.py)
+        self.deliveries = Deliveries(config.notifications, name, config.worker_id, self.beat)
 
     # -- process plumbing -------------------------------------------------------------------
 
@@ -197,6 +200,7 @@ class Worker:
                     self.lost_connection(exc)
                     continue
                 self.scheduler.tick_if_due(queue)  # issue 10: record due schedule slots while idle
+                self.deliveries.tick_if_due(queue)  # issue 11: post due notifications while idle
                 self.wait_for_work(queue)
             elif self.done:
                 self.hand_back(job)  # told to stop while the claim was on its way
@@ -227,7 +231,9 @@ class Worker:
         wake-up, and a flood costs at most one cheap claim per NOTIFY_MIN_GAP."""
         now = time.monotonic()
         deadline, earliest = now + self.config.poll_interval, now + NOTIFY_MIN_GAP
-        woken = False
+        # one that arrived while the idle pass ran its own queries was read with their answers:
+        # it is queued on the connection already, and select() would not see it
+        woken = queue.queued_notifications(self.tools) > 0
         while not self.done:
             now = time.monotonic()
             wake_at = min(deadline, earliest) if woken else deadline

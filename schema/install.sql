@@ -132,6 +132,13 @@ BEGIN;
 COMMIT;
 \endif
 
+SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 18) AS pggit_apply \gset
+\if :pggit_apply
+BEGIN;
+\ir 018_outbox.sql
+COMMIT;
+\endif
+
 SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 19) AS pggit_apply \gset
 \if :pggit_apply
 BEGIN;

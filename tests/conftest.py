@@ -45,6 +45,7 @@ from helpers.cluster import BIN, IS_ROOT, Cluster
 from helpers.db import make_dsn
 from helpers.service import Service
 from helpers.session import DRILL_USER, OWN_SERVER, PG_HOST, PG_PORT, PG_USER, SESSION_SERVER_CONF
+from helpers.webhook_server import Endpoint
 from pggit_supervisor import sandbox, schema
 
 
@@ -249,3 +250,18 @@ def backup_dir():
         shutil.chown(path, "postgres", "postgres")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def webhook_endpoint():
+    """webhook_endpoint(*answers) -> a local HTTP Endpoint (helpers/webhook_server.py) that
+    answers each POST with the next of `answers`; all are closed after the test."""
+    made: list[Endpoint] = []
+
+    def make(*answers) -> Endpoint:
+        made.append(Endpoint(*answers))
+        return made[-1]
+
+    yield make
+    for endpoint in made:
+        endpoint.close()

@@ -113,6 +113,19 @@ class Duration:
 
 
 @dataclass(frozen=True)
+class Secret:
+    """A key of `low`-`high` printable ASCII characters without spaces; a problem never shows
+    the value (it would land in a log)."""
+
+    low: int
+    high: int
+
+    @property
+    def allowed(self) -> str:
+        return f"{self.low}-{self.high} printable ASCII characters without spaces"
+
+
+@dataclass(frozen=True)
 class Free:
     """A mapping whose keys a rule checks (a schedule's args, a retention target)."""
 
@@ -171,7 +184,7 @@ class Section:
 
 
 Kind: TypeAlias = (
-    Integer | Number | Choice | Name | Dsn | Boolean | Path | Cron | Zone | Duration | Free | ListOf | Section
+    Integer | Number | Choice | Name | Dsn | Boolean | Path | Cron | Zone | Duration | Secret | Free | ListOf | Section
 )
 
 

@@ -18,6 +18,7 @@ from .values import duration_seconds
 
 class Walk(Protocol):
     checked: dict[str, Any]
+    check_paths: bool
 
     def add(self, key_path: str, what: str, allowed: str) -> None: ...
 
@@ -299,3 +300,46 @@ def _schedules_record_in(
                 f"{where!r} (retention[{retained}]); its backups recorded in {database!r} would not be counted there",
                 str(where),
             )
+
+
+def notification_secret(walk: Walk, key_path: str, given: Mapping[Any, Any], result: dict[str, Any]) -> None:
+    """secret or secret_file, not both; the file's first line becomes the secret (read here, so
+    that a missing or empty file stops the service at start, not at the first delivery)."""
+    path = result.get("secret_file")
+    if "secret" in given and "secret_file" in given:
+        walk.add(f"{key_path}.secret_file", "must not be set together with secret", "secret or secret_file")
+        return
+    if not isinstance(path, str) or not walk.check_paths:
+        return
+    try:
+        with open(path, encoding="utf-8") as file:
+            secret = file.readline().strip()
+    except OSError as exc:
+        walk.add(f"{key_path}.secret_file", f"cannot read {path}: {exc.strerror or exc}", "a readable file")
+        return
+    except UnicodeError:
+        walk.add(f"{key_path}.secret_file", f"{path} is not UTF-8 text", "a file whose first line is the secret")
+        return
+    if not 16 <= len(secret) <= 256 or not all("!" <= char <= "~" for char in secret):
+        walk.add(
+            f"{key_path}.secret_file",
+            f"{path}: its first line must be 16-256 printable ASCII characters without spaces (not shown)",
+            "a file whose first line is the secret",
+        )
+        return
+    result["secret"] = secret
+
+
+def notification_backoff_ordered(walk: Walk, key_path: str, given: Mapping[Any, Any], result: dict[str, Any]) -> None:
+    base, cap = result.get("backoff_base"), result.get("backoff_cap")
+    if isinstance(base, int) and isinstance(cap, int) and cap < base:
+        default = "" if "backoff_cap" in given else " (the default)"
+        walk.add(
+            f"{key_path}.backoff_cap",
+            f"must be at least backoff_base ({base}), got {cap}{default}",
+            f"{base}-604800 seconds",
+        )
+    names = [e.get("name") for e in given.get("endpoints") or [] if isinstance(e, Mapping)]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            walk.add(f"{key_path}.endpoints[{index}].name", f"duplicate endpoint name {name!r}", "each name once")

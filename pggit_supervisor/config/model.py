@@ -18,7 +18,7 @@ from ..errors import PggitError
 from ..retention import Retention
 from ..scheduler import Schedule
 from . import settings
-from .settings import RETRY, ROOT, default_of
+from .settings import NOTIFICATIONS, RETRY, ROOT, default_of
 
 DEFAULT_WORKERS: int = default_of(ROOT, "workers")
 DEFAULT_POLL_INTERVAL: float = default_of(ROOT, "poll_interval")
@@ -38,6 +38,10 @@ DEFAULT_PRUNE_JOBS_AFTER: int = 30 * 86400  # prune_jobs_after as declared ("30d
 DEFAULT_WORKER_SILENCE: int = 120  # worker_silence as declared ("2m"), in seconds
 DEFAULT_WARNING_FRACTION: float = default_of(ROOT, "warning_fraction")
 DEFAULT_LOG_DESTINATION: str = default_of(ROOT, "log_destination")
+DEFAULT_NOTIFY_ATTEMPTS: int = default_of(NOTIFICATIONS, "max_attempts")
+DEFAULT_NOTIFY_BACKOFF_BASE: int = default_of(NOTIFICATIONS, "backoff_base")
+DEFAULT_NOTIFY_BACKOFF_CAP: int = default_of(NOTIFICATIONS, "backoff_cap")
+DEFAULT_NOTIFY_TIMEOUT: float = default_of(NOTIFICATIONS, "timeout")
 
 
 class ConfigError(PggitError):
@@ -57,6 +61,29 @@ class RetryConfig:
 
     base_delay: int = DEFAULT_BASE_DELAY
     max_delay: int = DEFAULT_MAX_DELAY
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """notifications.endpoints[]: a URL that hears about `events` of every job."""
+
+    name: str
+    url: str = field(repr=False)  # may carry a token
+    events: tuple[str, ...] = ("permanently_failed",)
+
+
+@dataclass(frozen=True)
+class NotificationConfig:
+    """How idle workers deliver the outbox (outbox.py, webhooks.py). secret is the key itself,
+    read from secret_file when that was given."""
+
+    allowed_hosts: tuple[str, ...] = ()
+    secret: str | None = field(default=None, repr=False)
+    endpoints: tuple[Endpoint, ...] = ()
+    max_attempts: int = DEFAULT_NOTIFY_ATTEMPTS
+    backoff_base: int = DEFAULT_NOTIFY_BACKOFF_BASE
+    backoff_cap: int = DEFAULT_NOTIFY_BACKOFF_CAP
+    timeout: float = DEFAULT_NOTIFY_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -159,6 +186,7 @@ class Config:
     max_wal_age: int = 3600  # max_wal_age as declared ("1h"), in seconds
     warning_fraction: float = DEFAULT_WARNING_FRACTION
     log_destination: str = DEFAULT_LOG_DESTINATION
+    notifications: NotificationConfig = field(default_factory=NotificationConfig)
     source: str = "<defaults>"
 
     def served(self) -> tuple[Database, ...]:

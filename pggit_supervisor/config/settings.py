@@ -4,7 +4,8 @@ The loader checks a file against this table, the PGGIT_* overrides come from it,
 SETTINGS section is rendered from it, and a test holds conf/supervisor.yaml to it; so a setting is
 added here and nowhere else by hand. Kinds are values (bounds, allowed names), not code paths:
 what a kind accepts is in its fields, how a value is checked is in the loader, what the machine
-must provide (an executable, a user) is in host.py.
+must provide (an executable, a user) is in host.py. The notifications section is declared in
+notification_settings.py and placed in ROOT here, like any other.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from .kinds import (
     Name,
     Number,
     Path,
+    Secret,
     Section,
     Setting,
     Zone,
 )
+from .notification_settings import NOTIFICATIONS
 
 DEFAULT_CONFIG_PATH = "/etc/pggit/supervisor.yaml"
 CONFIG_PATH_VARIABLE = "PGGIT_CONFIG"  # names the file; not a setting, so not in the table
@@ -413,6 +416,7 @@ ROOT = Section(
             "which backups each target keeps; the rest are expired and removed by the workers' retention jobs",
             Derived("none"),
         ),
+        NOTIFICATIONS,
         # -- retention's removal step and job pruning (issue 10) -------------------------------
         # -- WAL archiving freshness (issue 11) ---------------------------------------------------
         Setting(
@@ -515,7 +519,7 @@ def allowed_of(kind: Kind) -> str:
         return kind.allowed_text()
     if isinstance(kind, Boolean):
         return "true, false"
-    if isinstance(kind, (Dsn, Path, ListOf, Cron, Zone, Duration, Free)):
+    if isinstance(kind, (Dsn, Path, ListOf, Cron, Zone, Duration, Secret, Free)):
         return kind.allowed
     return ", ".join(kind.keys())
 

@@ -29,7 +29,7 @@ from .kinds import (
     Section,
     Setting,
 )
-from .model import Config, Database, RetryConfig, ToolConfig, Tools
+from .model import Config, Database, Endpoint, NotificationConfig, RetryConfig, ToolConfig, Tools
 from .report import Report, show
 from .settings import ROOT, WORKER_ID, allowed_of, builtin_tools
 from .values import INVALID, duration_seconds
@@ -265,6 +265,7 @@ def _declared(section_path: str, name: str) -> Setting:
 # Rules that relate settings of one section, run once the section's own keys are checked.
 _RULES: dict[str, tuple[Callable[[_Walk, str, Mapping[Any, Any], dict[str, Any]], None], ...]] = {
     "retry": (_retry_delays_ordered,),
+    "notifications": (list_rules.notification_secret, list_rules.notification_backoff_ordered),
     "": (
         _lease_outlasts_two_heartbeats,
         list_rules.databases_agree,
@@ -281,7 +282,7 @@ _ENTRY_RULES: dict[str, tuple[Callable[[_Walk, str, Mapping[Any, Any], dict[str,
 
 
 def _build(checked: dict[str, Any], source: str) -> Config:
-    lists = ("retry", "tools", "schedules", "retention", "databases")
+    lists = ("retry", "tools", "schedules", "retention", "databases", "notifications")
     top = {key: value for key, value in checked.items() if key not in lists}
     databases = tuple(
         Database(entry["name"], entry["dsn"], entry["workers"], tuple(entry["tools"] or ()))
@@ -296,9 +297,16 @@ def _build(checked: dict[str, Any], source: str) -> Config:
         drills=tuple(_drill(values) for values in checked["schedules"] or () if values["drill"] is not None),
         retention=tuple(Retention(**values) for values in checked["retention"] or ()),
         retry=RetryConfig(**checked["retry"]),
+        notifications=_notifications(checked["notifications"]),
         tools=Tools(tuple(_tool(name, values) for name, values in sorted(checked["tools"].items()))),
         source=source,
     )
+
+
+def _notifications(values: dict[str, Any]) -> NotificationConfig:
+    endpoints = tuple(Endpoint(e["name"], e["url"], tuple(e["events"])) for e in values["endpoints"] or ())
+    kept = {key: value for key, value in values.items() if key not in ("secret_file", "endpoints", "allowed_hosts")}
+    return NotificationConfig(**kept, allowed_hosts=tuple(values["allowed_hosts"] or ()), endpoints=endpoints)
 
 
 def _schedule(values: dict[str, Any]) -> Schedule:

@@ -16,7 +16,22 @@ from psycopg2.extensions import parse_dsn
 
 from ..scheduler import cron_problem
 from . import host
-from .kinds import Boolean, Choice, Cron, Dsn, Duration, Free, Integer, Name, Number, Path, Setting, Zone, show_default
+from .kinds import (
+    Boolean,
+    Choice,
+    Cron,
+    Dsn,
+    Duration,
+    Free,
+    Integer,
+    Name,
+    Number,
+    Path,
+    Secret,
+    Setting,
+    Zone,
+    show_default,
+)
 from .report import show
 from .settings import allowed_of
 
@@ -147,6 +162,17 @@ def _duration(walk: Walk, key_path: str, setting: Setting, kind: Duration, value
     return seconds
 
 
+def _secret(walk: Walk, key_path: str, setting: Setting, kind: Secret, value: Any) -> Any:
+    if not isinstance(value, str) or not kind.low <= len(value) <= kind.high or not _PRINTABLE.fullmatch(value):
+        what = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
+        walk.add(key_path, f"must be {kind.allowed}, got {what} (not shown)", kind.allowed)
+        return INVALID
+    return value
+
+
+_PRINTABLE = re.compile(r"[!-~]+")
+
+
 def _free(walk: Walk, key_path: str, setting: Setting, kind: Free, value: Any) -> Any:
     if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
         walk.add(key_path, f"must be a mapping, got {show(value)}", kind.allowed)
@@ -165,5 +191,6 @@ CHECKS: dict[type, Callable[..., Any]] = {
     Cron: _cron,
     Zone: _zone,
     Duration: _duration,
+    Secret: _secret,
     Free: _free,
 }

@@ -12,6 +12,7 @@ same module name, so `from conftest import ...` would get whichever one it loade
 - clock: a fake monotonic clock for the in-process units
 - jobs: a claimed job as a worker holds it, without a queue
 - config_files: a config written for a test, and the problems the loader finds in it
+- webhook_server: a local HTTP endpoint for notifications, and the README's receiver snippet
 - prerequisites, release_0_1_0, schema_snapshot, fake_tool: one job each, see their docstrings
 """
 

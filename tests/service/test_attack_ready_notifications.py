@@ -27,15 +27,16 @@ def claim_calls(db) -> int:
 
 
 def worker_idle_after_a_claim(db) -> bool:
-    """The worker waits: its last call was its claim, or the record of itself that follows the
-    first claim (pggit.record_worker, presence.py), which it makes only once it is connected."""
+    """The worker waits: its last call was its claim, the record of itself that follows the first
+    claim (pggit.record_worker, presence.py), or (idle) the outbox's claim (schema/018)."""
     return (
         scalar(
             db,
             """SELECT count(*) FROM pg_stat_activity
                           WHERE datname = current_database() AND application_name LIKE 'pggit-supervisor %%'
                             AND state = 'idle'
-                            AND (query LIKE '%%claim_backup_job%%' OR query LIKE '%%record_worker%%')""",
+                            AND (query LIKE '%%claim_backup_job%%' OR query LIKE '%%record_worker%%'
+                                 OR query LIKE '%%claim_notification_deliveries%%')""",
         )
         == 1
     )

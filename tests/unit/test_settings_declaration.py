@@ -24,7 +24,7 @@ DSN = "postgresql://pggit_backup@localhost:5432/mydb"
 # a key line, possibly commented out (`# kill_grace: 30`), possibly a list entry (`- path: ...`)
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<dash>- )?(?P<key>[a-z_]+):(?: |$)")
 SETTINGS = dict(walk())
-SECTIONS = {"retry", "tools", *(f"tools.{name}" for name in settings.tool_names())}
+SECTIONS = {"retry", "tools", "notifications", *(f"tools.{name}" for name in settings.tool_names())}
 
 
 def documented_keys(text: str) -> dict[str, str]:
