@@ -126,6 +126,13 @@ def registry_of(config: Config, snapshot: Snapshot, now: datetime | None = None)
     gauge("pggit_unacknowledged_permanent_failures", "permanent failures not yet acknowledged").labels(database).set(
         snapshot.unacknowledged_failures
     )
+    deliveries = gauge("pggit_notification_deliveries", "notification deliveries by state", ["state"])
+    for state in ("pending", "sending", "delivered", "dead"):
+        deliveries.labels(database, state).set(snapshot.notifications.get(state, 0))
+    if snapshot.oldest_pending_notification_seconds is not None:
+        gauge(
+            "pggit_notification_oldest_pending_age_seconds", "how long the oldest pending notification has waited"
+        ).labels(database).set(snapshot.oldest_pending_notification_seconds)
     retention = gauge("pggit_retention_jobs", "retention jobs by status", ["status"])
     for status, count in snapshot.retention_jobs.items():
         retention.labels(database, status).set(count)

@@ -21,6 +21,8 @@ class Snapshot:
     retention_jobs: Mapping[str, int] = field(default_factory=dict)  # by status
     workers: Mapping[str, int] = field(default_factory=dict)  # alive / dead / stopped
     unacknowledged_failures: int = 0
+    notifications: Mapping[str, int] = field(default_factory=dict)  # deliveries by state
+    oldest_pending_notification_seconds: float | None = None
 
 
 __all__ = ["Snapshot"]

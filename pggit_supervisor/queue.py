@@ -393,6 +393,14 @@ class Queue:
                 workers = {row["state"]: row["n"] for row in cur.fetchall()}
                 cur.execute("SELECT count(*) AS n FROM pggit.backup_permanent_failures WHERE NOT acknowledged")
                 unacknowledged = (cur.fetchone() or {"n": 0})["n"]
+                cur.execute(
+                    """SELECT state, count(*) AS n,
+                              extract(epoch FROM now() - min(created_at)) FILTER (WHERE state = 'pending') AS oldest
+                         FROM pggit.notification_status GROUP BY state"""
+                )
+                found = cur.fetchall()
+                notifications = {row["state"]: row["n"] for row in found}
+                oldest_pending = next((float(r["oldest"]) for r in found if r["oldest"] is not None), None)
         finally:
             self.conn.rollback()
             self.conn.set_session(isolation_level="DEFAULT", readonly=False)
@@ -408,6 +416,8 @@ class Queue:
             retention,
             workers,
             int(unacknowledged),
+            notifications,
+            oldest_pending,
         )
 
     # -- WAL archiving freshness (schema/020; issue 11) -----------------------------------------
@@ -522,6 +532,11 @@ class Queue:
             (int(limit),),
         )
         return [PermanentFailure(**row) for row in rows]
+
+    def notification_counts(self) -> dict[str, int]:
+        """Deliveries by state (pending, sending, delivered, dead) of pggit.notification_status."""
+        rows = self._records("SELECT state, count(*) AS n FROM pggit.notification_status GROUP BY state")
+        return {row["state"]: int(row["n"]) for row in rows}
 
     def archive_freshness(self) -> list[dict[str, Any]]:
         return self._records("SELECT target, wal_age_seconds, checked_at FROM pggit.archive_freshness")

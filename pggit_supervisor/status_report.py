@@ -61,8 +61,8 @@ class DatabaseReport:
     unacknowledged_failures: int = 0
     # the configured schedules of this database with their next slot
     next_slots: tuple[PlannedSchedule, ...] = ()
-    # extension point for the notifications outbox (schema 018, another part of issue 11): the
-    # number of dead-lettered notifications once that schema exists; None until then
+    # the notification outbox (schema/018): deliveries by state, and the dead-lettered ones
+    notifications: Mapping[str, int] | None = None
     dead_lettered_notifications: int | None = None
     extra_ages: tuple[Age, ...] = ()  # hook: WAL archive age, last drill age (later)
 
@@ -86,6 +86,8 @@ def read_database(queue: Queue, part: Config, name: str, now: datetime) -> Datab
             PlannedSchedule(s.name, next_fire(s, now) if s.enabled else None, s.max_age) for s in part.schedules
         ),
         extra_ages=(*wal_ages(queue, part), *drill_ages(queue, part)),
+        notifications=queue.notification_counts(),
+        dead_lettered_notifications=queue.notification_counts().get("dead", 0),
     )
 
 
@@ -366,6 +368,11 @@ def render_database(report: DatabaseReport, config: Config) -> list[str]:
         lines.append("  schedules:")
         header = ("SCHEDULE", "TARGET", "MAX AGE", "LAST SLOT (UTC)", "NEXT SLOT (UTC)")
         lines += ["    " + line for line in _table(header, rows)]
+    if report.notifications:
+        counts = ", ".join(f"{report.notifications.get(state, 0)} {state}" for state in ("pending", "sending", "dead"))
+        lines.append(
+            f"  notifications: {counts} (dead: gave up after notifications.max_attempts; pggit.notification_status)"
+        )
     if report.unacknowledged_failures:
         lines.append(f"  unacknowledged permanent failures: {report.unacknowledged_failures} (newest first)")
         rows = [
