@@ -92,9 +92,11 @@ BEGIN
         END IF;
     END IF;
     -- coalesced into the job already queued; it carries the slot if it carries none, so a host
-    -- ticking late does not make the same slot a second run
+    -- ticking late does not make the same slot a second run; and it is ready now: a delay its
+    -- last release gave it (another host held the target, or a worker login asked for a day)
+    -- does not defer this request
     UPDATE pggit.maintenance_jobs m
-       SET slot_time = coalesce(m.slot_time, p_slot_time)
+       SET slot_time = coalesce(m.slot_time, p_slot_time), run_after = least(m.run_after, now())
      WHERE m.kind = 'retention' AND m.target_key = v_key AND m.status = 'queued'
     RETURNING m.job_id INTO v_job;
     RETURN v_job;  -- NULL only if that queued job was claimed in between: a run is under way
@@ -266,19 +268,24 @@ BEGIN
         RETURN false;
     END IF;
     SELECT m.target_key INTO v_key FROM pggit.maintenance_jobs m WHERE m.job_id = v_job;
-    IF EXISTS (SELECT 1 FROM pggit.maintenance_jobs q
-                WHERE q.kind = 'retention' AND q.target_key = v_key AND q.status = 'queued') THEN
-        UPDATE pggit.maintenance_jobs m
-           SET status = 'completed', finished_at = now(), lease_expires_at = NULL, claim_secret_sha256 = NULL,
-               summary = jsonb_build_object('superseded', true, 'reason', left(p_reason, 500))
-         WHERE m.job_id = v_job;
-    ELSE
-        UPDATE pggit.maintenance_jobs m
-           SET status = 'queued', lease_expires_at = NULL, claim_secret_sha256 = NULL, claimed_by = NULL,
-               worker_id = NULL, attempts = greatest(m.attempts - 1, 0),
-               run_after = now() + make_interval(secs => p_delay_seconds), error = left(p_reason, 500)
-         WHERE m.job_id = v_job;
+    IF NOT EXISTS (SELECT 1 FROM pggit.maintenance_jobs q
+                    WHERE q.kind = 'retention' AND q.target_key = v_key AND q.status = 'queued') THEN
+        BEGIN
+            UPDATE pggit.maintenance_jobs m
+               SET status = 'queued', lease_expires_at = NULL, claim_secret_sha256 = NULL, claimed_by = NULL,
+                   worker_id = NULL, attempts = greatest(m.attempts - 1, 0),
+                   run_after = now() + make_interval(secs => p_delay_seconds), error = left(p_reason, 500)
+             WHERE m.job_id = v_job;
+            RETURN true;
+        EXCEPTION WHEN unique_violation THEN
+            -- a request committed after the check above (READ COMMITTED): it is the queued one
+            NULL;
+        END;
     END IF;
+    UPDATE pggit.maintenance_jobs m
+       SET status = 'completed', finished_at = now(), lease_expires_at = NULL, claim_secret_sha256 = NULL,
+           summary = jsonb_build_object('superseded', true, 'reason', left(p_reason, 500))
+     WHERE m.job_id = v_job;
     RETURN true;
 END
 $$;

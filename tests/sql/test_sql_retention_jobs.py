@@ -13,6 +13,7 @@ import psycopg2
 import pytest
 
 from helpers.db import query, refused, scalar
+from helpers.processes import wait_until
 from helpers.queue import force
 from helpers.retention import make
 
@@ -215,3 +216,52 @@ def test_pruning_takes_old_finished_retention_jobs_and_leaves_the_rest(db, login
     assert scalar(worker, "SELECT pggit.prune_finished_jobs(%s)", (30 * 86400,)) == 1
     assert [row["status"] for row in jobs(db)] == ["queued"]
     assert refused(worker, "SELECT pggit.prune_finished_jobs(10)").pgcode == "22023"
+
+
+def test_a_request_coalesced_into_a_delayed_job_is_not_deferred_by_that_delay(db, login):
+    """A worker login may release its claim with a delay of up to a day; a backup completing
+    (or a slot falling) after that coalesces into the delayed job, and must not wait with it."""
+    hostile = login(WORKER)
+    first = enqueue(hostile)
+    held = take(hostile)
+    scalar(hostile, "SELECT pggit.release_maintenance_job(%s, %s, 'later', 86400)", (held["job_id"], held["claim_token"]))
+    assert enqueue(login(WORKER)) == first, "the request is carried by the queued job"
+    again = take(login(WORKER), "host-b/1")
+    assert again is not None and again["job_id"] == first, "a request is served now, not after the delay"
+
+
+def test_a_release_racing_a_new_request_gives_way_to_it_instead_of_failing(db, login, login_as):
+    """The request is inserted (not committed yet) after release_maintenance_job looked for a
+    queued job: its re-queue then meets that row in the one-queued index. It must give way
+    (completed as superseded), not raise a unique violation at the worker."""
+    worker, (other, _) = login(WORKER), login_as(WORKER)
+    first = enqueue(worker)
+    held = take(worker)
+    pid = scalar(worker, "SELECT pg_backend_pid()")
+    other.autocommit = False
+    newer = enqueue(other)  # uncommitted: invisible to the release's check, but in the index
+    outcome: list = []
+
+    def release():
+        try:
+            outcome.append(
+                scalar(
+                    worker,
+                    "SELECT pggit.release_maintenance_job(%s, %s, 'stopping')",
+                    (held["job_id"], held["claim_token"]),
+                )
+            )
+        except psycopg2.Error as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    try:
+        waiting = "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s"
+        wait_until(lambda: scalar(db, waiting, (pid,)), 10, "the release waits on the uncommitted request")
+    finally:
+        other.commit()
+        thread.join(30)
+    assert outcome == [True], outcome
+    states = {row["job_id"]: row["status"] for row in jobs(db)}
+    assert states == {first: "completed", newer: "queued"}
