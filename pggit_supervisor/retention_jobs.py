@@ -141,10 +141,12 @@ class RetentionJobs:
             done = apply_retention(queue, self.config, retention, run)
         except JobError as exc:
             error = exc.message
-        except (psycopg2.OperationalError, psycopg2.InterfaceError):
-            self.link.tell("idle", "failed")
-            raise  # the connection (and with it the target's lock) is gone; the lease brings the job back
-        except psycopg2.Error as exc:  # the database refused a call: asking again would not help
+        except psycopg2.Error as exc:
+            if queue.conn.closed:
+                self.link.tell("idle", "failed")
+                raise  # the connection (and with it the target's lock) is gone; the lease brings the job back
+            # the database refused a call over a live connection (also lock_timeout and
+            # statement_timeout, which psycopg2 raises as OperationalError): the job records it
             error = f"refused by the database: {one_line(exc)}"
         except Exception as exc:  # a bug must not end the worker: the job records it
             log.exception("retention job failed unexpectedly" + where)

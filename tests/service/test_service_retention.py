@@ -117,3 +117,37 @@ def test_two_supervisors_carrying_a_targets_schedule_make_one_job_per_slot(dumps
     assert len(slots) == len(set(slots)), "each slot became one job, whichever host asked first"
     assert {job["worker_id"].split("/")[0] for job in jobs if job["worker_id"]} <= {"host-a", "host-b"}
     assert all(job["status"] == "completed" and job["error"] is None for job in jobs if job["started_at"])
+
+
+def test_a_retention_call_the_database_times_out_fails_the_job_and_keeps_the_connection(
+    dumps_service, db, dsn, backup_dir, login_as
+):
+    """A login with no pggit role can take any advisory lock, also the key expire_backups waits
+    for: the worker's call then ends on lock_timeout (an OperationalError, over a live
+    connection). That is the database refusing the call, not a lost connection: the job fails
+    now, saying why, instead of staying `running` until its lease ends and counting a lost worker.
+    (The lease outlives the 10 s lock_timeout here, as the default 60 s does.)"""
+    recorded_dump(db, dsn, backup_dir, 30)
+    target = '{"tool": "pg_dump"}'
+    key = scalar(
+        db, "SELECT hashtextextended('pggit-retention:' || pggit._require_retention_target(%s)::text, 0)", (target,)
+    )
+    squatter, _ = login_as()
+    scalar(squatter, "SELECT pg_advisory_lock(%s)", (key,))
+    service = dumps_service(lease_seconds=60).start()
+    service.wait_for_log("worker started", count=2)
+    job_id = scalar(db, "SELECT pggit.enqueue_retention(%s)::text", (target,))
+
+    (job,) = wait_until(
+        lambda: [job for job in retention_jobs(db) if job["status"] not in ("queued", "running")],
+        40,
+        "the retention job ended",
+    )
+    assert (job["job_id"], job["status"], job["attempts"]) == (job_id, "failed", 1)
+    assert "lock timeout" in job["error"], job["error"]
+    assert "database call failed" not in service.log(), "the connection was fine: no reconnect"
+
+    scalar(squatter, "SELECT pg_advisory_unlock(%s)", (key,))
+    scalar(db, "SELECT pggit.enqueue_retention(%s)", (target,))
+    wait_until(lambda: retention_jobs(db)[-1]["status"] == "completed", 40, "the next request ran")
+    assert service.stop() == 0

@@ -224,7 +224,9 @@ def test_a_request_coalesced_into_a_delayed_job_is_not_deferred_by_that_delay(db
     hostile = login(WORKER)
     first = enqueue(hostile)
     held = take(hostile)
-    scalar(hostile, "SELECT pggit.release_maintenance_job(%s, %s, 'later', 86400)", (held["job_id"], held["claim_token"]))
+    scalar(
+        hostile, "SELECT pggit.release_maintenance_job(%s, %s, 'later', 86400)", (held["job_id"], held["claim_token"])
+    )
     assert enqueue(login(WORKER)) == first, "the request is carried by the queued job"
     again = take(login(WORKER), "host-b/1")
     assert again is not None and again["job_id"] == first, "a request is served now, not after the delay"
