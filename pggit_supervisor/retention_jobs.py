@@ -64,7 +64,12 @@ def latest_slot(retention: Retention, now: datetime) -> datetime | None:
     wall = now.astimezone(zone).replace(tzinfo=None, second=0, microsecond=0) + timedelta(minutes=1)
     walls = croniter(expression, wall)
     for _ in range(4):  # around a change of offset a wall time can map past `now`
-        instant = walls.get_prev(datetime).replace(tzinfo=zone, fold=0).astimezone(UTC)
+        try:
+            instant = walls.get_prev(datetime).replace(tzinfo=zone, fold=0).astimezone(UTC)
+        except (ValueError, KeyError, ArithmeticError):
+            # croniter accepts what never fires (30 February) and raises CroniterBadDateError (a
+            # ValueError) looking for it: no slot, not a dead worker (as scheduler.next_fire)
+            return None
         if instant <= now:
             return instant if now - instant <= SLOT_DEADLINE else None
     return None

@@ -151,3 +151,17 @@ def test_a_retention_call_the_database_times_out_fails_the_job_and_keeps_the_con
     scalar(db, "SELECT pggit.enqueue_retention(%s)", (target,))
     wait_until(lambda: retention_jobs(db)[-1]["status"] == "completed", 40, "the next request ran")
     assert service.stop() == 0
+
+
+def test_a_retention_schedule_that_never_fires_leaves_the_workers_running(dumps_service, db, backup_dir):
+    """check-config accepts "0 0 30 2 *" (croniter does); the idle tick looking for its latest
+    slot must not kill the worker, or every worker dies in a loop and the supervisor gives up."""
+    service = dumps_service(schedule="0 0 30 2 *", schedule_interval=1).start()
+    service.wait_for_log("worker started", count=2)
+    backup = scalar(db, "SELECT pggit.backup_pg_dump('main', NULL, 'custom', %s)", (str(backup_dir),))
+    wait_until(
+        lambda: [job for job in retention_jobs(db) if job["status"] == "completed"], 60, "the backup's retention ran"
+    )
+    assert scalar(db, "SELECT status FROM pggit.backups WHERE backup_id = %s", (backup,)) == "completed"
+    assert "worker died" not in service.log(), service.log()[-3000:]
+    assert service.stop() == 0
