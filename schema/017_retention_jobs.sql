@@ -108,6 +108,35 @@ EXCEPTION WHEN unique_violation THEN
 END
 $$;
 
+-- A worker's targets (p_targets of the functions below: the targets its config retains), each
+-- checked as _require_retention_target checks one, the error naming its place (p_targets[N]),
+-- all of them before anything is written. Returns their keys (the normalised targets' text).
+CREATE OR REPLACE FUNCTION pggit._require_retention_targets(p_targets jsonb) RETURNS text[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pggit, pg_temp AS $$
+DECLARE
+    v_keys    text[] := '{}';
+    v_each    jsonb;
+    v_place   bigint;
+    v_column  text;
+    v_message text;
+    v_hint    text;
+BEGIN
+    IF p_targets IS NULL OR jsonb_typeof(p_targets) <> 'array' OR jsonb_array_length(p_targets) > 1000 THEN
+        PERFORM pggit._invalid('p_targets', 'must be a JSON array of at most 1000 targets', '[{"tool": ..., ...}, ...]');
+    END IF;
+    FOR v_each, v_place IN SELECT t.value, t.n - 1 FROM jsonb_array_elements(p_targets) WITH ORDINALITY t(value, n) LOOP
+        BEGIN
+            v_keys := v_keys || pggit._require_retention_target(v_each)::text;
+        EXCEPTION WHEN invalid_parameter_value THEN
+            GET STACKED DIAGNOSTICS v_column = COLUMN_NAME, v_message = MESSAGE_TEXT, v_hint = PG_EXCEPTION_HINT;
+            PERFORM pggit._invalid(format('p_targets[%s]%s', v_place, substr(v_column, length('p_target') + 1)),
+                                   regexp_replace(v_message, '^pggit: invalid [^ ]*: ', ''), v_hint);
+        END;
+    END LOOP;
+    RETURN v_keys;
+END
+$$;
+
 -- After a backup job completed: a retention run of the backup's target, if that target is one
 -- of p_targets (the caller's configured targets, as the config writes them). The target is the
 -- one 015 counts the backup in (from its job's spec), so what triggers the run is what the run
@@ -116,13 +145,10 @@ CREATE OR REPLACE FUNCTION pggit.enqueue_retention_after_backup(p_job_id uuid, p
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS $$
 DECLARE
+    v_keys     text[] := pggit._require_retention_targets(p_targets);
     v_backup   uuid;
     v_identity jsonb;
-    v_each     jsonb;
 BEGIN
-    IF p_targets IS NULL OR jsonb_typeof(p_targets) <> 'array' OR jsonb_array_length(p_targets) > 1000 THEN
-        PERFORM pggit._invalid('p_targets', 'must be a JSON array of at most 1000 targets', '[{"tool": ..., ...}, ...]');
-    END IF;
     SELECT b.backup_id, pggit._retention_identity(b.backup_tool, pggit._retention_params(b.backup_id, b.backup_tool))
       INTO v_backup, v_identity
       FROM pggit.backup_jobs j JOIN pggit.backups b ON b.backup_id = j.backup_id
@@ -130,11 +156,9 @@ BEGIN
     IF v_identity IS NULL THEN
         RETURN NULL;
     END IF;
-    FOR v_each IN SELECT value FROM jsonb_array_elements(p_targets) LOOP
-        IF pggit._require_retention_target(v_each) = v_identity THEN
-            RETURN pggit.enqueue_retention(v_identity, 'backup', NULL, v_backup);
-        END IF;
-    END LOOP;
+    IF v_identity::text = ANY (v_keys) THEN
+        RETURN pggit.enqueue_retention(v_identity, 'backup', NULL, v_backup);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -168,11 +192,7 @@ DECLARE
 BEGIN
     PERFORM pggit._require_worker_id(p_worker_id);
     PERFORM pggit._require_lease(p_lease_seconds);
-    IF p_targets IS NULL OR jsonb_typeof(p_targets) <> 'array' OR jsonb_array_length(p_targets) > 1000 THEN
-        PERFORM pggit._invalid('p_targets', 'must be a JSON array of at most 1000 targets', '[{"tool": ..., ...}, ...]');
-    END IF;
-    SELECT coalesce(array_agg(pggit._require_retention_target(value)::text), '{}') INTO v_keys
-      FROM jsonb_array_elements(p_targets);
+    v_keys := pggit._require_retention_targets(p_targets);
     -- a job whose worker was lost this often (it may be what kills them) waits for a person
     UPDATE pggit.maintenance_jobs m
        SET status = 'failed', finished_at = now(), lease_expires_at = NULL, claim_secret_sha256 = NULL,
@@ -318,7 +338,8 @@ SELECT m.job_id, m.kind, m.target, m.reason, m.backup_id, m.slot_time, m.status,
        m.summary, m.error
   FROM pggit.maintenance_jobs m;
 
-REVOKE ALL ON FUNCTION pggit.enqueue_retention(jsonb, text, timestamptz, uuid),
+REVOKE ALL ON FUNCTION pggit._require_retention_targets(jsonb),
+                       pggit.enqueue_retention(jsonb, text, timestamptz, uuid),
                        pggit.enqueue_retention_after_backup(uuid, jsonb),
                        pggit.claim_maintenance_job(text, jsonb, integer),
                        pggit._my_maintenance_job(uuid, text),

@@ -267,3 +267,32 @@ def test_a_release_racing_a_new_request_gives_way_to_it_instead_of_failing(db, l
     assert outcome == [True], outcome
     states = {row["job_id"]: row["status"] for row in jobs(db)}
     assert states == {first: "completed", newer: "queued"}
+
+
+@pytest.mark.parametrize(
+    ("targets", "param"),
+    [
+        ([{"tool": "tar"}], "p_targets[0].tool"),
+        ([DUMPS, {"tool": "pgbackrest", "stanza": "--config=/tmp/x"}], "p_targets[1].stanza"),
+        ([DUMPS, 5], "p_targets[1]"),
+        ([S1, {"tool": "pg_dump", "database": "elsewhere"}], "p_targets[1].database"),
+    ],
+)
+def test_a_bad_target_in_a_workers_list_is_refused_naming_its_place_and_writes_nothing(db, login, targets, param):
+    """Each of a worker's targets is checked, before anything is written, and the error names
+    its place in p_targets (not the p_target of another function). enqueue_retention_after_backup
+    checks them all, also when the job is unknown or an earlier target matches."""
+    worker = login(WORKER)
+    enqueue(worker, DUMPS)
+    force(db, "UPDATE pggit.maintenance_jobs SET run_after = now() - interval '1 minute'")
+    before = jobs(db)
+    claim = refused(worker, "SELECT * FROM pggit.claim_maintenance_job('host-a/1', %s)", (json.dumps(targets),))
+    assert claim.pgcode == "22023" and claim.diag.column_name == param, claim.pgerror
+    backup = make(db, scalar(db, "SELECT now()") - timedelta(hours=1))
+    job_id = scalar(db, "SELECT job_id::text FROM pggit.backup_jobs WHERE backup_id = %s", (backup,))
+    for job in (job_id, "00000000-0000-0000-0000-000000000000"):
+        after = refused(
+            worker, "SELECT pggit.enqueue_retention_after_backup(%s, %s)", (job, json.dumps([DUMPS, *targets]))
+        )
+        assert after.pgcode == "22023" and after.diag.column_name.startswith("p_targets["), after.pgerror
+    assert jobs(db) == before
