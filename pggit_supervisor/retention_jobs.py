@@ -179,6 +179,8 @@ class RetentionJobs:
                 "removal_failed": {each.backup_id: each.error for each in failed},
             }
             error = f"{len(failed)} removal(s) failed, retried by the next run" if failed else None
+        if error is not None and not error.strip():
+            error = "failed without a message"  # the database refuses an empty error (017)
         recorded = queue.finish_maintenance(job, summary, error)
         counts = fields(
             marked=len(summary.get("marked_expired", ())),

@@ -76,6 +76,9 @@ BEGIN
     IF p_backup_id IS NOT NULL AND p_reason <> 'backup' THEN
         PERFORM pggit._invalid('p_backup_id', 'is given only with p_reason ''backup''', 'NULL, or p_reason ''backup''');
     END IF;
+    IF p_backup_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pggit.backups b WHERE b.backup_id = p_backup_id) THEN
+        PERFORM pggit._invalid('p_backup_id', format('no backup %s', p_backup_id), 'a pggit.backups.backup_id, or NULL');
+    END IF;
     v_key := v_target::text;
     INSERT INTO pggit.maintenance_jobs (kind, target, target_key, reason, backup_id, slot_time)
     VALUES ('retention', v_target, v_key, p_reason, p_backup_id, p_slot_time)
@@ -258,6 +261,9 @@ BEGIN
     END IF;
     IF octet_length(p_error) > 65536 THEN
         PERFORM pggit._invalid('p_error', 'is longer than 64 KiB', 'a message of at most 64 KiB');
+    END IF;
+    IF btrim(p_error) = '' THEN
+        PERFORM pggit._invalid('p_error', 'must not be empty', 'NULL when the run completed, else what went wrong');
     END IF;
     UPDATE pggit.maintenance_jobs m
        SET status = CASE WHEN p_error IS NULL THEN 'completed' ELSE 'failed' END,

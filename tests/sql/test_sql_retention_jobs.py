@@ -296,3 +296,20 @@ def test_a_bad_target_in_a_workers_list_is_refused_naming_its_place_and_writes_n
         )
         assert after.pgcode == "22023" and after.diag.column_name.startswith("p_targets["), after.pgerror
     assert jobs(db) == before
+
+
+def test_a_finish_with_an_empty_error_and_a_request_naming_no_backup_are_refused(db, login):
+    """A failed run says why (an empty error would show a failed job with no reason), and a
+    request made for a backup names one that exists."""
+    worker = login(WORKER)
+    job = enqueue(worker)
+    held = take(worker)
+    error = refused(
+        worker, "SELECT pggit.finish_maintenance_job(%s, %s, '{}', ' ')", (held["job_id"], held["claim_token"])
+    )
+    assert error.pgcode == "22023" and error.diag.column_name == "p_error"
+    assert jobs(db)[0]["status"] == "running"
+    unknown = "00000000-0000-0000-0000-000000000000"
+    error = refused(worker, "SELECT pggit.enqueue_retention(%s, 'backup', NULL, %s)", (json.dumps(S1), unknown))
+    assert error.pgcode == "22023" and error.diag.column_name == "p_backup_id"
+    assert [row["job_id"] for row in jobs(db)] == [job]
