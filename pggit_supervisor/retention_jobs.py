@@ -143,7 +143,7 @@ class RetentionJobs:
         error: str | None = None
         done: TargetRun | None = None
         try:
-            done = apply_retention(queue, self.config, retention, run)
+            done = apply_retention(queue, self.config, retention, run, go_on=lambda: ticker.tick() is None)
         except JobError as exc:
             error = exc.message
         except psycopg2.Error as exc:
@@ -196,7 +196,8 @@ class RetentionJobs:
 
 
 class _Ticker:
-    """While a removal tool runs: beat the supervisor, renew the job's lease, stop on a fast stop."""
+    """While a removal tool runs, and before each removal: beat the supervisor, renew the job's
+    lease, stop on a fast stop or a lost claim (a reason returned)."""
 
     def __init__(self, link: Link, queue: Queue, job: ClaimedMaintenance, config: Config) -> None:
         self.link, self.queue, self.job, self.config = link, queue, job, config

@@ -6,14 +6,16 @@ schedule makes one job per slot however many supervisors carry it."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
+from datetime import timedelta
 
 import pytest
 
 from helpers import CLI, ROOT
 from helpers.db import query, scalar
 from helpers.processes import wait_until
-from helpers.retention import recorded_dump
+from helpers.retention import make, recorded_dump
 
 NEVER = "0 0 1 1 *"  # a schedule that stays out of the way (once a year)
 
@@ -126,7 +128,7 @@ def test_a_retention_call_the_database_times_out_fails_the_job_and_keeps_the_con
     for: the worker's call then ends on lock_timeout (an OperationalError, over a live
     connection). That is the database refusing the call, not a lost connection: the job fails
     now, saying why, instead of staying `running` until its lease ends and counting a lost worker.
-    (The lease outlives the 10 s lock_timeout here, as the default 60 s does.)"""
+    (The lease and worker_timeout outlive the 10 s lock_timeout here, as their defaults do.)"""
     recorded_dump(db, dsn, backup_dir, 30)
     target = '{"tool": "pg_dump"}'
     key = scalar(
@@ -134,7 +136,7 @@ def test_a_retention_call_the_database_times_out_fails_the_job_and_keeps_the_con
     )
     squatter, _ = login_as()
     scalar(squatter, "SELECT pg_advisory_lock(%s)", (key,))
-    service = dumps_service(lease_seconds=60).start()
+    service = dumps_service(lease_seconds=60, worker_timeout=30).start()
     service.wait_for_log("worker started", count=2)
     job_id = scalar(db, "SELECT pggit.enqueue_retention(%s)::text", (target,))
 
@@ -165,3 +167,47 @@ def test_a_retention_schedule_that_never_fires_leaves_the_workers_running(dumps_
     assert scalar(db, "SELECT status FROM pggit.backups WHERE backup_id = %s", (backup,)) == "completed"
     assert "worker died" not in service.log(), service.log()[-3000:]
     assert service.stop() == 0
+
+
+def test_a_fast_stop_during_a_removal_hands_the_job_back_without_spending_the_other_removals(
+    make_service, db, tmp_path
+):
+    """SIGQUIT while `pgbackrest expire` runs: that tool is stopped and the job handed back; the
+    target's other expired sets are left for the next run, not each tried once more under a
+    stopping worker (their guard's `info` killed at once, recorded as a failed attempt)."""
+    script = tmp_path / "pgbackrest"
+    started = tmp_path / "expire-started"
+    script.write_text(
+        "#!/bin/sh\n"
+        'for arg in "$@"; do case "$arg" in\n'
+        '  info) echo \'[{"name": "s1", "backup": []}]\'; exit 0;;\n'
+        f"  expire) echo $$ >> {started}; sleep 60; exit 0;;\n"
+        "esac; done\n"
+    )
+    script.chmod(0o755)
+    now = scalar(db, "SELECT now()")
+    labels = [f"2026010{day}-000000F" for day in (1, 2, 3, 4)]
+    backups = [
+        make(db, now - timedelta(days=40 - day), backup_type="full", label=label) for day, label in enumerate(labels)
+    ]
+    service = make_service(
+        worker_id="host-q",
+        workers=1,
+        lease_seconds=60,
+        tools={"pgbackrest": {"path": str(script)}},
+        retention=[{"target": {"tool": "pgbackrest", "stanza": "s1"}, "keep_last": 1, "schedule": NEVER}],
+    ).start()
+    service.wait_for_log("worker started")
+    scalar(db, 'SELECT pggit.enqueue_retention(\'{"tool": "pgbackrest", "stanza": "s1"}\')')
+    wait_until(lambda: started.exists() and started.read_text(), 30, "the first expire runs")
+    assert service.stop(signal.SIGQUIT, timeout=30) == 0
+
+    attempts = {
+        row["backup_id"]: row["removal_attempts"]
+        for row in query(db, "SELECT backup_id::text, removal_attempts FROM pggit.backup_expirations")
+    }
+    assert set(attempts) == set(backups[:3]), "keep_last 1: the three older sets were marked"
+    assert attempts[backups[0]] == 1, "the interrupted removal counts as tried"
+    assert attempts[backups[1]] == attempts[backups[2]] == 0, attempts
+    (job,) = retention_jobs(db)
+    assert job["status"] == "queued" and "handed back" in job["error"]
