@@ -27,7 +27,7 @@ from .config import Config
 from .errors import JobError, one_line
 from .expiry import TargetRun, apply_retention
 from .log import fields
-from .queue import ClaimedMaintenance, Queue
+from .queue import MAX_JSON_BYTES, ClaimedMaintenance, Queue
 from .retention import Retention
 from .runner import RunResult, RunSpec, run_tool
 
@@ -39,6 +39,7 @@ UTC = timezone.utc
 SLOT_DEADLINE = timedelta(days=1)
 PRUNE_EVERY = 3600.0  # seconds between one worker's prunings of finished jobs
 BUSY_DELAY = 30  # seconds a job waits when another host holds its target
+SUMMARY_SAMPLE = 100  # entries of each list a shortened summary keeps
 
 
 class Link(Protocol):
@@ -181,7 +182,7 @@ class RetentionJobs:
             error = f"{len(failed)} removal(s) failed, retried by the next run" if failed else None
         if error is not None and not error.strip():
             error = "failed without a message"  # the database refuses an empty error (017)
-        recorded = queue.finish_maintenance(job, summary, error)
+        recorded = queue.finish_maintenance(job, fit_summary(summary), error)
         counts = fields(
             marked=len(summary.get("marked_expired", ())),
             removed=len(summary.get("removed", ())),
@@ -193,6 +194,26 @@ class RetentionJobs:
         else:
             log.warning(f"retention job failed: {error}" + where + counts)
         self.link.tell("idle", "ok" if error is None else "failed")
+
+
+def fit_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary, or past finish_maintenance_job's limit (a first run over a long history
+    marks thousands of backups) a shortened one: each list keeps its first SUMMARY_SAMPLE
+    entries (errors cut to 500 characters) and `counts` says how many there were, so the run is
+    still recorded rather than refused."""
+    if len(json.dumps(summary).encode()) <= MAX_JSON_BYTES:
+        return summary
+    counts: dict[str, int] = {}
+    trimmed: dict[str, Any] = {"counts": counts, "shortened": f"the summary exceeded {MAX_JSON_BYTES} bytes"}
+    for key, value in summary.items():
+        if isinstance(value, list):
+            counts[key], trimmed[key] = len(value), value[:SUMMARY_SAMPLE]
+        elif isinstance(value, dict):
+            counts[key] = len(value)
+            trimmed[key] = {k: str(v)[-500:] for k, v in list(value.items())[:SUMMARY_SAMPLE]}
+        else:
+            trimmed[key] = value
+    return trimmed
 
 
 class _Ticker:
@@ -219,4 +240,4 @@ class _Ticker:
         return None
 
 
-__all__ = ["RetentionJobs", "latest_slot"]
+__all__ = ["RetentionJobs", "fit_summary", "latest_slot"]

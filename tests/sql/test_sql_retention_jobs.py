@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from datetime import timedelta
 
 import psycopg2
@@ -16,6 +17,8 @@ from helpers.db import query, refused, scalar
 from helpers.processes import wait_until
 from helpers.queue import force
 from helpers.retention import make
+from pggit_supervisor.queue import Queue
+from pggit_supervisor.retention_jobs import fit_summary
 
 WORKER, OPERATOR, READER = "pggit_backup_worker", "pggit_backup_operator", "pggit_backup_reader"
 DUMPS = {"tool": "pg_dump"}
@@ -313,3 +316,20 @@ def test_a_finish_with_an_empty_error_and_a_request_naming_no_backup_are_refused
     error = refused(worker, "SELECT pggit.enqueue_retention(%s, 'backup', NULL, %s)", (json.dumps(S1), unknown))
     assert error.pgcode == "22023" and error.diag.column_name == "p_backup_id"
     assert [row["job_id"] for row in jobs(db)] == [job]
+
+
+def test_the_summary_of_a_run_that_marked_thousands_of_backups_is_recorded(db, login):
+    """A first run over a year of hourly dumps marks thousands of backups: the summary's lists
+    (and the removal errors, up to 8 KiB each) outgrow the 256 KiB finish_maintenance_job takes.
+    The worker records it shortened, with the counts, rather than have the call refused (which
+    left the job running until its lease ran out, run again, and failed after five)."""
+    worker = Queue(login(WORKER))
+    enqueue(worker.conn)
+    job = worker.claim_maintenance("host-a/1", json.dumps([DUMPS]), 60)
+    ids = [str(uuid.uuid4()) for _ in range(9000)]
+    summary = {"marked_expired": ids, "removed": ids, "removal_failed": {ids[0]: "x" * 8192}}
+    assert worker.finish_maintenance(job, fit_summary(summary), None)
+    (row,) = query(db, "SELECT status, summary FROM pggit.maintenance_jobs")
+    assert row["status"] == "completed"
+    assert row["summary"]["counts"] == {"marked_expired": 9000, "removed": 9000, "removal_failed": 1}
+    assert len(json.dumps(row["summary"]).encode()) <= 256 * 1024
