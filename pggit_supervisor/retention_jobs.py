@@ -117,7 +117,18 @@ class RetentionJobs:
             key = retention.target_json()
             if slot is None or self.queued_slots.get(key) == slot:
                 continue
-            job_id = queue.enqueue_retention(key, "schedule", slot)
+            try:
+                job_id = queue.enqueue_retention(key, "schedule", slot)
+            except psycopg2.Error as exc:
+                if queue.conn.closed:
+                    raise
+                # refused over a live connection (this host's clock ahead of the database's): the
+                # next tick asks again; the connection and the rest of this tick are not at stake
+                log.warning(
+                    "retention slot refused"
+                    + fields(worker=self.link.name, target=retention.name(), slot=slot.isoformat(), error=one_line(exc))
+                )
+                continue
             self.queued_slots[key] = slot
             log.debug("retention slot queued" + fields(job=job_id, worker=self.link.name, target=retention.name()))
 

@@ -6,20 +6,24 @@ back after its lease, and bad input is refused before anything is written."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import psycopg2
 import pytest
 
+from helpers.config_files import write_config
 from helpers.db import query, refused, scalar
 from helpers.processes import wait_until
 from helpers.queue import force
 from helpers.retention import make
+from pggit_supervisor.config.loader import load_config
 from pggit_supervisor.queue import Queue
-from pggit_supervisor.retention_jobs import fit_summary
+from pggit_supervisor.retention_jobs import RetentionJobs, fit_summary
 
+UTC = timezone.utc
 WORKER, OPERATOR, READER = "pggit_backup_worker", "pggit_backup_operator", "pggit_backup_reader"
 DUMPS = {"tool": "pg_dump"}
 S1 = {"tool": "pgbackrest", "stanza": "s1"}
@@ -333,3 +337,43 @@ def test_the_summary_of_a_run_that_marked_thousands_of_backups_is_recorded(db, l
     assert row["status"] == "completed"
     assert row["summary"]["counts"] == {"marked_expired": 9000, "removed": 9000, "removal_failed": 1}
     assert len(json.dumps(row["summary"]).encode()) <= 256 * 1024
+
+
+class _Link:
+    """The worker side a RetentionJobs talks to (its supervisor pipe), for a tick in the test."""
+
+    name = "host-a/1"
+    aborting = False
+
+    def beat(self) -> None:
+        pass
+
+    def tell(self, *words) -> None:
+        pass
+
+
+def test_a_slot_the_database_refuses_costs_the_worker_neither_its_connection_nor_its_tick(
+    db, dsn, login_as, tmp_path, caplog
+):
+    """A host whose clock runs more than five minutes ahead of the database's sends slots the
+    database refuses (22023: in the future). That refusal went up as a database error: the
+    worker dropped its connection and reconnected at every schedule_interval, and the tick's
+    claim never ran. Now it is a warning naming the target and the slot; the tick goes on."""
+    conn, _ = login_as(WORKER)
+    path = write_config(
+        tmp_path,
+        {
+            "dsn": dsn,
+            "worker_id": "host-a",
+            "tools": {"pg_dump": {}},
+            "retention": [{"target": {"tool": "pg_dump"}, "keep_last": 2, "schedule": "* * * * *"}],
+        },
+    )
+    ahead = RetentionJobs(
+        load_config(path, {}, check_paths=False), _Link(), clock=lambda: datetime.now(UTC) + timedelta(minutes=10)
+    )
+    enqueue(db, S1)  # not this host's target: nothing to claim
+    with caplog.at_level(logging.WARNING, logger="pggit.retention"):
+        assert ahead.tick(Queue(conn)) is False
+    assert not conn.closed and jobs(db)[0]["reason"] == "requested" and len(jobs(db)) == 1
+    assert "retention slot refused" in caplog.text and "p_slot_time" in caplog.text
