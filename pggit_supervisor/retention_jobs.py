@@ -173,8 +173,10 @@ class RetentionJobs:
             log.info("retention job handed back" + where)
             self.link.tell("idle", "stopped")
         elif done is not None and done.busy:
-            queue.release_maintenance(job, "another host held the target's remover lock", BUSY_DELAY)
-            log.info("retention job put back: another host is applying the target's retention" + where)
+            # any login may take an advisory lock: name the holder, which need not be a host of ours
+            holder = queue.retention_target_holder(retention.target_json()) or "a session that has ended since"
+            queue.release_maintenance(job, f"the target's remover lock is held by {holder}", BUSY_DELAY)
+            log.info("retention job put back: the target's remover lock is taken" + where + fields(holder=holder))
             self.link.tell("idle", "stopped")
         else:
             self.finish(queue, job, done, error, where)

@@ -316,6 +316,24 @@ BEGIN
 END
 $$;
 
+-- Who holds a target's remover lock (016), for the job put back because it is taken: any login
+-- that can connect may take any advisory lock, so the holder is not necessarily a host applying
+-- the target (one with no pggit role can keep its retention from ever running). What pg_locks
+-- and pg_stat_activity show every login anyway: login, pid, application_name. NULL: not held.
+CREATE OR REPLACE FUNCTION pggit.retention_target_holder(p_target jsonb) RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS $$
+    SELECT format('login %s (pid %s, application_name %s)', quote_ident(a.usename), a.pid,
+                  quote_literal(left(regexp_replace(a.application_name, '[[:cntrl:]]', '?', 'g'), 64)))
+      FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+       AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+       AND ((l.classid::bigint << 32) | l.objid::bigint)
+           = hashtextextended('pggit-retention-run:' || pggit._require_retention_target(p_target)::text, 0)
+     ORDER BY a.backend_start
+     LIMIT 1
+$$;
+
 -- Finished jobs of both tables older than the age, at most one pruner at a time (a second one
 -- returns NULL at once rather than wait on the first's row locks). Returns how many went.
 CREATE OR REPLACE FUNCTION pggit.prune_finished_jobs(p_older_than_seconds integer) RETURNS bigint
@@ -352,6 +370,7 @@ REVOKE ALL ON FUNCTION pggit._require_retention_targets(jsonb),
                        pggit.heartbeat_maintenance_job(uuid, text, integer),
                        pggit.finish_maintenance_job(uuid, text, jsonb, text),
                        pggit.release_maintenance_job(uuid, text, text, integer),
+                       pggit.retention_target_holder(jsonb),
                        pggit.prune_finished_jobs(integer)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pggit.enqueue_retention(jsonb, text, timestamptz, uuid) TO pggit_backup_operator, pggit_backup_worker;
@@ -360,6 +379,7 @@ GRANT EXECUTE ON FUNCTION pggit.enqueue_retention_after_backup(uuid, jsonb),
                           pggit.heartbeat_maintenance_job(uuid, text, integer),
                           pggit.finish_maintenance_job(uuid, text, jsonb, text),
                           pggit.release_maintenance_job(uuid, text, text, integer),
+                          pggit.retention_target_holder(jsonb),
                           pggit.prune_finished_jobs(integer)
     TO pggit_backup_worker;
 REVOKE ALL ON pggit.maintenance_job_queue FROM PUBLIC;

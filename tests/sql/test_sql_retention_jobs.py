@@ -377,3 +377,29 @@ def test_a_slot_the_database_refuses_costs_the_worker_neither_its_connection_nor
         assert ahead.tick(Queue(conn)) is False
     assert not conn.closed and jobs(db)[0]["reason"] == "requested" and len(jobs(db)) == 1
     assert "retention slot refused" in caplog.text and "p_slot_time" in caplog.text
+
+
+def test_a_target_held_by_a_login_with_no_role_names_that_login_when_its_job_is_put_back(db, dsn, login_as, tmp_path):
+    """Any login that can connect can take any advisory lock, also a target's remover lock (016):
+    the target's jobs then go back to the queue every 30 s, for ever. That cannot be prevented
+    with an advisory lock, but it must not pass for "another host is applying it": the job's
+    error names the session holding the lock, for a DBA to end."""
+    conn, _ = login_as(WORKER)
+    squatter, squatter_name = login_as()
+    key = scalar(
+        db,
+        "SELECT hashtextextended('pggit-retention-run:' || pggit._require_retention_target(%s)::text, 0)",
+        (json.dumps(DUMPS),),
+    )
+    scalar(squatter, "SELECT pg_advisory_lock(%s)", (key,))
+    path = write_config(
+        tmp_path,
+        {"dsn": dsn, "worker_id": "host-a", "tools": {"pg_dump": {}}, "retention": [{"target": DUMPS, "keep_last": 2}]},
+    )
+    retention = RetentionJobs(load_config(path, {}, check_paths=False), _Link())
+    retention.next_slot_check = float("inf")  # no slot: only the request below
+    job = enqueue(db)
+    assert retention.tick(Queue(conn)) is True
+    (row,) = jobs(db)
+    assert (row["job_id"], row["status"]) == (job, "queued")
+    assert squatter_name in row["error"] and "pid" in row["error"], row["error"]
