@@ -205,9 +205,12 @@ BEGIN
       FROM pggit.maintenance_jobs m
      WHERE m.kind = 'retention' AND m.target_key = ANY (v_keys) AND m.run_after <= now()
        AND (m.status = 'queued' OR (m.status = 'running' AND m.lease_expires_at < now()))
+       -- nor while another job of the target is running, even one whose lease expired: that
+       -- one is claimed again first (it is the older); a claim racing for it skips its locked
+       -- row and must not take the queued job beside it
        AND NOT EXISTS (SELECT 1 FROM pggit.maintenance_jobs r
                         WHERE r.kind = m.kind AND r.target_key = m.target_key AND r.job_id <> m.job_id
-                          AND r.status = 'running' AND r.lease_expires_at >= now())
+                          AND r.status = 'running')
      ORDER BY m.run_after, m.enqueued_at, m.job_id
      LIMIT 1
        FOR UPDATE OF m SKIP LOCKED;

@@ -403,3 +403,23 @@ def test_a_target_held_by_a_login_with_no_role_names_that_login_when_its_job_is_
     (row,) = jobs(db)
     assert (row["job_id"], row["status"]) == (job, "queued")
     assert squatter_name in row["error"] and "pid" in row["error"], row["error"]
+
+
+def test_two_claims_racing_over_an_expired_job_and_a_queued_one_of_a_target_run_one(db, login, login_as):
+    """A target has a running job whose lease expired (its worker died) and a queued one (asked
+    for meanwhile). One claim takes the expired job, in a transaction not yet committed; a
+    second claim, skipping that locked row, must not take the queued job beside it: the target
+    would have two running jobs (the README's "one running job per target")."""
+    worker = login(WORKER)
+    enqueue(worker)
+    take(worker, "host-a/1")
+    force(db, "UPDATE pggit.maintenance_jobs SET lease_expires_at = now() - interval '1 second'")
+    enqueue(worker)  # the queued one
+    first, _ = login_as(WORKER)
+    first.autocommit = False
+    try:
+        assert take(first, "host-b/1")["attempts"] == 2, "the expired job is the older: taken first"
+        assert take(login(WORKER), "host-c/1") is None, "not the queued job while the target's other one runs"
+    finally:
+        first.commit()
+    assert sorted(row["status"] for row in jobs(db)) == ["queued", "running"]
