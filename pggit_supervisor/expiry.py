@@ -59,8 +59,12 @@ class TargetRun:
         return "\n".join(lines)
 
 
-def apply_retention(queue: Queue, config: Config, retention: Retention, run: Run = run_tool) -> TargetRun:
-    """Both steps for one target, under its remover lock."""
+def apply_retention(
+    queue: Queue, config: Config, retention: Retention, run: Run = run_tool, go_on: Callable[[], bool] = lambda: True
+) -> TargetRun:
+    """Both steps for one target, under its remover lock. `go_on` is asked before each removal
+    (a retention job renews its lease there, and stops when its worker stops or loses the
+    claim): the removals not tried are left pending for the next run, no attempt spent on them."""
     target, rules = plan_arguments(retention)
     if not queue.lock_retention_target(target):
         return TargetRun(retention.name(), busy=True)
@@ -68,7 +72,11 @@ def apply_retention(queue: Queue, config: Config, retention: Retention, run: Run
         marked = queue.expire_backups(config.worker_id, target, rules)
         pending = queue.pending_removals(target, rules)
         expiring = frozenset(each.location for each in pending)
-        removals = [remove_one(queue, config, each, run, expiring) for each in pending]
+        removals = []
+        for each in pending:
+            if not go_on():
+                break
+            removals.append(remove_one(queue, config, each, run, expiring))
     finally:
         queue.unlock_retention_target(target)
     return TargetRun(retention.name(), marked=marked, removals=removals)

@@ -475,6 +475,10 @@ class Queue:
             )
         )
 
+    def retention_target_holder(self, target: str) -> str | None:
+        """Who holds the target's remover lock (login, pid, application_name), or None."""
+        return self._one("SELECT pggit.retention_target_holder(%s)", (target,))
+
     def release_maintenance(self, job: ClaimedMaintenance, reason: str, delay_seconds: int = 0) -> bool:
         return bool(
             self._one(

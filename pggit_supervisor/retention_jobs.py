@@ -27,7 +27,7 @@ from .config import Config
 from .errors import JobError, one_line
 from .expiry import TargetRun, apply_retention
 from .log import fields
-from .queue import ClaimedMaintenance, Queue
+from .queue import MAX_JSON_BYTES, ClaimedMaintenance, Queue
 from .retention import Retention
 from .runner import RunResult, RunSpec, run_tool
 
@@ -39,6 +39,7 @@ UTC = timezone.utc
 SLOT_DEADLINE = timedelta(days=1)
 PRUNE_EVERY = 3600.0  # seconds between one worker's prunings of finished jobs
 BUSY_DELAY = 30  # seconds a job waits when another host holds its target
+SUMMARY_SAMPLE = 100  # entries of each list a shortened summary keeps
 
 
 class Link(Protocol):
@@ -64,7 +65,12 @@ def latest_slot(retention: Retention, now: datetime) -> datetime | None:
     wall = now.astimezone(zone).replace(tzinfo=None, second=0, microsecond=0) + timedelta(minutes=1)
     walls = croniter(expression, wall)
     for _ in range(4):  # around a change of offset a wall time can map past `now`
-        instant = walls.get_prev(datetime).replace(tzinfo=zone, fold=0).astimezone(UTC)
+        try:
+            instant = walls.get_prev(datetime).replace(tzinfo=zone, fold=0).astimezone(UTC)
+        except (ValueError, KeyError, ArithmeticError):
+            # croniter accepts what never fires (30 February) and raises CroniterBadDateError (a
+            # ValueError) looking for it: no slot, not a dead worker (as scheduler.next_fire)
+            return None
         if instant <= now:
             return instant if now - instant <= SLOT_DEADLINE else None
     return None
@@ -111,7 +117,18 @@ class RetentionJobs:
             key = retention.target_json()
             if slot is None or self.queued_slots.get(key) == slot:
                 continue
-            job_id = queue.enqueue_retention(key, "schedule", slot)
+            try:
+                job_id = queue.enqueue_retention(key, "schedule", slot)
+            except psycopg2.Error as exc:
+                if queue.conn.closed:
+                    raise
+                # refused over a live connection (this host's clock ahead of the database's): the
+                # next tick asks again; the connection and the rest of this tick are not at stake
+                log.warning(
+                    "retention slot refused"
+                    + fields(worker=self.link.name, target=retention.name(), slot=slot.isoformat(), error=one_line(exc))
+                )
+                continue
             self.queued_slots[key] = slot
             log.debug("retention slot queued" + fields(job=job_id, worker=self.link.name, target=retention.name()))
 
@@ -138,13 +155,15 @@ class RetentionJobs:
         error: str | None = None
         done: TargetRun | None = None
         try:
-            done = apply_retention(queue, self.config, retention, run)
+            done = apply_retention(queue, self.config, retention, run, go_on=lambda: ticker.tick() is None)
         except JobError as exc:
             error = exc.message
-        except (psycopg2.OperationalError, psycopg2.InterfaceError):
-            self.link.tell("idle", "failed")
-            raise  # the connection (and with it the target's lock) is gone; the lease brings the job back
-        except psycopg2.Error as exc:  # the database refused a call: asking again would not help
+        except psycopg2.Error as exc:
+            if queue.conn.closed:
+                self.link.tell("idle", "failed")
+                raise  # the connection (and with it the target's lock) is gone; the lease brings the job back
+            # the database refused a call over a live connection (also lock_timeout and
+            # statement_timeout, which psycopg2 raises as OperationalError): the job records it
             error = f"refused by the database: {one_line(exc)}"
         except Exception as exc:  # a bug must not end the worker: the job records it
             log.exception("retention job failed unexpectedly" + where)
@@ -154,8 +173,10 @@ class RetentionJobs:
             log.info("retention job handed back" + where)
             self.link.tell("idle", "stopped")
         elif done is not None and done.busy:
-            queue.release_maintenance(job, "another host held the target's remover lock", BUSY_DELAY)
-            log.info("retention job put back: another host is applying the target's retention" + where)
+            # any login may take an advisory lock: name the holder, which need not be a host of ours
+            holder = queue.retention_target_holder(retention.target_json()) or "a session that has ended since"
+            queue.release_maintenance(job, f"the target's remover lock is held by {holder}", BUSY_DELAY)
+            log.info("retention job put back: the target's remover lock is taken" + where + fields(holder=holder))
             self.link.tell("idle", "stopped")
         else:
             self.finish(queue, job, done, error, where)
@@ -172,7 +193,9 @@ class RetentionJobs:
                 "removal_failed": {each.backup_id: each.error for each in failed},
             }
             error = f"{len(failed)} removal(s) failed, retried by the next run" if failed else None
-        recorded = queue.finish_maintenance(job, summary, error)
+        if error is not None and not error.strip():
+            error = "failed without a message"  # the database refuses an empty error (017)
+        recorded = queue.finish_maintenance(job, fit_summary(summary), error)
         counts = fields(
             marked=len(summary.get("marked_expired", ())),
             removed=len(summary.get("removed", ())),
@@ -186,8 +209,29 @@ class RetentionJobs:
         self.link.tell("idle", "ok" if error is None else "failed")
 
 
+def fit_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary, or past finish_maintenance_job's limit (a first run over a long history
+    marks thousands of backups) a shortened one: each list keeps its first SUMMARY_SAMPLE
+    entries (errors cut to 500 characters) and `counts` says how many there were, so the run is
+    still recorded rather than refused."""
+    if len(json.dumps(summary).encode()) <= MAX_JSON_BYTES:
+        return summary
+    counts: dict[str, int] = {}
+    trimmed: dict[str, Any] = {"counts": counts, "shortened": f"the summary exceeded {MAX_JSON_BYTES} bytes"}
+    for key, value in summary.items():
+        if isinstance(value, list):
+            counts[key], trimmed[key] = len(value), value[:SUMMARY_SAMPLE]
+        elif isinstance(value, dict):
+            counts[key] = len(value)
+            trimmed[key] = {k: str(v)[-500:] for k, v in list(value.items())[:SUMMARY_SAMPLE]}
+        else:
+            trimmed[key] = value
+    return trimmed
+
+
 class _Ticker:
-    """While a removal tool runs: beat the supervisor, renew the job's lease, stop on a fast stop."""
+    """While a removal tool runs, and before each removal: beat the supervisor, renew the job's
+    lease, stop on a fast stop or a lost claim (a reason returned)."""
 
     def __init__(self, link: Link, queue: Queue, job: ClaimedMaintenance, config: Config) -> None:
         self.link, self.queue, self.job, self.config = link, queue, job, config
@@ -209,4 +253,4 @@ class _Ticker:
         return None
 
 
-__all__ = ["RetentionJobs", "latest_slot"]
+__all__ = ["RetentionJobs", "fit_summary", "latest_slot"]

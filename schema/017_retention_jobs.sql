@@ -76,6 +76,9 @@ BEGIN
     IF p_backup_id IS NOT NULL AND p_reason <> 'backup' THEN
         PERFORM pggit._invalid('p_backup_id', 'is given only with p_reason ''backup''', 'NULL, or p_reason ''backup''');
     END IF;
+    IF p_backup_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pggit.backups b WHERE b.backup_id = p_backup_id) THEN
+        PERFORM pggit._invalid('p_backup_id', format('no backup %s', p_backup_id), 'a pggit.backups.backup_id, or NULL');
+    END IF;
     v_key := v_target::text;
     INSERT INTO pggit.maintenance_jobs (kind, target, target_key, reason, backup_id, slot_time)
     VALUES ('retention', v_target, v_key, p_reason, p_backup_id, p_slot_time)
@@ -92,9 +95,11 @@ BEGIN
         END IF;
     END IF;
     -- coalesced into the job already queued; it carries the slot if it carries none, so a host
-    -- ticking late does not make the same slot a second run
+    -- ticking late does not make the same slot a second run; and it is ready now: a delay its
+    -- last release gave it (another host held the target, or a worker login asked for a day)
+    -- does not defer this request
     UPDATE pggit.maintenance_jobs m
-       SET slot_time = coalesce(m.slot_time, p_slot_time)
+       SET slot_time = coalesce(m.slot_time, p_slot_time), run_after = least(m.run_after, now())
      WHERE m.kind = 'retention' AND m.target_key = v_key AND m.status = 'queued'
     RETURNING m.job_id INTO v_job;
     RETURN v_job;  -- NULL only if that queued job was claimed in between: a run is under way
@@ -106,6 +111,35 @@ EXCEPTION WHEN unique_violation THEN
 END
 $$;
 
+-- A worker's targets (p_targets of the functions below: the targets its config retains), each
+-- checked as _require_retention_target checks one, the error naming its place (p_targets[N]),
+-- all of them before anything is written. Returns their keys (the normalised targets' text).
+CREATE OR REPLACE FUNCTION pggit._require_retention_targets(p_targets jsonb) RETURNS text[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pggit, pg_temp AS $$
+DECLARE
+    v_keys    text[] := '{}';
+    v_each    jsonb;
+    v_place   bigint;
+    v_column  text;
+    v_message text;
+    v_hint    text;
+BEGIN
+    IF p_targets IS NULL OR jsonb_typeof(p_targets) <> 'array' OR jsonb_array_length(p_targets) > 1000 THEN
+        PERFORM pggit._invalid('p_targets', 'must be a JSON array of at most 1000 targets', '[{"tool": ..., ...}, ...]');
+    END IF;
+    FOR v_each, v_place IN SELECT t.value, t.n - 1 FROM jsonb_array_elements(p_targets) WITH ORDINALITY t(value, n) LOOP
+        BEGIN
+            v_keys := v_keys || pggit._require_retention_target(v_each)::text;
+        EXCEPTION WHEN invalid_parameter_value THEN
+            GET STACKED DIAGNOSTICS v_column = COLUMN_NAME, v_message = MESSAGE_TEXT, v_hint = PG_EXCEPTION_HINT;
+            PERFORM pggit._invalid(format('p_targets[%s]%s', v_place, substr(v_column, length('p_target') + 1)),
+                                   regexp_replace(v_message, '^pggit: invalid [^ ]*: ', ''), v_hint);
+        END;
+    END LOOP;
+    RETURN v_keys;
+END
+$$;
+
 -- After a backup job completed: a retention run of the backup's target, if that target is one
 -- of p_targets (the caller's configured targets, as the config writes them). The target is the
 -- one 015 counts the backup in (from its job's spec), so what triggers the run is what the run
@@ -114,13 +148,10 @@ CREATE OR REPLACE FUNCTION pggit.enqueue_retention_after_backup(p_job_id uuid, p
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS $$
 DECLARE
+    v_keys     text[] := pggit._require_retention_targets(p_targets);
     v_backup   uuid;
     v_identity jsonb;
-    v_each     jsonb;
 BEGIN
-    IF p_targets IS NULL OR jsonb_typeof(p_targets) <> 'array' OR jsonb_array_length(p_targets) > 1000 THEN
-        PERFORM pggit._invalid('p_targets', 'must be a JSON array of at most 1000 targets', '[{"tool": ..., ...}, ...]');
-    END IF;
     SELECT b.backup_id, pggit._retention_identity(b.backup_tool, pggit._retention_params(b.backup_id, b.backup_tool))
       INTO v_backup, v_identity
       FROM pggit.backup_jobs j JOIN pggit.backups b ON b.backup_id = j.backup_id
@@ -128,11 +159,9 @@ BEGIN
     IF v_identity IS NULL THEN
         RETURN NULL;
     END IF;
-    FOR v_each IN SELECT value FROM jsonb_array_elements(p_targets) LOOP
-        IF pggit._require_retention_target(v_each) = v_identity THEN
-            RETURN pggit.enqueue_retention(v_identity, 'backup', NULL, v_backup);
-        END IF;
-    END LOOP;
+    IF v_identity::text = ANY (v_keys) THEN
+        RETURN pggit.enqueue_retention(v_identity, 'backup', NULL, v_backup);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -166,11 +195,7 @@ DECLARE
 BEGIN
     PERFORM pggit._require_worker_id(p_worker_id);
     PERFORM pggit._require_lease(p_lease_seconds);
-    IF p_targets IS NULL OR jsonb_typeof(p_targets) <> 'array' OR jsonb_array_length(p_targets) > 1000 THEN
-        PERFORM pggit._invalid('p_targets', 'must be a JSON array of at most 1000 targets', '[{"tool": ..., ...}, ...]');
-    END IF;
-    SELECT coalesce(array_agg(pggit._require_retention_target(value)::text), '{}') INTO v_keys
-      FROM jsonb_array_elements(p_targets);
+    v_keys := pggit._require_retention_targets(p_targets);
     -- a job whose worker was lost this often (it may be what kills them) waits for a person
     UPDATE pggit.maintenance_jobs m
        SET status = 'failed', finished_at = now(), lease_expires_at = NULL, claim_secret_sha256 = NULL,
@@ -180,9 +205,12 @@ BEGIN
       FROM pggit.maintenance_jobs m
      WHERE m.kind = 'retention' AND m.target_key = ANY (v_keys) AND m.run_after <= now()
        AND (m.status = 'queued' OR (m.status = 'running' AND m.lease_expires_at < now()))
+       -- nor while another job of the target is running, even one whose lease expired: that
+       -- one is claimed again first (it is the older); a claim racing for it skips its locked
+       -- row and must not take the queued job beside it
        AND NOT EXISTS (SELECT 1 FROM pggit.maintenance_jobs r
                         WHERE r.kind = m.kind AND r.target_key = m.target_key AND r.job_id <> m.job_id
-                          AND r.status = 'running' AND r.lease_expires_at >= now())
+                          AND r.status = 'running')
      ORDER BY m.run_after, m.enqueued_at, m.job_id
      LIMIT 1
        FOR UPDATE OF m SKIP LOCKED;
@@ -237,6 +265,9 @@ BEGIN
     IF octet_length(p_error) > 65536 THEN
         PERFORM pggit._invalid('p_error', 'is longer than 64 KiB', 'a message of at most 64 KiB');
     END IF;
+    IF btrim(p_error) = '' THEN
+        PERFORM pggit._invalid('p_error', 'must not be empty', 'NULL when the run completed, else what went wrong');
+    END IF;
     UPDATE pggit.maintenance_jobs m
        SET status = CASE WHEN p_error IS NULL THEN 'completed' ELSE 'failed' END,
            summary = p_summary, error = p_error, finished_at = now(), lease_expires_at = NULL,
@@ -266,21 +297,44 @@ BEGIN
         RETURN false;
     END IF;
     SELECT m.target_key INTO v_key FROM pggit.maintenance_jobs m WHERE m.job_id = v_job;
-    IF EXISTS (SELECT 1 FROM pggit.maintenance_jobs q
-                WHERE q.kind = 'retention' AND q.target_key = v_key AND q.status = 'queued') THEN
-        UPDATE pggit.maintenance_jobs m
-           SET status = 'completed', finished_at = now(), lease_expires_at = NULL, claim_secret_sha256 = NULL,
-               summary = jsonb_build_object('superseded', true, 'reason', left(p_reason, 500))
-         WHERE m.job_id = v_job;
-    ELSE
-        UPDATE pggit.maintenance_jobs m
-           SET status = 'queued', lease_expires_at = NULL, claim_secret_sha256 = NULL, claimed_by = NULL,
-               worker_id = NULL, attempts = greatest(m.attempts - 1, 0),
-               run_after = now() + make_interval(secs => p_delay_seconds), error = left(p_reason, 500)
-         WHERE m.job_id = v_job;
+    IF NOT EXISTS (SELECT 1 FROM pggit.maintenance_jobs q
+                    WHERE q.kind = 'retention' AND q.target_key = v_key AND q.status = 'queued') THEN
+        BEGIN
+            UPDATE pggit.maintenance_jobs m
+               SET status = 'queued', lease_expires_at = NULL, claim_secret_sha256 = NULL, claimed_by = NULL,
+                   worker_id = NULL, attempts = greatest(m.attempts - 1, 0),
+                   run_after = now() + make_interval(secs => p_delay_seconds), error = left(p_reason, 500)
+             WHERE m.job_id = v_job;
+            RETURN true;
+        EXCEPTION WHEN unique_violation THEN
+            -- a request committed after the check above (READ COMMITTED): it is the queued one
+            NULL;
+        END;
     END IF;
+    UPDATE pggit.maintenance_jobs m
+       SET status = 'completed', finished_at = now(), lease_expires_at = NULL, claim_secret_sha256 = NULL,
+           summary = jsonb_build_object('superseded', true, 'reason', left(p_reason, 500))
+     WHERE m.job_id = v_job;
     RETURN true;
 END
+$$;
+
+-- Who holds a target's remover lock (016), for the job put back because it is taken: any login
+-- that can connect may take any advisory lock, so the holder is not necessarily a host applying
+-- the target (one with no pggit role can keep its retention from ever running). What pg_locks
+-- and pg_stat_activity show every login anyway: login, pid, application_name. NULL: not held.
+CREATE OR REPLACE FUNCTION pggit.retention_target_holder(p_target jsonb) RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS $$
+    SELECT format('login %s (pid %s, application_name %s)', quote_ident(a.usename), a.pid,
+                  quote_literal(left(regexp_replace(a.application_name, '[[:cntrl:]]', '?', 'g'), 64)))
+      FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+       AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+       AND ((l.classid::bigint << 32) | l.objid::bigint)
+           = hashtextextended('pggit-retention-run:' || pggit._require_retention_target(p_target)::text, 0)
+     ORDER BY a.backend_start
+     LIMIT 1
 $$;
 
 -- Finished jobs of both tables older than the age, at most one pruner at a time (a second one
@@ -311,13 +365,15 @@ SELECT m.job_id, m.kind, m.target, m.reason, m.backup_id, m.slot_time, m.status,
        m.summary, m.error
   FROM pggit.maintenance_jobs m;
 
-REVOKE ALL ON FUNCTION pggit.enqueue_retention(jsonb, text, timestamptz, uuid),
+REVOKE ALL ON FUNCTION pggit._require_retention_targets(jsonb),
+                       pggit.enqueue_retention(jsonb, text, timestamptz, uuid),
                        pggit.enqueue_retention_after_backup(uuid, jsonb),
                        pggit.claim_maintenance_job(text, jsonb, integer),
                        pggit._my_maintenance_job(uuid, text),
                        pggit.heartbeat_maintenance_job(uuid, text, integer),
                        pggit.finish_maintenance_job(uuid, text, jsonb, text),
                        pggit.release_maintenance_job(uuid, text, text, integer),
+                       pggit.retention_target_holder(jsonb),
                        pggit.prune_finished_jobs(integer)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pggit.enqueue_retention(jsonb, text, timestamptz, uuid) TO pggit_backup_operator, pggit_backup_worker;
@@ -326,6 +382,7 @@ GRANT EXECUTE ON FUNCTION pggit.enqueue_retention_after_backup(uuid, jsonb),
                           pggit.heartbeat_maintenance_job(uuid, text, integer),
                           pggit.finish_maintenance_job(uuid, text, jsonb, text),
                           pggit.release_maintenance_job(uuid, text, text, integer),
+                          pggit.retention_target_holder(jsonb),
                           pggit.prune_finished_jobs(integer)
     TO pggit_backup_worker;
 REVOKE ALL ON pggit.maintenance_job_queue FROM PUBLIC;

@@ -38,3 +38,9 @@ def test_slots_are_read_in_the_schedules_zone_across_a_change_of_offset():
     # 25 October 2026: 02:30 shows twice; the first (00:30 UTC) is the slot, the second is not another
     assert latest_slot(paris, at("2026-10-25 01:45:00")) == at("2026-10-25 00:30:00")
     assert latest_slot(paris, at("2026-10-24 23:00:00")) == at("2026-10-24 00:30:00")
+
+
+def test_a_schedule_that_never_fires_has_no_slot_and_does_not_raise():
+    # croniter accepts 30 February (check-config does too) but finds no slot before now: the
+    # worker's idle tick must not die of it, or every worker dies in a loop and the service stops
+    assert latest_slot(target("0 0 30 2 *"), at("2026-12-02 14:37:12")) is None
