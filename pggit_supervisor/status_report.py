@@ -3,7 +3,7 @@ targets and schedules and its unacknowledged failures, read once into frozen rec
 table for people, JSON for scripts (the shape README documents, `"format": 1`), or the
 monitoring probe's one line (status_check.py judges the same records).
 
-All SQL is in queue.py; the ages come from the database's clock, so a host whose clock is off
+All SQL is in the queue package; the ages come from the database's clock, so a host whose clock is off
 judges no backup wrongly.
 """
 

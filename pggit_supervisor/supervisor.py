@@ -39,6 +39,7 @@ from .policies import (
     ran_healthy,
     worker_name,
 )
+from .supervisor_metrics import SupervisorMetrics
 from .systemd import Notifier
 from .worker import ABORT_DELIVERY_SECONDS, Worker
 
@@ -94,6 +95,7 @@ class Supervisor:
         self.exit_code = 0
         self.watchdog = Watchdog(notifier.watchdog_interval or None)
         self.last_status = ""
+        self.metrics = SupervisorMetrics(config)  # issue 11: deaths and kills, for the metrics textfile
 
     # -- signals: queue and wake, nothing else (no logging in a handler) -----------------------
 
@@ -157,6 +159,7 @@ class Supervisor:
                 self.manage_workers()
                 self.ping_watchdog()
                 self.update_status()
+                self.metrics.write_if_due(w.database for w in self.workers.values() if not w.killed)
         reap_orphans(self.workers, self.clock)
         log.info(
             "supervisor stopped" + fields(exit_code=self.exit_code, jobs_ok=self.jobs_ok, jobs_failed=self.jobs_failed)
@@ -306,6 +309,7 @@ class Supervisor:
         self.slot_release.add(worker.slot)
         if asked and not worker.killed:
             return
+        self.metrics.worker_died(worker.database)
         now = self.clock()
         self.crash_loop = self.crash_loop.after_death(now)
         self.backoff[worker.slot] = self.backoff[worker.slot].after_death(now)
@@ -333,6 +337,7 @@ class Supervisor:
                     )
                 )
                 self.kill_worker(worker)
+                self.metrics.worker_killed(worker.database)
 
     def kill_worker(self, worker: WorkerHandle) -> None:
         """SIGKILL for the worker and its tool's process group; reap_workers settles its job."""
@@ -352,6 +357,7 @@ class Supervisor:
             self.notifier.ready(self.status_text())
             return
         self.config = new
+        self.metrics.config = new
         logging.getLogger().setLevel(new.log_level)
         log.info("configuration reloaded; replacing workers " + config_summary(new))
         for worker in self.workers.values():

@@ -423,3 +423,32 @@ def test_two_claims_racing_over_an_expired_job_and_a_queued_one_of_a_target_run_
     finally:
         first.commit()
     assert sorted(row["status"] for row in jobs(db)) == ["queued", "running"]
+
+
+def test_pruning_takes_notifications_that_ended_long_ago_and_keeps_those_still_owed(db, login):
+    worker = login(WORKER)
+    made = {}
+    for name, delivered, dead, age in (
+        ("delivered-old", True, False, 40),
+        ("dead-old", False, True, 40),
+        ("owed-old", False, False, 40),
+        ("delivered-new", True, False, 1),
+    ):
+        event = scalar(
+            db,
+            "INSERT INTO pggit.notification_events (event_id, job_id, backup_id, event, payload, created_at)"
+            " VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'completed', '{}',"
+            " now() - make_interval(days => %s)) RETURNING event_id::text",
+            (age,),
+        )
+        db.cursor().execute(
+            "INSERT INTO pggit.notification_deliveries (event_id, endpoint, url, delivered_at, dead_at)"
+            " VALUES (%s, 'webhook_url', 'https://hooks.example.com/x',"
+            " CASE WHEN %s THEN now() - make_interval(days => %s) END,"
+            " CASE WHEN %s THEN now() - make_interval(days => %s) END)",
+            (event, delivered, age, dead, age),
+        )
+        made[name] = event
+    assert scalar(worker, "SELECT pggit.prune_finished_jobs(%s)", (30 * 86400,)) == 2
+    left = {row["event_id"] for row in query(db, "SELECT event_id::text FROM pggit.notification_events")}
+    assert left == {made["owed-old"], made["delivered-new"]}
