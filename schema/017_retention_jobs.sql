@@ -338,13 +338,16 @@ SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS
 $$;
 
 -- Finished jobs of both tables older than the age, at most one pruner at a time (a second one
--- returns NULL at once rather than wait on the first's row locks). Returns how many went.
+-- returns NULL at once rather than wait on the first's row locks), and the notifications that
+-- ended (each delivery delivered or dead-lettered) that long ago: one still owed to anybody
+-- stays, however old (their tables are 018's, which the same install adds next). Returns how many went.
 CREATE OR REPLACE FUNCTION pggit.prune_finished_jobs(p_older_than_seconds integer) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS $$
 DECLARE
     v_jobs bigint;
     v_maintenance bigint;
+    v_events bigint;
 BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtextextended('pggit-prune-jobs', 0)) THEN
         RETURN NULL;
@@ -354,7 +357,14 @@ BEGIN
      WHERE m.status IN ('completed', 'failed')
        AND m.finished_at < now() - make_interval(secs => p_older_than_seconds);
     GET DIAGNOSTICS v_maintenance = ROW_COUNT;
-    RETURN v_jobs + v_maintenance;
+    DELETE FROM pggit.notification_events e
+     WHERE e.created_at < now() - make_interval(secs => p_older_than_seconds)
+       AND NOT EXISTS (SELECT 1 FROM pggit.notification_deliveries d
+                        WHERE d.event_id = e.event_id AND d.delivered_at IS NULL AND d.dead_at IS NULL
+                           OR d.event_id = e.event_id
+                              AND coalesce(d.delivered_at, d.dead_at) >= now() - make_interval(secs => p_older_than_seconds));
+    GET DIAGNOSTICS v_events = ROW_COUNT;
+    RETURN v_jobs + v_maintenance + v_events;
 END
 $$;
 

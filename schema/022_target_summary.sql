@@ -2,7 +2,7 @@
 -- (from its first job of its own tool, never from metadata a worker merged: 015), and per target
 -- and backup type the last success and failure, the newest one's duration and size, and how many
 -- verified backups are available. Views over the rows, for readers; no timestamp is ever made up
--- (a target that never had a success has NULL, never 0). And pruning takes ended notifications.
+-- (a target that never had a success has NULL, never 0).
 
 CREATE OR REPLACE VIEW pggit.backup_target_of AS
 SELECT b.backup_id,
@@ -40,35 +40,6 @@ SELECT p.target, p.target ->> 'tool' AS tool, p.backup_type,
        (array_agg(p.metadata ->> 'repo' ORDER BY p.completed_at DESC) FILTER (WHERE p.status = 'completed'))[1] AS repo_key
   FROM placed p
  GROUP BY p.target, p.backup_type;
-
--- Pruning (017) also takes notifications that ended (every delivery delivered or dead-lettered)
--- longer ago than the same age; one still owed to anybody stays, however old.
-CREATE OR REPLACE FUNCTION pggit.prune_finished_jobs(p_older_than_seconds integer) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS $$
-DECLARE
-    v_jobs bigint;
-    v_maintenance bigint;
-    v_events bigint;
-BEGIN
-    IF NOT pg_try_advisory_xact_lock(hashtextextended('pggit-prune-jobs', 0)) THEN
-        RETURN NULL;
-    END IF;
-    v_jobs := pggit.prune_backup_jobs(p_older_than_seconds);  -- checks the range
-    DELETE FROM pggit.maintenance_jobs m
-     WHERE m.status IN ('completed', 'failed')
-       AND m.finished_at < now() - make_interval(secs => p_older_than_seconds);
-    GET DIAGNOSTICS v_maintenance = ROW_COUNT;
-    DELETE FROM pggit.notification_events e
-     WHERE e.created_at < now() - make_interval(secs => p_older_than_seconds)
-       AND NOT EXISTS (SELECT 1 FROM pggit.notification_deliveries d
-                        WHERE d.event_id = e.event_id AND d.delivered_at IS NULL AND d.dead_at IS NULL
-                           OR d.event_id = e.event_id
-                              AND coalesce(d.delivered_at, d.dead_at) >= now() - make_interval(secs => p_older_than_seconds));
-    GET DIAGNOSTICS v_events = ROW_COUNT;
-    RETURN v_jobs + v_maintenance + v_events;
-END
-$$;
 
 REVOKE ALL ON pggit.backup_target_of, pggit.backup_target_summary FROM PUBLIC;
 GRANT SELECT ON pggit.backup_target_of, pggit.backup_target_summary TO pggit_backup_reader;
