@@ -66,7 +66,7 @@ class MonitoringCalls(Calls):
                 unacknowledged = (cur.fetchone() or {"n": 0})["n"]
                 cur.execute(
                     """SELECT state, count(*) AS n,
-                              extract(epoch FROM now() - min(created_at)) FILTER (WHERE state = 'pending') AS oldest
+                              extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending')) AS oldest
                          FROM pggit.notification_status GROUP BY state"""
                 )
                 found = cur.fetchall()
