@@ -35,11 +35,16 @@ def test_a_supervisor_writes_its_databases_metrics_and_its_own_and_counts_a_work
     own = directory / "pggit_supervisor_test.prom"
     wait_until(own.exists, 30, "the supervisor's file")
 
-    found = samples(database_file)
+    def both_workers_recorded() -> dict | None:
+        # the first file may be written before the second worker has recorded itself
+        found = samples(database_file)
+        alive = {s.labels["state"]: s.value for s in found["pggit_workers"]}["alive"]
+        return found if alive == 2 else None
+
+    found = wait_until(both_workers_recorded, 40, "a file that counts both workers alive")
     (target,) = found["pggit_target_info"]
     assert (target.labels["tool"], target.labels["target"].endswith("/never")) == ("pg_dump", True)
     assert "pggit_backup_last_success_timestamp_seconds" not in found, "never backed up: absent, never 0"
-    assert {s.labels["state"]: s.value for s in found["pggit_workers"]}["alive"] == 2
     assert samples(own)["pggit_worker_restarts_total"][0].value == 0
 
     victim = service.workers()[0]
