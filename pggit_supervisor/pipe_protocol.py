@@ -6,6 +6,7 @@ is full. The lines are:
     alive                      a heartbeat
     busy JOB_ID TOOL_PGID      working on JOB_ID; TOOL_PGID is the tool's process group (0: none yet)
     idle ok|failed|stopped     the job ended; ok and failed are counted in the service status
+    rescued N                  N jobs whose lease had expired (or a dead predecessor's) went back to the queue
 
 Any bytes from a worker prove it is alive; only the lines above change what the supervisor
 knows. A line that does not parse is reported and ignored: the supervisor never trusts, nor
@@ -53,7 +54,15 @@ class BadLine:
     why: str
 
 
-Message = Alive | Busy | Idle | BadLine
+@dataclass(frozen=True)
+class Rescued:
+    count: int  # jobs this worker returned to the queue: leases expired, or its dead predecessor's
+
+    def line(self) -> bytes:
+        return f"rescued {self.count}\n".encode()
+
+
+Message = Alive | Busy | Idle | Rescued | BadLine
 
 
 def parse_line(raw: bytes) -> Message | None:
@@ -73,7 +82,11 @@ def parse_line(raw: bytes) -> Message | None:
         if args[0] not in IDLE_OUTCOMES:
             return _bad(raw, "the outcome is not one of " + ", ".join(IDLE_OUTCOMES))
         return Idle(args[0])
-    return _bad(raw, "expected 'alive', 'busy JOB_ID TOOL_PGID' or 'idle ok|failed|stopped'")
+    if verb == "rescued" and len(args) == 1:
+        if not args[0].isascii() or not args[0].isdigit() or len(args[0]) > 6:
+            return _bad(raw, "the count is not a number")
+        return Rescued(int(args[0]))
+    return _bad(raw, "expected 'alive', 'busy JOB_ID TOOL_PGID', 'idle ok|failed|stopped' or 'rescued N'")
 
 
 def _bad(raw: bytes, why: str) -> BadLine:

@@ -27,7 +27,7 @@ from . import log as logs
 from .children import kill_orphans, reap_orphans, signal_group, signal_pid
 from .config import Config, ConfigError, Database, config_summary
 from .log import fields
-from .pipe_protocol import BadLine, Busy, Idle, LineReader, Message
+from .pipe_protocol import BadLine, Busy, Idle, LineReader, Message, Rescued
 from .policies import (
     CRASH_WINDOW_SECONDS,
     CrashLoop,
@@ -263,6 +263,8 @@ class Supervisor:
             worker.busy_job = worker.tool_pgid = None
             self.jobs_ok += message.outcome == "ok"
             self.jobs_failed += message.outcome == "failed"
+        elif isinstance(message, Rescued):
+            self.metrics.jobs_rescued(worker.database, message.count)
         elif isinstance(message, BadLine):
             log.warning(
                 "ignored a line from a worker"

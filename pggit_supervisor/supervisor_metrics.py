@@ -1,9 +1,10 @@
-"""The supervisor's own metrics (issue 11): what only it knows, worker deaths and kills and the
-workers it runs, written as `<metrics_textfile_dir>/pggit_supervisor_<worker_id>.prom` for
-node_exporter's textfile collector (see metrics.py for why a textfile). Counters count since the
-supervisor started (`pggit_supervisor_start_time_seconds`), as Prometheus counters do across a
-restart. Written from the supervisor's loop, at most every metrics_interval: no thread, no
-socket, no database connection (the supervisor holds none)."""
+"""The supervisor's own metrics (issue 11): what only it knows, worker deaths and kills, the jobs
+its workers rescued (they say so through their pipe) and the workers it runs, written as
+`<metrics_textfile_dir>/pggit_supervisor_<worker_id>.prom` for node_exporter's textfile
+collector (see metrics.py for why a textfile). Counters count since the supervisor started
+(`pggit_supervisor_start_time_seconds`), as Prometheus counters do across a restart. Written from
+the supervisor's loop, at most every metrics_interval: no thread, no socket, no database
+connection (the supervisor holds none)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class SupervisorMetrics:
     started: float = field(default_factory=time.time)
     deaths: Counter[str] = field(default_factory=Counter)  # by database: workers that died unasked
     kills: Counter[str] = field(default_factory=Counter)  # by database: silent workers killed
+    rescues: Counter[str] = field(default_factory=Counter)  # by database: jobs workers returned to the queue
     next_write: float = 0.0
 
     def worker_died(self, database: str) -> None:
@@ -38,6 +40,9 @@ class SupervisorMetrics:
 
     def worker_killed(self, database: str) -> None:
         self.kills[database] += 1
+
+    def jobs_rescued(self, database: str, count: int) -> None:
+        self.rescues[database] += count
 
     def path(self) -> str | None:
         directory = self.config.metrics_textfile_dir
@@ -74,11 +79,18 @@ class SupervisorMetrics:
             ["host", "database"],
             registry=registry,
         )
+        rescues = Gauge(
+            "pggit_lease_rescues_total",
+            "jobs this host's workers returned to the queue: leases expired, or a dead worker's",
+            ["host", "database"],
+            registry=registry,
+        )
         alive = Counter(running)
         for database in (d.name for d in self.config.served()):
             workers.labels(host, database).set(alive.get(database, 0))
             deaths.labels(host, database).set(self.deaths.get(database, 0))
             kills.labels(host, database).set(self.kills.get(database, 0))
+            rescues.labels(host, database).set(self.rescues.get(database, 0))
         try:
             write_to_textfile(path, registry)
         except OSError as exc:

@@ -174,9 +174,10 @@ class Worker:
                 continue
             try:
                 if self.release_predecessor:
-                    for job_id, state in queue.release_worker(
-                        self.name, f"worker {self.name} died while running this job"
-                    ):
+                    released = queue.release_worker(self.name, f"worker {self.name} died while running this job")
+                    if released:
+                        self.tell("rescued", len(released))
+                    for job_id, state in released:
                         log.warning(
                             "returned a dead worker's job to the queue"
                             + fields(job=job_id, worker=self.name, state=state)
@@ -217,11 +218,14 @@ class Worker:
         if time.monotonic() < self.next_rescue:
             return
         self.next_rescue = time.monotonic() + min(self.config.lease_seconds / 2, 30.0)
-        for job_id, worker, state in queue.rescue_expired():
+        rescued = queue.rescue_expired()
+        for job_id, worker, state in rescued:
             log.warning(
                 "lease expired: job returned to the queue"
                 + fields(job=job_id, worker=self.name, lost_by=worker, state=state)
             )
+        if rescued:
+            self.tell("rescued", len(rescued))  # counted in the supervisor's metrics
 
     def wait_for_work(self, queue: Queue) -> None:
         """Sleeps until a NOTIFY naming one of our tools or the poll interval, beating every second.

@@ -3,7 +3,7 @@ whole lines, partial lines, several lines in one read, and lines that are not th
 
 from __future__ import annotations
 
-from pggit_supervisor.pipe_protocol import MAX_LINE_BYTES, Alive, BadLine, Busy, Idle, LineReader, parse_line
+from pggit_supervisor.pipe_protocol import MAX_LINE_BYTES, Alive, BadLine, Busy, Idle, LineReader, Rescued, parse_line
 
 
 def test_each_message_a_worker_sends_parses_to_its_record():
@@ -12,6 +12,7 @@ def test_each_message_a_worker_sends_parses_to_its_record():
     assert parse_line(b"idle ok") == Idle("ok")
     assert parse_line(b"idle failed") == Idle("failed")
     assert parse_line(b"idle stopped") == Idle("stopped")
+    assert parse_line(b"rescued 3") == Rescued(3)
 
 
 def test_busy_with_tool_group_zero_means_no_tool_yet():
@@ -41,7 +42,7 @@ def test_an_unknown_idle_outcome_is_a_bad_line_naming_the_allowed_ones():
 
 
 def test_wrong_word_counts_and_unknown_verbs_are_bad_lines():
-    for raw in (b"busy 42", b"busy 1 2 3", b"idle", b"idle ok now", b"alive again", b"hello", b"BUSY 1 2"):
+    for raw in (b"busy 42", b"busy 1 2 3", b"idle", b"idle ok now", b"alive again", b"hello", b"BUSY 1 2", b"rescued"):
         message = parse_line(raw)
         assert isinstance(message, BadLine), raw
         assert message.text == raw.decode()
@@ -60,7 +61,7 @@ def test_a_bad_lines_text_is_shortened_for_the_log():
 
 
 def test_each_message_renders_the_line_that_parses_back_to_it():
-    for message in (Alive(), Busy("j-1", 77), Busy("j-2", None), Idle("ok"), Idle("stopped")):
+    for message in (Alive(), Busy("j-1", 77), Busy("j-2", None), Idle("ok"), Idle("stopped"), Rescued(2)):
         line = message.line()
         assert line.endswith(b"\n")
         assert parse_line(line.rstrip(b"\n")) == message
@@ -127,3 +128,9 @@ def test_a_line_of_exactly_the_limit_is_still_parsed():
     line = f"busy {job_id} 1".encode()
     assert len(line) == MAX_LINE_BYTES
     assert LineReader().feed(line + b"\n") == [Busy(job_id, 1)]
+
+
+def test_a_rescue_count_that_is_not_a_small_plain_number_is_a_bad_line():
+    for count in (b"-1", b"x", b"1e3", b"9999999"):
+        message = parse_line(b"rescued " + count)
+        assert isinstance(message, BadLine) and message.why == "the count is not a number", count
