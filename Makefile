@@ -37,9 +37,13 @@ venv: $(VENV)/.installed
 deps:
 	sh packaging/install-deps.sh
 
-# lint is a prerequisite, so it finishes (and must pass) before pytest starts, even under -j
+# lint is a prerequisite, so it finishes (and must pass) before pytest starts, even under -j.
+# The whole suite runs in TEST_JOBS (default 2, the cores CI has) pytest-xdist processes, each with
+# a throwaway server of its own: most of the time goes to supervisors starting and stopping and to
+# real tools, which the other process overlaps. TEST_JOBS=0 runs it in one process.
+TEST_JOBS ?= 2
 test: venv lint
-	$(PYTEST) $(PYTEST_ARGS)
+	$(PYTEST) $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS)) $(PYTEST_ARGS)
 
 check: venv
 	$(PYTEST) -n $(CHECK_JOBS) -m '$(CHECK_MARKS)' $(CHECK_LAYERS) $(PYTEST_ARGS)
