@@ -26,12 +26,8 @@ CREATE TABLE IF NOT EXISTS pggit.backup_workers (
 CREATE INDEX IF NOT EXISTS backup_workers_host ON pggit.backup_workers (host_name);
 
 -- A worker row counts as its host's (and keeps other logins from writing that host's rows)
--- while it was seen this recently and has not stopped: the same span as a schedule host's.
-CREATE OR REPLACE FUNCTION pggit._worker_host_alive() RETURNS interval
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pggit, pg_temp AS $$
-    SELECT interval '15 minutes'
-$$;
-
+-- while it was seen this recently and has not stopped: the span of a schedule host's (014's
+-- _schedule_host_alive), so one host is alive or not the same way for both.
 -- Refuses p_host to a login other than the one whose live rows carry it (42501).
 CREATE OR REPLACE FUNCTION pggit._require_worker_host_login(p_host text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pggit, pg_temp AS $$
@@ -40,13 +36,13 @@ DECLARE
 BEGIN
     SELECT w.login INTO v_login FROM pggit.backup_workers w
      WHERE w.host_name = p_host AND w.login <> session_user AND w.stopped_at IS NULL
-       AND w.last_seen_at > now() - pggit._worker_host_alive()
+       AND w.last_seen_at > now() - pggit._schedule_host_alive()
      ORDER BY w.last_seen_at DESC LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'pggit: worker host % is carried by login %, not %', p_host, v_login, session_user
             USING ERRCODE = '42501',
                   HINT = 'give each host its own worker id (the part before /); a host moved to a new login takes its name back '
-                      || 'once the old one has stopped or been silent for ' || pggit._worker_host_alive();
+                      || 'once the old one has stopped or been silent for ' || pggit._schedule_host_alive();
     END IF;
 END
 $$;
@@ -268,7 +264,7 @@ REVOKE ALL ON pggit.backup_workers, pggit.backup_failure_acknowledgements, pggit
 GRANT SELECT ON pggit.backup_worker_status, pggit.backup_permanent_failures, pggit.backup_queue_statistics,
                 pggit.backup_failure_acknowledgements
     TO pggit_backup_reader;
-REVOKE ALL ON FUNCTION pggit._worker_host_alive(), pggit._require_worker_host_login(text),
+REVOKE ALL ON FUNCTION pggit._require_worker_host_login(text),
                        pggit.record_worker(text, text, integer, text, text, text[], timestamptz, uuid),
                        pggit.record_worker_stopped(text),
                        pggit.acknowledge_failure(uuid, text),
