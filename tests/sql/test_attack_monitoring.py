@@ -1,0 +1,76 @@
+"""Adversarial review of issue 11's monitoring (schema/020, 021): ways to make status say OK when
+nothing happened. A WAL archive read once as keeping up must not stay "0 seconds behind" once the
+readings stop or fail (a dead checking worker, a claim another host holds for a day, a tool that
+errors every time)."""
+
+from __future__ import annotations
+
+import json
+
+from helpers.db import query, scalar
+from helpers.queue import force
+
+WORKER = "pggit_backup_worker"
+STANZA = {"tool": "pgbackrest", "stanza": "main"}
+SEG = "0000000100000000000000{:02X}"
+TWO_HOURS = 7200
+
+
+def record(conn, reading: dict, worker="host-a/1"):
+    return query(
+        conn, "SELECT * FROM pggit.record_archive_status(%s, %s, %s)", (worker, json.dumps(STANZA), json.dumps(reading))
+    )[0]
+
+
+def wal_age(db):
+    return scalar(db, "SELECT wal_age_seconds FROM pggit.archive_freshness WHERE target = %s", (json.dumps(STANZA),))
+
+
+def time_passes(db, seconds: int) -> None:
+    """Every time the row keeps moves back, as if its readings were made `seconds` ago."""
+    columns = [
+        row["column_name"]
+        for row in query(
+            db,
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'pggit'"
+            " AND table_name = 'archive_status' AND data_type = 'timestamp with time zone'",
+        )
+    ]
+    moves = ", ".join(f"{c} = {c} - make_interval(secs => {int(seconds)})" for c in columns)
+    force(db, f"UPDATE pggit.archive_status SET {moves}")
+
+
+def test_an_archive_read_once_as_keeping_up_ages_when_no_reading_follows(db, login):
+    worker = login(WORKER)
+    record(worker, {"archive_max": SEG.format(4), "server_segment": SEG.format(5)})
+    assert wal_age(db) < 60
+    time_passes(db, TWO_HOURS)
+    assert wal_age(db) >= TWO_HOURS, "two hours without a reading is not an archive known to keep up"
+
+
+def test_readings_that_fail_every_time_do_not_keep_the_archive_fresh(db, login):
+    worker = login(WORKER)
+    record(worker, {"archive_max": SEG.format(4), "server_segment": SEG.format(5)})
+    time_passes(db, TWO_HOURS)
+    record(worker, {"error": "pgbackrest info failed: exit 41"})
+    assert wal_age(db) >= TWO_HOURS, "a failed reading says nothing about the archive keeping up"
+
+
+def test_another_host_holding_the_check_for_a_day_shows_as_an_ageing_archive(db, login):
+    first, second = login(WORKER), login(WORKER)
+    claim = "SELECT pggit.claim_archive_check(%s, %s, %s)"
+    assert scalar(first, claim, ("host-a/1", json.dumps(STANZA), 60))
+    record(first, {"archive_max": SEG.format(4), "server_segment": SEG.format(5)})
+    force(db, "UPDATE pggit.archive_status SET next_check_at = now()")
+    assert scalar(second, claim, ("host-b/1", json.dumps(STANZA), 86400)), "the hostile host takes the check"
+    time_passes(db, TWO_HOURS)
+    assert not scalar(first, claim, ("host-a/1", json.dumps(STANZA), 60)), "and holds it for a day"
+    assert wal_age(db) >= TWO_HOURS, "an archive nobody read for two hours is not 0 seconds behind"
+
+
+def test_an_archive_that_keeps_up_and_is_read_stays_fresh(db, login):
+    worker = login(WORKER)
+    record(worker, {"archive_max": SEG.format(4), "server_segment": SEG.format(5)})
+    time_passes(db, TWO_HOURS)
+    record(worker, {"archive_max": SEG.format(9), "server_segment": SEG.format(10)})
+    assert wal_age(db) < 60
