@@ -1,7 +1,7 @@
 """Adversarial review of issue 11's monitoring (schema/020, 021): ways to make status say OK when
 nothing happened. A WAL archive read once as keeping up must not stay "0 seconds behind" once the
 readings stop or fail (a dead checking worker, a claim another host holds for a day, a tool that
-errors every time)."""
+errors every time); a drill slot decided for one target must not be returned as another's."""
 
 from __future__ import annotations
 
@@ -74,3 +74,21 @@ def test_an_archive_that_keeps_up_and_is_read_stays_fresh(db, login):
     time_passes(db, TWO_HOURS)
     record(worker, {"archive_max": SEG.format(9), "server_segment": SEG.format(10)})
     assert wal_age(db) < 60
+
+
+def drill_target(db, tool="pg_dump"):
+    return {"tool": tool, "database": scalar(db, "SELECT current_database()")}
+
+
+def test_a_drill_slot_decided_for_one_target_is_not_returned_as_anothers(db, login):
+    first, second = login(WORKER), login(WORKER)
+    slot = scalar(db, "SELECT date_trunc('minute', now()) - interval '1 minute'")
+    call = "SELECT * FROM pggit.record_drill_slot(%s, 'nightly', %s, %s)"
+    other = {**drill_target(db), "schema": "elsewhere"}
+    decided = query(second, call, ("host-b/1", slot, json.dumps(other)))[0]
+    assert decided["outcome"] == "skipped" and decided["fresh"]
+    mine = query(first, call, ("host-a/1", slot, json.dumps(drill_target(db, "pg_basebackup"))))[0]
+    assert mine["fresh"], "this target's slot is decided for this target, not taken from another's"
+    again = query(second, call, ("host-b/1", slot, json.dumps(other)))[0]
+    assert again["outcome"] == "skipped" and not again["fresh"], "the same target gets the first decision"
+    assert scalar(db, "SELECT count(*) FROM pggit.drill_slots") == 2
