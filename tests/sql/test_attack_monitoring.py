@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from helpers.db import query, scalar
-from helpers.queue import force
+from helpers.queue import force, schedule_dump
 
 WORKER = "pggit_backup_worker"
 STANZA = {"tool": "pgbackrest", "stanza": "main"}
@@ -92,3 +92,34 @@ def test_a_drill_slot_decided_for_one_target_is_not_returned_as_anothers(db, log
     again = query(second, call, ("host-b/1", slot, json.dumps(other)))[0]
     assert again["outcome"] == "skipped" and not again["fresh"], "the same target gets the first decision"
     assert scalar(db, "SELECT count(*) FROM pggit.drill_slots") == 2
+
+
+def test_a_job_queued_days_ago_that_failed_for_good_now_counts_in_the_last_24_hours(db, login):
+    """status shows "completed, permanently failed and cancelled in the last 24 hours": a job
+    that waited, retried or ran for days ended now, and must not read as 0 failures."""
+    reader = login("pggit_backup_reader")
+    _, failed = schedule_dump(db)
+    _, done = schedule_dump(db)
+    force(db, "UPDATE pggit.backup_jobs SET created_at = now() - interval '3 days'")
+    force(
+        db,
+        "UPDATE pggit.backup_jobs SET status = 'failed', attempts = max_attempts,"
+        " started_at = now() - interval '1 hour', completed_at = now(), last_error = 'refused'"
+        " WHERE job_id = %s",
+        (failed,),
+    )
+    force(
+        db,
+        "UPDATE pggit.backup_jobs SET status = 'completed', started_at = now() - interval '1 hour',"
+        " completed_at = now()"
+        " WHERE job_id = %s",
+        (done,),
+    )
+    row = query(reader, "SELECT * FROM pggit.backup_queue_statistics")[0]
+    assert (row["permanently_failed_24h"], row["completed_24h"]) == (1, 1)
+    force(
+        db,
+        "UPDATE pggit.backup_jobs SET completed_at = now() - interval '2 days', updated_at = now() - interval '2 days'",
+    )
+    row = query(reader, "SELECT * FROM pggit.backup_queue_statistics")[0]
+    assert (row["permanently_failed_24h"], row["completed_24h"]) == (0, 0), "ended two days ago"
