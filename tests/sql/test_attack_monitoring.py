@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from helpers.db import query, scalar
+from helpers.db import query, refused, scalar
 from helpers.queue import force, schedule_dump
 
 WORKER = "pggit_backup_worker"
@@ -123,3 +123,23 @@ def test_a_job_queued_days_ago_that_failed_for_good_now_counts_in_the_last_24_ho
     )
     row = query(reader, "SELECT * FROM pggit.backup_queue_statistics")[0]
     assert (row["permanently_failed_24h"], row["completed_24h"]) == (0, 0), "ended two days ago"
+
+
+RECORD_WORKER = "SELECT pggit.record_worker(%s, 'machine-1', 4242, '0.1.0', 'db', ARRAY['pg_dump'], now(), NULL)"
+REGISTER = "SELECT pggit.register_notification_endpoints(%s, %s)"
+ONCALL = [{"name": "oncall", "url": "https://hooks.example.com/T/secret", "events": ["permanently_failed"]}]
+
+
+def test_another_hosts_login_cannot_unregister_or_rewrite_a_live_hosts_endpoints(db, login):
+    """A second host's worker login speaking as host-a would drop host-a's endpoints (or narrow
+    their events), and every job ending until host-a registers again is owed nobody: lost."""
+    host_a, host_b = login(WORKER), login(WORKER)
+    query(host_a, RECORD_WORKER, ("host-a/1",))
+    assert scalar(host_a, REGISTER, ("host-a", json.dumps(ONCALL))) == 1
+    error = refused(host_b, REGISTER, ("host-a", "[]"))
+    assert error.pgcode == "42501" and "host-a" in error.pgerror
+    narrowed = [{**ONCALL[0], "events": ["cancelled"]}]
+    error = refused(host_b, REGISTER, ("host-a", json.dumps(narrowed)))
+    assert error.pgcode == "42501"
+    rows = query(db, "SELECT endpoint_name, events, registered_by FROM pggit.notification_endpoints")
+    assert rows == [{"endpoint_name": "oncall", "events": ["permanently_failed"], "registered_by": "host-a"}]
