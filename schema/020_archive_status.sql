@@ -96,6 +96,11 @@ BEGIN
     IF v_server !~ '^[0-9A-F]{24}$' THEN
         PERFORM pggit._invalid('p_reading.server_segment', format('%s is not a WAL segment name', pggit._show(v_server)), '24 hex digits');
     END IF;
+    IF jsonb_typeof(v_reading -> 'failed_count') <> 'null' AND (jsonb_typeof(v_reading -> 'failed_count') <> 'number'
+                                                                OR (v_reading ->> 'failed_count')::numeric < 0) THEN
+        PERFORM pggit._invalid('p_reading.failed_count', format('%s is not a count', v_reading -> 'failed_count'),
+            'pg_stat_archiver''s failed_count: a whole number from 0');
+    END IF;
     INSERT INTO pggit.archive_status (target_key, target) VALUES (v_target::text, v_target) ON CONFLICT DO NOTHING;
     SELECT * INTO v_row FROM pggit.archive_status a WHERE a.target_key = v_target::text FOR UPDATE;
     UPDATE pggit.archive_status a

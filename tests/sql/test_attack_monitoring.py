@@ -1,7 +1,9 @@
-"""Adversarial review of issue 11's monitoring (schema/020, 021): ways to make status say OK when
-nothing happened. A WAL archive read once as keeping up must not stay "0 seconds behind" once the
-readings stop or fail (a dead checking worker, a claim another host holds for a day, a tool that
-errors every time); a drill slot decided for one target must not be returned as another's."""
+"""Adversarial review of issue 11's monitoring and outbox (schema/018-021): ways to make status
+say OK when nothing happened, or to lose a notification. A WAL archive read once as keeping up
+must not stay "0 seconds behind" once the readings stop or fail (a dead checking worker, a claim
+another host holds for a day, a tool that errors every time); a drill slot decided for one target
+is not another's; the last 24 hours' failures count by when they ended; another host's login
+cannot drop a live host's endpoints; a reading's failure count is a count."""
 
 from __future__ import annotations
 
@@ -143,3 +145,11 @@ def test_another_hosts_login_cannot_unregister_or_rewrite_a_live_hosts_endpoints
     assert error.pgcode == "42501"
     rows = query(db, "SELECT endpoint_name, events, registered_by FROM pggit.notification_endpoints")
     assert rows == [{"endpoint_name": "oncall", "events": ["permanently_failed"], "registered_by": "host-a"}]
+
+
+def test_a_reading_with_a_negative_failure_count_is_refused_naming_the_key(db, login):
+    worker = login(WORKER)
+    text = json.dumps({"archive_max": SEG.format(4), "failed_count": -3})
+    error = refused(worker, "SELECT pggit.record_archive_status('h/1', %s, %s)", (json.dumps(STANZA), text))
+    assert error.pgcode == "22023" and "p_reading.failed_count" in error.pgerror
+    assert query(db, "SELECT * FROM pggit.archive_status") == []
