@@ -100,9 +100,16 @@ def _literal(host: str) -> Address | None:
 
 
 def _special(address: Address) -> bool:
-    """Loopback, link-local, private, unspecified, multicast, reserved, or otherwise not global."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Loopback, link-local, private, unspecified, multicast, reserved, or otherwise not global;
+    an IPv6 address carrying an IPv4 one (mapped, or 6to4's 2002::/16, which Python counts as
+    global whatever it carries) is judged by the IPv4 address it reaches."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif address.sixtofour is not None:
+            return _special(address.sixtofour)
+        elif address.is_site_local:  # fec0::/10: deprecated, never global, not in Python's private list
+            return True
     return (
         address.is_loopback
         or address.is_link_local

@@ -14,6 +14,7 @@
 -- Endpoints from the config (notifications.endpoints), registered by the workers of each host.
 -- One row per name: the last host to register a name sets its URL and events; a host removes
 -- only the names it registered itself, so hosts sharing a database should carry the same list.
+-- A host is spoken for only by the login its live workers record themselves with (019).
 CREATE TABLE IF NOT EXISTS pggit.notification_endpoints (
     endpoint_name    text PRIMARY KEY
         CHECK (endpoint_name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' AND endpoint_name <> 'webhook_url'),
@@ -187,6 +188,9 @@ DECLARE
 BEGIN
     PERFORM pggit._require_text('p_host', p_host, '^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,62}$', 63,
         'the worker_id of the host (1-63 letters, digits or _.:@-)');
+    -- only the login whose workers carry the host speaks for it (019): another host's login
+    -- naming it would drop or narrow its endpoints, and job endings would be owed nobody
+    PERFORM pggit._require_worker_host_login(p_host);
     IF p_endpoints IS NULL OR jsonb_typeof(p_endpoints) <> 'array' THEN
         PERFORM pggit._invalid('p_endpoints', 'must be a JSON array', '[{"name": ..., "url": ..., "events": [...]}]');
     END IF;

@@ -195,18 +195,20 @@ SELECT j.job_id, j.backup_id, b.backup_name, j.tool, j.target, j.attempts, j.max
  WHERE pggit.backup_job_state(j.status, j.attempts, j.max_attempts) = 'permanently_failed';
 
 -- The guide's queue statistics, as one row: jobs in play whatever their age, ended ones of the
--- last 24 hours, and how long the oldest ready job has waited (NULL: none is waiting).
+-- last 24 hours (by when they ended: a job queued days ago that failed for good now counts), and
+-- how long the oldest ready job has waited (NULL: none is waiting).
 CREATE OR REPLACE VIEW pggit.backup_queue_statistics AS
 SELECT count(*) FILTER (WHERE s.state = 'ready') AS ready,
        count(*) FILTER (WHERE s.state = 'in_progress') AS in_progress,
        count(*) FILTER (WHERE s.state = 'will_retry') AS will_retry,
-       count(*) FILTER (WHERE s.state = 'completed' AND s.created_at > now() - interval '24 hours') AS completed_24h,
-       count(*) FILTER (WHERE s.state = 'permanently_failed' AND s.created_at > now() - interval '24 hours')
+       count(*) FILTER (WHERE s.state = 'completed' AND s.ended_at > now() - interval '24 hours') AS completed_24h,
+       count(*) FILTER (WHERE s.state = 'permanently_failed' AND s.ended_at > now() - interval '24 hours')
            AS permanently_failed_24h,
-       count(*) FILTER (WHERE s.state = 'cancelled' AND s.created_at > now() - interval '24 hours') AS cancelled_24h,
+       count(*) FILTER (WHERE s.state = 'cancelled' AND s.ended_at > now() - interval '24 hours') AS cancelled_24h,
        extract(epoch FROM now() - min(s.created_at) FILTER (WHERE s.state = 'ready'))::double precision
            AS oldest_ready_seconds
-  FROM (SELECT pggit.backup_job_state(j.status, j.attempts, j.max_attempts) AS state, j.created_at
+  FROM (SELECT pggit.backup_job_state(j.status, j.attempts, j.max_attempts) AS state, j.created_at,
+               coalesce(j.completed_at, j.updated_at) AS ended_at
           FROM pggit.backup_jobs j) s;
 
 -- One target (a retention target, 015: checked and in its canonical form) as monitoring sees

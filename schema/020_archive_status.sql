@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS pggit.archive_status (
     -- the server's segment being written now, when the queue database is the archived server
     server_segment  text CHECK (server_segment ~ '^[0-9A-F]{24}$'),
     behind_since    timestamptz,
+    -- when a reading last compared the archive with the server's position: while the archive is
+    -- not behind, how long ago it was last known to keep up (readings that stop or fail age it)
+    compared_at     timestamptz,
     failed_count    bigint,
     last_failed_wal text,
     last_failed_at  timestamptz,
@@ -93,6 +96,11 @@ BEGIN
     IF v_server !~ '^[0-9A-F]{24}$' THEN
         PERFORM pggit._invalid('p_reading.server_segment', format('%s is not a WAL segment name', pggit._show(v_server)), '24 hex digits');
     END IF;
+    IF jsonb_typeof(v_reading -> 'failed_count') <> 'null' AND (jsonb_typeof(v_reading -> 'failed_count') <> 'number'
+                                                                OR (v_reading ->> 'failed_count')::numeric < 0) THEN
+        PERFORM pggit._invalid('p_reading.failed_count', format('%s is not a count', v_reading -> 'failed_count'),
+            'pg_stat_archiver''s failed_count: a whole number from 0');
+    END IF;
     INSERT INTO pggit.archive_status (target_key, target) VALUES (v_target::text, v_target) ON CONFLICT DO NOTHING;
     SELECT * INTO v_row FROM pggit.archive_status a WHERE a.target_key = v_target::text FOR UPDATE;
     UPDATE pggit.archive_status a
@@ -110,6 +118,8 @@ BEGIN
                    CASE WHEN v_reading ? 'error' THEN a.behind_since END
                WHEN pggit._wal_position(coalesce(v_max, a.archive_max)) + 1 >= pggit._wal_position(v_server) THEN NULL
                ELSE coalesce(a.behind_since, now()) END,
+           compared_at = CASE WHEN coalesce(v_max, a.archive_max) IS NOT NULL AND v_server IS NOT NULL THEN now()
+                              ELSE a.compared_at END,
            failed_count = coalesce((v_reading ->> 'failed_count')::bigint, a.failed_count),
            last_failed_wal = coalesce(left(v_reading ->> 'last_failed_wal', 100), a.last_failed_wal),
            last_failed_at = coalesce((v_reading ->> 'last_failed_at')::timestamptz, a.last_failed_at)
@@ -122,16 +132,18 @@ END
 $$;
 
 -- For people and monitoring: how stale each archive is. wal_age_seconds: how long a completed
--- segment has waited (0 while the archive keeps up) when the server's position is known, else
--- how long the archive's newest segment has not changed; NULL before a first reading.
+-- segment has waited when the server's position is known (while the archive keeps up: since the
+-- reading that last found it so, so readings that stop or fail age it and never read as 0),
+-- else how long the archive's newest segment has not changed; NULL before a first reading.
 CREATE OR REPLACE VIEW pggit.archive_freshness AS
 SELECT a.target, a.target ->> 'tool' AS tool, coalesce(a.target ->> 'stanza', a.target ->> 'server') AS name,
        a.checked_at, a.checked_by, a.archive_max, a.changed_at, a.server_segment, a.behind_since,
        CASE WHEN a.archive_max IS NULL THEN NULL
-            WHEN a.server_segment IS NOT NULL THEN coalesce(extract(epoch FROM now() - a.behind_since), 0)
+            WHEN a.server_segment IS NOT NULL THEN
+                extract(epoch FROM now() - coalesce(a.behind_since, a.compared_at, a.changed_at))
             ELSE extract(epoch FROM now() - a.changed_at) END AS wal_age_seconds,
        a.server_segment IS NOT NULL AS server_position_known,
-       a.failed_count, a.last_failed_wal, a.last_failed_at, a.detail, a.error
+       a.failed_count, a.last_failed_wal, a.last_failed_at, a.detail, a.error, a.compared_at
   FROM pggit.archive_status a;
 
 REVOKE ALL ON FUNCTION pggit._wal_position(text), pggit.claim_archive_check(text, jsonb, integer),

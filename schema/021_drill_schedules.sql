@@ -14,11 +14,14 @@ CREATE TABLE IF NOT EXISTS pggit.drill_slots (
     recorded_by    text NOT NULL,
     recorded_login text NOT NULL DEFAULT session_user,
     recorded_at    timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (schedule_name, slot_time)
+    -- per target too: a slot decided for one target (two hosts giving one schedule name
+    -- different targets, or a host deciding another's slots ahead) is not another target's
+    PRIMARY KEY (schedule_name, slot_time, target)
 );
 REVOKE ALL ON pggit.drill_slots FROM PUBLIC;
 
--- The slot's decision (made once: a later call for the same slot returns the first one's).
+-- The slot's decision (made once per target: a later call for the same slot and target returns
+-- the first one's).
 CREATE OR REPLACE FUNCTION pggit.record_drill_slot(
     p_worker_id text,
     p_schedule  text,
@@ -53,7 +56,7 @@ BEGIN
     ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
         RETURN QUERY SELECT s.outcome, s.backup_id, s.job_id, s.detail, false FROM pggit.drill_slots s
-                      WHERE s.schedule_name = p_schedule AND s.slot_time = p_slot;
+                      WHERE s.schedule_name = p_schedule AND s.slot_time = p_slot AND s.target = v_target;
         RETURN;
     END IF;
 
@@ -78,7 +81,7 @@ BEGIN
     UPDATE pggit.drill_slots s
        SET outcome = CASE WHEN v_job IS NULL THEN 'skipped' ELSE 'enqueued' END,
            backup_id = v_backup, job_id = v_job, detail = v_detail
-     WHERE s.schedule_name = p_schedule AND s.slot_time = p_slot;
+     WHERE s.schedule_name = p_schedule AND s.slot_time = p_slot AND s.target = v_target;
     RETURN QUERY SELECT CASE WHEN v_job IS NULL THEN 'skipped' ELSE 'enqueued' END, v_backup, v_job, v_detail, true;
 END
 $$;

@@ -569,4 +569,4 @@ def test_wal_freshness_of_a_server_falls_behind_while_barman_does_not_archive_an
 
     wait_until(caught_up, 60, "Barman filed the streamed segments")
     shown = query(db, "SELECT * FROM pggit.archive_freshness")[0]
-    assert shown["behind_since"] is None and shown["wal_age_seconds"] == 0
+    assert shown["behind_since"] is None and shown["wal_age_seconds"] < 60

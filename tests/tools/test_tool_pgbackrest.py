@@ -408,7 +408,7 @@ def test_wal_freshness_of_a_stanza_falls_behind_while_archiving_fails_and_recove
     )
     reading = checks.check(queue, target, key)
     assert reading.error is None and reading.archive_max >= closed and reading.server_segment > closed
-    assert (fresh()["wal_age_seconds"], fresh()["server_position_known"]) == (0, True)
+    assert fresh()["wal_age_seconds"] < 60 and fresh()["server_position_known"]
 
     demo.conn.cursor().execute("ALTER SYSTEM SET archive_command = '/bin/false'")
     demo.conn.cursor().execute("SELECT pg_reload_conf()")
@@ -431,7 +431,7 @@ def test_wal_freshness_of_a_stanza_falls_behind_while_archiving_fails_and_recove
         "caught up",
     )
     checks.check(queue, target, key)
-    assert fresh()["behind_since"] is None and fresh()["wal_age_seconds"] == 0
+    assert fresh()["behind_since"] is None and fresh()["wal_age_seconds"] < 60
 
 
 # -- the adapter's readings, without a cluster ------------------------------------------------

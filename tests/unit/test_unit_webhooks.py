@@ -188,6 +188,12 @@ def test_localhost_resolves_to_loopback_which_is_refused_unless_the_address_is_l
         "ff02::1",
         "::ffff:127.0.0.1",
         "::ffff:169.254.169.254",
+        # 6to4 (2002::/16) carries an IPv4 address a relay or a local 6to4 interface reaches:
+        # the metadata service and loopback through it; fec0::/10 is the old site-local range
+        "2002:a9fe:a9fe::1",
+        "2002:7f00:1::1",
+        "2002:a00:1::1",
+        "fec0::1",
     ],
 )
 def test_every_non_public_address_a_name_resolves_to_is_refused(address):
