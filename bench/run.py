@@ -14,6 +14,7 @@ import platform
 import sys
 import time
 import traceback
+from typing import TextIO
 
 from common import Row, end_context, start_context
 
@@ -28,12 +29,15 @@ FIGURES = {
 }
 
 
-def print_table(rows: list[Row]) -> None:
-    print(f"{'figure':14} {'what':44} {'baseline':>20} {'measured':>22} {'ratio':>8} {'goal':>7}  ok")
+def print_table(rows: list[Row], out: TextIO = sys.stdout) -> None:
+    print(f"{'figure':14} {'what':44} {'baseline':>20} {'measured':>22} {'ratio':>8} {'goal':>7}  ok", file=out)
     for row in rows:
         ratio = "-" if row.ratio is None else f"{row.ratio:.3f}"
         goal = "-" if row.goal is None else (">=" if row.higher_is_better else "<=") + f"{row.goal:g}"
-        print(f"{row.figure:14} {row.what:44} {row.baseline:>20} {row.measured:>22} {ratio:>8} {goal:>7}  {row.ok}")
+        print(
+            f"{row.figure:14} {row.what:44} {row.baseline:>20} {row.measured:>22} {ratio:>8} {goal:>7}  {row.ok}",
+            file=out,
+        )
 
 
 def main() -> int:
@@ -48,7 +52,9 @@ def main() -> int:
         for key in args.only.split(","):
             started = time.monotonic()
             try:
-                rows.extend(importlib.import_module(FIGURES[key]).run(ctx))
+                figure_rows = importlib.import_module(FIGURES[key]).run(ctx)
+                rows.extend(figure_rows)
+                print_table(figure_rows, sys.stderr)  # as it comes: a long run stopped early keeps these
             except Exception:  # one figure's failure must not hide the others' numbers
                 traceback.print_exc()
                 broken.append(key)
