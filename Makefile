@@ -15,7 +15,7 @@ CHECK_MARKS  = not slow and not supervisor
 # the clone of its database, which one server does one at a time
 CHECK_JOBS  ?= 2
 
-.PHONY: test check lint demo venv deps clean deb
+.PHONY: test check lint demo venv deps clean deb bench
 
 # The tests need root (each tool runs as its own OS user, as in production): an ordinary user's
 # run goes through sudo, writing nothing as root into the checkout.
@@ -74,3 +74,9 @@ deb:
 	cp -r packaging/debian build/deb/debian
 	cd build/deb && dpkg-buildpackage -us -uc -b
 	mv build/pggit-supervisor_$(VERSION)_all.deb build/pggit-supervisor_$(VERSION)_*.changes build/pggit-supervisor_$(VERSION)_*.buildinfo dist/
+
+# issue 12: every benchmark figure on a throwaway cluster of its own, one table (bench/README.md,
+# docs/benchmarks.md). `make bench BENCH_ARGS=--quick` for the short version, `--only 1,3` for some.
+BENCH_ARGS ?=
+bench: venv
+	$(AS_ROOT) $(PY) bench/run.py $(BENCH_ARGS)

@@ -9,6 +9,8 @@
 
     .venv/bin/python bench/bench.py [--dsn DSN] [--jobs N]
 
+bench/run.py runs these too, as figure 0, on its own throwaway cluster (`run(ctx)` below).
+
 Targets (see bench/README.md): queue ratio <= 4, runner ratio <= 6, capture memory growth
 <= 2 MB for 200 MB of output.
 """
@@ -27,6 +29,8 @@ import psycopg2
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from common import Row, ms  # noqa: E402  (bench/ is on sys.path: the script's own directory)
+
 from pggit_supervisor import schema  # noqa: E402
 from pggit_supervisor.runner import RunSpec, run_tool  # noqa: E402
 
@@ -92,6 +96,19 @@ def bench_capture(megabytes: int) -> tuple[int, int]:
     result = run_tool(spec)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return result.stdout.total_bytes, after - before
+
+
+def run(ctx) -> list:
+    """Figure 0 of bench/run.py: the three hot paths on the run's own cluster."""
+    jobs = 500 if ctx.quick else 2000
+    base, ours = bench_queue(ctx.cluster.dsn, jobs)
+    rows = [Row("0 hot paths", "claim + finish one job vs bare SKIP LOCKED", ms(base), ms(ours), ours / base, 4.0)]
+    base, ours = bench_runner(200)
+    rows.append(Row("0 hot paths", "run_tool /bin/true vs subprocess.run", ms(base), ms(ours), ours / base, 6.0))
+    size, growth = bench_capture(200)
+    rows.append(Row("0 hot paths", "capture 200 MB of output: RSS growth", f"{size >> 20} MB output",
+                    f"{growth / 1e6:.1f} MB", growth / size, 0.01))  # fmt: skip
+    return rows
 
 
 def main() -> int:
