@@ -4,6 +4,8 @@ A worker writes whole lines of space-separated words, non-blocking, dropping one
 is full. The lines are:
 
     alive                      a heartbeat
+    connected                  it reached its queue database (after each (re)connection): the
+                               supervisor tells systemd READY once one worker can work
     busy JOB_ID TOOL_PGID      working on JOB_ID; TOOL_PGID is the tool's process group (0: none yet)
     idle ok|failed|stopped     the job ended; ok and failed are counted in the service status
 
@@ -23,6 +25,12 @@ MAX_LINE_BYTES = 4096  # far more than any line above; a longer one is dropped, 
 class Alive:
     def line(self) -> bytes:
         return b"alive\n"
+
+
+@dataclass(frozen=True)
+class Connected:
+    def line(self) -> bytes:
+        return b"connected\n"
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ class BadLine:
     why: str
 
 
-Message = Alive | Busy | Idle | BadLine
+Message = Alive | Connected | Busy | Idle | BadLine
 
 
 def parse_line(raw: bytes) -> Message | None:
@@ -64,6 +72,8 @@ def parse_line(raw: bytes) -> Message | None:
     verb, args = words[0], words[1:]
     if verb == "alive" and not args:
         return Alive()
+    if verb == "connected" and not args:
+        return Connected()
     if verb == "busy" and len(args) == 2:
         job_id, pgid = args
         if not pgid.isascii() or not pgid.isdigit():
@@ -73,7 +83,7 @@ def parse_line(raw: bytes) -> Message | None:
         if args[0] not in IDLE_OUTCOMES:
             return _bad(raw, "the outcome is not one of " + ", ".join(IDLE_OUTCOMES))
         return Idle(args[0])
-    return _bad(raw, "expected 'alive', 'busy JOB_ID TOOL_PGID' or 'idle ok|failed|stopped'")
+    return _bad(raw, "expected 'alive', 'connected', 'busy JOB_ID TOOL_PGID' or 'idle ok|failed|stopped'")
 
 
 def _bad(raw: bytes, why: str) -> BadLine:

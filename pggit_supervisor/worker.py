@@ -148,6 +148,7 @@ class Worker:
             )
         self.ever_connected = True
         self.connect_failures = 0
+        self.tell("connected")
         return self.queue
 
     def lost_connection(self, exc: Exception) -> None:
