@@ -47,6 +47,9 @@ log = logging.getLogger("pggit.supervisor")
 
 EXIT_CRASH_LOOP = 1
 LOOP_SECONDS = 1.0  # the longest the loop sleeps: deadlines are checked at least this often
+# While no worker has reached its database yet, systemd's start timeout is pushed this far on,
+# again every third of it: waiting for PostgreSQL is not a failed start.
+START_EXTENSION_SECONDS = 30.0
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
 
 
@@ -97,6 +100,7 @@ class Supervisor:
         self.watchdog = Watchdog(notifier.watchdog_interval or None)
         self.last_status = ""
         self.ready = False  # READY=1 sent: once a worker could reach its database
+        self.next_extend = 0.0  # until READY: when to push systemd's start timeout on again
         self.metrics = SupervisorMetrics(config)  # issue 11: deaths and kills, for the metrics textfile
 
     # -- signals: queue and wake, nothing else (no logging in a handler) -----------------------
@@ -447,6 +451,9 @@ class Supervisor:
             self.last_status = self.status_text()
             self.notifier.ready(self.last_status)
             return
+        if not self.ready and self.clock() >= self.next_extend:
+            self.notifier.extend_start(START_EXTENSION_SECONDS)
+            self.next_extend = self.clock() + START_EXTENSION_SECONDS / 3
         text = self.status_text()
         if text != self.last_status:
             self.last_status = text
