@@ -103,7 +103,8 @@ class Fleet:
     def start(self, name: str | None = None) -> None:
         for host in [name] if name else list(self.hosts):
             self.starts[host] += 1
-            self.hosts[host].start()
+            # a TMPDIR of the soak's own: what the product leaves there is the soak's to find
+            self.hosts[host].start(env={"TMPDIR": str(self.shared / "tmp")})
 
     def up(self, name: str) -> bool:
         """Started and past its start-up: its signal handlers are installed (a SIGTERM before that
@@ -282,6 +283,8 @@ def test_a_fleet_under_seeded_faults_loses_no_job_and_runs_none_twice(chaos_clus
     print(f"\nchaos soak: seed={seed} jobs={JOBS} seconds={SECONDS:g}\n{replay_hint(seed)}")
     (shared_dir / "dumps").mkdir()
     os.chown(shared_dir / "dumps", *_postgres_ids())
+    (shared_dir / "tmp").mkdir(mode=0o1777)
+    (shared_dir / "tmp").chmod(0o1777)
     (shared_dir / "runs").mkdir()
     (shared_dir / "runs").chmod(0o777)
     receiver = Receiver()

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from helpers.chaos import KILLS, SEED, Db, Receiver, overlapping, runs_of
+from helpers.chaos import SEED, Db, Receiver, overlapping, runs_of
 from helpers.session import FAKE_TOOL
 
 FINAL = ("completed", "permanently_failed", "cancelled")
@@ -55,26 +56,51 @@ def check_invariants(jobs, fleet: Any, dbs: dict[str, Db], shared: Path, receive
                 problems.append(f"job {job_id} (fail) completed")
             if overlapping(runs):
                 problems.append(f"duplicate: job {job_id} ({kind}) ran twice at once: {runs}")
-            problems.extend(backoff_problems(job_id, runs, fleet.fault_times))
+        for row in db.rows(
+            "SELECT q.job_id::text, q.job_state, b.status FROM pggit.backup_job_queue q"
+            " JOIN pggit.backups b USING (backup_id)"
+            " WHERE b.status IS DISTINCT FROM CASE q.job_state WHEN 'completed' THEN 'completed'"
+            " WHEN 'cancelled' THEN 'cancelled' WHEN 'permanently_failed' THEN 'failed' END"
+        ):
+            problems.append(f"{database} job {row['job_id']} is {row['job_state']}, its backup {row['status']}")
         in_progress = db.value("SELECT count(*) FROM pggit.backups WHERE status = 'in_progress'")
         if in_progress:
             problems.append(f"{database}: {in_progress} backup row(s) in_progress")
         problems.extend(notification_problems(database, db, receiver))
+    problems.extend(backoff_problems(logs, 1, 4))  # the soak's retry settings
     problems.extend(schedule_problems(dbs["alpha"]))
     problems.extend(leftover_problems(shared, cluster))
     return problems
 
 
-def backoff_problems(job_id: str, runs, fault_times) -> list[str]:
-    """A run that exited non-zero is retried no sooner than retry.base_delay (1 s) after it, unless a
-    fault in between took the report (a killed worker's job is handed back at once)."""
+_LOGGED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?: (job claimed|job failed) job=(\S+) (.*)$", re.M)
+
+
+def backoff_problems(logs: str, base_delay: float, max_delay: float) -> list[str]:
+    """From every host's log: a job that failed to be retried (state=will_retry) at attempt k is
+    claimed again no sooner than min(max_delay, base_delay * 2^(k-1)) later. Both lines are
+    logged after their commit, and next_retry_at counts from the failing transaction's start, so
+    the logged gap can only be longer, but for the moments between a commit and its log line."""
+    events: dict[str, list[tuple[datetime, str, str]]] = {}
+    for stamp, what, job_id, rest in _LOGGED.findall(logs):
+        events.setdefault(job_id, []).append((datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f"), what, rest))
     found = []
-    for before, after in zip(runs, runs[1:], strict=False):
-        if before.exit_code in (None, 0):
-            continue
-        hit = any(before.ended - 1 <= when <= after.started and kind in KILLS for when, kind in fault_times)
-        if not hit and after.started - before.ended < 0.95:
-            found.append(f"job {job_id} retried {after.started - before.ended:.2f} s after a failure (backoff 1 s)")
+    for job_id, seen in events.items():
+        seen.sort(key=lambda event: event[0])
+        attempt, failed_at = 0, None
+        for when, what, rest in seen:
+            if what == "job claimed":
+                if failed_at is not None:
+                    wanted = min(max_delay, base_delay * 2 ** (attempt - 1))
+                    waited = (when - failed_at).total_seconds()
+                    if waited < wanted - 0.25:
+                        found.append(
+                            f"job {job_id}: attempt {attempt + 1} {waited:.2f} s after a failure, backoff {wanted:g} s"
+                        )
+                failed_at = None
+                attempt = int(re.search(r"attempt=(\d+)/", rest)[1])
+            elif "state=will_retry" in rest:
+                failed_at = when
     return found
 
 
@@ -127,6 +153,8 @@ def leftover_problems(shared: Path, cluster) -> list[str]:
     temp = [p.name for p in (shared / "dumps").rglob("*") if p.name.endswith(".partial") or ".verify-" in p.name]
     if temp:
         found.append(f"temporary files left: {temp}")
+    if left := sorted(p.name for p in (shared / "tmp").iterdir()):
+        found.append(f"temporary files left in the supervisors' TMPDIR: {left}")
     databases = {r["datname"] for r in Db(cluster.dsn).rows("SELECT datname FROM pg_database")}
     if extra := databases - {"postgres", "template0", "template1", "alpha", "beta"}:
         found.append(f"scratch databases left: {sorted(extra)}")
@@ -148,6 +176,7 @@ def figures_of(jobs, fleet: Any, dbs: dict[str, Db], problems: list[str]) -> dic
         **{f"fault_{kind}": count for kind, count in sorted(fleet.faults.items())},
         "rescues": logs.count("lease expired: job returned to the queue") + logs.count("worker died"),
         "retries": retries,
+        "retries_after_backoff": logs.count("state=will_retry"),
         "completions_logged": len(re.findall(r"job completed job=", logs)),
         "tool_runs": sum(len(runs_of(fleet.shared / "runs" / tag)) for tag, _, _ in jobs.values()),
         "notifications": sum(fleet.receiver.received.values()),
