@@ -134,19 +134,22 @@ def test_a_full_backup_disk_fails_the_dump_clearly_removes_the_partial_file_and_
         "CREATE TABLE public.big AS SELECT md5(random()::text) || md5(random()::text) AS t"
         " FROM generate_series(1, 100000)"
     )
-    make_service(
+    service = make_service(
         workers=1,
-        retry={"base_delay": 1, "max_delay": 1},
+        retry={"base_delay": 2, "max_delay": 2},
         tools={"pg_dump": {"run_as": "postgres", "allowed_output_dirs": [str(tiny_disk)]}},
     ).start()
     backup_id = scalar(
         db, "SELECT pggit.backup_pg_dump('main', 'public', 'custom', %s, '{\"max_attempts\": 2}')", (str(tiny_disk),)
     )
     job_id = str(scalar(db, "SELECT job_id FROM pggit.backup_jobs WHERE backup_id = %s", (backup_id,)))
-    row = wait_for_state(db, job_id, "permanently_failed", timeout=90)
-    assert row["attempts"] == 2, "the first failure was retried"
+    first = wait_for_state(db, job_id, "will_retry", timeout=60)
+    assert "No space left on device" in first["last_error"], first["last_error"]
+    assert list(tiny_disk.iterdir()) == [], "the partial dump was removed"
+    row = wait_for_state(db, job_id, "permanently_failed", timeout=60)
+    assert len(service.wait_for_log("job claimed")) == 2, "the failure was retried, once (max_attempts 2)"
     assert "No space left on device" in row["last_error"], row["last_error"]
-    assert list(tiny_disk.iterdir()) == [], "the partial dump was removed each time"
+    assert list(tiny_disk.iterdir()) == [], "the partial dump of the retry was removed too"
     assert scalar(db, "SELECT status FROM pggit.backups WHERE backup_id = %s", (backup_id,)) == "failed"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import random
 import signal
 import time
 from collections import Counter
@@ -83,15 +82,14 @@ def host_config(name: str, cluster, shared: Path, receiver: Receiver, workers: i
 class Fleet:
     """The hosts, the faults done to them and their counts."""
 
-    def __init__(self, cluster, shared: Path, receiver: Receiver, rng: random.Random) -> None:
-        self.cluster, self.shared, self.receiver, self.rng = cluster, shared, receiver, rng
+    def __init__(self, cluster, shared: Path, receiver: Receiver) -> None:
+        self.cluster, self.shared, self.receiver = cluster, shared, receiver
         self.hosts: dict[str, Service] = {}
         self.configs: dict[str, dict] = {}
         self.down_until: dict[str, float] = {}  # host lost: restarted then
         self.stopping: set[str] = set()  # SIGTERM sent: restarted once it exited
         self.webhook_up_at: float | None = None
         self.faults: Counter[str] = Counter()
-        self.fault_times: list[tuple[float, str]] = []
         self.sigterm_exits: list[int] = []
         self.starts: Counter[str] = Counter()
         for name in HOSTS:
@@ -176,7 +174,6 @@ class Fleet:
             self.webhook_up_at = time.monotonic() + 1 + 5 * value
         if done:
             self.faults[kind] += 1
-            self.fault_times.append((time.time(), kind))
 
     def settle(self) -> None:
         """Every fault undone: each host running, the receiver up."""
@@ -289,7 +286,7 @@ def test_a_fleet_under_seeded_faults_loses_no_job_and_runs_none_twice(chaos_clus
     (shared_dir / "runs").chmod(0o777)
     receiver = Receiver()
     dbs = {name: Db(chaos_cluster.dsn_for(name)) for name in ("alpha", "beta")}
-    fleet = Fleet(chaos_cluster, shared_dir, receiver, random.Random(seed))
+    fleet = Fleet(chaos_cluster, shared_dir, receiver)
     plan = make_plan(seed, JOBS, SECONDS, list(dbs))
     try:
         # the schedule as if it had existed for three minutes: slots to catch up from the start

@@ -46,7 +46,6 @@ FAULTS = {
     "connection_cut": 2,
     "webhook_down": 2,
 }
-KILLS = {"kill_worker", "host_loss", "pg_restart_fast", "pg_restart_immediate", "connection_cut", "sigterm_restart"}
 
 
 @dataclass(frozen=True)

@@ -169,11 +169,16 @@ def figures_of(jobs, fleet: Any, dbs: dict[str, Db], problems: list[str]) -> dic
         for row in db.rows("SELECT job_state, attempts FROM pggit.backup_job_queue"):
             states[row["job_state"]] += 1
             retries += max(row["attempts"] - 1, 0)
+    [dumps] = dbs["alpha"].rows(
+        "SELECT count(*) AS made, count(*) FILTER (WHERE job_state = 'completed') AS completed"
+        " FROM pggit.backup_job_queue WHERE tool = 'pg_dump'"
+    )
     return {
         "seed": SEED,
         "jobs": sum(states.values()),
         **{state: states[state] for state in FINAL},
         **{f"fault_{kind}": count for kind, count in sorted(fleet.faults.items())},
+        "scheduled_dumps": f"{dumps['completed']}/{dumps['made']}",
         "rescues": logs.count("lease expired: job returned to the queue") + logs.count("worker died"),
         "retries": retries,
         "retries_after_backoff": logs.count("state=will_retry"),
