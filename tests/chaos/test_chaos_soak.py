@@ -92,6 +92,7 @@ class Fleet:
         self.faults: Counter[str] = Counter()
         self.sigterm_exits: list[int] = []
         self.starts: Counter[str] = Counter()
+        self.unexpected: list[str] = []  # a supervisor that ended without being told to: what it said
         for name in HOSTS:
             directory = shared / name
             directory.mkdir()
@@ -119,8 +120,15 @@ class Fleet:
         return [name for name in self.hosts if self.up(name)]
 
     def tick(self) -> None:
-        """Brings back what a fault took down once its time is up."""
+        """Brings back what a fault took down once its time is up, and a supervisor that ended on
+        its own (recorded as a problem with its last log lines, then restarted)."""
         now = time.monotonic()
+        for name, service in self.hosts.items():
+            code = service.proc.poll() if service.proc else None
+            if code is not None and name not in self.down_until and name not in self.stopping:
+                tail = "\n    ".join(service.log().splitlines()[-12:])
+                self.unexpected.append(f"supervisor {name} ended on its own with {code}:\n    {tail}")
+                self.start(name)
         for name, when in list(self.down_until.items()):
             if now >= when:
                 del self.down_until[name]

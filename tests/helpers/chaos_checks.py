@@ -29,7 +29,7 @@ def tool_processes(shared: Path) -> list[int]:
 
 
 def check_invariants(jobs, fleet: Any, dbs: dict[str, Db], shared: Path, receiver: Receiver, cluster) -> list[str]:
-    problems: list[str] = []
+    problems: list[str] = list(fleet.unexpected)
     logs = fleet.logs()
     completed_logged = Counter(re.findall(r"job completed job=(\S+)", logs))
     for database, db in dbs.items():
