@@ -190,7 +190,9 @@ class Fleet:
             self.down_until = {name: 0 for name in self.down_until}
             self.webhook_up_at = 0 if self.webhook_up_at is not None else None
             self.tick()
-            assert time.monotonic() < deadline, "the fleet came back within 30 s"
+            if time.monotonic() > deadline:
+                late = {name: self.hosts[name].log().splitlines()[-8:] for name in HOSTS if not self.up(name)}
+                raise AssertionError(f"the fleet is not back after 30 s: stopping={self.stopping}, not up: {late}")
             time.sleep(0.1)
 
     def logs(self) -> str:
