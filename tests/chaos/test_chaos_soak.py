@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import signal
 import time
 from collections import Counter
@@ -126,7 +127,12 @@ class Fleet:
         for name, service in self.hosts.items():
             code = service.proc.poll() if service.proc else None
             if code is not None and name not in self.down_until and name not in self.stopping:
-                tail = "\n    ".join(service.log().splitlines()[-12:])
+                lines = service.log().splitlines()
+                # why it ended: every worker death and kill it logged (a crash loop counts them), then its end
+                deaths = [
+                    line for line in lines if re.search(r"worker died|stopped heartbeating|crashing in a loop", line)
+                ]
+                tail = "\n    ".join(deaths[-20:] + lines[-6:])
                 self.unexpected.append(f"supervisor {name} ended on its own with {code}:\n    {tail}")
                 self.start(name)
         for name, when in list(self.down_until.items()):
