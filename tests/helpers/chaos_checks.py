@@ -31,6 +31,8 @@ def tool_processes(shared: Path) -> list[int]:
 def check_invariants(jobs, fleet: Any, dbs: dict[str, Db], shared: Path, receiver: Receiver, cluster) -> list[str]:
     problems: list[str] = list(fleet.unexpected)
     logs = fleet.logs()
+    for crash in re.findall(r"worker crashed .*\nTraceback[^\n]*\n(?:  .*\n)*\S.*", logs):
+        problems.append("a worker crashed (an uncaught exception): " + crash)
     completed_logged = Counter(re.findall(r"job completed job=(\S+)", logs))
     for database, db in dbs.items():
         rows = {r["job_id"]: r for r in db.rows("SELECT job_id::text, * FROM pggit.backup_job_queue")}
