@@ -15,11 +15,11 @@ CHECK_MARKS  = not slow and not supervisor
 # the clone of its database, which one server does one at a time
 CHECK_JOBS  ?= 2
 
-.PHONY: test check lint demo venv deps clean deb bench
+.PHONY: test check chaos lint demo venv deps clean deb bench
 
 # The tests need root (each tool runs as its own OS user, as in production): an ordinary user's
 # run goes through sudo, writing nothing as root into the checkout.
-AS_ROOT = $(if $(filter 0,$(shell id -u)),,sudo --preserve-env=PGGIT_TEST_PGHOST,PGGIT_TEST_PGPORT,PGGIT_TEST_PGUSER,PGPASSWORD \
+AS_ROOT = $(if $(filter 0,$(shell id -u)),,sudo --preserve-env=PGGIT_TEST_PGHOST,PGGIT_TEST_PGPORT,PGGIT_TEST_PGUSER,PGPASSWORD,PGGIT_CHAOS_SEED,PGGIT_CHAOS_JOBS,PGGIT_CHAOS_SECONDS \
           env PYTHONDONTWRITEBYTECODE=1)
 PYTEST = $(AS_ROOT) $(PY) -m pytest $(if $(AS_ROOT),-p no:cacheprovider)
 
@@ -44,6 +44,15 @@ deps:
 TEST_JOBS ?= 2
 test: venv lint
 	$(PYTEST) $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS)) $(PYTEST_ARGS)
+
+# The long chaos soak (tests/chaos/test_chaos_soak.py; `make test` runs a short one of about a minute):
+# a few thousand jobs under ten minutes of seeded faults, its figures printed. The seed is random
+# unless PGGIT_CHAOS_SEED is given; a failure prints the line that replays it.
+CHAOS_JOBS    ?= 3000
+CHAOS_SECONDS ?= 600
+chaos: venv
+	PGGIT_CHAOS_JOBS=$${PGGIT_CHAOS_JOBS:-$(CHAOS_JOBS)} PGGIT_CHAOS_SECONDS=$${PGGIT_CHAOS_SECONDS:-$(CHAOS_SECONDS)} \
+	    $(PYTEST) -s tests/chaos/test_chaos_soak.py $(PYTEST_ARGS)
 
 check: venv
 	$(PYTEST) -n $(CHECK_JOBS) -m '$(CHECK_MARKS)' $(CHECK_LAYERS) $(PYTEST_ARGS)

@@ -4,6 +4,8 @@ A worker writes whole lines of space-separated words, non-blocking, dropping one
 is full. The lines are:
 
     alive                      a heartbeat
+    connected                  it reached its queue database (after each (re)connection): the
+                               supervisor tells systemd READY once one worker can work
     busy JOB_ID TOOL_PGID      working on JOB_ID; TOOL_PGID is the tool's process group (0: none yet)
     idle ok|failed|stopped     the job ended; ok and failed are counted in the service status
     rescued N                  N jobs whose lease had expired (or a dead predecessor's) went back to the queue
@@ -24,6 +26,12 @@ MAX_LINE_BYTES = 4096  # far more than any line above; a longer one is dropped, 
 class Alive:
     def line(self) -> bytes:
         return b"alive\n"
+
+
+@dataclass(frozen=True)
+class Connected:
+    def line(self) -> bytes:
+        return b"connected\n"
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,7 @@ class Rescued:
         return f"rescued {self.count}\n".encode()
 
 
-Message = Alive | Busy | Idle | Rescued | BadLine
+Message = Alive | Connected | Busy | Idle | Rescued | BadLine
 
 
 def parse_line(raw: bytes) -> Message | None:
@@ -73,6 +81,8 @@ def parse_line(raw: bytes) -> Message | None:
     verb, args = words[0], words[1:]
     if verb == "alive" and not args:
         return Alive()
+    if verb == "connected" and not args:
+        return Connected()
     if verb == "busy" and len(args) == 2:
         job_id, pgid = args
         if not pgid.isascii() or not pgid.isdigit():
@@ -86,7 +96,7 @@ def parse_line(raw: bytes) -> Message | None:
         if not args[0].isascii() or not args[0].isdigit() or len(args[0]) > 6:
             return _bad(raw, "the count is not a number")
         return Rescued(int(args[0]))
-    return _bad(raw, "expected 'alive', 'busy JOB_ID TOOL_PGID', 'idle ok|failed|stopped' or 'rescued N'")
+    return _bad(raw, "expected 'alive', 'connected', 'busy JOB_ID TOOL_PGID', 'idle ok|failed|stopped' or 'rescued N'")
 
 
 def _bad(raw: bytes, why: str) -> BadLine:

@@ -27,7 +27,7 @@ from . import log as logs
 from .children import kill_orphans, reap_orphans, signal_group, signal_pid
 from .config import Config, ConfigError, Database, config_summary
 from .log import fields
-from .pipe_protocol import BadLine, Busy, Idle, LineReader, Message, Rescued
+from .pipe_protocol import BadLine, Busy, Connected, Idle, LineReader, Message, Rescued
 from .policies import (
     CRASH_WINDOW_SECONDS,
     CrashLoop,
@@ -47,6 +47,9 @@ log = logging.getLogger("pggit.supervisor")
 
 EXIT_CRASH_LOOP = 1
 LOOP_SECONDS = 1.0  # the longest the loop sleeps: deadlines are checked at least this often
+# While no worker has reached its database yet, systemd's start timeout is pushed this far on,
+# again every third of it: waiting for PostgreSQL is not a failed start.
+START_EXTENSION_SECONDS = 30.0
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
 
 
@@ -65,6 +68,7 @@ class WorkerHandle:
     tool_pgid: int | None = None
     retiring: bool = False
     killed: bool = False
+    connected: bool = False  # it has reached its database once (a `connected` line)
     reader: LineReader = field(default_factory=LineReader, repr=False)
 
 
@@ -95,6 +99,8 @@ class Supervisor:
         self.exit_code = 0
         self.watchdog = Watchdog(notifier.watchdog_interval or None)
         self.last_status = ""
+        self.ready = False  # READY=1 sent: once a worker could reach its database
+        self.next_extend = 0.0  # until READY: when to push systemd's start timeout on again
         self.metrics = SupervisorMetrics(config)  # issue 11: deaths and kills, for the metrics textfile
 
     # -- signals: queue and wake, nothing else (no logging in a handler) -----------------------
@@ -146,7 +152,6 @@ class Supervisor:
         linux.set_child_subreaper()
         log.info("supervisor started" + fields(pid=os.getpid()) + " " + config_summary(self.config))
         self.manage_workers()
-        self.notifier.ready(self.status_text())
         while not (self.stopping and not self.workers):
             self.sleep()
             self.handle_signals()
@@ -257,7 +262,9 @@ class Supervisor:
                 self.handle_message(worker, message)
 
     def handle_message(self, worker: WorkerHandle, message: Message) -> None:
-        if isinstance(message, Busy):
+        if isinstance(message, Connected):
+            worker.connected = True
+        elif isinstance(message, Busy):
             worker.busy_job, worker.tool_pgid = message.job_id, message.tool_pgid
         elif isinstance(message, Idle):
             worker.busy_job = worker.tool_pgid = None
@@ -356,7 +363,7 @@ class Supervisor:
             new = self.reload_config()
         except ConfigError as exc:
             log.error("reload failed; keeping the running configuration:\n" + str(exc))
-            self.notifier.ready(self.status_text())
+            self.reloaded()
             return
         self.config = new
         self.metrics.config = new
@@ -365,7 +372,15 @@ class Supervisor:
         for worker in self.workers.values():
             if not worker.retiring:
                 self.retire(worker, "configuration reloaded")
-        self.notifier.ready(self.status_text())
+        self.reloaded()
+
+    def reloaded(self) -> None:
+        """systemd ends RELOADING at the next READY=1; before the first one (no worker has reached
+        its database yet) the service is still starting, and READY waits for a worker."""
+        if self.ready:
+            self.notifier.ready(self.status_text())
+        else:
+            self.notifier.status(self.status_text())
 
     def stop(self, fast: bool, why: str) -> None:
         now = self.clock()
@@ -427,9 +442,20 @@ class Supervisor:
         return (
             f"{state}{len(self.workers)}/{self.config.total_workers} workers alive, {busy} busy, "
             f"{self.jobs_ok} jobs done, {self.jobs_failed} failed"
+            + ("" if self.ready or self.stopping else "; waiting for the queue database")
         )
 
     def update_status(self) -> None:
+        """READY=1 once a worker has reached its database (systemd's start then succeeds: the
+        service can work), not at fork time; then STATUS whenever it changes."""
+        if not self.ready and any(w.connected for w in self.workers.values()):
+            self.ready = True
+            self.last_status = self.status_text()
+            self.notifier.ready(self.last_status)
+            return
+        if not self.ready and self.clock() >= self.next_extend:
+            self.notifier.extend_start(START_EXTENSION_SECONDS)
+            self.next_extend = self.clock() + START_EXTENSION_SECONDS / 3
         text = self.status_text()
         if text != self.last_status:
             self.last_status = text

@@ -29,6 +29,11 @@ class Notifier:
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
 
+    def extend_start(self, seconds: float) -> None:
+        """Before READY: systemd's start timeout (TimeoutStartSec, 90 s by default) is pushed
+        `seconds` on, so a service waiting in an orderly way for its database is not killed."""
+        self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
+
     def status(self, status: str) -> None:
         self.send(f"STATUS={status}")
 

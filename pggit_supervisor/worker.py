@@ -148,6 +148,7 @@ class Worker:
             )
         self.ever_connected = True
         self.connect_failures = 0
+        self.tell("connected")
         return self.queue
 
     def lost_connection(self, exc: Exception) -> None:
@@ -244,6 +245,11 @@ class Worker:
             if now >= wake_at:
                 return
             self.beat()
+            if queue.conn.closed:
+                # a call of the idle pass (presence, schedules, notifications) met a broken
+                # connection and psycopg2 closed it: select() on it would raise and crash the
+                # worker (a crash loop, after a few PostgreSQL restarts); the loop reconnects
+                return
             readable, _, _ = select.select([queue.conn], [], [], min(1.0, wake_at - now))
             if readable:
                 try:

@@ -14,6 +14,9 @@ the tests marked slow or supervisor, see the Makefile):
             install and migration, the session cluster
 - service/  real `pggit-supervisor` processes and their workers: lifecycle, jobs, drills, the CLI
 - tools/    the runner with a fake tool, each real tool adapter, the packaging files
+- chaos/    fault injection on a cluster of the layer's own: the seeded soak of a fleet of
+            supervisors under kills, restarts and cuts (short here, long by `make chaos`), and
+            single faults (PostgreSQL down at start, a full disk, a missing tool, a reload)
 - helpers/  modules more than one test imports (`from helpers.db import query`); never import
             from a conftest.py. A layer's own fixtures live in its conftest.py.
 A test that starts a supervisor builds it with make_service (below), which marks it `supervisor`.

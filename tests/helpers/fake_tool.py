@@ -38,6 +38,16 @@ def _record_pid(path: str | None, role: str) -> None:
         os.close(fd)
 
 
+def _record_run(path: str | None, event: str) -> None:
+    """One O_APPEND line per start and per exit of a run ("start PID TIME" / "exit PID CODE TIME"),
+    so the chaos soak can tell how often, when and with what end each job's tool ran; a run
+    killed by a signal has no exit line."""
+    if path:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(fd, f"{event} {os.getpid()} {time.time():.6f}\n".encode())
+        os.close(fd)
+
+
 def _sleep_forever() -> None:
     while True:
         time.sleep(3600)
@@ -89,6 +99,7 @@ def main() -> int:
     parser.add_argument("--spawn-grandchild-setsid", action="store_true")
     parser.add_argument("--spawn-orphan", action="store_true")
     parser.add_argument("--write-pids")
+    parser.add_argument("--write-runs")
     parser.add_argument("--print-env", action="store_true")
     parser.add_argument("--print-ids", action="store_true")
     parser.add_argument("--read-stdin", action="store_true")
@@ -104,6 +115,7 @@ def main() -> int:
         # Inherited by the children forked below, so the whole tree needs SIGKILL.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _record_pid(args.write_pids, "tool")
+    _record_run(args.write_runs, "start")
     if args.spawn_child or args.spawn_grandchild_setsid:
         _spawn_children(args)
     if args.spawn_orphan:
@@ -134,6 +146,7 @@ def main() -> int:
         time.sleep(args.sleep)
     if args.kill_self:
         os.kill(os.getpid(), args.kill_self)
+    _record_run(args.write_runs, f"exit {args.exit}")
     return args.exit
 
 

@@ -3,11 +3,22 @@ whole lines, partial lines, several lines in one read, and lines that are not th
 
 from __future__ import annotations
 
-from pggit_supervisor.pipe_protocol import MAX_LINE_BYTES, Alive, BadLine, Busy, Idle, LineReader, Rescued, parse_line
+from pggit_supervisor.pipe_protocol import (
+    MAX_LINE_BYTES,
+    Alive,
+    BadLine,
+    Busy,
+    Connected,
+    Idle,
+    LineReader,
+    Rescued,
+    parse_line,
+)
 
 
 def test_each_message_a_worker_sends_parses_to_its_record():
     assert parse_line(b"alive") == Alive()
+    assert parse_line(b"connected") == Connected()
     assert parse_line(b"busy 42 1234") == Busy("42", 1234)
     assert parse_line(b"idle ok") == Idle("ok")
     assert parse_line(b"idle failed") == Idle("failed")
@@ -42,7 +53,17 @@ def test_an_unknown_idle_outcome_is_a_bad_line_naming_the_allowed_ones():
 
 
 def test_wrong_word_counts_and_unknown_verbs_are_bad_lines():
-    for raw in (b"busy 42", b"busy 1 2 3", b"idle", b"idle ok now", b"alive again", b"hello", b"BUSY 1 2", b"rescued"):
+    for raw in (
+        b"busy 42",
+        b"busy 1 2 3",
+        b"idle",
+        b"idle ok now",
+        b"alive again",
+        b"connected now",
+        b"hello",
+        b"BUSY 1 2",
+        b"rescued",
+    ):
         message = parse_line(raw)
         assert isinstance(message, BadLine), raw
         assert message.text == raw.decode()
@@ -61,7 +82,7 @@ def test_a_bad_lines_text_is_shortened_for_the_log():
 
 
 def test_each_message_renders_the_line_that_parses_back_to_it():
-    for message in (Alive(), Busy("j-1", 77), Busy("j-2", None), Idle("ok"), Idle("stopped"), Rescued(2)):
+    for message in (Alive(), Connected(), Busy("j-1", 77), Busy("j-2", None), Idle("ok"), Idle("stopped"), Rescued(2)):
         line = message.line()
         assert line.endswith(b"\n")
         assert parse_line(line.rstrip(b"\n")) == message
