@@ -182,8 +182,18 @@ def serve_like_systemd(dsn: str) -> None:
         proc = subprocess.Popen(
             argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )  # User=root, as the unit
-        receive(2)
-        check("READY=1 is the first message", bool(messages) and messages[0].startswith("READY=1"), repr(messages[:2]))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(m.startswith("READY=1") for m in messages):
+            receive(0.5)
+        # READY comes once a worker has reached its database; before it only the watchdog, the
+        # start-timeout extension and STATUS may be said
+        before = [m for m in messages[: next((i for i, m in enumerate(messages) if m.startswith("READY=1")), 0)]]
+        check(
+            "READY=1 once a worker can work, nothing but WATCHDOG, EXTEND_TIMEOUT_USEC and STATUS before it",
+            any(m.startswith("READY=1") for m in messages)
+            and all(m.split("=", 1)[0] in ("WATCHDOG", "EXTEND_TIMEOUT_USEC", "STATUS") for m in before),
+            repr(messages[:4]),
+        )
         conn = psycopg2.connect(dsn)
         conn.autocommit = True
         with conn.cursor() as cur:
