@@ -161,6 +161,7 @@ def serve_like_systemd(dsn: str) -> None:
             except TimeoutError:
                 pass
 
+    proc: subprocess.Popen[str] | None = None
     try:
         warned = run("/usr/bin/pggit-supervisor", "check-config", "-c", CONFIG)
         check(
@@ -243,6 +244,9 @@ def serve_like_systemd(dsn: str) -> None:
         check("WATCHDOG=1 pings arrive", kinds.count("WATCHDOG") >= 3, repr(kinds))
         check("STOPPING=1 is the last message", kinds[-1] == "STOPPING", repr(kinds[-3:]))
     finally:
+        if proc is not None and proc.poll() is None:  # a check failed while it ran: leave nothing running
+            proc.kill()  # its workers follow (their parent-death signal)
+            proc.wait(30)
         listener.close()
         with open(CONFIG, "w") as handle:
             handle.write(original)
