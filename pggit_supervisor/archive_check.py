@@ -26,15 +26,14 @@ from .errors import one_line
 from .log import fields
 from .queue import Queue
 from .runner import RunResult, RunSpec, run_tool
+from .status_targets import retention_target, schedule_target
 from .tools import ArchiveReading, archiver_for
 
 log = logging.getLogger("pggit.archive")
 
 # at most this often an idle worker asks whether a target is due (the interval is the database's)
 ASK_EVERY = 30.0
-# where a schedule's args name the repository, and pgBackRest's default stanza
-_ARG = {"pgbackrest": ("stanza", "main"), "barman": ("server_name", None)}
-_KEY = {"pgbackrest": "stanza", "barman": "server"}
+_KEY = {"pgbackrest": "stanza", "barman": "server"}  # what names a target's repository
 
 
 class Link(Protocol):
@@ -47,18 +46,10 @@ class Link(Protocol):
 
 
 def archive_targets(config: Config) -> list[dict[str, str]]:
-    """The stanzas and servers this database's schedules back up and its retention keeps, once each."""
-    found: dict[str, dict[str, str]] = {}
-    for schedule in config.schedules:
-        if schedule.tool in _ARG:
-            arg, default = _ARG[schedule.tool]
-            name = schedule.args.get(arg, default)
-            if isinstance(name, str):
-                found.setdefault(f"{schedule.tool}:{name}", {"tool": schedule.tool, _KEY[schedule.tool]: name})
-    for retention in config.retention:
-        tool = retention.target.get("tool", "")
-        if tool in _KEY and isinstance(retention.target.get(_KEY[tool]), str):
-            found.setdefault(f"{tool}:{retention.target[_KEY[tool]]}", dict(retention.target))
+    """The stanzas and servers this database's schedules back up and its retention keeps, once
+    each, named as `status` names its targets (status_targets)."""
+    named = [schedule_target(s) for s in config.schedules] + [retention_target(r) for r in config.retention]
+    found = {json.dumps(t, sort_keys=True): t for t in named if t is not None and t["tool"] in _KEY}
     return [found[key] for key in sorted(found)]
 
 

@@ -28,13 +28,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
 from . import __version__
-from .archive_check import archive_targets
 from .config import Config
 from .config.model import database_name
 from .log import fields
 from .metrics_snapshot import Snapshot
 from .queue import Queue
 from .scheduler import next_fire
+from .status_targets import watched_targets
 
 log = logging.getLogger("pggit.metrics")
 
@@ -172,22 +172,15 @@ def registry_of(config: Config, snapshot: Snapshot, now: datetime | None = None)
 
 
 def _configured_targets(config: Config) -> list[dict[str, str]]:
-    """Every target the config names, a dump's with this database's name (as the SQL has it)."""
-    found = {json_key(t): t for t in archive_targets(config)}
-    for retention in config.retention:
-        found.setdefault(json_key(retention.target), dict(retention.target))
-    for drill in config.drills:
-        found.setdefault(json_key(drill.target), dict(drill.target))
-    for backup in config.schedules:
-        if backup.tool in ("pg_dump", "pg_basebackup"):
-            schema = backup.args.get("schema")
-            target = {"tool": backup.tool, **({"schema": str(schema)} if schema else {})}
-            found.setdefault(json_key(target), target)
+    """Every target the config names (the ones `status` watches, and the drills'), a dump's with
+    this database's name, as the SQL has it."""
     database = database_name(config.served()[0].dsn)
+    watched = [w.target for w in watched_targets(config.schedules, config.retention, database)]
+    found: dict[str, dict[str, str]] = {}
+    for target in [*watched, *(dict(d.target) for d in config.drills)]:
+        found.setdefault(json_key(target), dict(target))
     return [
-        {**found[key], "database": found[key].get("database", database)}
-        if found[key]["tool"] in ("pg_dump", "pg_basebackup")
-        else found[key]
+        {**found[key], "database": database} if found[key]["tool"] in ("pg_dump", "pg_basebackup") else found[key]
         for key in sorted(found)
     ]
 

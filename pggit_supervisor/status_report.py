@@ -25,7 +25,7 @@ from .scheduler import next_fire
 from .slots import ScheduleStatus
 from .status_check import BACKUP, DRILL, WAL, WORKERS, Age, DatabaseSnapshot, Verdict, evaluate, human, judge_age
 from .status_rows import PermanentFailure, QueueStatistics, RunningJob, TargetStatus, WorkerSeen
-from .status_targets import WatchedTarget, watched_targets
+from .status_targets import WatchedTarget, label_of, watched_targets
 
 JSON_FORMAT = 1
 FAILURES_SHOWN = 20  # the newest unacknowledged permanent failures listed (the count is exact)
@@ -97,7 +97,7 @@ def wal_ages(queue: Queue, part: Config) -> list[Age]:
     return [
         Age(
             WAL,
-            f"{t['tool']}:{t.get('stanza') or t.get('server')}",
+            label_of(t, part.served()[0].name),
             _seconds(lags.get(json.dumps(t, sort_keys=True))),
             float(part.max_wal_age),
         )
