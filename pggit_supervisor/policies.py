@@ -9,6 +9,7 @@ fake clock. State is frozen: a rule returns the next state instead of changing t
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,6 +68,20 @@ class SlotBackoff:
 
 def ran_healthy(started: float, now: float) -> bool:
     return now - started > HEALTHY_RUN_SECONDS
+
+
+# Deaths by a signal someone else sends (an operator, a fleet tool, a test's kill -9, the OOM
+# killer choosing the worker) say nothing about the worker's code: the slot backs off and restarts,
+# but they never make the supervisor give up. Exits with an error and self-inflicted signals
+# (SIGSEGV, SIGABRT, ...) do, and so does a worker we killed ourselves for its silence.
+EXTERNAL_KILL_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
+
+
+def is_crash(exit_code: int, killed_for_silence: bool) -> bool:
+    """Whether a worker's death counts toward a crash loop (see EXTERNAL_KILL_SIGNALS)."""
+    if killed_for_silence:
+        return True
+    return not (exit_code < 0 and -exit_code in EXTERNAL_KILL_SIGNALS)
 
 
 def crash_loop_limit(workers: int) -> int:

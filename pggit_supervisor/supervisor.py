@@ -34,6 +34,7 @@ from .policies import (
     SlotBackoff,
     Watchdog,
     all_heartbeating,
+    is_crash,
     is_silent,
     pools,
     ran_healthy,
@@ -320,7 +321,8 @@ class Supervisor:
             return
         self.metrics.worker_died(worker.database)
         now = self.clock()
-        self.crash_loop = self.crash_loop.after_death(now)
+        if is_crash(code, worker.killed):
+            self.crash_loop = self.crash_loop.after_death(now)
         self.backoff[worker.slot] = self.backoff[worker.slot].after_death(now)
         if self.crash_loop.is_looping(self.config.total_workers) and not self.stopping:
             log.error(

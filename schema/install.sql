@@ -167,4 +167,11 @@ BEGIN;
 COMMIT;
 \endif
 
+SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 24) AS pggit_apply \gset
+\if :pggit_apply
+BEGIN;
+\ir 024_claim_order.sql
+COMMIT;
+\endif
+
 SELECT 'pggit backup schema version ' || max(version) AS installed FROM pggit.backup_schema_migrations;

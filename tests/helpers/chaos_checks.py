@@ -183,7 +183,7 @@ def figures_of(jobs, fleet: Any, dbs: dict[str, Db], problems: list[str]) -> dic
         "scheduled_dumps": f"{dumps['completed']}/{dumps['made']}",
         "rescues": logs.count("lease expired: job returned to the queue") + logs.count("worker died"),
         "retries": retries,
-        "retries_after_backoff": logs.count("state=will_retry"),
+        "will_retry_logged": logs.count("state=will_retry"),
         "completions_logged": len(re.findall(r"job completed job=", logs)),
         "tool_runs": sum(len(runs_of(fleet.shared / "runs" / tag)) for tag, _, _ in jobs.values()),
         "notifications": sum(fleet.receiver.received.values()),

@@ -141,10 +141,36 @@ def test_a_crashing_slot_backs_off_and_the_supervisor_gives_up_on_a_crash_loop(m
 def test_deaths_spread_over_more_than_the_window_do_not_stop_the_supervisor(make_supervisor, clock):
     supervisor = make_supervisor(workers=1)
     for _ in range(3 * crash_loop_limit(1)):
-        supervisor.handle_worker_exit(dead_worker(clock), code=-9)
+        supervisor.handle_worker_exit(dead_worker(clock), code=-11)
         clock.advance(CRASH_WINDOW_SECONDS / crash_loop_limit(1) + 0.1)
     assert not supervisor.stopping
     assert supervisor.exit_code == 0
+
+
+@pytest.mark.parametrize("code", [-9, -15, -2, -1, -3])
+def test_workers_killed_from_outside_back_off_but_never_make_a_crash_loop(make_supervisor, clock, code):
+    supervisor = make_supervisor(workers=1)
+    for _ in range(3 * crash_loop_limit(1)):
+        supervisor.handle_worker_exit(dead_worker(clock), code=code)
+        clock.advance(0.5)
+    assert supervisor.crash_loop.deaths == ()
+    assert (supervisor.stopping, supervisor.exit_code) == (False, 0)
+    assert supervisor.backoff[1].failures == 3 * crash_loop_limit(1)  # the slot still backs off
+
+
+@pytest.mark.parametrize("code", [1, 70, -11, -6])
+def test_exits_with_an_error_and_self_inflicted_signals_make_a_crash_loop(make_supervisor, clock, code):
+    supervisor = make_supervisor(workers=1)
+    for _ in range(crash_loop_limit(1) + 1):
+        supervisor.handle_worker_exit(dead_worker(clock), code=code)
+    assert (supervisor.stopping, supervisor.exit_code) == (True, EXIT_CRASH_LOOP)
+
+
+def test_a_worker_killed_by_us_for_its_silence_counts_as_a_crash(make_supervisor, clock):
+    supervisor = make_supervisor(workers=1)
+    for _ in range(crash_loop_limit(1) + 1):
+        supervisor.handle_worker_exit(dead_worker(clock, killed=True), code=-9)
+    assert (supervisor.stopping, supervisor.exit_code) == (True, EXIT_CRASH_LOOP)
 
 
 def test_a_retired_worker_exiting_cleanly_counts_as_no_death(make_supervisor, clock):
