@@ -2,8 +2,9 @@
 which job it runs. `status` tells a dead worker by its silence, so the row is refreshed every
 few seconds from the worker's beat, and marked stopped on an orderly exit. The running job is
 recorded only once it has run JOB_RECORD_SECONDS, and the end of a job only if its start was
-recorded: a no-op job then costs no presence round trip at all (issue 12: two of its five). Recording is best effort: a refused or failed call is logged and tried again
-later, never a reason to stop the worker or its job."""
+recorded: a no-op job then costs no presence round trip at all (issue 12: two of its five).
+Recording is best effort: a refused or failed call is logged and tried again later, never a
+reason to stop the worker or its job."""
 
 from __future__ import annotations
 

@@ -309,7 +309,9 @@ def _start(spec: RunSpec, account: _Account | None, env: dict[str, str]) -> subp
         ) from err
 
 
-def _helper_failure(spec: RunSpec, account: _Account | None, returncode: int | None, stderr: str) -> ToolStartError | None:
+def _helper_failure(
+    spec: RunSpec, account: _Account | None, returncode: int | None, stderr: str
+) -> ToolStartError | None:
     """setpriv's own failure, told apart from the tool's exit: setpriv exits 127 when it cannot
     set the credentials or the signal (SETPRIV_EXIT_PRIVERR) and 126/127 when its exec of the tool
     fails (errexec: 127 for ENOENT), each time with one line 'setpriv: ...' on stderr and nothing
