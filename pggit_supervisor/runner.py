@@ -1,10 +1,10 @@
 """Run one backup tool (pg_dump, pgbackrest, ...) as a subprocess, safely and observably.
 
-Every tool the service starts goes through `run_tool`: argv only (never a shell), stdin closed,
-a scrubbed environment, its own session, optionally another user, a parent-death signal (the
-last two set by setpriv(1), so the worker vforks), bounded output capture, a timeout, and a
-caller hook to renew a lease or stop the tool. No threads: the worker is a single-threaded forked process, so one selector multiplexes output, ticks and the
-deadline, all on the monotonic clock.
+Every tool the service starts goes through `run_tool`: argv only (never a shell), stdin closed, a
+scrubbed environment, its own session, optionally another user, a parent-death signal (the last two
+set by setpriv(1), so the worker vforks), bounded output capture, a timeout, and a caller hook to
+renew a lease or stop the tool. No threads: the worker is a single-threaded forked process, so one
+selector multiplexes output, ticks and the deadline, all on the monotonic clock.
 """
 
 from __future__ import annotations
