@@ -1,8 +1,10 @@
 """A worker's own row in pggit.backup_workers (schema/019; issue 11): who it is, that it is alive,
 which job it runs. `status` tells a dead worker by its silence, so the row is refreshed every
-few seconds from the worker's beat, at once when a job starts or ends, and marked stopped on an
-orderly exit. Recording is best effort: a refused or failed call is logged and tried again
-later, never a reason to stop the worker or its job."""
+few seconds from the worker's beat, and marked stopped on an orderly exit. The running job is
+recorded only once it has run JOB_RECORD_SECONDS, and the end of a job only if its start was
+recorded: a no-op job then costs no presence round trip at all (issue 12: two of its five).
+Recording is best effort: a refused or failed call is logged and tried again later, never a
+reason to stop the worker or its job."""
 
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ from .queue import Queue
 # the newest one with, is minutes); after a failed record the next try waits RETRY_SECONDS.
 INTERVAL_SECONDS = 5.0
 RETRY_SECONDS = 60.0
+# a job that runs longer than this is named in the worker's row (at a beat, which comes about
+# every second while a tool runs); a shorter one never is, and its row shows the worker idle
+JOB_RECORD_SECONDS = 1.0
 
 log = logging.getLogger("pggit.worker")
 
@@ -34,12 +39,17 @@ class Presence:
         self.machine = socket.gethostname()
         self.started_at = datetime.now(timezone.utc)
         self.job_id: str | None = None
+        self.recorded_job: str | None = None  # what the row says this worker runs
         self.next_record = 0.0
 
     def running(self, job_id: str | None) -> None:
-        """The job this worker now runs (None: idle again); recorded at the next beat."""
+        """The job this worker now runs (None: idle again). A job is recorded at a beat once it
+        has run JOB_RECORD_SECONDS; the end of one the row names, at the next beat."""
         self.job_id = job_id
-        self.next_record = 0.0
+        if job_id is not None:
+            self.next_record = min(self.next_record, time.monotonic() + JOB_RECORD_SECONDS)
+        elif self.recorded_job is not None:
+            self.next_record = 0.0
 
     def record_if_due(self, queue: Queue | None) -> None:
         if queue is None or queue.conn.closed or time.monotonic() < self.next_record:
@@ -47,6 +57,7 @@ class Presence:
         self.next_record = time.monotonic() + INTERVAL_SECONDS
         try:
             queue.record_worker(self.name, self.machine, self.database, self.tools, self.started_at, self.job_id)
+            self.recorded_job = self.job_id
         except psycopg2.Error as exc:
             self.next_record = time.monotonic() + RETRY_SECONDS
             log.warning(

@@ -1,15 +1,14 @@
 """Run one backup tool (pg_dump, pgbackrest, ...) as a subprocess, safely and observably.
 
-Every tool the service starts goes through `run_tool`: argv only (never a shell), stdin closed,
-a scrubbed environment, its own session, optionally another user, a parent-death signal, bounded
-output capture, a timeout, and a caller hook to renew a lease or stop the tool. No threads: the
-worker is a single-threaded forked process, so one selector multiplexes output, ticks and the
-deadline, all on the monotonic clock.
+Every tool the service starts goes through `run_tool`: argv only (never a shell), stdin closed, a
+scrubbed environment, its own session, optionally another user, a parent-death signal (the last two
+set by setpriv(1), so the worker vforks), bounded output capture, a timeout, and a caller hook to
+renew a lease or stop the tool. No threads: the worker is a single-threaded forked process, so one
+selector multiplexes output, ticks and the deadline, all on the monotonic clock.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import pwd
@@ -21,7 +20,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .errors import JobError
-from .linux import PR_SET_PDEATHSIG, prctl_function
 from .proctree import KillReport
 from .tool_session import CapturedOutput, ToolSession
 
@@ -41,6 +39,16 @@ __all__ = [
 DEFAULT_OUTPUT_LIMIT = 32 * 1024
 # exec failures no retry can cure: no such file, permission denied, not an executable format
 _LASTING_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ENOEXEC, errno.ELOOP})
+# strerror() of those, as setpriv's err() prints them under LANG=C.UTF-8 (tool_environment)
+_LASTING_MESSAGES = (
+    "No such file or directory",
+    "Not a directory",
+    "Permission denied",
+    "Exec format error",
+    "Too many levels of symbolic links",
+)
+# util-linux's setpriv (Essential in Debian): the exec helper that sets the parent-death signal
+SETPRIV = "/usr/bin/setpriv"
 TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -109,9 +117,10 @@ class RunResult:
     timeout: float
     stdout: CapturedOutput = field(default_factory=CapturedOutput)
     stderr: CapturedOutput = field(default_factory=CapturedOutput)
-    # From wait4's ru_maxrss. Linux carries the pre-exec high-water mark into it, so this is the
-    # larger of the tool's peak and the worker's RSS when it forked: exact for any tool bigger
-    # than the worker, an upper bound otherwise. None if the tool could not be reaped.
+    # From wait4's ru_maxrss. Linux carries the pre-exec high-water mark into it (a vforked child
+    # shares the worker's memory until its exec), so this is the larger of the tool's peak and
+    # the worker's RSS when it started the tool: exact for any tool bigger than the worker, an
+    # upper bound otherwise. None if the tool could not be reaped.
     peak_rss_bytes: int | None = None
     kill_report: KillReport | None = None
 
@@ -195,6 +204,9 @@ def run_tool(
     finally:
         session.close()
     returncode = proc.returncode
+    failure = _helper_failure(spec, account, returncode, session.stderr.freeze().text())
+    if failure is not None:
+        raise failure
     return RunResult(
         argv=spec.argv,
         exit_code=returncode if returncode is not None and returncode >= 0 else None,
@@ -257,16 +269,27 @@ def _check_executable(spec: RunSpec) -> None:
         raise ToolStartError(f"tool {spec.tool_name}: {path} is not executable")
 
 
-def _start(spec: RunSpec, account: _Account | None, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    user = group = extra_groups = None
+def _helper_argv(spec: RunSpec, account: _Account | None) -> list[str]:
+    """The argv that starts the tool through setpriv(1): it sets the parent-death signal after
+    the credential change (util-linux 2.38 setpriv.c: setresuid, setresgid, setgroups, then
+    prctl(PR_SET_PDEATHSIG), then execvp; a credential change would clear the signal), so the
+    worker's Popen needs no preexec_fn and no user/group arguments and CPython vforks instead of
+    copying the worker (issue 12: fork was half of a no-op job's CPU). The tool's argv follows
+    `--` unchanged; an absolute path, so setpriv's execvp searches no PATH."""
+    helper = [SETPRIV, "--pdeathsig", "KILL"]
     if account is not None and account.switch:
         # The full group list (it includes the primary gid), so none of root's groups remain.
-        user, group = account.uid, account.gid
-        extra_groups = os.getgrouplist(account.name, account.gid)
+        groups = os.getgrouplist(account.name, account.gid)
+        helper += ["--reuid", str(account.uid), "--regid", str(account.gid)]
+        helper += ["--groups", ",".join(str(gid) for gid in groups)]
+    return [*helper, "--", *spec.argv]
+
+
+def _start(spec: RunSpec, account: _Account | None, env: dict[str, str]) -> subprocess.Popen[bytes]:
     who = f" as {account.name}" if account is not None else ""
     try:
         return subprocess.Popen(
-            list(spec.argv),
+            _helper_argv(spec, account),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -275,38 +298,38 @@ def _start(spec: RunSpec, account: _Account | None, env: dict[str, str]) -> subp
             cwd=spec.cwd or "/",
             close_fds=True,
             start_new_session=True,
-            user=user,
-            group=group,
-            extra_groups=extra_groups,
-            preexec_fn=_parent_death_signal(os.getpid()),
         )
     except (OSError, ValueError, subprocess.SubprocessError) as err:
-        # the binary changed under us since the check above, or is no program: that stays so
-        # until the host changes; anything else (fork or exec out of memory, too many
-        # processes, a failed prctl) may pass. ValueError: an argv Popen refuses (a NUL byte).
+        # setpriv itself is missing (util-linux is Essential: the host is broken) or the argv is
+        # no program (ValueError: a NUL byte): that stays so until the host changes; anything
+        # else (vfork or exec out of memory, too many processes) may pass.
         lasting = isinstance(err, ValueError) or (isinstance(err, OSError) and err.errno in _LASTING_ERRNOS)
         raise ToolStartError(
             f"tool {spec.tool_name}: cannot start {spec.argv[0]}{who}: {err}", retryable=not lasting
         ) from err
 
 
-def _parent_death_signal(parent_pid: int) -> Callable[[], None]:
-    """A preexec_fn making the tool die with its worker, so no backup outlives its job.
-
-    CPython runs preexec_fn after setgroups/setregid/setreuid (see _posixsubprocess.c); that
-    order matters because a credential change clears the parent-death signal. The pdeathsig
-    fires when the forking *thread* exits, one more reason the worker has no threads.
-    """
-    prctl = prctl_function()  # looked up before fork, not in the child
-    sigkill = int(signal.SIGKILL)
-
-    def set_parent_death_signal() -> None:
-        if prctl(PR_SET_PDEATHSIG, sigkill, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() != parent_pid:
-            os._exit(1)  # the worker died before prctl: the signal will never come
-
-    return set_parent_death_signal
+def _helper_failure(
+    spec: RunSpec, account: _Account | None, returncode: int | None, stderr: str
+) -> ToolStartError | None:
+    """setpriv's own failure, told apart from the tool's exit: setpriv exits 127 when it cannot
+    set the credentials or the signal (SETPRIV_EXIT_PRIVERR) and 126/127 when its exec of the tool
+    fails (errexec: 127 for ENOENT), each time with one line 'setpriv: ...' on stderr and nothing
+    else, since the tool never ran. A binary that vanished or lost its x bit between
+    `_check_executable` and the exec stays a ToolStartError as before, retryable unless lasting."""
+    if returncode not in (126, 127):
+        return None
+    lines = stderr.strip().splitlines()
+    if len(lines) != 1 or not lines[0].startswith("setpriv: "):
+        return None
+    message = lines[0].removeprefix("setpriv: ")
+    exec_failed = message.startswith(f"failed to execute {spec.argv[0]}: ")
+    # its credential and prctl failures exit 127 with '<step> failed: <strerror>'
+    if not exec_failed and not (returncode == 127 and " failed: " in message):
+        return None
+    lasting = exec_failed and message.endswith(_LASTING_MESSAGES)
+    who = f" as {account.name}" if account is not None else ""
+    return ToolStartError(f"tool {spec.tool_name}: cannot start {spec.argv[0]}{who}: {message}", retryable=not lasting)
 
 
 def _signal_name(signum: int) -> str:

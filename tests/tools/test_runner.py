@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 from helpers.processes import gone, wait_until
 from helpers.session import FAKE_TOOL
+from pggit_supervisor import runner
 from pggit_supervisor.proctree import kill_tree
 from pggit_supervisor.runner import (
     TOOL_PATH,
@@ -500,3 +502,50 @@ def test_peak_rss_reports_what_the_tool_allocated():
 def test_kill_tree_refuses_to_signal_the_workers_own_process_group():
     with pytest.raises(ValueError, match="refusing"):
         kill_tree(os.getpid(), os.getpgrp(), grace=0.0)
+
+
+@pytest.mark.parametrize(
+    ("make", "retryable"),
+    [("missing", False), ("not_executable", False), ("runs", None)],
+)
+def test_a_tool_gone_between_the_check_and_the_exec_is_a_tool_start_error(make, retryable, tmp_path, monkeypatch):
+    """setpriv's exec failure (126/127 and one 'setpriv:' line) is told apart from a tool's own
+    exit 127: the binary that vanished after _check_executable is a clear ToolStartError."""
+    tool = tmp_path / "pg_dump"
+    if make == "not_executable":
+        tool.write_text("#!/bin/sh\n")
+        tool.chmod(0o644)
+    elif make == "runs":
+        tool.write_text("#!/bin/sh\necho 'setpriv: failed to execute x: No such file or directory' >&2\nexit 127\n")
+        tool.chmod(0o755)
+    monkeypatch.setattr(runner, "_check_executable", lambda spec: None)  # the race: checked, then gone
+    spec = RunSpec(argv=(str(tool), "--version"), env={}, timeout=5.0)
+
+    if retryable is None:  # the tool itself said it: its exit code, not a start error
+        result = run_tool(spec)
+        assert result.exit_code == 127 and result.argv == spec.argv
+        return
+    with pytest.raises(ToolStartError) as caught:
+        run_tool(spec)
+    assert caught.value.retryable is retryable
+    assert str(caught.value).startswith(f"tool pg_dump: cannot start {tool}: failed to execute {tool}: ")
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_the_tool_is_started_by_vfork_not_a_copy_of_the_worker(tmp_path):
+    """Issue 12: fork() of the worker was half of a no-op job's CPU; CPython vforks only without
+    preexec_fn and user/group arguments, which setpriv took over."""
+    script = (
+        "from pggit_supervisor.runner import RunSpec, run_tool\n"
+        "r = run_tool(RunSpec(argv=('/bin/true',), env={}, timeout=5.0, run_as='postgres'))\n"
+        "assert r.exit_code == 0, r.stderr.text()\n"
+    )
+    trace = tmp_path / "trace"
+    subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=clone,clone3,fork,vfork", "-o", str(trace), sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": REPO_ROOT},
+        check=True,
+    )
+    spawns = [line for line in trace.read_text().splitlines() if "clone" in line or "fork" in line]
+    assert spawns, "no process was started"
+    assert all("CLONE_VFORK" in line or "vfork(" in line for line in spawns), spawns
