@@ -69,10 +69,9 @@ class DatabaseReport:
 
 def read_database(queue: Queue, part: Config, name: str, now: datetime) -> DatabaseReport:
     """Everything `status` shows of one database, through its queue connection."""
-    targets = tuple(
-        TargetReport(watched, queue.target_status(watched.target))
-        for watched in watched_targets(part.schedules, part.retention, name)
-    )
+    watched = list(watched_targets(part.schedules, part.retention, name))
+    statuses = queue.target_statuses([w.target for w in watched]) if watched else []
+    targets = tuple(TargetReport(w, s) for w, s in zip(watched, statuses, strict=True))
     return DatabaseReport(
         name=name,
         queue=queue.queue_statistics(),

@@ -196,3 +196,16 @@ class MonitoringCalls(Calls):
             (json.dumps(dict(target)),),
         )[0]
         return TargetStatus(**row)
+
+    def target_statuses(self, targets: Sequence[Mapping[str, Any]]) -> list[TargetStatus]:
+        """Every target's status in one call (schema/023), in the order given: status --check
+        with thousands of targets makes one round trip, not one per target."""
+        rows = self._records(
+            """SELECT target, backups, verified_backups, newest_verified_id::text, newest_verified_name,
+                      newest_verified_at, newest_verified_seconds, last_failure_job_id::text, last_failure_at,
+                      last_failure_state, last_failure_error, last_drill_backup_id::text, last_drill_at,
+                      last_drill_result
+                 FROM pggit.backup_target_statuses(%s)""",
+            (json.dumps([dict(t) for t in targets]),),
+        )
+        return [TargetStatus(**row) for row in rows]
