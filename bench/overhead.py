@@ -5,55 +5,84 @@ against the same tool run directly with the same verification, both as the postg
 - pg_dump --format=custom of the queue database filled by `pgbench -i` (scale 20, about 300 MB;
   --quick scale 2), then pg_restore --file=/dev/null (what the supervisor verifies with);
 - pg_basebackup --format=plain --wal-method=stream --checkpoint=fast --manifest-checksums=SHA256,
-  then pg_verifybackup.
+  then pg_verifybackup;
+- pgBackRest full (`backup --type=full --start-fast`, then `verify`, as the adapter runs them) of
+  a cluster of the figure's own that archives into a stanza (the bench cluster does not archive),
+  filled the same way. The supervisor's side also runs the adapter's `info` calls and the
+  manifest read: that is the overhead measured.
 
-Runs alternate (direct, supervisor) so a burst of other load hits both; the median of each is
-compared. pgBackRest full is not measured yet (see docs/benchmarks.md).
+Like for like: every timed run starts after `sync` (so no run pays for writing back what the
+previous one left in the page cache), and after each pair both outputs are removed (the direct
+run's used to be removed at once, before the kernel wrote it back, while the supervisor's stayed
+and was written back during the following runs). Runs alternate (direct, supervisor) so a burst of
+other load hits both; the median of each is compared.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import subprocess
 import time
 from pathlib import Path
 
+import psutil
 from common import BIN, PGBENCH, Context, Row, Supervisor, admin, scalar, wait_until
 
-from helpers.cluster import as_postgres
+from helpers.cluster import Cluster, as_postgres
+from pggit_supervisor import schema
+
+PGBACKREST = "/usr/bin/pgbackrest"
 
 
-def _fill(ctx: Context, dbname: str, scale: int) -> str:
-    as_postgres([PGBENCH, "-i", "-q", "-s", str(scale), "-h", "127.0.0.1", "-p", str(ctx.cluster.port), dbname])
-    with admin(ctx.dsn(dbname)) as conn:
+def _fill(port: int, dsn: str, dbname: str, scale: int) -> str:
+    as_postgres([PGBENCH, "-i", "-q", "-s", str(scale), "-h", "127.0.0.1", "-p", str(port), dbname])
+    with admin(dsn) as conn:
         return scalar(conn, "SELECT pg_size_pretty(pg_database_size(current_database()))")
 
 
+def _settled() -> float:
+    """The start of a timed run: after the page cache's dirty pages are on disk."""
+    os.sync()
+    return time.perf_counter()
+
+
+def _empty(out: Path) -> None:
+    """Both sides' outputs of a round, removed together (untimed)."""
+    for entry in out.iterdir():
+        subprocess.run(["rm", "-rf", "--", str(entry)], check=False)
+
+
 def _direct_dump(ctx: Context, dbname: str, out: Path) -> float:
-    started = time.perf_counter()
     target = str(out / "direct.dump")
     conn = ["-h", "127.0.0.1", "-p", str(ctx.cluster.port), "-U", "postgres"]
+    started = _settled()
     as_postgres([str(BIN / "pg_dump"), "--format=custom", f"--file={target}", "--no-password", *conn, dbname])
     as_postgres([str(BIN / "pg_restore"), "--file=/dev/null", target])
-    took = time.perf_counter() - started
-    Path(target).unlink()
-    return took
+    return time.perf_counter() - started
 
 
 def _direct_basebackup(ctx: Context, out: Path) -> float:
     target = out / "direct-base"
-    started = time.perf_counter()
+    started = _settled()
     as_postgres([str(BIN / "pg_basebackup"), f"--pgdata={target}", "--format=plain", "--wal-method=stream",
                  "--checkpoint=fast", "--manifest-checksums=SHA256", "--no-password", "-h", "127.0.0.1",
                  "-p", str(ctx.cluster.port), "-U", "postgres"])  # fmt: skip
     as_postgres([str(BIN / "pg_verifybackup"), str(target)])
-    took = time.perf_counter() - started
-    shutil.rmtree(target)
-    return took
+    return time.perf_counter() - started
+
+
+def _direct_pgbackrest(conf: Path) -> float:
+    base = [PGBACKREST, f"--config={conf}", "--stanza=bench"]
+    started = _settled()
+    as_postgres([*base, "--type=full", "--start-fast", "--log-level-console=info", "backup"])
+    as_postgres([*base, "--output=text", "--verbose", "verify"])
+    return time.perf_counter() - started
 
 
 def _through(conn, sql: str, params: tuple) -> float:
+    os.sync()  # as _settled, before the commit that queues the job
     with conn.cursor() as cur:
         cur.execute(sql, params)
         backup_id = cur.fetchone()[0]
@@ -64,7 +93,7 @@ def _through(conn, sql: str, params: tuple) -> float:
         with conn.cursor() as cur:
             cur.execute(query, (backup_id,))
             row = cur.fetchone()
-        return row if row[0] in ("completed", "failed") else None
+        return row if row[0] in ("completed", "failed", "permanently_failed") else None
 
     status, error = wait_until(ended, 1800, "the backup", interval=0.01)
     took = time.perf_counter() - started
@@ -72,10 +101,17 @@ def _through(conn, sql: str, params: tuple) -> float:
     return took
 
 
+def _compare(what: str, direct: list[float], ours: list[float]) -> Row:
+    d, o = statistics.median(direct), statistics.median(ours)
+    spread = f" ({min(ours) / max(direct):.2f}-{max(ours) / min(direct):.2f})" if len(direct) > 1 else ""
+    return Row("4 overhead", what, f"{d:.2f} s direct", f"{o:.2f} s{spread}", o / d, 1.05)
+
+
 def run(ctx: Context) -> list[Row]:
     rounds = 1 if ctx.quick else 3
+    scale = 2 if ctx.quick else 20
     dbname = ctx.new_database("overhead")
-    size = _fill(ctx, dbname, 2 if ctx.quick else 20)
+    size = _fill(ctx.cluster.port, ctx.dsn(dbname), dbname, scale)
     out = ctx.directory("backups")
     tools = {
         "pg_dump": {"path": str(BIN / "pg_dump"), "run_as": "postgres", "allowed_output_dirs": [str(out)]},
@@ -91,18 +127,69 @@ def run(ctx: Context) -> list[Row]:
             for _ in range(rounds):
                 direct.append(_direct_dump(ctx, dbname, out))
                 ours.append(_through(conn, "SELECT pggit.backup_pg_dump('main', NULL, 'custom', %s)", (str(out),)))
-            d, o = statistics.median(direct), statistics.median(ours)
-            rows.append(Row("4 overhead", f"pg_dump custom + pg_restore check, {size}", f"{d:.2f} s direct",
-                            f"{o:.2f} s", o / d, 1.05))  # fmt: skip
+                _empty(out)
+            rows.append(_compare(f"pg_dump custom + pg_restore check, {size}", direct, ours))
             direct, ours = [], []
             options = '{"checkpoint": "fast", "format": "plain"}'
             for _ in range(rounds):
                 direct.append(_direct_basebackup(ctx, out))
                 ours.append(_through(conn, "SELECT pggit.backup_pg_basebackup('main', %s, %s)", (str(out), options)))
-            d, o = statistics.median(direct), statistics.median(ours)
-            rows.append(Row("4 overhead", "pg_basebackup plain + pg_verifybackup", f"{d:.2f} s direct",
-                            f"{o:.2f} s", o / d, 1.05))  # fmt: skip
+                _empty(out)
+            rows.append(_compare("pg_basebackup plain + pg_verifybackup", direct, ours))
     finally:
         service.stop()
         subprocess.run(["rm", "-rf", str(out)], check=False)
+    rows.append(_pgbackrest(ctx, rounds, scale))
     return rows
+
+
+def _pgbackrest(ctx: Context, rounds: int, scale: int) -> Row:
+    """A cluster of its own archiving into stanza `bench` (repo1-retention-full=1, so each full
+    expires the one before and verify reads one backup set on either side)."""
+    cluster = Cluster(extra_conf="archive_mode = on\nshared_buffers = 256MB\n")
+    service = None
+    try:
+        conf = cluster.dir / "pgbackrest.conf"
+        with open(cluster.data / "postgresql.conf", "a") as pg_conf:
+            pg_conf.write(f"archive_command = '{PGBACKREST} --config={conf} --stanza=bench archive-push %p'\n")
+        conf.write_text(
+            f"[bench]\npg1-path={cluster.data}\npg1-port={cluster.port}\npg1-socket-path={cluster.socket_dir}\n\n"
+            f"[global]\nrepo1-path={cluster.dir}/repo\nrepo1-retention-full=1\nstart-fast=y\n"
+            f"lock-path={cluster.dir}/lock\nlog-path={cluster.dir}/log\nspool-path={cluster.dir}/spool\n"
+        )
+        shutil.chown(conf, "postgres", "postgres")
+        as_postgres(["mkdir", "-p", str(cluster.dir / "log")])
+        cluster.start()
+        as_postgres([PGBACKREST, f"--config={conf}", "--stanza=bench", "stanza-create"])
+        schema.install(cluster.dsn, log=lambda *_: None)
+        size = _fill(cluster.port, cluster.dsn, "postgres", scale)
+        tools = {"pgbackrest": {"path": PGBACKREST, "run_as": "postgres", "config": str(conf), "timeout": 1800}}
+        service = Supervisor(ctx, "overhead-backrest", dsn=cluster.dsn, tools=tools, lease_seconds=60,
+                             heartbeat_interval=10).start()  # fmt: skip
+        service.wait_for_log("worker started")
+        with admin(cluster.dsn) as conn:
+            direct, ours = [], []
+            for _ in range(rounds):
+                direct.append(_direct_pgbackrest(conf))
+                ours.append(_through(conn, "SELECT pggit.backup_pgbackrest('full', 'main', 'bench')", ()))
+        return _compare(f"pgBackRest full + verify, {size}", direct, ours)
+    finally:
+        if service is not None:
+            service.stop()
+        try:
+            cluster.stop()
+        except subprocess.CalledProcessError:
+            pass  # not started; remove() stops whatever is left
+        _kill_processes_under(cluster.dir)
+        cluster.remove()
+
+
+def _kill_processes_under(directory: Path) -> None:
+    """A pgbackrest (archive-push, a backup of a failed run) still running: its command line
+    names the figure's cluster directory."""
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(directory) in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
