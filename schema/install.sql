@@ -171,6 +171,9 @@ SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 
 \if :pggit_apply
 BEGIN;
 \ir 023_target_identity.sql
+COMMIT;
+\endif
+
 SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 24) AS pggit_apply \gset
 \if :pggit_apply
 BEGIN;
