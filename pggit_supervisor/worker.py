@@ -42,7 +42,8 @@ from .tools import ADAPTERS
 __all__ = ["ABORT_DELIVERY_SECONDS", "Worker"]
 
 MAX_CONNECT_DELAY = 30.0
-# at most one claim per this many seconds however many ready NOTIFYs arrive (see wait_for_work)
+# after a NOTIFY that led to no job, at most one claim per this many seconds however many ready
+# NOTIFYs arrive (see wait_for_work); a NOTIFY after a claim that was not prompted by one wakes at once
 NOTIFY_MIN_GAP = 0.5
 
 log = logging.getLogger("pggit.worker")
@@ -72,6 +73,8 @@ class Worker:
         self.ever_connected = False
         self.next_connect = 0.0
         self.next_rescue = 0.0
+        # the claim in progress was prompted by a ready NOTIFY (wait_for_work's rate limit)
+        self.hinted = False
         # issue 10: this worker's share of the schedules (scheduler.py); the database decides each slot
         self.scheduler = Scheduler(config.schedules, name, config.schedule_interval)
         # issue 11: this worker's row in pggit.backup_workers, refreshed from beat()
@@ -205,8 +208,10 @@ class Worker:
                 self.deliveries.tick_if_due(queue)  # issue 11: post due notifications while idle
                 self.wait_for_work(queue)
             elif self.done:
+                self.hinted = False
                 self.hand_back(job)  # told to stop while the claim was on its way
             else:
+                self.hinted = False
                 self.run_job(job)
                 self.end_leftovers(job)
         self.presence.stopped(self.queue)
@@ -231,11 +236,14 @@ class Worker:
     def wait_for_work(self, queue: Queue) -> None:
         """Sleeps until a NOTIFY naming one of our tools or the poll interval, beating every second.
 
-        Any login that can connect may NOTIFY the ready channel, so a notification is only a hint:
-        all that arrive within NOTIFY_MIN_GAP of the claim that just found nothing make one
-        wake-up, and a flood costs at most one cheap claim per NOTIFY_MIN_GAP."""
+        Any login that can connect may NOTIFY the ready channel, so a notification is only a hint.
+        The first one after a claim that was not itself prompted by a hint wakes the worker at once
+        (pickup latency, issue 12 figure 2). Once a hint led to a claim that found nothing, all that
+        arrive within NOTIFY_MIN_GAP of it make one wake-up: a flood costs one claim at once and
+        then at most one cheap claim per NOTIFY_MIN_GAP."""
         now = time.monotonic()
-        deadline, earliest = now + self.config.poll_interval, now + NOTIFY_MIN_GAP
+        deadline = now + self.config.poll_interval
+        earliest = now + NOTIFY_MIN_GAP if self.hinted else now
         # one that arrived while the idle pass ran its own queries was read with their answers:
         # it is queued on the connection already, and select() would not see it
         woken = queue.queued_notifications(self.tools) > 0
@@ -243,6 +251,7 @@ class Worker:
             now = time.monotonic()
             wake_at = min(deadline, earliest) if woken else deadline
             if now >= wake_at:
+                self.hinted = woken and now < deadline
                 return
             self.beat()
             if queue.conn.closed:
@@ -250,6 +259,11 @@ class Worker:
                 # connection and psycopg2 closed it: select() on it would raise and crash the
                 # worker (a crash loop, after a few PostgreSQL restarts); the loop reconnects
                 return
+            # beat() may have recorded this worker (presence.py): a hint that came with that
+            # answer is already read, and select() would not see it until the poll deadline
+            if queue.queued_notifications(self.tools):
+                woken = True
+                continue
             readable, _, _ = select.select([queue.conn], [], [], min(1.0, wake_at - now))
             if readable:
                 try:
