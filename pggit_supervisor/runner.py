@@ -39,14 +39,9 @@ __all__ = [
 DEFAULT_OUTPUT_LIMIT = 32 * 1024
 # exec failures no retry can cure: no such file, permission denied, not an executable format
 _LASTING_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ENOEXEC, errno.ELOOP})
-# strerror() of those, as setpriv's err() prints them under LANG=C.UTF-8 (tool_environment)
-_LASTING_MESSAGES = (
-    "No such file or directory",
-    "Not a directory",
-    "Permission denied",
-    "Exec format error",
-    "Too many levels of symbolic links",
-)
+# strerror() of those, as setpriv's err() prints them under LANG=C.UTF-8 (tool_environment);
+# Python does not set LC_MESSAGES, so os.strerror gives the same C-locale texts
+_LASTING_MESSAGES = tuple(os.strerror(number) for number in sorted(_LASTING_ERRNOS))
 # util-linux's setpriv (Essential in Debian): the exec helper that sets the parent-death signal
 SETPRIV = "/usr/bin/setpriv"
 TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -204,7 +199,8 @@ def run_tool(
     finally:
         session.close()
     returncode = proc.returncode
-    failure = _helper_failure(spec, account, returncode, session.stderr.freeze().text())
+    stderr = session.stderr.freeze()  # once: up to two output_limit copies
+    failure = _helper_failure(spec, account, returncode, stderr.text())
     if failure is not None:
         raise failure
     return RunResult(
@@ -216,7 +212,7 @@ def run_tool(
         duration=time.monotonic() - started,
         timeout=spec.timeout,
         stdout=session.stdout.freeze(),
-        stderr=session.stderr.freeze(),
+        stderr=stderr,
         peak_rss_bytes=peak_rss,
         kill_report=report,
     )
@@ -285,8 +281,12 @@ def _helper_argv(spec: RunSpec, account: _Account | None) -> list[str]:
     return [*helper, "--", *spec.argv]
 
 
+def _as_whom(account: _Account | None) -> str:
+    """' as <user>' for a start failure's message when the tool runs as a user of its own."""
+    return f" as {account.name}" if account is not None else ""
+
+
 def _start(spec: RunSpec, account: _Account | None, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    who = f" as {account.name}" if account is not None else ""
     try:
         return subprocess.Popen(
             _helper_argv(spec, account),
@@ -305,7 +305,7 @@ def _start(spec: RunSpec, account: _Account | None, env: dict[str, str]) -> subp
         # else (vfork or exec out of memory, too many processes) may pass.
         lasting = isinstance(err, ValueError) or (isinstance(err, OSError) and err.errno in _LASTING_ERRNOS)
         raise ToolStartError(
-            f"tool {spec.tool_name}: cannot start {spec.argv[0]}{who}: {err}", retryable=not lasting
+            f"tool {spec.tool_name}: cannot start {spec.argv[0]}{_as_whom(account)}: {err}", retryable=not lasting
         ) from err
 
 
@@ -328,8 +328,9 @@ def _helper_failure(
     if not exec_failed and not (returncode == 127 and " failed: " in message):
         return None
     lasting = exec_failed and message.endswith(_LASTING_MESSAGES)
-    who = f" as {account.name}" if account is not None else ""
-    return ToolStartError(f"tool {spec.tool_name}: cannot start {spec.argv[0]}{who}: {message}", retryable=not lasting)
+    return ToolStartError(
+        f"tool {spec.tool_name}: cannot start {spec.argv[0]}{_as_whom(account)}: {message}", retryable=not lasting
+    )
 
 
 def _signal_name(signum: int) -> str:

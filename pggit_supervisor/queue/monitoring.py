@@ -186,17 +186,6 @@ class MonitoringCalls(Calls):
     def unacknowledged_failure_count(self) -> int:
         return int(self._one("SELECT count(*) FROM pggit.backup_permanent_failures WHERE NOT acknowledged", ()))
 
-    def target_status(self, target: Mapping[str, Any]) -> TargetStatus:
-        row = self._records(
-            """SELECT target, backups, verified_backups, newest_verified_id::text, newest_verified_name,
-                      newest_verified_at, newest_verified_seconds, last_failure_job_id::text, last_failure_at,
-                      last_failure_state, last_failure_error, last_drill_backup_id::text, last_drill_at,
-                      last_drill_result
-                 FROM pggit.backup_target_status(%s)""",
-            (json.dumps(dict(target)),),
-        )[0]
-        return TargetStatus(**row)
-
     def target_statuses(self, targets: Sequence[Mapping[str, Any]]) -> list[TargetStatus]:
         """Every target's status in one call (schema/023), in the order given: status --check
         with thousands of targets makes one round trip, not one per target."""
