@@ -21,19 +21,15 @@ other load hits both; the median of each is compared.
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import subprocess
 import time
 from pathlib import Path
 
-import psutil
 from common import BIN, PGBENCH, Context, Row, Supervisor, admin, scalar, wait_until
 
-from helpers.cluster import Cluster, as_postgres
-from pggit_supervisor import schema
-
-PGBACKREST = "/usr/bin/pgbackrest"
+from helpers.cluster import as_postgres
+from helpers.stanza import PGBACKREST, stanza_cluster
 
 
 def _fill(port: int, dsn: str, dbname: str, scale: int) -> str:
@@ -146,50 +142,18 @@ def run(ctx: Context) -> list[Row]:
 def _pgbackrest(ctx: Context, rounds: int, scale: int) -> Row:
     """A cluster of its own archiving into stanza `bench` (repo1-retention-full=1, so each full
     expires the one before and verify reads one backup set on either side)."""
-    cluster = Cluster(extra_conf="archive_mode = on\nshared_buffers = 256MB\n")
-    service = None
-    try:
-        conf = cluster.dir / "pgbackrest.conf"
-        with open(cluster.data / "postgresql.conf", "a") as pg_conf:
-            pg_conf.write(f"archive_command = '{PGBACKREST} --config={conf} --stanza=bench archive-push %p'\n")
-        conf.write_text(
-            f"[bench]\npg1-path={cluster.data}\npg1-port={cluster.port}\npg1-socket-path={cluster.socket_dir}\n\n"
-            f"[global]\nrepo1-path={cluster.dir}/repo\nrepo1-retention-full=1\nstart-fast=y\n"
-            f"lock-path={cluster.dir}/lock\nlog-path={cluster.dir}/log\nspool-path={cluster.dir}/spool\n"
-        )
-        shutil.chown(conf, "postgres", "postgres")
-        as_postgres(["mkdir", "-p", str(cluster.dir / "log")])
-        cluster.start()
-        as_postgres([PGBACKREST, f"--config={conf}", "--stanza=bench", "stanza-create"])
-        schema.install(cluster.dsn, log=lambda *_: None)
-        size = _fill(cluster.port, cluster.dsn, "postgres", scale)
-        tools = {"pgbackrest": {"path": PGBACKREST, "run_as": "postgres", "config": str(conf), "timeout": 1800}}
-        service = Supervisor(ctx, "overhead-backrest", dsn=cluster.dsn, tools=tools, lease_seconds=60,
+    with stanza_cluster("bench", {1: 1}, extra_conf="shared_buffers = 256MB\n") as stanza:
+        size = _fill(stanza.cluster.port, stanza.cluster.dsn, "postgres", scale)
+        tools = {"pgbackrest": {"path": PGBACKREST, "run_as": "postgres", "config": str(stanza.conf), "timeout": 1800}}
+        service = Supervisor(ctx, "overhead-backrest", dsn=stanza.cluster.dsn, tools=tools, lease_seconds=60,
                              heartbeat_interval=10).start()  # fmt: skip
-        service.wait_for_log("worker started")
-        with admin(cluster.dsn) as conn:
-            direct, ours = [], []
-            for _ in range(rounds):
-                direct.append(_direct_pgbackrest(conf))
-                ours.append(_through(conn, "SELECT pggit.backup_pgbackrest('full', 'main', 'bench')", ()))
-        return _compare(f"pgBackRest full + verify, {size}", direct, ours)
-    finally:
-        if service is not None:
-            service.stop()
         try:
-            cluster.stop()
-        except subprocess.CalledProcessError:
-            pass  # not started; remove() stops whatever is left
-        _kill_processes_under(cluster.dir)
-        cluster.remove()
-
-
-def _kill_processes_under(directory: Path) -> None:
-    """A pgbackrest (archive-push, a backup of a failed run) still running: its command line
-    names the figure's cluster directory."""
-    for proc in psutil.process_iter(["cmdline"]):
-        if str(directory) in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
+            service.wait_for_log("worker started")
+            with admin(stanza.cluster.dsn) as conn:
+                direct, ours = [], []
+                for _ in range(rounds):
+                    direct.append(_direct_pgbackrest(stanza.conf))
+                    ours.append(_through(conn, "SELECT pggit.backup_pgbackrest('full', 'main', 'bench')", ()))
+            return _compare(f"pgBackRest full + verify, {size}", direct, ours)
+        finally:
+            service.stop()

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import psutil
 import psycopg2
 import pytest
 
@@ -24,7 +23,7 @@ from helpers.db import query, scalar
 from helpers.links import IdleLink
 from helpers.processes import wait_until
 from helpers.service import Service
-from pggit_supervisor import schema
+from helpers.stanza import PGBACKREST, stanza_cluster
 from pggit_supervisor.archive_check import ArchiveChecks
 from pggit_supervisor.config import Config, Tools, default_tool, load_config
 from pggit_supervisor.errors import JobError
@@ -34,7 +33,6 @@ from pggit_supervisor.retention import Retention
 from pggit_supervisor.runner import CapturedOutput, RunResult
 from pggit_supervisor.tools.pgbackrest import explain_exit, judge_verify, new_label, parse_location, restore_argv
 
-PGBACKREST = "/usr/bin/pgbackrest"
 TABLE_DIGEST = "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY id)) FROM public.orders t"
 FINAL = {"completed", "will_retry", "permanently_failed", "cancelled"}
 FULL_LABEL = re.compile(r"^\d{8}-\d{6}F$")
@@ -55,39 +53,17 @@ class Demo:
 def demo():
     """A cluster archiving into stanza `demo` of two repositories in its own directory (repo2
     is only for the test that needs an empty one), with the schema installed and a table to
-    compare after a restore. Always removed, processes too."""
-    cluster = Cluster(extra_conf="archive_mode = on\n")
-    conn = None
-    try:
-        conf = cluster.dir / "pgbackrest.conf"
-        with open(cluster.data / "postgresql.conf", "a") as pg_conf:
-            pg_conf.write(f"archive_command = '{PGBACKREST} --config={conf} --stanza=demo archive-push %p'\n")
-        conf.write_text(
-            f"[demo]\npg1-path={cluster.data}\npg1-port={cluster.port}\npg1-socket-path={cluster.socket_dir}\n\n"
-            f"[global]\nrepo1-path={cluster.dir}/repo\nrepo1-retention-full=2\n"
-            f"repo2-path={cluster.dir}/repo2\nrepo2-retention-full=1\nstart-fast=y\n"
-            f"lock-path={cluster.dir}/lock\nlog-path={cluster.dir}/log\nspool-path={cluster.dir}/spool\n"
-        )
-        shutil.chown(conf, "postgres", "postgres")
-        as_postgres(["mkdir", "-p", str(cluster.dir / "log")])
-        cluster.start()
-        as_postgres([PGBACKREST, f"--config={conf}", "--stanza=demo", "stanza-create"])
-        schema.install(cluster.dsn, log=lambda *_: None)
-        conn = psycopg2.connect(cluster.dsn)
+    compare after a restore. Always removed, processes too (helpers/stanza.py)."""
+    with stanza_cluster("demo", {1: 2, 2: 1}) as stanza:
+        conn = psycopg2.connect(stanza.cluster.dsn)
         conn.autocommit = True
-        conn.cursor().execute("""CREATE TABLE public.orders (id int PRIMARY KEY, customer text, amount numeric);
-                                 INSERT INTO public.orders SELECT g, 'customer ' || g % 17, g * 1.25
-                                   FROM generate_series(1, 2000) g""")
-        yield Demo(cluster, conf, conn)
-    finally:
-        if conn is not None:
-            conn.close()
         try:
-            cluster.stop()
-        except subprocess.CalledProcessError:
-            pass  # not started; remove() stops whatever is left
-        _kill_processes_under(cluster.dir)
-        cluster.remove()
+            conn.cursor().execute("""CREATE TABLE public.orders (id int PRIMARY KEY, customer text, amount numeric);
+                                     INSERT INTO public.orders SELECT g, 'customer ' || g % 17, g * 1.25
+                                       FROM generate_series(1, 2000) g""")
+            yield Demo(stanza.cluster, stanza.conf, conn)
+        finally:
+            conn.close()
 
 
 @pytest.fixture
@@ -534,14 +510,3 @@ def test_restore_argv_names_the_set_the_target_and_keeps_the_copy_off_the_source
             parse_location(location)
     with pytest.raises(JobError):
         restore_argv(TOOL, "pgbackrest://demo/20260102-000000F", "relative/dir")
-
-
-def _kill_processes_under(directory: Path) -> None:
-    """Whatever of this module's is still running (a pgbackrest of a failed test): its command
-    line names the module's own directory."""
-    for proc in psutil.process_iter(["cmdline"]):
-        if str(directory) in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
