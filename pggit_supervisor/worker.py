@@ -106,11 +106,13 @@ class Worker:
         except OSError:
             self.aborting = True  # the supervisor is gone
 
-    def beat(self) -> None:
+    def beat(self, record: bool = True) -> None:
+        """Alive to the supervisor; and, when due and `record`, this worker's row (presence.py)."""
         if os.getppid() != self.parent_pid:
             self.aborting = True
         self.tell("alive")
-        self.presence.record_if_due(self.queue)
+        if record:
+            self.presence.record_if_due(self.queue)
 
     def pause(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -171,7 +173,9 @@ class Worker:
             return 1
         log.info("worker started" + fields(worker=self.name, tools=",".join(self.tools) or "-", database=self.database))
         while not self.done:
-            self.beat()
+            # woken by a hint: the claim goes first, the row is refreshed at the next beat (a
+            # round trip in front of the claim was most of a slow pickup, issue 12 figure 2)
+            self.beat(record=not self.hinted)
             queue = self.ensure_connected()
             if queue is None:
                 self.pause(1.0)
