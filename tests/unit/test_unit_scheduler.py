@@ -3,7 +3,7 @@ the clock given: daylight saving gaps and repeats, macros, catch-up policies, de
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -121,3 +121,31 @@ def test_a_disabled_schedule_records_every_slot_disabled():
 def test_a_missed_slot_says_why():
     found = plan(schedule("0 * * * *", starting_deadline=7200, catch_up="skip"), HOURLY, NOW, on_time=90)
     assert "starting_deadline (7200s)" in found[0].detail and "catch_up skip" in found[-2].detail
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"])
+def test_the_walk_without_margin_finds_the_same_slots_as_the_walk_with_it(zone, monkeypatch):
+    """fire_times skips its 3 h margins where the zone's offset is steady around the window (the
+    scheduler's cost, issue 12 figure 6s); the slots must be exactly those the margins find, in
+    windows next to, across and far from each zone's changes."""
+    import random
+
+    import pggit_supervisor.scheduler as scheduler
+
+    crons = ["*/7 * * * *", "30 2 * * *", "0 * * * *", "15 1,2,3 * * *", "45 23 * * 0", "14 2 * * *"]
+    changes = [utc(2025, 3, 30, 1), utc(2025, 10, 26, 1), utc(2025, 3, 9, 7), utc(2025, 11, 2, 6),
+               utc(2025, 4, 5, 15), utc(2025, 10, 4, 15)]  # fmt: skip
+    rng = random.Random(12)
+    windows = []
+    for change in changes:
+        for _ in range(4):
+            after = change + timedelta(minutes=rng.randint(-600, 600))
+            windows.append((after, after + timedelta(minutes=rng.choice([1, 5, 30, 90, 300]))))
+        for minutes in range(-70, 75, 10):  # windows that start inside a gap or a repeat
+            windows.append((change + timedelta(minutes=minutes), change + timedelta(minutes=minutes + 30)))
+    windows += [(utc(2025, 7, 1, 10, 3), utc(2025, 7, 1, 10, 4)), (utc(2025, 1, 15), utc(2025, 1, 16, 6))]
+    fast = {(c, w): fire_times(schedule(c, zone), *w) for c in crons for w in windows}
+    monkeypatch.setattr(scheduler, "_steady", lambda *_: False)  # the reference walks every margin
+    slow = {(c, w): fire_times(schedule(c, zone), *w) for c in crons for w in windows}
+    assert fast == slow
+    assert sum(len(found) for found in fast.values()) > 1000  # the windows do hold slots
