@@ -240,7 +240,7 @@ def run(ctx: Context) -> list[Row]:
                         for w in range(workers)
                     ],
                 )
-                for conn, name in zip(conns, names)
+                for conn, name in zip(conns, names, strict=True)
             ]
 
         mixed, idle = fleet(idle=False), fleet(idle=True)
@@ -263,7 +263,7 @@ def run(ctx: Context) -> list[Row]:
         want = expected(start, ticks[-1][0])
         matched = made = due = total_jobs = 0
         wrong = []
-        for conn, name in zip(conns, names):
+        for conn, name in zip(conns, names, strict=True):
             got = recorded(conn)
             for schedule, (slots, jobs) in want.items():
                 have = got.get(schedule, (0, 0))
