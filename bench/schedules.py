@@ -39,7 +39,7 @@ from croniter import croniter
 
 from pggit_supervisor.config.model import DEFAULT_SCHEDULE_INTERVAL, DEFAULT_WORKERS
 from pggit_supervisor.queue import Queue, connect
-from pggit_supervisor.scheduler import Schedule, Scheduler
+from pggit_supervisor.scheduler import Schedule, Scheduler, fire_times
 
 UTC = timezone.utc
 DUMP = {"output_path": "/backups"}
@@ -186,6 +186,20 @@ def round_trips(fleet: list[tuple[Queue, list[Scheduler]]], ticks: list[tuple[da
                     cur.fetchone()
 
 
+def cron_walking(schedules: tuple[Schedule, ...], start: datetime, ticks: list[tuple[datetime, int]]) -> float:
+    """Client CPU seconds of fire_times alone over the ticks, for one database's schedules: each
+    tick's window replayed as (the worker's previous tick, this one], close to the scheduler's
+    (last slot recorded, now]. The same for every database, so the caller multiplies."""
+    previous: dict[int, datetime] = {}
+    started = time.process_time()
+    for when, worker in ticks:
+        after = previous.get(worker, start)
+        for schedule in schedules:
+            fire_times(schedule, after, when)
+        previous[worker] = when
+    return time.process_time() - started
+
+
 def expected(start: datetime, end: datetime) -> dict[str, tuple[int, int]]:
     """Per schedule name: (slots due in (start, end], jobs they should make)."""
     found = {}
@@ -214,7 +228,7 @@ def recorded(conn) -> dict[str, tuple[int, int]]:
 
 
 def run(ctx: Context) -> list[Row]:
-    databases = 10 if ctx.quick else 100
+    databases = 100  # the issue's scale even in --quick: the goal is about 1,000 schedules
     minutes = 3 if ctx.quick else 10
     interval, workers = DEFAULT_SCHEDULE_INTERVAL, DEFAULT_WORKERS
     names = make_databases(ctx, databases)
@@ -228,7 +242,8 @@ def run(ctx: Context) -> list[Row]:
         now = scalar(conns[0], "SELECT now()")
         start = now.astimezone(UTC).replace(second=20, microsecond=0) - timedelta(minutes=minutes + 2)
         idle_hour = (start.hour + 12) % 24
-        clock = Clock(start)
+        registered = start - timedelta(minutes=1)
+        clock = Clock(registered)
 
         def fleet(idle: bool) -> list[tuple[Queue, list[Scheduler]]]:
             plan = schedules_of(idle_hour if idle else None)
@@ -244,10 +259,13 @@ def run(ctx: Context) -> list[Row]:
             ]
 
         mixed, idle = fleet(idle=False), fleet(idle=True)
-        clock.now = start
-        for queue, schedulers in mixed + idle:  # registration at `start`, and every backend warmed up
-            for scheduler in schedulers:
-                scheduler.tick(queue)
+        # not measured: registration a minute before the window, then a tick at its start that
+        # records the every-minute slots, so each backend has compiled the functions it calls
+        # (a worker's connection lives for days: its first calls are not its cost per minute)
+        for clock.now in (registered, start):
+            for queue, schedulers in mixed + idle:
+                for scheduler in schedulers:
+                    scheduler.tick(queue)
         ticks = tick_times(start, minutes, interval, workers)
 
         def measure(work) -> Cost:
@@ -259,8 +277,9 @@ def run(ctx: Context) -> list[Row]:
         touch = measure(lambda: drive(idle, clock, ticks))
         batch = measure(lambda: batched_touch(idle, ticks))
         floor = measure(lambda: round_trips(idle, ticks))
+        walking = cron_walking(schedules_of(None), start, ticks) * databases / minutes
 
-        want = expected(start, ticks[-1][0])
+        want = expected(registered, ticks[-1][0])
         matched = made = due = total_jobs = 0
         wrong = []
         for conn, name in zip(conns, names, strict=True):
@@ -290,6 +309,7 @@ def run(ctx: Context) -> list[Row]:
         Row(
             "6s schedules", f"  of it the backends' SQL, {per_call}", core, f"{full.backends:.2f} s", full.backends / 60
         ),
+        Row("6s schedules", "  of it the client's cron walk (fire_times)", core, f"{walking:.2f} s", walking / 60),
         Row("6s schedules", "  wall per simulated minute", core, f"{full.wall:.2f} s", full.wall / 60),
         Row("6s schedules", "nothing due (touch only), CPU/min", core, touch.text(), touch.cpu / 60, 0.05),
         Row("6s schedules", "mixed vs nothing due", f"{touch.cpu:.2f} s", f"{full.cpu:.2f} s", full.cpu / touch.cpu),
