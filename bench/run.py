@@ -26,6 +26,7 @@ FIGURES = {
     "4": "overhead",
     "5": "memory",
     "6": "growth",
+    "6s": "schedules",
 }
 
 
