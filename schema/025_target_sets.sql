@@ -173,5 +173,53 @@ REVOKE ALL ON FUNCTION pggit._target_statuses(jsonb[]), pggit._target_summary() 
 -- a view runs its functions with its reader's rights: the summary's readers may call it
 GRANT EXECUTE ON FUNCTION pggit._target_summary() TO pggit_backup_reader;
 
+-- ---------------------------------------------------------------------------------------------
+-- The queue-wide reads of status --check and the metrics file, which read every job (1M: 0.5 s
+-- for backup_queue_statistics, 0.2-0.35 s each for the running jobs and the permanent failures,
+-- 0.6 s twice for the metrics' job counts). A job's state and when it ended, indexed: the few
+-- ready, running, retrying and permanently failed jobs and the last day's finished ones are
+-- found through it. It carries the state's columns and the job times, so counting every job's
+-- state reads the index only.
+CREATE INDEX IF NOT EXISTS backup_jobs_state
+    ON pggit.backup_jobs (pggit.backup_job_state(status, attempts, max_attempts), (coalesce(completed_at, updated_at)))
+    INCLUDE (status, attempts, max_attempts, created_at, started_at, completed_at, updated_at);
+
+-- Drilled backups are few: restore_drill_status finds them through this.
+CREATE INDEX IF NOT EXISTS backups_restore_tested ON pggit.backups (restore_tested_at) WHERE restore_tested_at IS NOT NULL;
+
+-- 019's columns and answers; each figure a lookup in backup_jobs_state (019 computed every job's
+-- state, whatever it was, for a day's counts).
+CREATE OR REPLACE VIEW pggit.backup_queue_statistics AS
+SELECT (SELECT count(*) FROM pggit.backup_jobs j
+         WHERE pggit.backup_job_state(j.status, j.attempts, j.max_attempts) = 'ready') AS ready,
+       (SELECT count(*) FROM pggit.backup_jobs j
+         WHERE pggit.backup_job_state(j.status, j.attempts, j.max_attempts) = 'in_progress') AS in_progress,
+       (SELECT count(*) FROM pggit.backup_jobs j
+         WHERE pggit.backup_job_state(j.status, j.attempts, j.max_attempts) = 'will_retry') AS will_retry,
+       (SELECT count(*) FROM pggit.backup_jobs j
+         WHERE pggit.backup_job_state(j.status, j.attempts, j.max_attempts) = 'completed'
+           AND coalesce(j.completed_at, j.updated_at) > now() - interval '24 hours') AS completed_24h,
+       (SELECT count(*) FROM pggit.backup_jobs j
+         WHERE pggit.backup_job_state(j.status, j.attempts, j.max_attempts) = 'permanently_failed'
+           AND coalesce(j.completed_at, j.updated_at) > now() - interval '24 hours') AS permanently_failed_24h,
+       (SELECT count(*) FROM pggit.backup_jobs j
+         WHERE pggit.backup_job_state(j.status, j.attempts, j.max_attempts) = 'cancelled'
+           AND coalesce(j.completed_at, j.updated_at) > now() - interval '24 hours') AS cancelled_24h,
+       (SELECT extract(epoch FROM now() - min(j.created_at))::double precision FROM pggit.backup_jobs j
+         WHERE pggit.backup_job_state(j.status, j.attempts, j.max_attempts) = 'ready') AS oldest_ready_seconds;
+
+-- Per job state: how many jobs, the oldest one's creation and start (the metrics file's job
+-- figures; 022's snapshot read them from backup_job_queue, which joins every job to its backup:
+-- 0.6 s twice at 1M). Every job has a backup (backup_id NOT NULL, a foreign key), so the counts
+-- are backup_job_queue's.
+CREATE OR REPLACE VIEW pggit.backup_job_state_counts AS
+SELECT pggit.backup_job_state(j.status, j.attempts, j.max_attempts) AS job_state, count(*) AS n,
+       min(j.created_at) AS oldest_created_at, min(j.started_at) AS oldest_started_at
+  FROM pggit.backup_jobs j
+ GROUP BY 1;
+
+REVOKE ALL ON pggit.backup_job_state_counts FROM PUBLIC;
+GRANT SELECT ON pggit.backup_job_state_counts TO pggit_backup_reader;
+
 INSERT INTO pggit.backup_schema_migrations (version, name) VALUES (25, '025_target_sets')
     ON CONFLICT (version) DO NOTHING;

@@ -2,7 +2,8 @@
 pass give exactly what the per-target answer (023's _target_status) and 022's summary query gave,
 on a mixed population: several tools and backup types, verified, unverified and failed backups,
 failed jobs (will retry, permanently failed), drills passed and failed, expired backups, a tie
-on completed_at, and targets with no backup at all."""
+on completed_at, and targets with no backup at all. Also its indexed queue figures (019's
+backup_queue_statistics, the metrics file's job states) against the full reads they replace."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 from datetime import timedelta
 
 from helpers.db import query, scalar
-from helpers.queue import force
+from helpers.queue import claim, force, schedule_dump
 from helpers.retention import make
 
 # 022's view as it was (over 023's backup_target_of), to compare the new one with
@@ -191,3 +192,42 @@ def test_the_one_pass_summary_is_022s(db):
 
 def test_a_reader_sees_the_summary(login):
     assert query(login("pggit_backup_reader"), "SELECT * FROM pggit.backup_target_summary") == []
+
+
+# 019's view as it was, and 022's snapshot's two reads of the job states
+OLD_QUEUE_STATISTICS = """
+SELECT count(*) FILTER (WHERE s.state = 'ready') AS ready,
+       count(*) FILTER (WHERE s.state = 'in_progress') AS in_progress,
+       count(*) FILTER (WHERE s.state = 'will_retry') AS will_retry,
+       count(*) FILTER (WHERE s.state = 'completed' AND s.ended_at > now() - interval '24 hours') AS completed_24h,
+       count(*) FILTER (WHERE s.state = 'permanently_failed' AND s.ended_at > now() - interval '24 hours')
+           AS permanently_failed_24h,
+       count(*) FILTER (WHERE s.state = 'cancelled' AND s.ended_at > now() - interval '24 hours') AS cancelled_24h,
+       extract(epoch FROM now() - min(s.created_at) FILTER (WHERE s.state = 'ready'))::double precision
+           AS oldest_ready_seconds
+  FROM (SELECT pggit.backup_job_state(j.status, j.attempts, j.max_attempts) AS state, j.created_at,
+               coalesce(j.completed_at, j.updated_at) AS ended_at
+          FROM pggit.backup_jobs j) s"""
+OLD_JOB_STATES = """
+SELECT job_state, count(*) AS n, min(created_at) AS oldest_created_at, min(started_at) AS oldest_started_at
+  FROM pggit.backup_job_queue GROUP BY job_state ORDER BY job_state"""
+
+
+def test_the_indexed_queue_figures_are_019s_and_the_job_queues(db):
+    population(db)
+    now = scalar(db, "SELECT now()")
+    for _ in range(3):
+        schedule_dump(db)  # ready
+    force(db, "UPDATE pggit.backup_jobs SET created_at = %s WHERE status = 'queued'", (now - timedelta(hours=2),))
+    claim(db, "w1", ["pg_dump"])  # in progress
+    old = make(db, now - timedelta(days=3))  # finished before the last day
+    force(db, "UPDATE pggit.backup_jobs SET updated_at = %s WHERE backup_id = %s", (now - timedelta(days=3), old))
+    states = {row["state"] for row in query(db, "SELECT DISTINCT pggit.backup_job_state(status, attempts, max_attempts)"
+                                                 " AS state FROM pggit.backup_jobs")}  # fmt: skip
+    assert states == {"ready", "in_progress", "will_retry", "completed", "permanently_failed", "cancelled"}
+    db.cursor().execute("BEGIN")
+    try:
+        assert query(db, "SELECT * FROM pggit.backup_queue_statistics") == query(db, OLD_QUEUE_STATISTICS)
+        assert query(db, "SELECT * FROM pggit.backup_job_state_counts ORDER BY job_state") == query(db, OLD_JOB_STATES)
+    finally:
+        db.cursor().execute("ROLLBACK")
