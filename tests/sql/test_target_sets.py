@@ -190,8 +190,11 @@ def test_the_one_pass_summary_is_022s(db):
     ), "the newest completed backup, expired or not"
 
 
-def test_a_reader_sees_the_summary(login):
-    assert query(login("pggit_backup_reader"), "SELECT * FROM pggit.backup_target_summary") == []
+def test_a_reader_sees_the_summary_and_the_job_states(db, login):
+    reader = login("pggit_backup_reader")
+    assert query(reader, "SELECT * FROM pggit.backup_target_summary") == []
+    schedule_dump(db)
+    assert [row["job_state"] for row in query(reader, "SELECT * FROM pggit.backup_job_state_counts")] == ["ready"]
 
 
 # 019's view as it was, and 022's snapshot's two reads of the job states
