@@ -29,15 +29,18 @@ class MonitoringCalls(Calls):
             with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                 cur.execute("SELECT * FROM pggit.backup_target_summary")
                 targets = cur.fetchall()
-                cur.execute("SELECT job_state, count(*) AS n FROM pggit.backup_job_queue GROUP BY job_state")
-                jobs = {row["job_state"]: row["n"] for row in cur.fetchall()}
+                # one pass over the jobs' state index (schema/025), not two over jobs joined to backups
                 cur.execute(
-                    """SELECT extract(epoch FROM now() - min(created_at) FILTER (WHERE job_state = 'ready')) AS oldest,
-                              extract(epoch FROM now() - min(started_at) FILTER (WHERE job_state = 'in_progress'))
-                                  AS longest
-                         FROM pggit.backup_job_queue"""
+                    """SELECT job_state, n, extract(epoch FROM now() - oldest_created_at) AS created_age,
+                              extract(epoch FROM now() - oldest_started_at) AS started_age
+                         FROM pggit.backup_job_state_counts"""
                 )
-                ages: dict[str, Any] = cur.fetchone() or {}
+                counted: dict[str, dict[str, Any]] = {row["job_state"]: row for row in cur.fetchall()}
+                jobs = {state: row["n"] for state, row in counted.items()}
+                ages: dict[str, Any] = {
+                    "oldest": (counted.get("ready") or {}).get("created_age"),
+                    "longest": (counted.get("in_progress") or {}).get("started_age"),
+                }
                 cur.execute("SELECT target, wal_age_seconds, checked_at FROM pggit.archive_freshness")
                 archives = cur.fetchall()
                 cur.execute(
