@@ -24,7 +24,7 @@ from ..files import (
     partial_path,
     prepare_output_dir,
     remove_path,
-    sha256_of,
+    sha256_while,
 )
 from ..libpq import libpq_env
 from ..queue import ClaimedJob
@@ -71,7 +71,10 @@ class PgDumpAdapter:
     def collect(self, job: ClaimedJob, invocation: Invocation, result: RunResult, ctx: Context) -> Outcome:
         notes = invocation.notes
         params: DumpParams = notes["params"]
-        notes["snapshot"].close()
+        snapshot = notes["snapshot"]
+        if result.ok:
+            snapshot.settle()  # the row counts taken beside pg_dump, in its snapshot
+        snapshot.close()
         if not result.ok:
             self.discard(invocation)
             if RLS_REFUSED in result.stderr.text():
@@ -82,12 +85,18 @@ class PgDumpAdapter:
                     retryable=False,
                 )
             return Outcome.failure(failure_from(result, "pg_dump"))
-        verification = self._verify(job, params.format, notes["partial"], ctx)
-        if not verification.verified:
+        # hashed under the temporary name, beside the verification that reads it too: a stop
+        # while hashing leaves no file with the final name
+        verification, digest = sha256_while(
+            notes["partial"],
+            ctx.checkpoint,
+            lambda: self._verify(job, params.format, notes["partial"], ctx),
+            lambda verification: verification.verified,
+        )
+        if not verification.verified or digest is None:
             self.discard(invocation)
             return verification.failure()
-        # hashed under the temporary name: a stop while hashing leaves no file with the final name
-        checksum, size, files = sha256_of(notes["partial"], ctx.checkpoint)
+        checksum, size, files = digest
         os.rename(notes["partial"], notes["final"])
         compression = _compression(params.format, params.compression_level)
         metadata = {
@@ -100,7 +109,7 @@ class PgDumpAdapter:
             metadata["files"] = files
         if params.jobs:
             metadata["restore_jobs"] = params.jobs
-        metadata.update(notes["snapshot"].facts())
+        metadata.update(snapshot.facts())
         return Outcome.success(
             f"pg_dump {result.summary()}, {size} bytes, {verification.summary}",
             backup_size=size,

@@ -6,6 +6,7 @@ server works, and cancels the query on the server when the checkpoint says stop.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 import psycopg2
@@ -92,11 +93,11 @@ def test_snapshot_row_count_waiting_for_a_lock_keeps_ticking_and_counts_once_it_
 
     ticks = Ticks(on_call=release_after_three)
     try:
-        start = time.monotonic()
-        snapshot = open_snapshot(dsn, db.info.dbname, "public", ticks)
-        end = time.monotonic()
+        snapshot = open_snapshot(dsn, db.info.dbname, "public", ticks)  # counts in a thread beside pg_dump
         try:
-            facts = snapshot.facts()
+            start = time.monotonic()
+            facts = snapshot.facts()  # waits for them with the lease kept
+            end = time.monotonic()
         finally:
             snapshot.close()
     finally:
@@ -113,8 +114,10 @@ def test_snapshot_stopped_while_counting_raises_stopped_and_leaves_no_session(ds
     locker.autocommit = False
     locker.cursor().execute("LOCK TABLE public.held_orders IN ACCESS EXCLUSIVE MODE")
     try:
+        snapshot = open_snapshot(dsn, db.info.dbname, "public", Ticks(stop_at=2))
         with pytest.raises(Stopped):
-            open_snapshot(dsn, db.info.dbname, "public", Ticks(stop_at=2))
+            snapshot.facts()
+        assert not [t for t in threading.enumerate() if t.name == "row-counts"], "the counting thread was left"
         assert _gone(db, APPLICATION_NAME), "the snapshot's count still waits on the server"
         assert not scalar(
             db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (APPLICATION_NAME,)
@@ -154,3 +157,29 @@ def test_a_session_left_by_any_exception_mid_query_cancels_it_on_the_server(dsn,
         signal.signal(signal.SIGALRM, previous)
     assert session.closed
     assert _gone(db, name), "the interrupted query still runs on the server"
+
+
+def test_a_snapshot_session_lost_while_counting_leaves_the_counts_skipped_with_why(dsn, db, connect):
+    """The counts run beside pg_dump (issue 12 figure 4); the dump does not depend on them, so
+    a session that dies while counting skips them with the reason instead of failing the job."""
+    db.cursor().execute("DROP TABLE IF EXISTS public.lost_orders; CREATE TABLE public.lost_orders AS SELECT 1 AS n")
+    locker = connect()
+    locker.autocommit = False
+    locker.cursor().execute("LOCK TABLE public.lost_orders IN ACCESS EXCLUSIVE MODE")
+    try:
+        snapshot = open_snapshot(dsn, db.info.dbname, "public", Ticks())
+        try:
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
+            deadline = time.monotonic() + 10
+            while not scalar(db, waiting, (APPLICATION_NAME,)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert scalar(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                          (APPLICATION_NAME,))  # fmt: skip
+            facts = snapshot.facts()
+        finally:
+            snapshot.close()
+    finally:
+        locker.rollback()
+        db.cursor().execute("DROP TABLE IF EXISTS public.lost_orders")
+    assert "row_counts" not in facts
+    assert facts["row_counts_skipped"].startswith("row counts failed: "), facts
