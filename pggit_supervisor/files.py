@@ -286,7 +286,7 @@ class HashAborted(Exception):
 
 
 # while the hash outlasts the work beside it, the lease is kept this often
-_HASH_WAIT_SECONDS = 5.0
+_HASH_WAIT_SECONDS = 0.5
 
 
 def sha256_while(

@@ -82,6 +82,11 @@ class TickingSession:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
+    def set_checkpoint(self, checkpoint: Callable[[], None] | None) -> None:
+        """What the session's queries call while they run from now on (a thread that takes the
+        session over must not call the worker's own checkpoint)."""
+        self._checkpoint = checkpoint
+
     @property
     def closed(self) -> bool:
         return bool(self.conn.closed)

@@ -3,8 +3,9 @@
 Every tool the service starts goes through `run_tool`: argv only (never a shell), stdin closed, a
 scrubbed environment, its own session, optionally another user, a parent-death signal (the last two
 set by setpriv(1), so the worker vforks), bounded output capture, a timeout, and a caller hook to
-renew a lease or stop the tool. No threads: the worker is a single-threaded forked process, so one
-selector multiplexes output, ticks and the deadline, all on the monotonic clock.
+renew a lease or stop the tool. One selector multiplexes output, ticks and the deadline, all on
+the monotonic clock, in the worker's own thread (an adapter may run a helper thread meanwhile,
+such as pg_dump's row counts; Popen has no preexec_fn, so starting a tool is safe beside it).
 """
 
 from __future__ import annotations

@@ -201,6 +201,7 @@ class Worker:
             if job is None:
                 try:
                     if self.retention.tick(queue):  # issue 10: a retention job ran; backups first again
+                        self.hinted = False  # the next claim is the worker's own
                         continue
                     self.archives.tick(queue)
                     self.drills.tick_if_due(queue)
@@ -248,6 +249,7 @@ class Worker:
         now = time.monotonic()
         deadline = now + self.config.poll_interval
         earliest = now + NOTIFY_MIN_GAP if self.hinted else now
+        self.hinted = False  # until a hint ends this wait: every other way out is not one
         # one that arrived while the idle pass ran its own queries was read with their answers:
         # it is queued on the connection already, and select() would not see it
         woken = queue.queued_notifications(self.tools) > 0

@@ -111,7 +111,12 @@ class PgDumpAdapter:
             metadata["restore_jobs"] = params.jobs
         metadata.update(snapshot.facts())
         return Outcome.success(
-            f"pg_dump {result.summary()}, {size} bytes, {verification.summary}",
+            f"pg_dump {result.summary()}, {size} bytes, {verification.summary}"
+            + (
+                f"; {snapshot.count_failure} (a drill can restore it, not compare its counts)"
+                if snapshot.count_failure
+                else ""
+            ),
             backup_size=size,
             compressed_size=size if compression != "none" else None,
             compression_type=compression,

@@ -33,6 +33,14 @@ _TABLES = """SELECT n.nspname::text, c.relname::text
 
 # while the counts outlast pg_dump, the worker's lease is kept this often (settle)
 _COUNT_WAIT_SECONDS = 0.5
+# close() waits this long for the counting thread to see its stop (within libpq.POLL_SECONDS:
+# its session's own checkpoint cancels the running count); a thread still stuck after it (a
+# cancel blocked on a dead network path) is left to end by itself, never joined for ever
+_STOP_WAIT_SECONDS = 3.0
+
+
+class _Stopping(Exception):
+    """Raised by the counting thread's own checkpoint once close() asked it to stop."""
 
 
 class Snapshot:
@@ -59,19 +67,29 @@ class Snapshot:
         self.skipped = skipped
         self.counts: dict[str, int] | None = None  # set once every table was counted
         self.uncounted: dict[str, str] = {}
+        # why the counts failed (the session was lost), for the job's result line: a drill of
+        # this backup can only restore, not compare counts, and an operator should see that
+        self.count_failure: str | None = None
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._counter: threading.Thread | None = None
         if tables is not None and skipped is None:
+            # from here on the session is the thread's: its queries call the thread's own
+            # checkpoint, which stops them once close() says so (TickingSession cancels the
+            # running statement on the server and closes the connection)
+            session.set_checkpoint(self._stopping)
             self._counter = threading.Thread(target=self._count, args=(tables,), name="row-counts", daemon=True)
             self._counter.start()
+
+    def _stopping(self) -> None:
+        if self._stop.is_set():
+            raise _Stopping
 
     def _count(self, tables: list[tuple[str, str]]) -> None:
         counts: dict[str, int] = {}
         try:
             for nspname, relname in tables:
-                if self._stop.is_set():
-                    return
+                self._stopping()
                 name = f"{nspname}.{relname}"
                 # a savepoint per table: one refused count leaves the snapshot's transaction usable
                 self.session.execute("SAVEPOINT count_one")
@@ -87,11 +105,14 @@ class Snapshot:
                     self.session.execute("ROLLBACK TO SAVEPOINT count_one")
                     self.uncounted[name] = _why_uncounted(exc)
             self.counts = counts
+        except _Stopping:
+            return
         except psycopg2.Error as exc:
             # the session itself failed (connection lost, server restart): the dump does not
             # depend on the counts, so the backup keeps its verification and says why it has none
             if not self._stop.is_set():
-                self.skipped = f"row counts failed: {_why_uncounted(exc)}"
+                self.count_failure = f"row counts failed: {_why_uncounted(exc)}"
+                self.skipped = self.count_failure
         except BaseException as exc:  # a bug: handed to the job's thread by settle()
             self._error = exc
 
@@ -126,11 +147,9 @@ class Snapshot:
         counter = self._counter
         if counter is not None and counter.is_alive():
             self._stop.set()
-            try:
-                self.session.conn.cancel()  # the running count stops on the server (thread-safe)
-            except psycopg2.Error:
-                pass
-            counter.join()
+            counter.join(_STOP_WAIT_SECONDS)
+            if counter.is_alive():
+                return  # its own checkpoint closes the session once its cancel returns
         self.session.close()
 
 
@@ -143,10 +162,13 @@ def open_snapshot(dsn: str, dbname: str, schema: str | None, checkpoint: Checkpo
     search_path is pg_catalog only and every name is qualified, so no function, operator or cast
     of another schema is picked. count(*) of a plain table runs nothing else.
 
-    The session's own queries call no checkpoint: the export and the table list are quick, and
-    the counts run in the Snapshot's thread, which must not touch the worker's connection;
-    Snapshot.settle keeps the lease while they finish, and a stop there cancels them."""
-    session = TickingSession(dsn, None, dbname=dbname, application_name=APPLICATION_NAME, options=SNAPSHOT_OPTIONS)
+    The export and the table list call `checkpoint` while they run, as every query of the job's
+    own thread does; the counts run in the Snapshot's thread, which must not touch the worker's
+    connection: Snapshot.settle keeps the lease while they finish, and a stop there (or close())
+    cancels them."""
+    session = TickingSession(
+        dsn, checkpoint, dbname=dbname, application_name=APPLICATION_NAME, options=SNAPSHOT_OPTIONS
+    )
     try:
         session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         cur = session.execute(

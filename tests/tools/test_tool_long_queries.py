@@ -183,3 +183,27 @@ def test_a_snapshot_session_lost_while_counting_leaves_the_counts_skipped_with_w
         db.cursor().execute("DROP TABLE IF EXISTS public.lost_orders")
     assert "row_counts" not in facts
     assert facts["row_counts_skipped"].startswith("row counts failed: "), facts
+
+
+def test_closing_the_snapshot_while_a_count_waits_stops_it_in_the_counting_thread(dsn, db, connect):
+    """A stop while pg_dump runs (the executor's discard): close() asks the counting thread to
+    stop, its session's own checkpoint cancels the waiting count on the server within a poll,
+    and nothing is left: no thread, no backend, no connection."""
+    db.cursor().execute("DROP TABLE IF EXISTS public.closed_orders; CREATE TABLE public.closed_orders AS SELECT 1 AS n")
+    locker = connect()
+    locker.autocommit = False
+    locker.cursor().execute("LOCK TABLE public.closed_orders IN ACCESS EXCLUSIVE MODE")
+    try:
+        snapshot = open_snapshot(dsn, db.info.dbname, "public", Ticks())
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
+        deadline = time.monotonic() + 10
+        while not scalar(db, waiting, (APPLICATION_NAME,)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scalar(db, waiting, (APPLICATION_NAME,)) == 1, "the count never waited for the lock"
+        snapshot.close()
+        assert not [t for t in threading.enumerate() if t.name == "row-counts"], "the counting thread was left"
+        assert _gone(db, APPLICATION_NAME), "the snapshot's count still waits on the server"
+        assert snapshot.session.closed
+    finally:
+        locker.rollback()
+        db.cursor().execute("DROP TABLE IF EXISTS public.closed_orders")
