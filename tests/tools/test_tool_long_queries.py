@@ -159,6 +159,15 @@ def test_a_session_left_by_any_exception_mid_query_cancels_it_on_the_server(dsn,
     assert _gone(db, name), "the interrupted query still runs on the server"
 
 
+def _wait_for_the_count_to_wait(db) -> None:
+    """Until the snapshot's counting thread waits for a table lock on the server."""
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
+    deadline = time.monotonic() + 10
+    while not scalar(db, waiting, (APPLICATION_NAME,)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scalar(db, waiting, (APPLICATION_NAME,)) == 1, "the count never waited for the lock"
+
+
 def test_a_snapshot_session_lost_while_counting_leaves_the_counts_skipped_with_why(dsn, db, connect):
     """The counts run beside pg_dump (issue 12 figure 4); the dump does not depend on them, so
     a session that dies while counting skips them with the reason instead of failing the job."""
@@ -169,10 +178,7 @@ def test_a_snapshot_session_lost_while_counting_leaves_the_counts_skipped_with_w
     try:
         snapshot = open_snapshot(dsn, db.info.dbname, "public", Ticks())
         try:
-            waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
-            deadline = time.monotonic() + 10
-            while not scalar(db, waiting, (APPLICATION_NAME,)) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            _wait_for_the_count_to_wait(db)
             assert scalar(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
                           (APPLICATION_NAME,))  # fmt: skip
             facts = snapshot.facts()
@@ -195,11 +201,7 @@ def test_closing_the_snapshot_while_a_count_waits_stops_it_in_the_counting_threa
     locker.cursor().execute("LOCK TABLE public.closed_orders IN ACCESS EXCLUSIVE MODE")
     try:
         snapshot = open_snapshot(dsn, db.info.dbname, "public", Ticks())
-        waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
-        deadline = time.monotonic() + 10
-        while not scalar(db, waiting, (APPLICATION_NAME,)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert scalar(db, waiting, (APPLICATION_NAME,)) == 1, "the count never waited for the lock"
+        _wait_for_the_count_to_wait(db)
         snapshot.close()
         assert not [t for t in threading.enumerate() if t.name == "row-counts"], "the counting thread was left"
         assert _gone(db, APPLICATION_NAME), "the snapshot's count still waits on the server"
