@@ -73,8 +73,6 @@ class Worker:
         self.ever_connected = False
         self.next_connect = 0.0
         self.next_rescue = 0.0
-        # the claim in progress was prompted by a ready NOTIFY (wait_for_work's rate limit)
-        self.hinted = False
         # issue 10: this worker's share of the schedules (scheduler.py); the database decides each slot
         self.scheduler = Scheduler(config.schedules, name, config.schedule_interval)
         # issue 11: this worker's row in pggit.backup_workers, refreshed from beat()
@@ -172,10 +170,13 @@ class Worker:
         if os.getppid() != self.parent_pid:
             return 1
         log.info("worker started" + fields(worker=self.name, tools=",".join(self.tools) or "-", database=self.database))
+        hinted = False  # the last wait was ended by a ready NOTIFY (wait_for_work's rate limit)
         while not self.done:
+            # this claim was prompted by that hint, none after it is
+            prompted, hinted = hinted, False
             # woken by a hint: the claim goes first, the row is refreshed at the next beat (a
             # round trip in front of the claim was most of a slow pickup, issue 12 figure 2)
-            self.beat(record=not self.hinted)
+            self.beat(record=not prompted)
             queue = self.ensure_connected()
             if queue is None:
                 self.pause(1.0)
@@ -201,7 +202,6 @@ class Worker:
             if job is None:
                 try:
                     if self.retention.tick(queue):  # issue 10: a retention job ran; backups first again
-                        self.hinted = False  # the next claim is the worker's own
                         continue
                     self.archives.tick(queue)
                     self.drills.tick_if_due(queue)
@@ -211,12 +211,10 @@ class Worker:
                     continue
                 self.scheduler.tick_if_due(queue)  # issue 10: record due schedule slots while idle
                 self.deliveries.tick_if_due(queue)  # issue 11: post due notifications while idle
-                self.wait_for_work(queue)
+                hinted = self.wait_for_work(queue, prompted)
             elif self.done:
-                self.hinted = False
                 self.hand_back(job)  # told to stop while the claim was on its way
             else:
-                self.hinted = False
                 self.run_job(job)
                 self.end_leftovers(job)
         self.presence.stopped(self.queue)
@@ -238,18 +236,18 @@ class Worker:
         if rescued:
             self.tell("rescued", len(rescued))  # counted in the supervisor's metrics
 
-    def wait_for_work(self, queue: Queue) -> None:
+    def wait_for_work(self, queue: Queue, prompted: bool) -> bool:
         """Sleeps until a NOTIFY naming one of our tools or the poll interval, beating every second.
 
         Any login that can connect may NOTIFY the ready channel, so a notification is only a hint.
         The first one after a claim that was not itself prompted by a hint wakes the worker at once
         (pickup latency, issue 12 figure 2). Once a hint led to a claim that found nothing, all that
         arrive within NOTIFY_MIN_GAP of it make one wake-up: a flood costs one claim at once and
-        then at most one cheap claim per NOTIFY_MIN_GAP."""
+        then at most one cheap claim per NOTIFY_MIN_GAP. `prompted`: the claim that found
+        nothing was itself prompted by a hint. Returns True when a hint ended the wait."""
         now = time.monotonic()
         deadline = now + self.config.poll_interval
-        earliest = now + NOTIFY_MIN_GAP if self.hinted else now
-        self.hinted = False  # until a hint ends this wait: every other way out is not one
+        earliest = now + NOTIFY_MIN_GAP if prompted else now
         # one that arrived while the idle pass ran its own queries was read with their answers:
         # it is queued on the connection already, and select() would not see it
         woken = queue.queued_notifications(self.tools) > 0
@@ -257,14 +255,13 @@ class Worker:
             now = time.monotonic()
             wake_at = min(deadline, earliest) if woken else deadline
             if now >= wake_at:
-                self.hinted = woken and now < deadline
-                return
+                return woken and now < deadline
             self.beat()
             if queue.conn.closed:
                 # a call of the idle pass (presence, schedules, notifications) met a broken
                 # connection and psycopg2 closed it: select() on it would raise and crash the
                 # worker (a crash loop, after a few PostgreSQL restarts); the loop reconnects
-                return
+                return False
             # beat() may have recorded this worker (presence.py): a hint that came with that
             # answer is already read, and select() would not see it until the poll deadline
             if queue.queued_notifications(self.tools):
@@ -276,7 +273,8 @@ class Worker:
                     woken = queue.drain_notifications(self.tools) > 0 or woken
                 except psycopg2.Error as exc:
                     self.lost_connection(exc)
-                    return
+                    return False
+        return False
 
     # -- one job ----------------------------------------------------------------------------
 

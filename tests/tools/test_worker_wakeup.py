@@ -38,29 +38,30 @@ def hint(db) -> None:
     db.cursor().execute("NOTIFY pggit_backup_job_ready, 'pg_dump'")
 
 
-def timed_wait(worker: Worker) -> float:
+def timed_wait(worker: Worker, prompted: bool) -> tuple[float, bool]:
+    """How long the wait took, and whether a hint ended it."""
     assert worker.queue is not None
     started = time.monotonic()
-    worker.wait_for_work(worker.queue)
-    return time.monotonic() - started
+    hinted = worker.wait_for_work(worker.queue, prompted)
+    return time.monotonic() - started, hinted
 
 
 def test_a_hint_after_an_unprompted_claim_wakes_at_once_and_the_next_waits_the_gap(worker, db):
-    assert worker.hinted is False  # the claim before this wait was the worker's own (start, job, poll)
     hint(db)
-    first = timed_wait(worker)
+    # the claim before this wait was the worker's own (start, job, poll)
+    first, hinted = timed_wait(worker, prompted=False)
     assert first < NOTIFY_MIN_GAP, f"the first hint waited {first:.3f} s"
-    assert worker.hinted is True  # the claim that follows was prompted by a hint
+    assert hinted is True  # the claim that follows was prompted by a hint
 
     hint(db)  # that claim found nothing (no job): a second hint may only wake after the gap
-    second = timed_wait(worker)
+    second, hinted = timed_wait(worker, prompted=hinted)
     assert second >= NOTIFY_MIN_GAP, f"the second hint woke after {second:.3f} s"
-    assert worker.hinted is True
+    assert hinted is True
 
 
 def test_a_hint_for_a_tool_the_worker_does_not_serve_does_not_wake_it(worker, db):
     db.cursor().execute("NOTIFY pggit_backup_job_ready, 'barman'")
     worker.config = dataclasses.replace(worker.config, poll_interval=1.2)
-    waited = timed_wait(worker)
+    waited, hinted = timed_wait(worker, prompted=False)
     assert waited >= 1.2, f"woke after {waited:.3f} s for another tool's hint"
-    assert worker.hinted is False  # woken by the poll deadline, not by a hint
+    assert hinted is False  # woken by the poll deadline, not by a hint
