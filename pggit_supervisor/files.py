@@ -285,8 +285,18 @@ class HashAborted(Exception):
     """sha256_of was told to stop (its result is no longer wanted)."""
 
 
-# while the hash outlasts the work beside it, the lease is kept this often
-_HASH_WAIT_SECONDS = 0.5
+# while a job's helper thread outlasts the work beside it, the lease is kept this often
+_THREAD_WAIT_SECONDS = 0.5
+
+
+def join_keeping_lease(thread: threading.Thread, checkpoint: Checkpoint | None) -> None:
+    """Waits for a job's helper thread (a hash, pg_dump's row counts) in the job's own thread,
+    calling `checkpoint` meanwhile: the helper never touches the worker's connection, so this is
+    what keeps the lease and notices a stop (which the checkpoint raises)."""
+    while thread.is_alive():
+        thread.join(_THREAD_WAIT_SECONDS)
+        if thread.is_alive() and checkpoint is not None:
+            checkpoint()
 
 
 def sha256_while(
@@ -315,10 +325,7 @@ def sha256_while(
         result = work()
         if not wanted(result):
             abort.set()
-        while thread.is_alive():
-            thread.join(_HASH_WAIT_SECONDS)
-            if thread.is_alive() and checkpoint is not None:
-                checkpoint()
+        join_keeping_lease(thread, checkpoint)
     except BaseException:
         abort.set()
         thread.join()

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 
-from ..files import Checkpoint
+from ..files import Checkpoint, join_keeping_lease
 from ..libpq import TickingSession
 from ..rows import one_row
 
@@ -31,8 +31,6 @@ _TABLES = """SELECT n.nspname::text, c.relname::text
               ORDER BY 1, 2 LIMIT %(limit)s::integer"""
 
 
-# while the counts outlast pg_dump, the worker's lease is kept this often (settle)
-_COUNT_WAIT_SECONDS = 0.5
 # close() waits this long for the counting thread to see its stop (within libpq.POLL_SECONDS:
 # its session's own checkpoint cancels the running count); a thread still stuck after it (a
 # cancel blocked on a dead network path) is left to end by itself, never joined for ever
@@ -112,7 +110,6 @@ class Snapshot:
             # depend on the counts, so the backup keeps its verification and says why it has none
             if not self._stop.is_set():
                 self.count_failure = f"row counts failed: {_why_uncounted(exc)}"
-                self.skipped = self.count_failure
         except BaseException as exc:  # a bug: handed to the job's thread by settle()
             self._error = exc
 
@@ -123,10 +120,7 @@ class Snapshot:
         if counter is None:
             return
         try:
-            while counter.is_alive():
-                counter.join(_COUNT_WAIT_SECONDS)
-                if counter.is_alive() and self.checkpoint is not None:
-                    self.checkpoint()
+            join_keeping_lease(counter, self.checkpoint)
         except BaseException:
             self.close()
             raise
@@ -137,7 +131,7 @@ class Snapshot:
     def facts(self) -> dict:
         self.settle()
         if self.counts is None:
-            return {"row_counts_skipped": self.skipped or "row counts did not finish"}
+            return {"row_counts_skipped": self.skipped or self.count_failure or "row counts did not finish"}
         facts: dict[str, Any] = {"row_counts": self.counts}
         if self.uncounted:
             facts["row_counts_uncounted"] = self.uncounted

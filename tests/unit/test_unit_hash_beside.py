@@ -33,7 +33,7 @@ def test_the_digest_beside_the_work_is_sha256_ofs_for_a_file_and_a_tree(tmp_path
 def test_the_lease_is_kept_while_the_hash_outlasts_the_work(tmp_path, monkeypatch):
     big = tmp_path / "big"
     big.write_bytes(b"y" * (96 << 20))
-    monkeypatch.setattr(files, "_HASH_WAIT_SECONDS", 0.001)
+    monkeypatch.setattr(files, "_THREAD_WAIT_SECONDS", 0.001)
     calls = []
     _, digest = sha256_while(str(big), lambda: calls.append(1), lambda: None, lambda _: True)
     assert digest == sha256_of(str(big))
@@ -59,7 +59,7 @@ def test_a_failing_work_or_checkpoint_stops_the_hash_and_raises(tmp_path, monkey
         sha256_while(str(big), None, work, lambda _: True)
     assert hashing_threads() == []
 
-    monkeypatch.setattr(files, "_HASH_WAIT_SECONDS", 0.0001)
+    monkeypatch.setattr(files, "_THREAD_WAIT_SECONDS", 0.0001)
 
     def cancelled():
         raise KeyboardInterrupt  # what a stop looks like inside the worker's checkpoint
