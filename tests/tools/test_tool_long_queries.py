@@ -11,6 +11,7 @@ import time
 
 import psycopg2
 import pytest
+from psycopg2 import sql
 
 from helpers.db import scalar
 from pggit_supervisor.errors import Stopped
@@ -80,51 +81,62 @@ def test_a_stop_from_the_checkpoint_cancels_the_query_on_the_server(dsn, db):
     assert _gone(db, name), "the cancelled query still runs on the server"
 
 
-def test_snapshot_row_count_waiting_for_a_lock_keeps_ticking_and_counts_once_it_is_free(dsn, db, connect):
-    db.cursor().execute("DROP TABLE IF EXISTS public.locked_orders; CREATE TABLE public.locked_orders AS SELECT 1 AS n")
-    db.cursor().execute("INSERT INTO public.locked_orders SELECT generate_series(2, 7)")
-    locker = connect()
-    locker.autocommit = False
-    locker.cursor().execute("LOCK TABLE public.locked_orders IN ACCESS EXCLUSIVE MODE")
+@pytest.fixture
+def locked_table(db, connect):
+    """lock(name, rows) -> a connection holding an ACCESS EXCLUSIVE lock on a new table
+    public.<name> of `rows` rows, so the snapshot's count of it waits; every lock is released and
+    every table dropped afterwards."""
+    made = []
+
+    def lock(name: str, rows: int = 1):
+        db.cursor().execute(
+            sql.SQL(
+                "DROP TABLE IF EXISTS public.{0}; CREATE TABLE public.{0} AS SELECT generate_series(1, %s) AS n"
+            ).format(sql.Identifier(name)),
+            (rows,),
+        )
+        locker = connect()
+        locker.autocommit = False
+        locker.cursor().execute(sql.SQL("LOCK TABLE public.{} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(name)))
+        made.append((name, locker))
+        return locker
+
+    yield lock
+    for name, locker in made:
+        locker.rollback()
+        db.cursor().execute(sql.SQL("DROP TABLE IF EXISTS public.{}").format(sql.Identifier(name)))
+
+
+def test_snapshot_row_count_waiting_for_a_lock_keeps_ticking_and_counts_once_it_is_free(dsn, db, locked_table):
+    locker = locked_table("locked_orders", rows=7)
 
     def release_after_three(calls: int) -> None:
         if calls == 3 and not locker.closed:
             locker.commit()
 
     ticks = Ticks(on_call=release_after_three)
+    snapshot = open_snapshot(dsn, db.info.dbname, "public", ticks)  # counts in a thread beside pg_dump
     try:
-        snapshot = open_snapshot(dsn, db.info.dbname, "public", ticks)  # counts in a thread beside pg_dump
-        try:
-            start = time.monotonic()
-            facts = snapshot.facts()  # waits for them with the lease kept
-            end = time.monotonic()
-        finally:
-            snapshot.close()
+        start = time.monotonic()
+        facts = snapshot.facts()  # waits for them with the lease kept
+        end = time.monotonic()
     finally:
-        locker.rollback()
-        db.cursor().execute("DROP TABLE IF EXISTS public.locked_orders")
+        snapshot.close()
     assert facts["row_counts"]["public.locked_orders"] == 7, facts
     assert len(ticks.times) >= 3 and end - start >= 3 * POLL_SECONDS, "the count did not wait for the lock"
     assert ticks.largest_gap(start, end) < 1.0, ticks.times
 
 
-def test_snapshot_stopped_while_counting_raises_stopped_and_leaves_no_session(dsn, db, connect):
-    db.cursor().execute("DROP TABLE IF EXISTS public.held_orders; CREATE TABLE public.held_orders AS SELECT 1 AS n")
-    locker = connect()
-    locker.autocommit = False
-    locker.cursor().execute("LOCK TABLE public.held_orders IN ACCESS EXCLUSIVE MODE")
-    try:
-        snapshot = open_snapshot(dsn, db.info.dbname, "public", Ticks(stop_at=2))
-        with pytest.raises(Stopped):
-            snapshot.facts()
-        assert not [t for t in threading.enumerate() if t.name == "row-counts"], "the counting thread was left"
-        assert _gone(db, APPLICATION_NAME), "the snapshot's count still waits on the server"
-        assert not scalar(
-            db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (APPLICATION_NAME,)
-        ), "the snapshot's connection was left open"
-    finally:
-        locker.rollback()
-        db.cursor().execute("DROP TABLE IF EXISTS public.held_orders")
+def test_snapshot_stopped_while_counting_raises_stopped_and_leaves_no_session(dsn, db, locked_table):
+    locked_table("held_orders")
+    snapshot = open_snapshot(dsn, db.info.dbname, "public", Ticks(stop_at=2))
+    with pytest.raises(Stopped):
+        snapshot.facts()
+    assert not [t for t in threading.enumerate() if t.name == "row-counts"], "the counting thread was left"
+    assert _gone(db, APPLICATION_NAME), "the snapshot's count still waits on the server"
+    assert not scalar(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (APPLICATION_NAME,)), (
+        "the snapshot's connection was left open"
+    )
 
 
 def test_a_failed_query_leaves_the_session_usable_for_the_next(dsn):
@@ -168,44 +180,30 @@ def _wait_for_the_count_to_wait(db) -> None:
     assert scalar(db, waiting, (APPLICATION_NAME,)) == 1, "the count never waited for the lock"
 
 
-def test_a_snapshot_session_lost_while_counting_leaves_the_counts_skipped_with_why(dsn, db, connect):
+def test_a_snapshot_session_lost_while_counting_leaves_the_counts_skipped_with_why(dsn, db, locked_table):
     """The counts run beside pg_dump (issue 12 figure 4); the dump does not depend on them, so
     a session that dies while counting skips them with the reason instead of failing the job."""
-    db.cursor().execute("DROP TABLE IF EXISTS public.lost_orders; CREATE TABLE public.lost_orders AS SELECT 1 AS n")
-    locker = connect()
-    locker.autocommit = False
-    locker.cursor().execute("LOCK TABLE public.lost_orders IN ACCESS EXCLUSIVE MODE")
+    locked_table("lost_orders")
+    snapshot = open_snapshot(dsn, db.info.dbname, "public", Ticks())
     try:
-        snapshot = open_snapshot(dsn, db.info.dbname, "public", Ticks())
-        try:
-            _wait_for_the_count_to_wait(db)
-            assert scalar(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-                          (APPLICATION_NAME,))  # fmt: skip
-            facts = snapshot.facts()
-        finally:
-            snapshot.close()
+        _wait_for_the_count_to_wait(db)
+        assert scalar(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                      (APPLICATION_NAME,))  # fmt: skip
+        facts = snapshot.facts()
     finally:
-        locker.rollback()
-        db.cursor().execute("DROP TABLE IF EXISTS public.lost_orders")
+        snapshot.close()
     assert "row_counts" not in facts
     assert facts["row_counts_skipped"].startswith("row counts failed: "), facts
 
 
-def test_closing_the_snapshot_while_a_count_waits_stops_it_in_the_counting_thread(dsn, db, connect):
+def test_closing_the_snapshot_while_a_count_waits_stops_it_in_the_counting_thread(dsn, db, locked_table):
     """A stop while pg_dump runs (the executor's discard): close() asks the counting thread to
     stop, its session's own checkpoint cancels the waiting count on the server within a poll,
     and nothing is left: no thread, no backend, no connection."""
-    db.cursor().execute("DROP TABLE IF EXISTS public.closed_orders; CREATE TABLE public.closed_orders AS SELECT 1 AS n")
-    locker = connect()
-    locker.autocommit = False
-    locker.cursor().execute("LOCK TABLE public.closed_orders IN ACCESS EXCLUSIVE MODE")
-    try:
-        snapshot = open_snapshot(dsn, db.info.dbname, "public", Ticks())
-        _wait_for_the_count_to_wait(db)
-        snapshot.close()
-        assert not [t for t in threading.enumerate() if t.name == "row-counts"], "the counting thread was left"
-        assert _gone(db, APPLICATION_NAME), "the snapshot's count still waits on the server"
-        assert snapshot.session.closed
-    finally:
-        locker.rollback()
-        db.cursor().execute("DROP TABLE IF EXISTS public.closed_orders")
+    locked_table("closed_orders")
+    snapshot = open_snapshot(dsn, db.info.dbname, "public", Ticks())
+    _wait_for_the_count_to_wait(db)
+    snapshot.close()
+    assert not [t for t in threading.enumerate() if t.name == "row-counts"], "the counting thread was left"
+    assert _gone(db, APPLICATION_NAME), "the snapshot's count still waits on the server"
+    assert snapshot.session.closed
