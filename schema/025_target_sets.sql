@@ -70,15 +70,12 @@ SET search_path = pg_catalog, pggit, pg_temp SET jit = off SET work_mem = '256MB
       LEFT JOIN drill d ON d.w = w.w
 $$;
 
--- 023's signature, checks and errors; for many targets the work is _target_statuses's (one pass,
--- not one per target).
-CREATE OR REPLACE FUNCTION pggit.backup_target_statuses(p_targets jsonb)
-RETURNS TABLE (target jsonb, backups bigint, verified_backups bigint, newest_verified_id uuid,
-               newest_verified_name text, newest_verified_at timestamptz, newest_verified_seconds double precision,
-               last_failure_job_id uuid, last_failure_at timestamptz, last_failure_state text, last_failure_error text,
-               last_drill_backup_id uuid, last_drill_at timestamptz, last_drill_result text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS $$
+-- A list of targets, each checked as _require_retention_target checks one, the error naming its
+-- place (p_targets[N]), at most p_limit of them; their normalised forms, in order. One loop for
+-- 017's worker targets (at most 1000, as text keys) and the statuses below (at most 100000):
+-- 017's and 023's copies of it are redefined on top of this one.
+CREATE OR REPLACE FUNCTION pggit._require_retention_targets(p_targets jsonb, p_limit integer) RETURNS jsonb[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pggit, pg_temp AS $$
 DECLARE
     v_keys    jsonb[] := '{}';
     v_each    jsonb;
@@ -87,8 +84,9 @@ DECLARE
     v_message text;
     v_hint    text;
 BEGIN
-    IF p_targets IS NULL OR jsonb_typeof(p_targets) <> 'array' OR jsonb_array_length(p_targets) > 100000 THEN
-        PERFORM pggit._invalid('p_targets', 'must be a JSON array of at most 100000 targets', '[{"tool": ..., ...}, ...]');
+    IF p_targets IS NULL OR jsonb_typeof(p_targets) <> 'array' OR jsonb_array_length(p_targets) > p_limit THEN
+        PERFORM pggit._invalid('p_targets', format('must be a JSON array of at most %s targets', p_limit),
+                               '[{"tool": ..., ...}, ...]');
     END IF;
     FOR v_each, v_place IN SELECT t.value, t.n - 1 FROM jsonb_array_elements(p_targets) WITH ORDINALITY t(value, n) LOOP
         BEGIN
@@ -99,6 +97,32 @@ BEGIN
                                    regexp_replace(v_message, '^pggit: invalid [^ ]*: ', ''), v_hint);
         END;
     END LOOP;
+    RETURN v_keys;
+END
+$$;
+
+-- 017's signature and answers (the keys as text), from the loop above.
+CREATE OR REPLACE FUNCTION pggit._require_retention_targets(p_targets jsonb) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pggit, pg_temp AS $$
+    SELECT coalesce(array_agg(k.key::text ORDER BY k.n), '{}')
+      FROM unnest(pggit._require_retention_targets(p_targets, 1000)) WITH ORDINALITY k(key, n)
+$$;
+
+REVOKE ALL ON FUNCTION pggit._require_retention_targets(jsonb, integer), pggit._require_retention_targets(jsonb)
+    FROM PUBLIC;
+
+-- 023's signature, checks and errors; for many targets the work is _target_statuses's (one pass,
+-- not one per target).
+CREATE OR REPLACE FUNCTION pggit.backup_target_statuses(p_targets jsonb)
+RETURNS TABLE (target jsonb, backups bigint, verified_backups bigint, newest_verified_id uuid,
+               newest_verified_name text, newest_verified_at timestamptz, newest_verified_seconds double precision,
+               last_failure_job_id uuid, last_failure_at timestamptz, last_failure_state text, last_failure_error text,
+               last_drill_backup_id uuid, last_drill_at timestamptz, last_drill_result text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' AS $$
+DECLARE
+    v_keys jsonb[] := pggit._require_retention_targets(p_targets, 100000);
+BEGIN
     -- a few targets: each through its index (about 1 ms with 100 backups); many: one pass over
     -- the backups (its hash joins read every backup: about 1 s at 1M, whatever the number)
     IF cardinality(v_keys) <= 100 THEN
