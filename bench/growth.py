@@ -92,7 +92,8 @@ def seed(conn) -> None:
 def populate(conn, first: int, last: int, targets: int, total: int) -> None:
     """Backups and jobs n = first..last, set-based: one INSERT ... SELECT from generate_series per
     table with the triggers off (session_replication_role = replica: no trigger, no FK check), and
-    the target identity (schema/023) the job trigger would have written, filled the same way."""
+    the target identity (schema/023) the job trigger would have written, filled the same way; then
+    the targets' rows (schema/026) rebuilt from them."""
     cur = conn.cursor()
     cur.execute("SET session_replication_role = replica")
 
@@ -118,7 +119,9 @@ def populate(conn, first: int, last: int, targets: int, total: int) -> None:
               FROM generate_series({int(first)}, {int(last)}) g(n)""")
     )
     cur.execute("RESET session_replication_role")
-    for table in ("backups", "backup_jobs", "backup_target_identity"):
+    # the per-target rows (schema/026) the triggers would have kept, recomputed from what is there
+    cur.execute("SELECT pggit._tally_rebuild()")
+    for table in ("backups", "backup_jobs", "backup_target_identity", "backup_target_tally"):
         cur.execute(f"VACUUM ANALYZE pggit.{table}")
 
 

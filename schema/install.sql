@@ -188,4 +188,11 @@ BEGIN;
 COMMIT;
 \endif
 
+SELECT NOT EXISTS (SELECT 1 FROM pggit.backup_schema_migrations WHERE version = 26) AS pggit_apply \gset
+\if :pggit_apply
+BEGIN;
+\ir 026_target_tally.sql
+COMMIT;
+\endif
+
 SELECT 'pggit backup schema version ' || max(version) AS installed FROM pggit.backup_schema_migrations;

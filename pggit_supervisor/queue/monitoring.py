@@ -65,7 +65,7 @@ class MonitoringCalls(Calls):
                     (silence,),
                 )
                 workers = {row["state"]: row["n"] for row in cur.fetchall()}
-                cur.execute("SELECT count(*) AS n FROM pggit.backup_permanent_failures WHERE NOT acknowledged")
+                cur.execute("SELECT n FROM pggit.backup_unacknowledged_failure_count")
                 unacknowledged = (cur.fetchone() or {"n": 0})["n"]
                 cur.execute(
                     """SELECT state, count(*) AS n,
@@ -187,7 +187,7 @@ class MonitoringCalls(Calls):
         return None if seconds is None else float(seconds)
 
     def unacknowledged_failure_count(self) -> int:
-        return int(self._one("SELECT count(*) FROM pggit.backup_permanent_failures WHERE NOT acknowledged", ()))
+        return int(self._one("SELECT n FROM pggit.backup_unacknowledged_failure_count", ()))
 
     def target_statuses(self, targets: Sequence[Mapping[str, Any]]) -> list[TargetStatus]:
         """Every target's status in one call (schema/023), in the order given: status --check
