@@ -107,10 +107,99 @@ class _StrictLoader(_SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_STR = "tag:yaml.org,2002:str"
+_MERGE = "tag:yaml.org,2002:merge"
+_FALL_BACK = object()  # the document is not one the events below build: the loader's way
+
+
+def _from_events(text: str) -> Any:
+    """The document built straight from the parser's events, or _FALL_BACK. PyYAML's composer
+    makes a Python node and two marks for every value before its constructor reads them: 0.3 s
+    of `status --check` with 10k retention targets (bench/growth.py). A config is plain maps,
+    lists and scalars; each scalar is resolved and constructed as the loader would. Anything
+    else (an anchor, an alias, an explicit tag, a merge key, a key that is not a scalar, a
+    duplicate key, more than one document, any error) falls back to the loader, which then
+    gives its own answer or error exactly."""
+    loader = _StrictLoader(text)
+    stack: list[tuple[Any, set[str] | None]] = []  # (list or dict, keys seen for a dict)
+    keys: list[Any] = []  # the pending key of each open dict, innermost last
+    tags: dict[tuple[str, Any], str] = {}  # what a plain scalar resolves to: the same text, the same tag
+    root: Any = _FALL_BACK
+    value: Any
+    try:
+        while True:
+            event = loader.get_event()
+            kind = type(event)
+            if kind is yaml.ScalarEvent:
+                if event.tag is not None or event.anchor is not None:
+                    return _FALL_BACK
+                plain = (event.value, event.implicit)
+                tag = tags.get(plain)
+                if tag is None:
+                    tag = tags[plain] = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+                if tag == _STR:
+                    value = event.value
+                elif tag == _MERGE:
+                    return _FALL_BACK
+                else:
+                    node = yaml.ScalarNode(tag, event.value, None, None, event.style)  # an error falls back
+                    value = loader.construct_object(node, deep=True)
+                if stack and stack[-1][1] is not None and keys[-1] is _FALL_BACK:
+                    seen = stack[-1][1]
+                    if event.value in seen:
+                        return _FALL_BACK  # the loader reports duplicates
+                    seen.add(event.value)
+                    keys[-1] = value
+                    continue
+            elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
+                if event.tag is not None or event.anchor is not None:
+                    return _FALL_BACK
+                if stack and stack[-1][1] is not None and keys[-1] is _FALL_BACK:
+                    return _FALL_BACK  # a map or list as a key
+                if kind is yaml.MappingStartEvent:
+                    stack.append(({}, set()))
+                    keys.append(_FALL_BACK)
+                else:
+                    stack.append(([], None))
+                continue
+            elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+                value, seen_keys = stack.pop()
+                if seen_keys is not None:
+                    keys.pop()
+            elif kind is yaml.StreamStartEvent or kind is yaml.DocumentEndEvent:
+                continue
+            elif kind is yaml.DocumentStartEvent:
+                if root is not _FALL_BACK:
+                    return _FALL_BACK  # a second document
+                continue
+            elif kind is yaml.StreamEndEvent:
+                return None if root is _FALL_BACK else root
+            else:
+                return _FALL_BACK  # an alias
+            if not stack:
+                root = value
+            elif stack[-1][1] is None:
+                stack[-1][0].append(value)
+            else:
+                stack[-1][0][keys[-1]] = value
+                keys[-1] = _FALL_BACK
+    except (yaml.YAMLError, TypeError):
+        return _FALL_BACK
+    finally:
+        loader.dispose()
+
+
 def read_mapping(path: str) -> tuple[Mapping[Any, Any], list[str]]:
     """The file's top-level mapping plus its non-fatal problems; fatal ones raise."""
     report = Report(path, {})
     text = _read_text(path, report)
+    data = _from_events(text)
+    if data is not _FALL_BACK:
+        if not isinstance(data, Mapping):
+            got = "an empty file" if data is None else show(data)
+            report.add("(file)", f"top level must be a mapping, got {got}", ", ".join(ROOT.keys()))
+            report.raise_if_any()
+        return data, report.problems
     loader = _StrictLoader(text)
     try:
         data = loader.get_single_data()
