@@ -26,7 +26,7 @@ from .errors import one_line
 from .log import fields
 from .queue import Queue
 from .runner import RunResult, RunSpec, run_tool
-from .status_targets import retention_target, schedule_target
+from .status_targets import retention_target, schedule_target, target_key
 from .tools import ArchiveReading, archiver_for
 
 log = logging.getLogger("pggit.archive")
@@ -49,7 +49,7 @@ def archive_targets(config: Config) -> list[dict[str, str]]:
     """The stanzas and servers this database's schedules back up and its retention keeps, once
     each, named as `status` names its targets (status_targets)."""
     named = [schedule_target(s) for s in config.schedules] + [retention_target(r) for r in config.retention]
-    found = {json.dumps(t, sort_keys=True): t for t in named if t is not None and t["tool"] in _KEY}
+    found = {target_key(t): t for t in named if t is not None and t["tool"] in _KEY}
     return [found[key] for key in sorted(found)]
 
 

@@ -25,7 +25,7 @@ from .scheduler import next_fire
 from .slots import ScheduleStatus
 from .status_check import BACKUP, DRILL, WAL, WORKERS, Age, DatabaseSnapshot, Verdict, evaluate, human, judge_age
 from .status_rows import PermanentFailure, QueueStatistics, RunningJob, TargetStatus, WorkerSeen
-from .status_targets import WatchedTarget, label_of, watched_targets
+from .status_targets import WatchedTarget, label_of, target_key, watched_targets
 
 JSON_FORMAT = 1
 FAILURES_SHOWN = 20  # the newest unacknowledged permanent failures listed (the count is exact)
@@ -92,12 +92,12 @@ def read_database(queue: Queue, part: Config, name: str, now: datetime) -> Datab
 
 def wal_ages(queue: Queue, part: Config) -> list[Age]:
     """Each stanza's and server's WAL archive lag against max_wal_age (None: never read)."""
-    lags = {json.dumps(row["target"], sort_keys=True): row["wal_age_seconds"] for row in queue.archive_freshness()}
+    lags = {target_key(row["target"]): row["wal_age_seconds"] for row in queue.archive_freshness()}
     return [
         Age(
             WAL,
             label_of(t, part.served()[0].name),
-            _seconds(lags.get(json.dumps(t, sort_keys=True))),
+            _seconds(lags.get(target_key(t))),
             float(part.max_wal_age),
         )
         for t in archive_targets(part)

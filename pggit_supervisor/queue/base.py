@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg2
-import psycopg2.extras
 from psycopg2.extensions import connection
 
 from ..rows import one_row
@@ -40,6 +39,9 @@ class Calls:
             return one_row(cur)[0]
 
     def _records(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        """Each row as a plain dict by column name. Built from tuples: RealDictCursor's rows cost
+        a method call per column, 0.1 s of status with 10k targets."""
+        with self.conn.cursor() as cur:
             cur.execute(sql, params)
-            return [dict(row) for row in cur.fetchall()]
+            names = [column.name for column in cur.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
