@@ -20,6 +20,10 @@
 --   backup leaves in a BEFORE DELETE trigger, while its identity and expiry can still be read.
 -- - pggit._tally_rebuild() recomputes every row (this file's fill; a repair after a bulk load
 --   with the triggers off, as bench/growth.py does).
+-- Limits, by design: one statement that changes a backup and its expiry together (a writable
+-- CTE, which only the owner can write) counts it from the state after both; ties on a time are
+-- broken by the least id where 022's summary took any row; a group's newest deleted one by one
+-- in a statement deleting many is found again for each (each reads the group).
 
 -- A newest: its time in its kind (at), which backup or, for a failure, which job it is (id), and
 -- the backup it belongs to (itself, or the failed job's). `recency` ('epoch' - at: the later, the
@@ -186,7 +190,7 @@ BEGIN
         END IF;
     END IF;
     IF v_is AND NOT v_was THEN
-        SELECT f INTO v_failure
+        SELECT (f).* INTO v_failure
           FROM pggit.backup_jobs j CROSS JOIN LATERAL pggit._tally_failure(j, p_target ->> 'tool') f
          WHERE j.backup_id = n.backup_id AND j.status = 'failed' AND f IS NOT NULL ORDER BY f LIMIT 1;
     END IF;
@@ -219,6 +223,21 @@ $$;
 -- The triggers: every change that moves a backup within, into or out of a group.
 -- ---------------------------------------------------------------------------------------------
 
+-- Every change of what a backup adds to its group holds the backup's row lock: its own UPDATE
+-- and DELETE do; a change of its identity, expiry or failed jobs takes it here, before it reads
+-- the backup with the others. So two such changes of one backup (an expiry while its drill ends)
+-- follow each other, and the second reads what the first committed: read without the lock, the
+-- drill's trigger counted a backup being expired as not expired.
+CREATE OR REPLACE FUNCTION pggit._tally_backup(p_backup_id uuid) RETURNS pggit.backups
+LANGUAGE plpgsql SET search_path = pg_catalog, pggit, pg_temp AS $$
+DECLARE
+    v_backup pggit.backups;
+BEGIN
+    SELECT b.* INTO v_backup FROM pggit.backups b WHERE b.backup_id = p_backup_id FOR NO KEY UPDATE;
+    RETURN v_backup;  -- its fields NULL: no such backup (deleted)
+END
+$$;
+
 -- A backup's facts changed (only the columns the kinds and counts read: the claim's started_at
 -- of a backup in progress, sizes, names and metadata do not fire it).
 CREATE OR REPLACE FUNCTION pggit._backups_tally() RETURNS trigger
@@ -241,8 +260,8 @@ BEGIN
         -- ends and is verified, the changes of every finished job.
         PERFORM pggit._tally_apply(v_target, NEW.backup_type, OLD, v_live, NEW, v_live,
             OLD.status IN ('in_progress', NEW.status)
-            AND (OLD.completed_at IS NULL OR OLD.completed_at = NEW.completed_at)
-            AND (OLD.restore_tested_at IS NULL OR OLD.restore_tested_at = NEW.restore_tested_at)
+            AND (OLD.completed_at IS NULL OR OLD.completed_at IS NOT DISTINCT FROM NEW.completed_at)
+            AND (OLD.restore_tested_at IS NULL OR OLD.restore_tested_at IS NOT DISTINCT FROM NEW.restore_tested_at)
             AND (OLD.verified_at IS NULL OR NEW.verified_at IS NOT NULL)
             AND (OLD.started_at IS NULL OR NEW.started_at IS NOT NULL));
     ELSE
@@ -296,15 +315,15 @@ DECLARE
     v_live   boolean;
 BEGIN
     IF TG_OP <> 'INSERT' THEN
-        SELECT b.* INTO v_backup FROM pggit.backups b WHERE b.backup_id = OLD.backup_id;
-        IF FOUND THEN  -- else deleted: it has left already
+        v_backup := pggit._tally_backup(OLD.backup_id);
+        IF v_backup.backup_id IS NOT NULL THEN  -- else deleted: it has left already
             v_live := NOT EXISTS (SELECT 1 FROM pggit.backup_expirations e WHERE e.backup_id = OLD.backup_id);
             PERFORM pggit._tally_apply(OLD.target, v_backup.backup_type, v_backup, v_live, NULL, NULL, false);
         END IF;
     END IF;
     IF TG_OP <> 'DELETE' THEN
-        SELECT b.* INTO v_backup FROM pggit.backups b WHERE b.backup_id = NEW.backup_id;
-        IF FOUND THEN
+        v_backup := pggit._tally_backup(NEW.backup_id);
+        IF v_backup.backup_id IS NOT NULL THEN
             v_live := NOT EXISTS (SELECT 1 FROM pggit.backup_expirations e WHERE e.backup_id = NEW.backup_id);
             PERFORM pggit._tally_apply(NEW.target, v_backup.backup_type, NULL, NULL, v_backup, v_live, false);
         END IF;
@@ -327,15 +346,15 @@ DECLARE
     v_target jsonb;
 BEGIN
     IF TG_OP <> 'INSERT' THEN
+        v_backup := pggit._tally_backup(OLD.backup_id);
         SELECT i.target INTO v_target FROM pggit.backup_target_identity i WHERE i.backup_id = OLD.backup_id;
-        SELECT b.* INTO v_backup FROM pggit.backups b WHERE b.backup_id = OLD.backup_id;
         IF v_target IS NOT NULL AND v_backup.backup_id IS NOT NULL THEN
             PERFORM pggit._tally_apply(v_target, v_backup.backup_type, v_backup, false, v_backup, true, false);
         END IF;
     END IF;
     IF TG_OP <> 'DELETE' THEN
+        v_backup := pggit._tally_backup(NEW.backup_id);
         SELECT i.target INTO v_target FROM pggit.backup_target_identity i WHERE i.backup_id = NEW.backup_id;
-        SELECT b.* INTO v_backup FROM pggit.backups b WHERE b.backup_id = NEW.backup_id;
         IF v_target IS NOT NULL AND v_backup.backup_id IS NOT NULL THEN
             PERFORM pggit._tally_apply(v_target, v_backup.backup_type, v_backup, true, v_backup, false, false);
         END IF;
@@ -361,9 +380,10 @@ DECLARE
     v_was       pggit.backup_tally_newest;
     v_is        pggit.backup_tally_newest;
 BEGIN
-    SELECT i.target, b.backup_type INTO v_target, v_type
-      FROM pggit.backup_target_identity i JOIN pggit.backups b ON b.backup_id = i.backup_id
-     WHERE i.backup_id = v_backup_id
+    v_type := (pggit._tally_backup(v_backup_id)).backup_type;
+    SELECT i.target INTO v_target
+      FROM pggit.backup_target_identity i
+     WHERE i.backup_id = v_backup_id AND v_type IS NOT NULL
        AND NOT EXISTS (SELECT 1 FROM pggit.backup_expirations e WHERE e.backup_id = i.backup_id);
     IF NOT FOUND THEN
         RETURN NULL;  -- no group, or expired (its jobs are not counted), or being deleted
@@ -527,7 +547,7 @@ SET search_path = pg_catalog, pggit, pg_temp SET pggit.queue_internal = 'off' SE
 $$;
 
 REVOKE ALL ON pggit.backup_target_tally FROM PUBLIC;
-REVOKE ALL ON FUNCTION pggit._tally_at(pggit.backups, boolean, text), pggit._tally_of(pggit.backups, boolean, text),
+REVOKE ALL ON FUNCTION pggit._tally_backup(uuid), pggit._tally_at(pggit.backups, boolean, text), pggit._tally_of(pggit.backups, boolean, text),
                        pggit._tally_left(pggit.backups, boolean, pggit.backups, boolean, text),
                        pggit._tally_counts(pggit.backups, boolean, text), pggit._tally_failure(pggit.backup_jobs, text),
                        pggit._tally_group(jsonb, text, uuid), pggit._tally_refresh(jsonb, text, uuid),
@@ -644,7 +664,8 @@ GRANT SELECT ON pggit.backup_unacknowledged_failure_count TO pggit_backup_reader
 
 -- ---------------------------------------------------------------------------------------------
 -- A finished job, cheaper: what the tally adds to each job (about 0.1 ms of trigger work per
--- change of a backup) is paid for here. Same signatures, checks, errors and answers.
+-- change of a backup) is paid for here. Same signatures, checks, errors (in 011's order) and
+-- answers.
 -- ---------------------------------------------------------------------------------------------
 
 -- 011's finish_backup_job; the backup's end and its facts are one write (they were two: the
@@ -683,17 +704,14 @@ BEGIN
     -- the tool may make another kind of backup than asked (pgBackRest turns an incr without a
     -- prior full into a full): the row records what was made
     v_type := pggit._opt_enum('p_backup', v_backup, 'backup_type', ARRAY['full', 'incremental', 'differential', 'snapshot'], NULL);
-    -- the claim, this login's and still running, locked until the end (not a write: nothing is
-    -- written before every check below has passed)
-    SELECT j.backup_id, j.tool, j.spec -> 'params' AS params INTO v_job
-      FROM pggit.backup_jobs j
-     WHERE j.job_id = p_job_id AND j.status = 'running'
-       AND j.claim_secret_sha256 = v_hash AND j.claimed_by = session_user
-       FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
     IF v_backup ? 'location' AND jsonb_typeof(v_backup -> 'location') <> 'null' THEN
+        SELECT j.tool, j.spec -> 'params' AS params INTO v_job
+          FROM pggit.backup_jobs j
+         WHERE j.job_id = p_job_id AND j.status = 'running'
+           AND j.claim_secret_sha256 = v_hash AND j.claimed_by = session_user;
+        IF NOT FOUND THEN
+            RETURN false;  -- not this login's claim: the guarded UPDATE below would not match either
+        END IF;
         v_location := pggit._require_location('p_backup.location', v_job.tool, v_job.params, v_backup -> 'location');
     END IF;
     IF v_backup ? 'checksum' AND jsonb_typeof(v_backup -> 'checksum') <> 'null' THEN
@@ -710,16 +728,24 @@ BEGIN
     IF jsonb_typeof(coalesce(p_result, '{}')) <> 'object' THEN
         PERFORM pggit._invalid('p_result', 'must be a JSON object', 'e.g. {"exit_code": 0}');
     END IF;
-    v_backup_id := v_job.backup_id;
-    v_tool := v_job.tool;
+    -- every check has passed: the claim, this login's and still running, locked to the end
+    SELECT j.backup_id, j.tool INTO v_backup_id, v_tool
+      FROM pggit.backup_jobs j
+     WHERE j.job_id = p_job_id AND j.status = 'running'
+       AND j.claim_secret_sha256 = v_hash AND j.claimed_by = session_user
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
     IF v_tool <> 'restore_test' THEN
         -- the backup ends with its facts in one write, before its job: the job's trigger (012)
         -- then finds it ended (what it would have written, written), and the backup's own
-        -- triggers (026's tally) see one change, not two, on every finished job
+        -- triggers (026's tally) see one change, not two, on every finished job. A backup
+        -- already completed keeps its end and gets the facts, as in 011.
         UPDATE pggit.backups b
            SET status           = 'completed',
-               error_message    = NULL,
-               completed_at     = now(),
+               error_message    = CASE WHEN b.status = 'in_progress' THEN NULL ELSE b.error_message END,
+               completed_at     = CASE WHEN b.status = 'in_progress' THEN now() ELSE b.completed_at END,
                backup_size      = coalesce(v_size, b.backup_size),
                compressed_size  = coalesce(v_compressed, b.compressed_size),
                compression_type = coalesce(v_backup ->> 'compression_type', b.compression_type),
@@ -728,7 +754,7 @@ BEGIN
                backup_type      = coalesce(v_type, b.backup_type),
                verified_at      = CASE WHEN v_verified THEN now() ELSE b.verified_at END,
                metadata         = b.metadata || coalesce(v_backup -> 'metadata', '{}')
-         WHERE b.backup_id = v_backup_id AND b.status = 'in_progress';
+         WHERE b.backup_id = v_backup_id AND b.status IN ('in_progress', 'completed');
     END IF;
     UPDATE pggit.backup_jobs j
        SET status = 'completed', completed_at = now(), lease_expires_at = NULL, last_error = NULL,

@@ -17,7 +17,7 @@ import threading
 import time
 from datetime import timedelta
 
-from helpers.db import query, scalar
+from helpers.db import query, refused, scalar
 from helpers.queue import claim, force
 from helpers.retention import make
 from helpers.target_population import OLD_SUMMARY, drill, expire, old_statuses, population
@@ -212,6 +212,36 @@ def test_one_statement_changing_many_backups_of_a_group_counts_each_once(db):
     assert_exact(db)
 
 
+def test_failed_backups_moving_and_times_cleared(db):
+    population(db)
+    # a backup whose job failed changes type and is expired and back: its failure moves with it
+    s3 = group(db, S3, "differential")
+    failed = s3["failure"]
+    force(db, "UPDATE pggit.backups SET backup_type = 'full' WHERE backup_id = %s", (failed["backup_id"],))
+    assert group(db, S3, "full")["failure"]["id"] == failed["id"]
+    assert (group(db, S3, "differential")["failure"] or {}).get("id") != failed["id"]
+    assert_exact(db)
+    expire(db, failed["backup_id"])
+    assert group(db, S3, "full")["failure"] is None
+    force(db, "DELETE FROM pggit.backup_expirations WHERE backup_id = %s", (failed["backup_id"],))
+    assert group(db, S3, "full")["failure"]["id"] == failed["id"]
+    assert_exact(db)
+    # a drill's time and a completion time cleared by hand: the newest is found again
+    s2 = group(db, S2, "full")
+    force(
+        db,
+        "UPDATE pggit.backups SET restore_tested_at = NULL, restore_test_result = NULL WHERE backup_id = %s",
+        (s2["drill"]["id"],),
+    )
+    assert (group(db, S2, "full")["drill"] or {}).get("id") != s2["drill"]["id"]
+    assert_exact(db)
+    # (a completed backup without its time only the owner can make; 022's summary showed its size
+    # first, DESC putting NULLs first; 026 passes over it: compared with the recomputation only)
+    force(db, "UPDATE pggit.backups SET completed_at = NULL WHERE backup_id = %s", (s2["newest_completed"]["id"],))
+    assert group(db, S2, "full")["newest_completed"]["id"] != s2["newest_completed"]["id"]
+    assert query(db, KEPT) == query(db, RECOMPUTED)
+
+
 def test_a_truncate_and_a_rebuild_leave_the_rows_right(db):
     population(db)
     kept = query(db, KEPT)
@@ -241,6 +271,17 @@ def test_real_jobs_through_the_api_are_counted_as_they_end(db):
             "SELECT pggit.finish_backup_job(%s, %s, 'ok', %s, '{}')",
             (row["job_id"], row["claim_token"], json.dumps(backup)),
         )
+    # a finish with another's claim is refused for a bad value before the claim is looked up
+    # (011's order of checks), and answers false for a good one
+    scalar(db, "SELECT pggit.backup_pgbackrest('full', 'main', 'c')")
+    row = claim(db, "w/1")
+    bad = refused(
+        db,
+        "SELECT pggit.finish_backup_job(%s, %s, 'ok', %s, '{}')",
+        (row["job_id"], "0" * 64, json.dumps({"checksum": "bad checksum!"})),
+    )
+    assert "p_backup.checksum" in str(bad)
+    assert scalar(db, "SELECT pggit.finish_backup_job(%s, %s, 'ok', '{}', '{}')", (row["job_id"], "0" * 64)) is False
     a = group(db, {"tool": "pgbackrest", "stanza": "a"}, "full")
     assert (a["members"], a["completed"], a["available"]) == (2, 2, 1)
     statuses = assert_exact(db)
@@ -324,6 +365,21 @@ def test_two_sessions_changing_one_group_at_once(db, connect):
     )
     s1 = group(db, S1, "full")
     assert s1["newest_available"]["id"] not in (fresh, late)
+    assert_exact(db)
+    # one backup changed by two sessions: it expires while its drill ends (each change of what a
+    # backup adds holds the backup's row, so the drill's trigger reads the expiry)
+    drilled = group(db, S1, "full")["newest_available"]["id"]
+    _race(
+        db,
+        connect,
+        "INSERT INTO pggit.backup_expirations (backup_id, target, rule_set, reasons, expired_by)"
+        " VALUES (%s, '{}', '{}', '{test}', 'test')",
+        (drilled,),
+        "UPDATE pggit.backups SET restore_tested_at = now(), restore_test_result = 'passed' WHERE backup_id = %s",
+        (drilled,),
+    )
+    after = group(db, S1, "full")
+    assert drilled not in (after["newest_available"]["id"], (after["drill"] or {}).get("id"))
     assert_exact(db)
     # and a failure ends while a retry takes the newest failure of s2 out
     s2_failed = group(db, S2, "full")["failure"]
