@@ -6,7 +6,6 @@ only a target that never had a verified backup is a problem)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +23,6 @@ class WatchedTarget:
     label: str
     schedules: tuple[str, ...]
     max_age: int | None
-
-    @property
-    def key(self) -> str:
-        return json.dumps(dict(self.target), sort_keys=True)
 
 
 def schedule_target(schedule: Schedule) -> dict[str, str] | None:
